@@ -1,0 +1,31 @@
+//! The audit trace actions, as the API spells them (past tense).
+
+/// A session was created.
+pub const SESSION_CREATED: &str = "session.created";
+/// A session's metadata or TTL changed.
+pub const SESSION_UPDATED: &str = "session.updated";
+/// A session was deleted by a caller.
+pub const SESSION_DELETED: &str = "session.deleted";
+/// A session was removed because its TTL ran out.
+pub const SESSION_EXPIRED: &str = "session.expired";
+/// A session was created as a fork of another.
+pub const SESSION_FORKED: &str = "session.forked";
+/// A session's state got a new version by replace or merge.
+pub const STATE_UPDATED: &str = "state.updated";
+/// A session's state got a new version equal to an earlier one.
+pub const STATE_ROLLED_BACK: &str = "state.rolled_back";
+
+/// The canonical (past tense) spelling of an action name; older clients filter with the
+/// present tense (`state.update`, `session.create`, `state.rollback`).
+pub fn canonical(action: &str) -> String {
+    match action {
+        "session.create" => SESSION_CREATED.into(),
+        "session.update" => SESSION_UPDATED.into(),
+        "session.delete" => SESSION_DELETED.into(),
+        "session.expire" => SESSION_EXPIRED.into(),
+        "session.fork" => SESSION_FORKED.into(),
+        "state.update" => STATE_UPDATED.into(),
+        "state.rollback" | "state.roll_back" => STATE_ROLLED_BACK.into(),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,121 @@
+//! The one error type of the library, with stable codes the HTTP layer reuses.
+
+use std::fmt;
+
+/// What kind of record a [`Error::NotFound`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// A session (missing, expired, deleted, or another tenant's).
+    Session,
+    /// A state version of a session.
+    Version,
+    /// An audit trace.
+    Trace,
+}
+
+impl ResourceKind {
+    /// The stable error code for a missing record of this kind.
+    pub fn not_found_code(self) -> &'static str {
+        match self {
+            ResourceKind::Session => "session_not_found",
+            ResourceKind::Version => "version_not_found",
+            ResourceKind::Trace => "trace_not_found",
+        }
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResourceKind::Session => "session",
+            ResourceKind::Version => "version",
+            ResourceKind::Trace => "trace",
+        })
+    }
+}
+
+/// Errors returned by every statebase call.
+///
+/// Each variant has a stable [`code`](Error::code); messages are for people and may change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong: a missing field, a value out of range, a bad type.
+    #[error("invalid {param}: {message}")]
+    InvalidInput {
+        /// The request field at fault, e.g. `agent_id` or `initial_state`.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The record does not exist for this tenant (or has expired).
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What was looked for.
+        kind: ResourceKind,
+        /// The id (for versions, `<session id>@<version>`).
+        id: String,
+    },
+    /// An optimistic-concurrency expectation was stale; nothing was written.
+    #[error("version conflict: expected version {expected}, current version is {actual}")]
+    Conflict {
+        /// The version the caller expected to be current.
+        expected: u64,
+        /// The version that is current.
+        actual: u64,
+    },
+    /// A document is larger than the configured limit; nothing was written.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Which document, e.g. `state`.
+        what: &'static str,
+        /// Its encoded size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The storage backend failed. The message is internal and must not reach API clients.
+    #[error("storage backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "invalid_request",
+            Error::NotFound { kind, .. } => kind.not_found_code(),
+            Error::Conflict { .. } => "version_conflict",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::Backend(_) => "internal_error",
+        }
+    }
+
+    /// Wraps any backend failure.
+    pub fn backend(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Backend(err.into())
+    }
+
+    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            param,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn session_not_found(id: &str) -> Self {
+        Error::NotFound {
+            kind: ResourceKind::Session,
+            id: id.to_owned(),
+        }
+    }
+
+    pub(crate) fn version_not_found(session_id: &str, version: i64) -> Self {
+        Error::NotFound {
+            kind: ResourceKind::Version,
+            id: format!("{session_id}@{version}"),
+        }
+    }
+}
+
+/// The result type of every statebase call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

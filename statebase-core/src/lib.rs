@@ -1,0 +1,27 @@
+#![doc = include_str!("../../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod action;
+pub mod clock;
+mod codec;
+mod error;
+pub mod id;
+pub mod json;
+mod memory;
+mod model;
+mod statebase;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use error::{Error, ResourceKind, Result};
+pub use id::{IdSource, RandomIds};
+pub use json::Object;
+pub use memory::MemoryStore;
+pub use model::*;
+pub use statebase::{
+    Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
+};
+pub use store::Store;

@@ -1,0 +1,256 @@
+//! The storage trait every backend implements, and the records it stores.
+//!
+//! Core makes every id, timestamp and encoded version; a backend stores exactly what it is
+//! given and checks the preconditions each method names. Every record belongs to a tenant
+//! and every method is scoped to one: a record of another tenant is never returned, changed
+//! or counted, even when its id is known.
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::json::Object;
+use crate::model::{Session, Trace};
+use async_trait::async_trait;
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// A session as stored: the public record plus its revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// The session, including its current state and version.
+    pub session: Session,
+    /// Bumped by every write to the session record, for compare-and-set of metadata.
+    pub revision: u64,
+}
+
+/// One stored state version. The body's encoding is core's business (see `codec`):
+/// backends store and return the bytes as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The version number.
+    pub version: u64,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// The encoded version.
+    pub body: Vec<u8>,
+}
+
+/// A new session with its version 0 and its trace.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The session, at version 0 and revision 0.
+    pub record: SessionRecord,
+    /// Its version 0.
+    pub initial: VersionRecord,
+    /// The `session.created` or `session.forked` trace.
+    pub trace: Trace,
+}
+
+/// Appends the next state version of a session.
+#[derive(Debug, Clone)]
+pub struct AppendVersion {
+    /// The session.
+    pub session_id: String,
+    /// The version that must be current; the new one is `expected_version + 1`.
+    pub expected_version: u64,
+    /// The new version (its number is `expected_version + 1`).
+    pub version: VersionRecord,
+    /// The state at the new version, which becomes the session's current state.
+    pub state: Object,
+    /// The session's new `updated_at`.
+    pub updated_at: Timestamp,
+    /// The trace of the change.
+    pub trace: Trace,
+}
+
+/// Replaces a session's metadata and expiry.
+#[derive(Debug, Clone)]
+pub struct SessionUpdate {
+    /// The session.
+    pub session_id: String,
+    /// The revision that must be current.
+    pub expected_revision: u64,
+    /// The whole new metadata.
+    pub metadata: Object,
+    /// The new expiry.
+    pub ttl_expires_at: Timestamp,
+    /// The session's new `updated_at`.
+    pub updated_at: Timestamp,
+    /// The `session.updated` trace.
+    pub trace: Trace,
+}
+
+/// Where a listing resumes: strictly after this key in its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The `created_at` (or trace `timestamp`) of the last item returned.
+    pub at: Timestamp,
+    /// The id of the last item returned.
+    pub id: String,
+}
+
+/// Filters of [`Store::list_sessions`]. Order: newest first, by `(created_at, id)` descending.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Only sessions strictly after this cursor in list order.
+    pub after: Option<Cursor>,
+    /// Only sessions not expired at this instant.
+    pub live_at: Option<Timestamp>,
+    /// Exact agent.
+    pub agent_id: Option<String>,
+    /// Exact user.
+    pub user_id: Option<String>,
+    /// `created_at` strictly after.
+    pub created_after: Option<Timestamp>,
+    /// `created_at` strictly before.
+    pub created_before: Option<Timestamp>,
+    /// Metadata contains these top-level keys with equal values.
+    pub metadata: Option<Object>,
+}
+
+/// Filters of [`Store::list_traces`]. Order: newest first, by `(timestamp, id)` descending.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Only traces strictly after this cursor in list order.
+    pub after: Option<Cursor>,
+    /// Exact session.
+    pub session_id: Option<String>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Exact resource type.
+    pub resource_type: Option<String>,
+    /// Exact resource id.
+    pub resource_id: Option<String>,
+    /// `timestamp` strictly after.
+    pub created_after: Option<Timestamp>,
+    /// `timestamp` strictly before.
+    pub created_before: Option<Timestamp>,
+}
+
+/// Storage for sessions, their state versions and their audit traces.
+///
+/// Contract for every implementation:
+/// - **Atomicity**: each mutating method happens whole or not at all; when it returns an
+///   error nothing was written.
+/// - **Durability**: when a mutating method returns `Ok`, the write survives a reopen of the
+///   store and, for persistent backends, a killed process (at the backend's documented
+///   durability level).
+/// - **Isolation**: concurrent calls behave as if run one at a time in some order.
+/// - **Tenancy**: every method sees only the given tenant's records.
+/// - **Errors**: [`Error::NotFound`](crate::Error::NotFound) for a missing session where a
+///   method requires one, [`Error::Conflict`](crate::Error::Conflict) for a failed
+///   precondition, [`Error::Backend`](crate::Error::Backend) for anything else.
+///
+/// Expiry is core's business: a backend stores and returns expired sessions like any other,
+/// except where a query's `live_at` asks it to leave them out.
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Inserts a session, its version 0 and its trace. `Conflict` if the id exists.
+    async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
+
+    /// The session, or `None`.
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
+
+    /// Sessions matching the query, newest first, at most `query.limit`.
+    async fn list_sessions(&self, tenant: &str, query: &SessionQuery)
+        -> Result<Vec<SessionRecord>>;
+
+    /// Replaces metadata and expiry, bumps the revision, writes the trace. `Conflict` if the
+    /// revision is not `expected_revision`; `NotFound` if there is no such session.
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
+
+    /// Appends version `expected_version + 1`, makes its state current, sets `updated_at`,
+    /// bumps the revision and writes the trace. `Conflict` if the current version is not
+    /// `expected_version`; `NotFound` if there is no such session.
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()>;
+
+    /// The session's versions whose numbers are in `range`, ascending. Empty if the session
+    /// does not exist.
+    async fn versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<VersionRecord>>;
+
+    /// Deletes the session and everything it owns (its versions) and writes the trace.
+    /// Returns the session as it was; `NotFound` if there is no such session.
+    async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
+
+    /// Up to `limit` sessions of any tenant whose expiry is at or before `now`, with their
+    /// tenants.
+    async fn expired_sessions(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, SessionRecord)>>;
+
+    /// The trace, or `None`.
+    async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
+
+    /// Traces matching the query, newest first, at most `query.limit`.
+    async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+}
+
+macro_rules! forward_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $ty {
+            async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
+                (**self).create_session(tenant, new).await
+            }
+            async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
+                (**self).session(tenant, id).await
+            }
+            async fn list_sessions(
+                &self,
+                tenant: &str,
+                query: &SessionQuery,
+            ) -> Result<Vec<SessionRecord>> {
+                (**self).list_sessions(tenant, query).await
+            }
+            async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+                (**self).update_session(tenant, update).await
+            }
+            async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+                (**self).append_version(tenant, append).await
+            }
+            async fn versions(
+                &self,
+                tenant: &str,
+                session_id: &str,
+                range: Range<u64>,
+            ) -> Result<Vec<VersionRecord>> {
+                (**self).versions(tenant, session_id, range).await
+            }
+            async fn delete_session(
+                &self,
+                tenant: &str,
+                id: &str,
+                trace: Trace,
+            ) -> Result<SessionRecord> {
+                (**self).delete_session(tenant, id, trace).await
+            }
+            async fn expired_sessions(
+                &self,
+                now: Timestamp,
+                limit: usize,
+            ) -> Result<Vec<(String, SessionRecord)>> {
+                (**self).expired_sessions(now, limit).await
+            }
+            async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
+                (**self).trace(tenant, id).await
+            }
+            async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
+                (**self).list_traces(tenant, query).await
+            }
+        }
+    };
+}
+
+forward_store!(Arc<S>);
+forward_store!(Box<S>);
