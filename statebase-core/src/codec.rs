@@ -54,7 +54,7 @@ mod tests {
         };
         let bytes = encode(&body).unwrap();
         assert_eq!(decode(&bytes).unwrap(), body);
-        let mut future = bytes.clone();
+        let mut future = bytes;
         future[0] = 9;
         assert_eq!(decode(&future).unwrap_err().code(), "internal_error");
         assert!(decode(&[]).is_err());

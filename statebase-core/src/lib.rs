@@ -21,7 +21,6 @@ pub use json::Object;
 pub use memory::MemoryStore;
 pub use model::*;
 pub use statebase::{
-    Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS,
-    MAX_TTL_SECONDS,
+    Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
 pub use store::Store;

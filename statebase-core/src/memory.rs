@@ -71,7 +71,9 @@ impl Inner {
         let lo = (tenant.to_owned(), Timestamp::MIN_UTC, String::new());
         let hi = match after {
             Some(c) => std::ops::Bound::Excluded((tenant.to_owned(), c.at, c.id.clone())),
-            None => std::ops::Bound::Included((tenant.to_owned(), Timestamp::MAX_UTC, String::new())),
+            None => {
+                std::ops::Bound::Included((tenant.to_owned(), Timestamp::MAX_UTC, String::new()))
+            }
         };
         order.range((std::ops::Bound::Included(lo), hi)).rev()
     }
@@ -80,7 +82,9 @@ impl Inner {
 fn session_matches(s: &Session, q: &SessionQuery) -> bool {
     q.live_at.is_none_or(|now| !s.is_expired_at(now))
         && q.agent_id.as_ref().is_none_or(|a| *a == s.agent_id)
-        && q.user_id.as_ref().is_none_or(|u| Some(u) == s.user_id.as_ref())
+        && q.user_id
+            .as_ref()
+            .is_none_or(|u| Some(u) == s.user_id.as_ref())
         && q.created_after.is_none_or(|t| s.created_at > t)
         && q.created_before.is_none_or(|t| s.created_at < t)
         && q.metadata
@@ -93,7 +97,9 @@ fn trace_matches(t: &Trace, q: &TraceQuery) -> bool {
         .as_ref()
         .is_none_or(|s| Some(s) == t.session_id.as_ref())
         && q.action.as_ref().is_none_or(|a| *a == t.action)
-        && q.resource_type.as_ref().is_none_or(|r| *r == t.resource_type)
+        && q.resource_type
+            .as_ref()
+            .is_none_or(|r| *r == t.resource_type)
         && q.resource_id.as_ref().is_none_or(|r| *r == t.resource_id)
         && q.created_after.is_none_or(|c| t.timestamp > c)
         && q.created_before.is_none_or(|c| t.timestamp < c)
@@ -127,7 +133,10 @@ impl Store for MemoryStore {
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
         let inner = self.inner.lock();
-        Ok(inner.sessions.get(&key(tenant, id)).map(|s| s.record.clone()))
+        Ok(inner
+            .sessions
+            .get(&key(tenant, id))
+            .map(|s| s.record.clone()))
     }
 
     async fn list_sessions(

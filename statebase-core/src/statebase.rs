@@ -195,9 +195,13 @@ impl<S: Store> StateBase<S> {
         let after = match &req.starting_after {
             None => None,
             Some(id) => {
-                let rec = self.store().session(&self.tenant, id).await?.ok_or_else(|| {
-                    Error::invalid("starting_after", format!("no session {id} to start after"))
-                })?;
+                let rec = self
+                    .store()
+                    .session(&self.tenant, id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid("starting_after", format!("no session {id} to start after"))
+                    })?;
                 Some(Cursor {
                     at: rec.session.created_at,
                     id: rec.session.id,
@@ -336,7 +340,9 @@ impl<S: Store> StateBase<S> {
         let rec = self.live_session(id).await?;
         let end = rec.session.version + 1;
         let range = match q.since_version {
-            Some(since) => since.saturating_add(1).min(end)..since.saturating_add(1 + limit).min(end),
+            Some(since) => {
+                since.saturating_add(1).min(end)..since.saturating_add(1 + limit).min(end)
+            }
             None => end.saturating_sub(limit)..end,
         };
         let records = self.store().versions(&self.tenant, id, range).await?;
@@ -750,10 +756,7 @@ fn page_limit(limit: Option<i64>, default: usize, max: usize) -> Result<usize> {
     match limit {
         None => Ok(default),
         Some(l) if l >= 1 && l as u64 <= max as u64 => Ok(l as usize),
-        Some(l) => Err(Error::invalid(
-            "limit",
-            format!("{l} is outside 1..={max}"),
-        )),
+        Some(l) => Err(Error::invalid("limit", format!("{l} is outside 1..={max}"))),
     }
 }
 

@@ -1,1 +1,170 @@
-//! tbd
+//! The conformance suite every backend runs (feature `testing`).
+//!
+//! A backend provides a [`StoreFactory`] and expands [`conformance_suite!`](crate::conformance_suite)
+//! in a test file; every case then runs as its own named `#[tokio::test]`, plus the
+//! [model property test](check_against_model):
+//!
+//! ```ignore
+//! // tests/conformance.rs of a backend crate
+//! mod direct {
+//!     statebase_core::conformance_suite!(my_backend::TestFactory::new());
+//! }
+//! mod through_dyn {
+//!     statebase_core::conformance_suite!(
+//!         statebase_core::testing::DynFactory(my_backend::TestFactory::new())
+//!     );
+//! }
+//! ```
+
+pub mod cases;
+mod model;
+
+use crate::{Config, Limits, ManualClock, MemoryStore, StateBase, Store, Timestamp};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub use model::check_against_model;
+
+/// Builds the store for one test case, and builds it again over the same data to test
+/// what survives a reopen.
+#[async_trait]
+pub trait StoreFactory: Send + Sync + 'static {
+    /// The store it builds.
+    type Store: Store;
+
+    /// Opens the store. The suite drops every handle of the previous store before it calls
+    /// this again, and expects to find every acknowledged write.
+    async fn open(&self) -> Self::Store;
+}
+
+/// The in-memory store's factory: "reopening" hands out another handle to the same data.
+#[derive(Debug, Default)]
+pub struct MemoryFactory(MemoryStore);
+
+#[async_trait]
+impl StoreFactory for MemoryFactory {
+    type Store = MemoryStore;
+    async fn open(&self) -> MemoryStore {
+        self.0.clone()
+    }
+}
+
+/// Runs a factory's store through `Arc<dyn Store>`, as the HTTP server holds it.
+#[derive(Debug, Default)]
+pub struct DynFactory<F>(pub F);
+
+#[async_trait]
+impl<F: StoreFactory> StoreFactory for DynFactory<F> {
+    type Store = Arc<dyn Store>;
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(self.0.open().await)
+    }
+}
+
+/// The instant every case's clock starts at.
+pub fn epoch() -> Timestamp {
+    chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .map(|t| t.to_utc())
+        .unwrap_or_default()
+}
+
+/// One case's world: a store from the factory, a manual clock, and statebase over them.
+#[derive(Debug)]
+pub struct Env<F: StoreFactory> {
+    factory: F,
+    /// The clock every handle of this env reads.
+    pub clock: Arc<ManualClock>,
+    limits: Limits,
+    sb: Option<StateBase<F::Store>>,
+}
+
+impl<F: StoreFactory> Env<F> {
+    /// Opens the factory's store with a manual clock at [`epoch`].
+    pub async fn new(factory: F) -> Self {
+        let clock = Arc::new(ManualClock::new(epoch()));
+        let mut env = Self {
+            factory,
+            clock,
+            limits: Limits::default(),
+            sb: None,
+        };
+        env.reopen().await;
+        env
+    }
+
+    /// Statebase in the default tenant.
+    pub fn sb(&self) -> &StateBase<F::Store> {
+        self.sb.as_ref().expect("the env always holds a store")
+    }
+
+    /// Drops the store and opens it again.
+    pub async fn reopen(&mut self) {
+        self.sb = None;
+        let config = Config {
+            clock: self.clock.clone(),
+            limits: self.limits,
+            ..Config::default()
+        };
+        self.sb = Some(StateBase::with_config(self.factory.open().await, config));
+    }
+
+    /// Reopens the store with other limits.
+    pub async fn reopen_with(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.reopen().await;
+    }
+
+    /// Moves the clock forward by `seconds`.
+    pub fn advance(&self, seconds: i64) {
+        self.clock.advance(chrono::Duration::seconds(seconds));
+    }
+}
+
+/// Expands the conformance suite into one `#[tokio::test]` per case for the factory that
+/// `$factory` builds (evaluated anew for each test), plus the model property test.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@cases $factory;
+            create_session_returns_defaults,
+            create_session_keeps_given_fields,
+            create_session_rejects_bad_input,
+            unknown_session_is_not_found,
+            update_session_merges_metadata_and_resets_ttl,
+            update_session_rejects_bad_input,
+            delete_session_removes_everything,
+            list_sessions_newest_first_with_filters,
+            list_sessions_paginates,
+            list_sessions_walk_is_exact_while_creating,
+            replace_state_appends_versions,
+            merge_state_applies_rfc_7386,
+            stale_expected_version_conflicts_and_writes_nothing,
+            state_at_any_version,
+            history_windows,
+            diff_between_versions,
+            rollback_appends_a_copy_and_keeps_history,
+            fork_copies_state_at_a_version,
+            expired_session_is_not_found_everywhere,
+            sweep_removes_expired_sessions,
+            tenants_are_isolated,
+            every_mutation_writes_a_trace,
+            traces_filter_and_paginate,
+            documents_over_the_limit_are_rejected,
+            concurrent_expected_version_has_one_winner,
+            concurrent_updates_lose_nothing,
+            reopen_keeps_every_acknowledged_write,
+        );
+        #[test]
+        fn model_property() {
+            $crate::testing::check_against_model(|| $factory);
+        }
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::testing::cases::$case($factory).await;
+            }
+        )*
+    };
+}
