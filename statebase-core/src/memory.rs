@@ -112,10 +112,7 @@ impl Store for MemoryStore {
         let s = &new.record.session;
         let k = key(tenant, &s.id);
         if inner.sessions.contains_key(&k) {
-            return Err(Error::Conflict {
-                expected: 0,
-                actual: new.record.session.version,
-            });
+            return Err(Error::backend(format!("session id {} already exists", s.id)));
         }
         inner
             .session_order

@@ -149,7 +149,8 @@ pub struct TraceQuery {
 /// except where a query's `live_at` asks it to leave them out.
 #[async_trait]
 pub trait Store: Send + Sync + Debug + 'static {
-    /// Inserts a session, its version 0 and its trace. `Conflict` if the id exists.
+    /// Inserts a session, its version 0 and its trace. A `Backend` error if the id exists
+    /// (ids are random: a clash is a bug, never overwritten).
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
 
     /// The session, or `None`.
