@@ -4,8 +4,10 @@
 pub mod action;
 pub mod clock;
 mod codec;
+pub mod embed;
 mod error;
 pub mod id;
+pub mod index;
 pub mod json;
 mod memory;
 mod model;
@@ -15,8 +17,10 @@ pub mod store;
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use embed::{Embedder, HashEmbedder};
 pub use error::{Error, ResourceKind, Result};
 pub use id::{IdSource, RandomIds};
+pub use index::{HnswConfig, HnswIndex, VectorIndex};
 pub use json::Object;
 pub use memory::MemoryStore;
 pub use model::*;

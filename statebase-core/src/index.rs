@@ -1,0 +1,387 @@
+//! Nearest-neighbour search over memory vectors: the [`VectorIndex`] trait and
+//! [`HnswIndex`], exact where the index is small and an HNSW snapshot where it is large.
+
+use crate::embed::dot;
+use instant_distance::{Builder, HnswMap, Search};
+use parking_lot::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Debug};
+use std::sync::{Arc, Weak};
+
+/// A vector, shared between the index and its snapshots.
+pub type Vector = Arc<[f32]>;
+
+/// A nearest-neighbour index over L2-normalised vectors, keyed by numbers the caller chooses
+/// and never reuses. Scores are cosine similarities (dot products), higher is closer.
+pub trait VectorIndex: Send + Sync + Debug + 'static {
+    /// Adds a vector. A new vector is found by the next search.
+    fn insert(&self, key: u64, vector: Vector);
+
+    /// Adds many vectors, as when an index is loaded from the store.
+    fn insert_many(&self, vectors: Vec<(u64, Vector)>) {
+        for (key, vector) in vectors {
+            self.insert(key, vector);
+        }
+    }
+
+    /// Removes a vector; later searches don't return it.
+    fn remove(&self, key: u64);
+
+    /// Up to `k` keys for which `accept` is true, best first, with their scores.
+    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)>;
+
+    /// How many vectors it holds.
+    fn len(&self) -> usize;
+
+    /// True when it holds no vector.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tuning of [`HnswIndex`].
+#[derive(Debug, Clone, Copy)]
+pub struct HnswConfig {
+    /// Up to this many vectors, every search is an exact scan (faster than a graph walk for
+    /// small sets, and exact).
+    pub exact_limit: usize,
+    /// HNSW `efConstruction`.
+    pub ef_construction: usize,
+    /// HNSW `ef` at search time: how many candidates a graph search returns.
+    pub ef_search: usize,
+    /// Seed of the graph's level assignment, for reproducible builds.
+    pub seed: u64,
+}
+
+impl Default for HnswConfig {
+    fn default() -> Self {
+        Self {
+            exact_limit: 5_000,
+            ef_construction: 100,
+            ef_search: 128,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Exact search while small; past [`HnswConfig::exact_limit`], an immutable
+/// `instant-distance` HNSW snapshot plus an exact scan of the vectors added since it was
+/// built, with removals as tombstones. Snapshots are rebuilt on a background thread when the
+/// tail or the tombstones grow, and swapped in atomically.
+pub struct HnswIndex {
+    state: Arc<RwLock<State>>,
+    config: HnswConfig,
+}
+
+#[derive(Clone)]
+struct Point(Vector);
+
+impl instant_distance::Point for Point {
+    fn distance(&self, other: &Self) -> f32 {
+        1.0 - dot(&self.0, &other.0)
+    }
+}
+
+struct Snapshot {
+    map: HnswMap<Point, u64>,
+    keys: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    vectors: HashMap<u64, Vector>,
+    snapshot: Option<Arc<Snapshot>>,
+    /// Keys inserted since the snapshot's build began, with their insert sequence numbers.
+    tail: Vec<(u64, u64)>,
+    /// Removed keys that the snapshot still holds.
+    tombstones: HashSet<u64>,
+    inserts: u64,
+    building: bool,
+}
+
+impl Debug for HnswIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.read();
+        f.debug_struct("HnswIndex")
+            .field("len", &s.vectors.len())
+            .field("snapshot", &s.snapshot.as_ref().map(|x| x.keys.len()))
+            .field("tail", &s.tail.len())
+            .field("tombstones", &s.tombstones.len())
+            .finish()
+    }
+}
+
+impl HnswIndex {
+    /// An empty index.
+    pub fn new(config: HnswConfig) -> Self {
+        Self {
+            state: Arc::default(),
+            config,
+        }
+    }
+
+    /// Builds a snapshot of every vector now, on this thread, and swaps it in.
+    pub fn rebuild_now(&self) {
+        let (points, seq) = {
+            let mut s = self.state.write();
+            s.building = true;
+            (collect(&s), s.inserts)
+        };
+        let snapshot = build(points, &self.config);
+        swap(&self.state, snapshot, seq);
+    }
+
+    /// True while a background rebuild runs.
+    pub fn is_building(&self) -> bool {
+        self.state.read().building
+    }
+
+    /// Number of vectors in the current snapshot (0 without one).
+    pub fn snapshot_len(&self) -> usize {
+        self.state
+            .read()
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.keys.len())
+    }
+
+    fn maybe_rebuild(&self, s: &mut State) {
+        let snap = s.snapshot.as_ref().map_or(0, |x| x.keys.len());
+        let stale = s.tail.len() > (snap / 10).max(1_000) || s.tombstones.len() > snap / 5;
+        if s.building || s.vectors.len() <= self.config.exact_limit || !stale {
+            return;
+        }
+        s.building = true;
+        let points = collect(s);
+        let seq = s.inserts;
+        let weak: Weak<RwLock<State>> = Arc::downgrade(&self.state);
+        let config = self.config;
+        std::thread::spawn(move || {
+            let snapshot = build(points, &config);
+            // The index may have been dropped while the build ran.
+            if let Some(state) = weak.upgrade() {
+                swap(&state, snapshot, seq);
+            }
+        });
+    }
+}
+
+fn collect(s: &State) -> Vec<(u64, Vector)> {
+    s.vectors.iter().map(|(k, v)| (*k, v.clone())).collect()
+}
+
+fn build(points: Vec<(u64, Vector)>, config: &HnswConfig) -> Snapshot {
+    let keys = points.iter().map(|(k, _)| *k).collect();
+    let (values, points): (Vec<u64>, Vec<Point>) =
+        points.into_iter().map(|(k, v)| (k, Point(v))).unzip();
+    let map = Builder::default()
+        .ef_construction(config.ef_construction)
+        .ef_search(config.ef_search)
+        .seed(config.seed)
+        .build(points, values);
+    Snapshot { map, keys }
+}
+
+/// Installs a snapshot built from the vectors present at insert sequence `seq`.
+fn swap(state: &RwLock<State>, snapshot: Snapshot, seq: u64) {
+    let mut s = state.write();
+    s.tail.retain(|(_, at)| *at >= seq);
+    s.tombstones.retain(|k| snapshot.keys.contains(k));
+    s.snapshot = Some(Arc::new(snapshot));
+    s.building = false;
+}
+
+/// The best `k` of `hits` (unordered), best first.
+fn top(mut hits: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
+    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits.truncate(k);
+    hits
+}
+
+impl VectorIndex for HnswIndex {
+    fn insert(&self, key: u64, vector: Vector) {
+        self.insert_many(vec![(key, vector)]);
+    }
+
+    fn insert_many(&self, vectors: Vec<(u64, Vector)>) {
+        let mut s = self.state.write();
+        for (key, vector) in vectors {
+            s.inserts += 1;
+            let seq = s.inserts;
+            s.vectors.insert(key, vector);
+            s.tail.push((key, seq));
+        }
+        self.maybe_rebuild(&mut s);
+    }
+
+    fn remove(&self, key: u64) {
+        let mut s = self.state.write();
+        if s.vectors.remove(&key).is_none() {
+            return;
+        }
+        s.tail.retain(|(k, _)| *k != key);
+        if s.snapshot.as_ref().is_some_and(|x| x.keys.contains(&key)) {
+            s.tombstones.insert(key);
+        }
+        self.maybe_rebuild(&mut s);
+    }
+
+    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        let s = self.state.read();
+        let exact = |keys: &mut dyn Iterator<Item = u64>| -> Vec<(u64, f32)> {
+            let hits = keys
+                .filter(|key| accept(*key))
+                .filter_map(|key| s.vectors.get(&key).map(|v| (key, dot(query, v))))
+                .collect();
+            top(hits, k)
+        };
+        let snapshot = match &s.snapshot {
+            Some(snap) if s.vectors.len() > self.config.exact_limit => snap,
+            _ => return exact(&mut s.vectors.keys().copied()),
+        };
+        let mut search = Search::default();
+        let mut graph_hits = 0;
+        let mut hits: Vec<(u64, f32)> = Vec::new();
+        for item in snapshot.map.search(&Point(query.into()), &mut search) {
+            graph_hits += 1;
+            let key = *item.value;
+            if !s.tombstones.contains(&key) && accept(key) {
+                hits.push((key, 1.0 - item.distance));
+            }
+        }
+        // A filter that rejected most of the graph's candidates: fall back to exact, which
+        // is slower but never misses.
+        if hits.len() < k && graph_hits >= k {
+            return exact(&mut s.vectors.keys().copied());
+        }
+        hits.extend(exact(&mut s.tail.iter().map(|(key, _)| *key)));
+        top(hits, k)
+    }
+
+    fn len(&self) -> usize {
+        self.state.read().vectors.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded unit vectors shaped like text embeddings: points of a low-dimensional latent
+    /// space (32-d, so with real neighbourhood structure) projected into `dims`, plus noise.
+    pub(crate) fn embedding_like(n: usize, dims: usize, seed: u64) -> Vec<Vector> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            // xorshift64*: plenty for test data. Uniform in [-0.5, 0.5).
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        const LATENT: usize = 32;
+        // The projection depends only on dims, so vectors of every seed share one space.
+        let mut proj_state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut proj_next = move || {
+            proj_state ^= proj_state >> 12;
+            proj_state ^= proj_state << 25;
+            proj_state ^= proj_state >> 27;
+            (proj_state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32
+                - 0.5
+        };
+        let projection: Vec<[f32; LATENT]> = (0..dims)
+            .map(|_| std::array::from_fn(|_| proj_next()))
+            .collect();
+        (0..n)
+            .map(|_| {
+                let z: [f32; LATENT] = std::array::from_fn(|_| next());
+                let mut v: Vec<f32> = projection
+                    .iter()
+                    .map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.1 * next())
+                    .collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= norm);
+                v.into()
+            })
+            .collect()
+    }
+
+    fn exact_top(vectors: &[Vector], q: &[f32], k: usize) -> Vec<u64> {
+        let hits = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, dot(q, v)))
+            .collect();
+        top(hits, k).into_iter().map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn small_indexes_are_exact_and_honour_removals_and_filters() {
+        let vectors = embedding_like(500, 32, 7);
+        let index = HnswIndex::new(HnswConfig::default());
+        for (i, v) in vectors.iter().enumerate() {
+            index.insert(i as u64, v.clone());
+        }
+        let q = &vectors[3];
+        let got: Vec<u64> = index.search(q, 5, &|_| true).iter().map(|h| h.0).collect();
+        assert_eq!(got, exact_top(&vectors, q, 5));
+        assert_eq!(got[0], 3);
+        index.remove(3);
+        assert!(index.search(q, 5, &|_| true).iter().all(|h| h.0 != 3));
+        let odd = index.search(q, 5, &|k| k % 2 == 1);
+        assert_eq!(odd.len(), 5);
+        assert!(odd.iter().all(|h| h.0 % 2 == 1));
+        assert_eq!(index.len(), 499);
+    }
+
+    #[test]
+    fn hnsw_recall_at_10_is_at_least_095_on_20000_vectors() {
+        let n = 20_000;
+        let vectors = embedding_like(n, 384, 42);
+        let index = HnswIndex::new(HnswConfig {
+            exact_limit: 1_000,
+            ..HnswConfig::default()
+        });
+        let all = vectors.iter().enumerate().map(|(i, v)| (i as u64, v.clone()));
+        index.insert_many(all.collect());
+        // One bulk insert starts one background build; wait for it to be swapped in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while index.is_building() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(index.snapshot_len(), n);
+        let queries = embedding_like(200, 384, 4242);
+        let mut found = 0;
+        for q in &queries {
+            let truth: HashSet<u64> = exact_top(&vectors, q, 10).into_iter().collect();
+            let got = index.search(q, 10, &|_| true);
+            found += got.iter().filter(|h| truth.contains(&h.0)).count();
+        }
+        let recall = found as f64 / (10 * queries.len()) as f64;
+        println!("HNSW recall@10 over {n} vectors: {recall}");
+        assert!(recall >= 0.95, "recall@10 = {recall}");
+    }
+
+    #[test]
+    fn tail_and_tombstones_cover_changes_after_the_snapshot() {
+        let vectors = embedding_like(3_000, 32, 9);
+        let index = HnswIndex::new(HnswConfig {
+            exact_limit: 100,
+            ..HnswConfig::default()
+        });
+        for (i, v) in vectors[..2_000].iter().enumerate() {
+            index.insert(i as u64, v.clone());
+        }
+        index.rebuild_now();
+        // Added after the snapshot: found through the exact tail.
+        index.insert(5_000, vectors[2_500].clone());
+        let hit = index.search(&vectors[2_500], 1, &|_| true);
+        assert_eq!(hit[0].0, 5_000);
+        // Removed after the snapshot: hidden by its tombstone.
+        index.remove(10);
+        assert!(index.search(&vectors[10], 10, &|_| true).iter().all(|h| h.0 != 10));
+        // A filter that rejects nearly everything still finds its one match.
+        let only = index.search(&vectors[0], 3, &|k| k == 1_999);
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].0, 1_999);
+    }
+}
