@@ -15,8 +15,17 @@ pub const STATE_UPDATED: &str = "state.updated";
 /// A session's state got a new version equal to an earlier one.
 pub const STATE_ROLLED_BACK: &str = "state.rolled_back";
 
+/// A turn was logged.
+pub const TURN_ADDED: &str = "turn.added";
+/// A memory was added.
+pub const MEMORY_CREATED: &str = "memory.created";
+/// A memory was changed.
+pub const MEMORY_UPDATED: &str = "memory.updated";
+/// A memory was deleted.
+pub const MEMORY_DELETED: &str = "memory.deleted";
+
 /// The canonical (past tense) spelling of an action name; older clients filter with the
-/// present tense (`state.update`, `session.create`, `state.rollback`).
+/// present tense (`state.update`, `turn.add`, `state.rollback`).
 pub fn canonical(action: &str) -> String {
     match action {
         "session.create" => SESSION_CREATED.into(),
@@ -26,6 +35,10 @@ pub fn canonical(action: &str) -> String {
         "session.fork" => SESSION_FORKED.into(),
         "state.update" => STATE_UPDATED.into(),
         "state.rollback" | "state.roll_back" => STATE_ROLLED_BACK.into(),
+        "turn.add" => TURN_ADDED.into(),
+        "memory.create" => MEMORY_CREATED.into(),
+        "memory.update" => MEMORY_UPDATED.into(),
+        "memory.delete" => MEMORY_DELETED.into(),
         other => other.into(),
     }
 }

@@ -11,6 +11,10 @@ pub enum ResourceKind {
     Version,
     /// An audit trace.
     Trace,
+    /// A conversation turn.
+    Turn,
+    /// A memory.
+    Memory,
 }
 
 impl ResourceKind {
@@ -20,6 +24,8 @@ impl ResourceKind {
             ResourceKind::Session => "session_not_found",
             ResourceKind::Version => "version_not_found",
             ResourceKind::Trace => "trace_not_found",
+            ResourceKind::Turn => "turn_not_found",
+            ResourceKind::Memory => "memory_not_found",
         }
     }
 }
@@ -30,6 +36,8 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Session => "session",
             ResourceKind::Version => "version",
             ResourceKind::Trace => "trace",
+            ResourceKind::Turn => "turn",
+            ResourceKind::Memory => "memory",
         })
     }
 }
@@ -73,6 +81,14 @@ pub enum Error {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// A memory's content is longer than the limit; nothing was written.
+    #[error("content is {size} characters, over the limit of {limit}")]
+    ContentTooLarge {
+        /// Its length in characters.
+        size: usize,
+        /// The limit in characters.
+        limit: usize,
+    },
     /// The storage backend failed. The message is internal and must not reach API clients.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -86,6 +102,7 @@ impl Error {
             Error::NotFound { kind, .. } => kind.not_found_code(),
             Error::Conflict { .. } => "version_conflict",
             Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::ContentTooLarge { .. } => "content_too_large",
             Error::Backend(_) => "internal_error",
         }
     }
@@ -105,6 +122,13 @@ impl Error {
     pub(crate) fn session_not_found(id: &str) -> Self {
         Error::NotFound {
             kind: ResourceKind::Session,
+            id: id.to_owned(),
+        }
+    }
+
+    pub(crate) fn not_found(kind: ResourceKind, id: &str) -> Self {
+        Error::NotFound {
+            kind,
             id: id.to_owned(),
         }
     }

@@ -341,7 +341,10 @@ mod tests {
             exact_limit: 1_000,
             ..HnswConfig::default()
         });
-        let all = vectors.iter().enumerate().map(|(i, v)| (i as u64, v.clone()));
+        let all = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.clone()));
         index.insert_many(all.collect());
         // One bulk insert starts one background build; wait for it to be swapped in.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
@@ -378,7 +381,10 @@ mod tests {
         assert_eq!(hit[0].0, 5_000);
         // Removed after the snapshot: hidden by its tombstone.
         index.remove(10);
-        assert!(index.search(&vectors[10], 10, &|_| true).iter().all(|h| h.0 != 10));
+        assert!(index
+            .search(&vectors[10], 10, &|_| true)
+            .iter()
+            .all(|h| h.0 != 10));
         // A filter that rejects nearly everything still finds its one match.
         let only = index.search(&vectors[0], 3, &|k| k == 1_999);
         assert_eq!(only.len(), 1);

@@ -9,12 +9,15 @@ mod error;
 pub mod id;
 pub mod index;
 pub mod json;
+mod memories;
 mod memory;
 mod model;
+mod search;
 mod statebase;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod turns;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embed::{Embedder, HashEmbedder};
@@ -22,8 +25,10 @@ pub use error::{Error, ResourceKind, Result};
 pub use id::{IdSource, RandomIds};
 pub use index::{HnswConfig, HnswIndex, VectorIndex};
 pub use json::Object;
+pub use memories::{DRIFT_THRESHOLD, MAX_MEMORY_CHARS};
 pub use memory::MemoryStore;
 pub use model::*;
+pub use search::IndexFactory;
 pub use statebase::{
     Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };

@@ -4,7 +4,7 @@
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::json;
-use crate::model::{Session, Trace};
+use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -37,12 +37,38 @@ struct Inner {
     session_order: BTreeSet<OrderKey>,
     traces: HashMap<Key, Trace>,
     trace_order: BTreeSet<OrderKey>,
+    /// (tenant, turn id) -> session id
+    turn_sessions: HashMap<Key, String>,
+    memories: HashMap<Key, StoredMemory>,
+    memory_order: BTreeSet<OrderKey>,
+    /// (tenant, dedupe key) -> memory id
+    dedupe: HashMap<Key, String>,
 }
 
 #[derive(Debug)]
 struct StoredSession {
     record: SessionRecord,
     versions: Vec<VersionRecord>,
+    /// Turn number n is at index n - 1.
+    turns: Vec<Turn>,
+}
+
+#[derive(Debug)]
+struct StoredMemory {
+    record: MemoryRecord,
+    revisions: Vec<MemoryRevision>,
+}
+
+fn revision(m: &Memory) -> MemoryRevision {
+    MemoryRevision {
+        memory_id: m.id.clone(),
+        version: m.version,
+        content: m.content.clone(),
+        memory_type: m.memory_type.clone(),
+        tags: m.tags.clone(),
+        metadata: m.metadata.clone(),
+        updated_at: m.updated_at,
+    }
 }
 
 fn key(tenant: &str, id: &str) -> Key {
@@ -54,6 +80,47 @@ impl Inner {
         self.sessions
             .get_mut(&key(tenant, id))
             .ok_or_else(|| Error::session_not_found(id))
+    }
+
+    /// Applies a checked version append to a session.
+    fn append_version(
+        &mut self,
+        tenant: &str,
+        stored_key: &Key,
+        append: AppendVersion,
+    ) -> Result<()> {
+        let stored = self
+            .sessions
+            .get_mut(stored_key)
+            .ok_or_else(|| Error::session_not_found(&append.session_id))?;
+        stored.versions.push(append.version);
+        stored.record.revision += 1;
+        let s = &mut stored.record.session;
+        s.version += 1;
+        s.state = append.state;
+        s.updated_at = append.updated_at;
+        self.insert_trace(tenant, append.trace);
+        Ok(())
+    }
+
+    fn check_next_version(stored: &StoredSession, append: &AppendVersion) -> Result<()> {
+        let current = stored.record.session.version;
+        if append.expected_version != current {
+            return Err(Error::Conflict {
+                expected: append.expected_version,
+                actual: current,
+            });
+        }
+        Ok(())
+    }
+
+    fn remove_memory(&mut self, tenant: &str, id: &str) -> Option<StoredMemory> {
+        let stored = self.memories.remove(&key(tenant, id))?;
+        let m = &stored.record.memory;
+        self.memory_order
+            .remove(&(tenant.to_owned(), m.created_at, m.id.clone()));
+        self.dedupe.remove(&key(tenant, &stored.record.dedupe_key));
+        Some(stored)
     }
 
     fn insert_trace(&mut self, tenant: &str, trace: Trace) {
@@ -92,6 +159,18 @@ fn session_matches(s: &Session, q: &SessionQuery) -> bool {
             .is_none_or(|m| json::contains(&s.metadata, m))
 }
 
+fn memory_matches(m: &Memory, q: &MemoryQuery) -> bool {
+    q.session_id
+        .as_ref()
+        .is_none_or(|s| Some(s) == m.session_id.as_ref())
+        && q.user_id
+            .as_ref()
+            .is_none_or(|u| Some(u) == m.user_id.as_ref())
+        && (!q.user_level_only || m.session_id.is_none())
+        && q.memory_type.as_ref().is_none_or(|t| *t == m.memory_type)
+        && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)))
+}
+
 fn trace_matches(t: &Trace, q: &TraceQuery) -> bool {
     q.session_id
         .as_ref()
@@ -112,7 +191,10 @@ impl Store for MemoryStore {
         let s = &new.record.session;
         let k = key(tenant, &s.id);
         if inner.sessions.contains_key(&k) {
-            return Err(Error::backend(format!("session id {} already exists", s.id)));
+            return Err(Error::backend(format!(
+                "session id {} already exists",
+                s.id
+            )));
         }
         inner
             .session_order
@@ -122,6 +204,7 @@ impl Store for MemoryStore {
             StoredSession {
                 record: new.record,
                 versions: vec![new.initial],
+                turns: Vec::new(),
             },
         );
         inner.insert_trace(tenant, new.trace);
@@ -173,22 +256,9 @@ impl Store for MemoryStore {
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
         let mut inner = self.inner.lock();
         let stored = inner.session_mut(tenant, &append.session_id)?;
-        let current = stored.record.session.version;
-        if current != append.expected_version {
-            return Err(Error::Conflict {
-                expected: append.expected_version,
-                actual: current,
-            });
-        }
-        debug_assert_eq!(append.version.version, current + 1);
-        stored.versions.push(append.version);
-        stored.record.revision += 1;
-        let s = &mut stored.record.session;
-        s.version = current + 1;
-        s.state = append.state;
-        s.updated_at = append.updated_at;
-        inner.insert_trace(tenant, append.trace);
-        Ok(())
+        Inner::check_next_version(stored, &append)?;
+        let k = key(tenant, &append.session_id);
+        inner.append_version(tenant, &k, append)
     }
 
     async fn versions(
@@ -218,6 +288,18 @@ impl Store for MemoryStore {
         inner
             .session_order
             .remove(&(tenant.to_owned(), s.created_at, s.id.clone()));
+        for turn in &stored.turns {
+            inner.turn_sessions.remove(&key(tenant, &turn.id));
+        }
+        let owned: Vec<String> = inner
+            .memories
+            .iter()
+            .filter(|((t, _), m)| t == tenant && m.record.memory.session_id.as_deref() == Some(id))
+            .map(|((_, mid), _)| mid.clone())
+            .collect();
+        for mid in owned {
+            inner.remove_memory(tenant, &mid);
+        }
         inner.insert_trace(tenant, trace);
         Ok(stored.record)
     }
@@ -234,6 +316,226 @@ impl Store for MemoryStore {
             .filter(|(_, s)| s.record.session.is_expired_at(now))
             .take(limit)
             .map(|((tenant, _), s)| (tenant.clone(), s.record.clone()))
+            .collect())
+    }
+
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let session_id = append.turn.session_id.clone();
+        let stored = inner.session_mut(tenant, &session_id)?;
+        let count = stored.record.session.turn_count;
+        if append.turn.turn_number != count + 1 {
+            return Err(Error::Conflict {
+                expected: append.turn.turn_number.saturating_sub(1),
+                actual: count,
+            });
+        }
+        if let Some(state) = &append.state {
+            Inner::check_next_version(stored, state)?;
+        }
+        stored.record.session.turn_count = count + 1;
+        stored.record.session.updated_at = append.updated_at;
+        stored.record.revision += 1;
+        stored.turns.push(append.turn.clone());
+        let k = key(tenant, &session_id);
+        inner
+            .turn_sessions
+            .insert(key(tenant, &append.turn.id), session_id);
+        if let Some(state) = append.state {
+            inner.append_version(tenant, &k, state)?;
+        }
+        inner.insert_trace(tenant, append.trace);
+        Ok(())
+    }
+
+    async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+        let inner = self.inner.lock();
+        let Some(session_id) = inner.turn_sessions.get(&key(tenant, id)) else {
+            return Ok(None);
+        };
+        Ok(inner
+            .sessions
+            .get(&key(tenant, session_id))
+            .and_then(|s| s.turns.iter().find(|t| t.id == id).cloned()))
+    }
+
+    async fn list_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        query: &TurnQuery,
+    ) -> Result<Vec<Turn>> {
+        let inner = self.inner.lock();
+        let Some(stored) = inner.sessions.get(&key(tenant, session_id)) else {
+            return Ok(Vec::new());
+        };
+        let after = query.after_turn_number;
+        let turns: Box<dyn Iterator<Item = &Turn>> = if query.descending {
+            Box::new(
+                stored
+                    .turns
+                    .iter()
+                    .rev()
+                    .filter(|t| after.is_none_or(|a| t.turn_number < a)),
+            )
+        } else {
+            Box::new(
+                stored
+                    .turns
+                    .iter()
+                    .filter(|t| after.is_none_or(|a| t.turn_number > a)),
+            )
+        };
+        Ok(turns.take(query.limit).cloned().collect())
+    }
+
+    async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
+        let mut inner = self.inner.lock();
+        if let Some(existing) = inner.dedupe.get(&key(tenant, &new.record.dedupe_key)) {
+            let existing = key(tenant, existing);
+            return Ok(inner.memories.get(&existing).map(|m| m.record.clone()));
+        }
+        let m = &new.record.memory;
+        if let Some(sid) = &m.session_id {
+            inner.session_mut(tenant, sid)?.record.session.memory_count += 1;
+        }
+        inner
+            .memory_order
+            .insert((tenant.to_owned(), m.created_at, m.id.clone()));
+        inner
+            .dedupe
+            .insert(key(tenant, &new.record.dedupe_key), m.id.clone());
+        let stored = StoredMemory {
+            revisions: vec![revision(m)],
+            record: new.record,
+        };
+        inner
+            .memories
+            .insert(key(tenant, &stored.record.memory.id), stored);
+        inner.insert_trace(tenant, new.trace);
+        Ok(None)
+    }
+
+    async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .memories
+            .get(&key(tenant, id))
+            .map(|m| m.record.clone()))
+    }
+
+    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
+        let inner = self.inner.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.memories.get(&key(tenant, id)))
+            .map(|m| m.record.clone())
+            .collect())
+    }
+
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let id = update.record.memory.id.clone();
+        let new_key = key(tenant, &update.record.dedupe_key);
+        match inner.dedupe.get(&new_key) {
+            Some(other) if *other != id => {
+                return Err(Error::InvalidInput {
+                    param: "content",
+                    message: format!("memory {other} already has this content"),
+                })
+            }
+            _ => {}
+        }
+        let stored = inner
+            .memories
+            .get_mut(&key(tenant, &id))
+            .ok_or_else(|| Error::not_found(crate::ResourceKind::Memory, &id))?;
+        if stored.record.memory.version != update.expected_version {
+            return Err(Error::Conflict {
+                expected: update.expected_version,
+                actual: stored.record.memory.version,
+            });
+        }
+        let old_key = key(tenant, &stored.record.dedupe_key);
+        stored.revisions.push(revision(&update.record.memory));
+        stored.record = update.record;
+        inner.dedupe.remove(&old_key);
+        inner.dedupe.insert(new_key, id);
+        inner.insert_trace(tenant, update.trace);
+        Ok(())
+    }
+
+    async fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: Vec<f32>,
+    ) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if let Some(stored) = inner.memories.get_mut(&key(tenant, id)) {
+            if stored.record.memory.version == version {
+                stored.record.memory.embedding_model = Some(model.to_owned());
+                stored.record.embedding = Some(vector);
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
+        let mut inner = self.inner.lock();
+        let stored = inner
+            .remove_memory(tenant, id)
+            .ok_or_else(|| Error::not_found(crate::ResourceKind::Memory, id))?;
+        if let Some(sid) = &stored.record.memory.session_id {
+            if let Ok(s) = inner.session_mut(tenant, sid) {
+                s.record.session.memory_count = s.record.session.memory_count.saturating_sub(1);
+            }
+        }
+        inner.insert_trace(tenant, trace);
+        Ok(stored.record)
+    }
+
+    async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
+        let inner = self.inner.lock();
+        Ok(
+            Inner::newest_first(&inner.memory_order, tenant, query.after.as_ref())
+                .filter_map(|(t, _, id)| inner.memories.get(&key(t, id)))
+                .filter(|m| memory_matches(&m.record.memory, query))
+                .take(query.limit)
+                .map(|m| m.record.clone())
+                .collect(),
+        )
+    }
+
+    async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .memories
+            .get(&key(tenant, id))
+            .map(|m| m.revisions.clone())
+            .unwrap_or_default())
+    }
+
+    async fn scan_memories(
+        &self,
+        tenant: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>> {
+        let inner = self.inner.lock();
+        let mut found: Vec<&StoredMemory> = inner
+            .memories
+            .iter()
+            .filter(|((t, id), _)| t == tenant && after_id.is_none_or(|a| id.as_str() > a))
+            .map(|(_, m)| m)
+            .collect();
+        found.sort_unstable_by(|a, b| a.record.memory.id.cmp(&b.record.memory.id));
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .map(|m| m.record.clone())
             .collect())
     }
 

@@ -54,6 +54,13 @@ pub enum VersionChange {
         /// The version that was restored.
         restored_from_version: u64,
     },
+    /// The `state_after` of a turn.
+    Turn {
+        /// The turn.
+        turn_id: String,
+        /// Its number.
+        turn_number: u64,
+    },
     /// The initial state of a fork (version 0), copied from another session.
     Forked {
         /// The session forked from.
@@ -300,4 +307,280 @@ pub struct ExpiredSession {
     pub tenant: String,
     /// The session as it was when removed.
     pub session: Session,
+}
+
+/// One conversation turn: what came in, what went out, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// `turn_` + 12 random characters.
+    pub id: String,
+    /// The session it belongs to.
+    pub session_id: String,
+    /// 1, 2, 3, … within the session, without gaps.
+    pub turn_number: u64,
+    /// The input: `type`, `content` and any other keys as given.
+    pub input: Object,
+    /// The output: `type`, `content` and any other keys as given.
+    pub output: Object,
+    /// Why the agent answered so.
+    pub reasoning: Option<String>,
+    /// Free-form metadata (model, tokens, latency, …).
+    pub metadata: Object,
+    /// The state before the turn, as given.
+    pub state_before: Option<Object>,
+    /// The state after the turn, as given.
+    pub state_after: Option<Object>,
+    /// The state version this turn wrote, when its `state_after` changed the state.
+    pub state_version: Option<u64>,
+    /// When the turn was logged.
+    pub created_at: Timestamp,
+}
+
+/// Input of [`StateBase::add_turn`](crate::StateBase::add_turn).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AddTurn {
+    /// An object with `type` and `content` (other keys are kept), or a plain string, taken as
+    /// `{"type": "text", "content": …}`.
+    pub input: Value,
+    /// Like `input`.
+    pub output: Value,
+    /// Why.
+    pub reasoning: Option<String>,
+    /// A JSON object.
+    pub metadata: Option<Value>,
+    /// The state before the turn (a JSON object), recorded as given.
+    pub state_before: Option<Value>,
+    /// The state after the turn (a JSON object). When it differs from the current state it
+    /// becomes a new state version, written atomically with the turn.
+    pub state_after: Option<Value>,
+}
+
+impl AddTurn {
+    /// A turn with text input and output.
+    pub fn text(input: &str, output: &str) -> Self {
+        Self {
+            input: Value::String(input.to_owned()),
+            output: Value::String(output.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// List order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    #[default]
+    Desc,
+}
+
+/// Input of [`StateBase::list_turns`](crate::StateBase::list_turns).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListTurns {
+    /// Page size, 1..=100; `None` means 20.
+    pub limit: Option<i64>,
+    /// The id of the last turn of the previous page.
+    pub starting_after: Option<String>,
+    /// Default newest first.
+    pub order: Order,
+}
+
+/// A long-term memory, found by semantic search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// `mem_` + 12 random characters.
+    pub id: String,
+    /// The session it belongs to; `None` for a user-level memory.
+    pub session_id: Option<String>,
+    /// The user it belongs to (a session memory has its session's user).
+    pub user_id: Option<String>,
+    /// The text, 1..=10,000 characters.
+    pub content: String,
+    /// Free-form kind: `fact`, `preference`, `event`, … Default `general`.
+    #[serde(rename = "type")]
+    pub memory_type: String,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Free-form metadata.
+    pub metadata: Object,
+    /// 1 at creation, +1 per update.
+    pub version: u64,
+    /// The embedding model of its vector; `None` when it was added with `embed: false`.
+    pub embedding_model: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// One revision of a memory, as it was after an add or an update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRevision {
+    /// The memory.
+    pub memory_id: String,
+    /// Its version at this revision.
+    pub version: u64,
+    /// The content then.
+    pub content: String,
+    /// The type then.
+    #[serde(rename = "type")]
+    pub memory_type: String,
+    /// The tags then.
+    pub tags: Vec<String>,
+    /// The metadata then.
+    pub metadata: Object,
+    /// When the revision was made.
+    pub updated_at: Timestamp,
+}
+
+/// Input of [`StateBase::add_memory`](crate::StateBase::add_memory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AddMemory {
+    /// The session it belongs to. Without one, `user_id` makes it a user-level memory.
+    pub session_id: Option<String>,
+    /// The user of a user-level memory (a session memory takes its session's user).
+    pub user_id: Option<String>,
+    /// 1..=10,000 characters.
+    pub content: String,
+    /// Default `general`.
+    #[serde(rename = "type")]
+    pub memory_type: Option<String>,
+    /// Labels.
+    pub tags: Option<Vec<String>>,
+    /// A JSON object.
+    pub metadata: Option<Value>,
+    /// Whether to embed it for semantic search now (default true). Without a vector it is
+    /// still found by keyword.
+    pub embed: Option<bool>,
+}
+
+impl AddMemory {
+    /// A memory of `session_id` with every default.
+    pub fn new(session_id: &str, content: &str) -> Self {
+        Self {
+            session_id: Some(session_id.to_owned()),
+            content: content.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Input of [`StateBase::update_memory`](crate::StateBase::update_memory).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateMemory {
+    /// New content (re-embedded).
+    pub content: Option<String>,
+    /// New type.
+    #[serde(rename = "type")]
+    pub memory_type: Option<String>,
+    /// New tags: they replace the old ones.
+    pub tags: Option<Vec<String>>,
+    /// An RFC 7386 merge patch for the metadata.
+    pub metadata: Option<Value>,
+}
+
+/// Input of [`StateBase::list_memories`](crate::StateBase::list_memories).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListMemories {
+    /// Page size, 1..=100; `None` means 20.
+    pub limit: Option<i64>,
+    /// The id of the last memory of the previous page.
+    pub starting_after: Option<String>,
+    /// Only this session's memories.
+    pub session_id: Option<String>,
+    /// Only this user's memories.
+    pub user_id: Option<String>,
+    /// Only this type.
+    #[serde(rename = "type")]
+    pub memory_type: Option<String>,
+    /// Only memories with any of these tags.
+    pub tags: Vec<String>,
+}
+
+/// Input of [`StateBase::search_memories`](crate::StateBase::search_memories).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchMemories {
+    /// What to look for.
+    pub query: String,
+    /// Only this session's memories.
+    pub session_id: Option<String>,
+    /// Only this user's memories.
+    pub user_id: Option<String>,
+    /// Only these types (empty: any).
+    pub types: Vec<String>,
+    /// Only memories with any of these tags (empty: any).
+    pub tags: Vec<String>,
+    /// How many results, 1..=50; `None` means 10.
+    pub limit: Option<i64>,
+    /// Minimum score, 0..=1; `None` means 0.7.
+    pub threshold: Option<f64>,
+}
+
+impl SearchMemories {
+    /// A search for `query` with every default.
+    pub fn new(query: &str) -> Self {
+        Self {
+            query: query.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A memory found by search, with its relevance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryHit {
+    /// The memory.
+    pub id: String,
+    /// Its session.
+    pub session_id: Option<String>,
+    /// Its user.
+    pub user_id: Option<String>,
+    /// Its text.
+    pub content: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub memory_type: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its metadata.
+    pub metadata: Object,
+    /// The relevance, 0..=1: the higher of `vector_score` and `keyword_score`.
+    pub score: f32,
+    /// Cosine similarity of the query's and the memory's vectors (0 without a vector).
+    pub vector_score: f32,
+    /// The share of the query's keywords the memory contains.
+    pub keyword_score: f32,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// Input of [`StateBase::context`](crate::StateBase::context).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextRequest {
+    /// What the agent is about to answer; memories are ranked against it. Without it, the
+    /// most recent memories.
+    pub query: Option<String>,
+    /// 1..=20; `None` means 5.
+    pub memory_limit: Option<i64>,
+    /// 1..=50; `None` means 10.
+    pub turn_limit: Option<i64>,
+}
+
+/// What an agent puts in its next prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    /// The session, with its current state and version.
+    pub session: Session,
+    /// The most relevant memories of the session and its user's user-level memories, best
+    /// first (newest first without a query).
+    pub memories: Vec<MemoryHit>,
+    /// The latest turns, newest first.
+    pub recent_turns: Vec<Turn>,
+    /// The mean score of `memories` (0 when there are none or there was no query).
+    pub average_relevance: f32,
+    /// True when a query found memories but they are only weakly related to it.
+    pub drift_warning: bool,
 }

@@ -4,10 +4,13 @@
 use crate::action;
 use crate::clock::{self, Clock, SystemClock, Timestamp};
 use crate::codec::{self, VersionBody};
+use crate::embed::{Embedder, HashEmbedder};
 use crate::error::{Error, ResourceKind, Result};
 use crate::id::{IdSource, RandomIds};
+use crate::index::{HnswConfig, HnswIndex};
 use crate::json::{self, Diff, Object};
 use crate::model::*;
+use crate::search::{IndexFactory, Indexes};
 use crate::store::*;
 use chrono::Duration;
 use serde::Serialize;
@@ -53,6 +56,10 @@ pub struct Config {
     pub ids: Arc<dyn IdSource>,
     /// The size limits.
     pub limits: Limits,
+    /// What embeds memories and queries.
+    pub embedder: Arc<dyn Embedder>,
+    /// What makes each tenant's vector index.
+    pub vector_index: IndexFactory,
 }
 
 impl Default for Config {
@@ -61,6 +68,8 @@ impl Default for Config {
             clock: Arc::new(SystemClock),
             ids: Arc::new(RandomIds),
             limits: Limits::default(),
+            embedder: Arc::new(HashEmbedder::new()),
+            vector_index: IndexFactory::new(|| Box::new(HnswIndex::new(HnswConfig::default()))),
         }
     }
 }
@@ -71,15 +80,16 @@ impl Default for Config {
 /// clones scoped differently over the same store.
 #[derive(Debug)]
 pub struct StateBase<S> {
-    shared: Arc<Shared<S>>,
-    tenant: Arc<str>,
-    actor: Arc<str>,
+    pub(crate) shared: Arc<Shared<S>>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) actor: Arc<str>,
 }
 
 #[derive(Debug)]
-struct Shared<S> {
-    store: S,
-    config: Config,
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) config: Config,
+    pub(crate) indexes: Indexes,
 }
 
 impl<S> Clone for StateBase<S> {
@@ -108,7 +118,11 @@ impl<S: Store> StateBase<S> {
     /// Statebase over `store` with the given clock, ids and limits.
     pub fn with_config(store: S, config: Config) -> Self {
         Self {
-            shared: Arc::new(Shared { store, config }),
+            shared: Arc::new(Shared {
+                store,
+                indexes: Indexes::new(config.embedder.clone(), config.vector_index.clone()),
+                config,
+            }),
             tenant: DEFAULT_TENANT.into(),
             actor: DEFAULT_ACTOR.into(),
         }
@@ -273,10 +287,12 @@ impl<S: Store> StateBase<S> {
             "memory_count": rec.session.memory_count,
         });
         let trace = self.trace(id, action::SESSION_DELETED, details, self.now());
-        self.store()
-            .delete_session(&self.tenant, id, trace)
-            .await
-            .map(drop)
+        self.store().delete_session(&self.tenant, id, trace).await?;
+        self.shared
+            .indexes
+            .update(&self.tenant, |index| index.remove_session(id))
+            .await;
+        Ok(())
     }
 
     /// Deletes every session (of every tenant) that has expired, with a `session.expired`
@@ -293,10 +309,17 @@ impl<S: Store> StateBase<S> {
                 let details = json!({"ttl_expires_at": s.ttl_expires_at, "version": s.version});
                 let trace = self.trace(&s.id, action::SESSION_EXPIRED, details, now);
                 match self.store().delete_session(&tenant, &s.id, trace).await {
-                    Ok(rec) => removed.push(ExpiredSession {
-                        tenant,
-                        session: rec.session,
-                    }),
+                    Ok(rec) => {
+                        let id = &rec.session.id;
+                        self.shared
+                            .indexes
+                            .update(&tenant, |index| index.remove_session(id))
+                            .await;
+                        removed.push(ExpiredSession {
+                            tenant,
+                            session: rec.session,
+                        })
+                    }
                     // Deleted meanwhile by someone else: nothing left to sweep.
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -511,21 +534,39 @@ impl<S: Store> StateBase<S> {
 
     // ----- internals -----
 
-    fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         clock::truncate(self.config().clock.now())
     }
 
-    fn new_id(&self, prefix: &str) -> String {
+    pub(crate) fn new_id(&self, prefix: &str) -> String {
         self.config().ids.new_id(prefix)
     }
 
     fn trace(&self, session_id: &str, action: &str, details: Value, now: Timestamp) -> Trace {
+        self.resource_trace(
+            Some(session_id),
+            ("session", session_id),
+            action,
+            details,
+            now,
+        )
+    }
+
+    /// A trace of `action` on the resource `(type, id)`, belonging to `session_id`.
+    pub(crate) fn resource_trace(
+        &self,
+        session_id: Option<&str>,
+        (resource_type, resource_id): (&str, &str),
+        action: &str,
+        details: Value,
+        now: Timestamp,
+    ) -> Trace {
         Trace {
             id: self.new_id("trace_"),
-            session_id: Some(session_id.to_owned()),
+            session_id: session_id.map(str::to_owned),
             action: action.to_owned(),
-            resource_type: "session".to_owned(),
-            resource_id: session_id.to_owned(),
+            resource_type: resource_type.to_owned(),
+            resource_id: resource_id.to_owned(),
             actor: self.actor.to_string(),
             timestamp: now,
             details,
@@ -533,7 +574,7 @@ impl<S: Store> StateBase<S> {
     }
 
     /// The session if it exists for this tenant and has not expired.
-    async fn live_session(&self, id: &str) -> Result<SessionRecord> {
+    pub(crate) async fn live_session(&self, id: &str) -> Result<SessionRecord> {
         match self.store().session(&self.tenant, id).await? {
             Some(rec) if !rec.session.is_expired_at(self.now()) => Ok(rec),
             _ => Err(Error::session_not_found(id)),
@@ -611,6 +652,28 @@ impl<S: Store> StateBase<S> {
         }
     }
 
+    /// The store write that appends `body` as the version after `session`'s current one.
+    pub(crate) fn next_version(
+        &self,
+        session: &Session,
+        body: VersionBody,
+        now: Timestamp,
+        trace: Trace,
+    ) -> Result<AppendVersion> {
+        Ok(AppendVersion {
+            session_id: session.id.clone(),
+            expected_version: session.version,
+            version: VersionRecord {
+                version: session.version + 1,
+                created_at: now,
+                body: codec::encode(&body)?,
+            },
+            state: body.state,
+            updated_at: now,
+            trace,
+        })
+    }
+
     /// Appends `body` as the version after `session`'s current one.
     async fn append(
         &self,
@@ -619,19 +682,7 @@ impl<S: Store> StateBase<S> {
         now: Timestamp,
         trace: Trace,
     ) -> Result<Session> {
-        let version = VersionRecord {
-            version: session.version + 1,
-            created_at: now,
-            body: codec::encode(&body)?,
-        };
-        let append = AppendVersion {
-            session_id: session.id.clone(),
-            expected_version: session.version,
-            version,
-            state: body.state,
-            updated_at: now,
-            trace,
-        };
+        let append = self.next_version(&session, body, now, trace)?;
         let state = append.state.clone();
         self.store().append_version(&self.tenant, append).await?;
         session.state = state;
@@ -652,7 +703,7 @@ impl<S: Store> StateBase<S> {
         }
     }
 
-    fn identifier(&self, param: &'static str, value: String) -> Result<String> {
+    pub(crate) fn identifier(&self, param: &'static str, value: String) -> Result<String> {
         if value.trim().is_empty() {
             return Err(Error::invalid(param, "must not be empty"));
         }
@@ -663,7 +714,7 @@ impl<S: Store> StateBase<S> {
         Ok(value)
     }
 
-    fn optional_identifier(
+    pub(crate) fn optional_identifier(
         &self,
         param: &'static str,
         value: Option<String>,
@@ -671,7 +722,11 @@ impl<S: Store> StateBase<S> {
         value.map(|v| self.identifier(param, v)).transpose()
     }
 
-    fn reasoning(&self, param: &'static str, value: Option<String>) -> Result<Option<String>> {
+    pub(crate) fn reasoning(
+        &self,
+        param: &'static str,
+        value: Option<String>,
+    ) -> Result<Option<String>> {
         let max = self.config().limits.max_reasoning_bytes;
         match value {
             Some(v) if v.len() > max => Err(Error::PayloadTooLarge {
@@ -684,7 +739,7 @@ impl<S: Store> StateBase<S> {
     }
 
     /// An optional JSON object (`None` or `null` mean `{}`), within the size limit.
-    fn document(&self, param: &'static str, value: Option<Value>) -> Result<Object> {
+    pub(crate) fn document(&self, param: &'static str, value: Option<Value>) -> Result<Object> {
         let doc = match value {
             None | Some(Value::Null) => Object::new(),
             Some(Value::Object(o)) => o,
@@ -694,7 +749,7 @@ impl<S: Store> StateBase<S> {
         Ok(doc)
     }
 
-    fn check_size(&self, what: &'static str, doc: &impl Serialize) -> Result<()> {
+    pub(crate) fn check_size(&self, what: &'static str, doc: &impl Serialize) -> Result<()> {
         let limit = self.config().limits.max_document_bytes;
         let size = json_size(doc);
         if size > limit {
@@ -752,7 +807,7 @@ fn ttl_seconds(ttl: Option<i64>) -> Result<i64> {
     }
 }
 
-fn page_limit(limit: Option<i64>, default: usize, max: usize) -> Result<usize> {
+pub(crate) fn page_limit(limit: Option<i64>, default: usize, max: usize) -> Result<usize> {
     match limit {
         None => Ok(default),
         Some(l) if l >= 1 && l as u64 <= max as u64 => Ok(l as usize),
@@ -761,7 +816,7 @@ fn page_limit(limit: Option<i64>, default: usize, max: usize) -> Result<usize> {
 }
 
 /// A page from `limit + 1` items: the extra one only says that more follow.
-fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &String) -> Page<T> {
+pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> &String) -> Page<T> {
     let has_more = items.len() > limit;
     items.truncate(limit);
     Page {

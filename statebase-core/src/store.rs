@@ -8,7 +8,7 @@
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
-use crate::model::{Session, Trace};
+use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::ops::Range;
@@ -78,6 +78,81 @@ pub struct SessionUpdate {
     pub updated_at: Timestamp,
     /// The `session.updated` trace.
     pub trace: Trace,
+}
+
+/// Appends the next turn of a session, with the state version it writes, if any.
+#[derive(Debug, Clone)]
+pub struct AppendTurn {
+    /// The turn; its number must be the session's `turn_count + 1`.
+    pub turn: Turn,
+    /// The state version the turn writes, checked and applied as by
+    /// [`Store::append_version`], in the same transaction.
+    pub state: Option<AppendVersion>,
+    /// The session's new `updated_at`.
+    pub updated_at: Timestamp,
+    /// The `turn.added` trace.
+    pub trace: Trace,
+}
+
+/// A memory as stored: the public record, its vector, and its deduplication key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryRecord {
+    /// The memory.
+    pub memory: Memory,
+    /// Its vector, made by `memory.embedding_model`.
+    pub embedding: Option<Vec<f32>>,
+    /// Unique within a tenant: two memories with the same key are the same memory.
+    pub dedupe_key: String,
+}
+
+/// Inserts a memory, unless its tenant already has one with the same dedupe key.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    /// The memory, at version 1.
+    pub record: MemoryRecord,
+    /// The `memory.created` trace.
+    pub trace: Trace,
+}
+
+/// Replaces a memory with its next version.
+#[derive(Debug, Clone)]
+pub struct MemoryUpdate {
+    /// The memory as it will be (version `expected_version + 1`).
+    pub record: MemoryRecord,
+    /// The version that must be current.
+    pub expected_version: u64,
+    /// The `memory.updated` trace.
+    pub trace: Trace,
+}
+
+/// Filters of [`Store::list_memories`]. Order: newest first, by `(created_at, id)` descending.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Only memories strictly after this cursor in list order.
+    pub after: Option<Cursor>,
+    /// Exact session.
+    pub session_id: Option<String>,
+    /// Exact user.
+    pub user_id: Option<String>,
+    /// Only memories without a session (user-level ones).
+    pub user_level_only: bool,
+    /// Exact type.
+    pub memory_type: Option<String>,
+    /// Any of these tags (empty: any memory).
+    pub tags: Vec<String>,
+}
+
+/// Filters of [`Store::list_turns`].
+#[derive(Debug, Clone, Default)]
+pub struct TurnQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Newest (highest turn number) first.
+    pub descending: bool,
+    /// Only turns after this number in list order.
+    pub after_turn_number: Option<u64>,
 }
 
 /// Where a listing resumes: strictly after this key in its order.
@@ -178,7 +253,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         range: Range<u64>,
     ) -> Result<Vec<VersionRecord>>;
 
-    /// Deletes the session and everything it owns (its versions) and writes the trace.
+    /// Deletes the session and everything it owns (its versions, turns, and memories with
+    /// their revisions) and writes the trace.
     /// Returns the session as it was; `NotFound` if there is no such session.
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
 
@@ -189,6 +265,68 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<(String, SessionRecord)>>;
+
+    /// Inserts the turn, sets `turn_count` to its number, applies the state version if any,
+    /// sets `updated_at`, bumps the revision, writes the traces. `Conflict` if the turn
+    /// number is not `turn_count + 1` or the state version is not the next one; `NotFound`
+    /// if there is no such session.
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
+
+    /// The turn, or `None`.
+    async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
+
+    /// The session's turns by turn number, at most `query.limit`.
+    async fn list_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        query: &TurnQuery,
+    ) -> Result<Vec<Turn>>;
+
+    /// Inserts the memory and its first revision, bumps its session's `memory_count`, writes
+    /// the trace, and returns `None`. If the tenant has a memory with the same dedupe key,
+    /// writes nothing and returns that memory. `NotFound` if its session does not exist.
+    async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
+
+    /// The memory, or `None`.
+    async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
+
+    /// The memories with these ids that exist, in any order.
+    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
+
+    /// Replaces the memory, adds the revision, writes the trace. `Conflict` if its version
+    /// is not `expected_version`; `NotFound` if it does not exist; `InvalidInput` (param
+    /// `content`) if another memory of the tenant has the new dedupe key.
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
+
+    /// Replaces the vector of the memory if it is still at `version` (else does nothing).
+    async fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: Vec<f32>,
+    ) -> Result<()>;
+
+    /// Deletes the memory and its revisions, lowers its session's `memory_count`, writes the
+    /// trace, and returns it. `NotFound` if it does not exist.
+    async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
+
+    /// Memories matching the query, newest first, at most `query.limit`.
+    async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
+
+    /// The memory's revisions, oldest first.
+    async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
+
+    /// Up to `limit` of the tenant's memories with ids greater than `after_id`, by id: for
+    /// loading a search index.
+    async fn scan_memories(
+        &self,
+        tenant: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>>;
 
     /// The trace, or `None`.
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
@@ -242,6 +380,78 @@ macro_rules! forward_store {
                 limit: usize,
             ) -> Result<Vec<(String, SessionRecord)>> {
                 (**self).expired_sessions(now, limit).await
+            }
+            async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+                (**self).append_turn(tenant, append).await
+            }
+            async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+                (**self).turn(tenant, id).await
+            }
+            async fn list_turns(
+                &self,
+                tenant: &str,
+                session_id: &str,
+                query: &TurnQuery,
+            ) -> Result<Vec<Turn>> {
+                (**self).list_turns(tenant, session_id, query).await
+            }
+            async fn insert_memory(
+                &self,
+                tenant: &str,
+                new: NewMemory,
+            ) -> Result<Option<MemoryRecord>> {
+                (**self).insert_memory(tenant, new).await
+            }
+            async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+                (**self).memory(tenant, id).await
+            }
+            async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
+                (**self).memories(tenant, ids).await
+            }
+            async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+                (**self).update_memory(tenant, update).await
+            }
+            async fn set_embedding(
+                &self,
+                tenant: &str,
+                id: &str,
+                version: u64,
+                model: &str,
+                vector: Vec<f32>,
+            ) -> Result<()> {
+                (**self)
+                    .set_embedding(tenant, id, version, model, vector)
+                    .await
+            }
+            async fn delete_memory(
+                &self,
+                tenant: &str,
+                id: &str,
+                trace: Trace,
+            ) -> Result<MemoryRecord> {
+                (**self).delete_memory(tenant, id, trace).await
+            }
+            async fn list_memories(
+                &self,
+                tenant: &str,
+                query: &MemoryQuery,
+            ) -> Result<Vec<MemoryRecord>> {
+                (**self).list_memories(tenant, query).await
+            }
+            async fn memory_revisions(
+                &self,
+                tenant: &str,
+                id: &str,
+            ) -> Result<Vec<MemoryRevision>> {
+                (**self).memory_revisions(tenant, id).await
+            }
+            async fn scan_memories(
+                &self,
+                tenant: &str,
+                after_id: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<MemoryRecord>> {
+                (**self).scan_memories(tenant, after_id, limit).await
             }
             async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
                 (**self).trace(tenant, id).await

@@ -1,0 +1,464 @@
+//! Long-term memories: added once per content and scope, searched by meaning and keywords,
+//! and the one-call context an agent builds its next prompt from.
+
+use crate::action;
+use crate::error::{Error, ResourceKind, Result};
+use crate::json;
+use crate::model::*;
+use crate::search::{Hit, Query, Scope};
+use crate::statebase::{page, page_limit, StateBase};
+use crate::store::{Cursor, MemoryQuery, MemoryRecord, MemoryUpdate, NewMemory, Store, TurnQuery};
+use crate::Timestamp;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// The longest memory, in characters.
+pub const MAX_MEMORY_CHARS: usize = 10_000;
+/// Context raises `drift_warning` when the memories it found average below this score.
+pub const DRIFT_THRESHOLD: f32 = 0.35;
+/// The most tags a memory can have.
+const MAX_TAGS: usize = 64;
+
+impl<S: Store> StateBase<S> {
+    /// Adds a memory to a session, or a user-level memory (no session, a `user_id`).
+    ///
+    /// Adding content that the same scope (session, or user for user-level memories)
+    /// already has returns the existing memory instead of a duplicate, also when two adds
+    /// race. A new memory is searchable as soon as this returns.
+    pub async fn add_memory(&self, req: AddMemory) -> Result<Memory> {
+        let content = self.memory_content(req.content)?;
+        let memory_type = self.memory_type(req.memory_type)?;
+        let tags = self.tags(req.tags.unwrap_or_default())?;
+        let metadata = self.document("metadata", req.metadata)?;
+        let (session_id, user_id) = match (req.session_id, req.user_id) {
+            (Some(sid), user) => {
+                let session = self.live_session(&sid).await?.session;
+                if user.is_some() && user != session.user_id {
+                    return Err(Error::invalid(
+                        "user_id",
+                        "differs from the session's user_id",
+                    ));
+                }
+                (Some(sid), session.user_id)
+            }
+            (None, Some(user)) => (None, Some(self.identifier("user_id", user)?)),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "session_id",
+                    "a memory needs a session_id, or a user_id for a user-level memory",
+                ))
+            }
+        };
+        let embedding = match req.embed {
+            Some(false) => None,
+            _ => Some(self.embed(&content).await?),
+        };
+        let now = self.now();
+        let memory = Memory {
+            id: self.new_id("mem_"),
+            session_id,
+            user_id,
+            content,
+            memory_type,
+            tags,
+            metadata,
+            version: 1,
+            embedding_model: embedding
+                .as_ref()
+                .map(|_| self.config().embedder.model_id().to_owned()),
+            created_at: now,
+            updated_at: now,
+        };
+        let details = json!({
+            "content_preview": preview(&memory.content),
+            "type": memory.memory_type,
+            "tags": memory.tags,
+            "embedded": embedding.is_some(),
+        });
+        let trace = self.memory_trace(&memory, action::MEMORY_CREATED, details, now);
+        let record = MemoryRecord {
+            dedupe_key: dedupe_key(&memory),
+            memory,
+            embedding,
+        };
+        let new = NewMemory {
+            record: record.clone(),
+            trace,
+        };
+        if let Some(existing) = self.store().insert_memory(&self.tenant, new).await? {
+            return Ok(existing.memory);
+        }
+        self.shared
+            .indexes
+            .update(&self.tenant, |index| index.upsert(&record))
+            .await;
+        Ok(record.memory)
+    }
+
+    /// The memory.
+    pub async fn get_memory(&self, id: &str) -> Result<Memory> {
+        Ok(self.memory_record(id).await?.memory)
+    }
+
+    /// Changes a memory: new content is re-embedded, tags replace, metadata merges
+    /// (RFC 7386); its `version` goes up by one and the old one stays in its history.
+    pub async fn update_memory(&self, id: &str, req: UpdateMemory) -> Result<Memory> {
+        let content = req.content.map(|c| self.memory_content(c)).transpose()?;
+        let memory_type = req
+            .memory_type
+            .map(|t| self.memory_type(Some(t)))
+            .transpose()?;
+        let tags = req.tags.map(|t| self.tags(t)).transpose()?;
+        let patch = self.document("metadata", req.metadata)?;
+        loop {
+            let old = self.memory_record(id).await?;
+            let mut record = old.clone();
+            let m = &mut record.memory;
+            let content_changed = content.as_ref().is_some_and(|c| *c != m.content);
+            if let Some(c) = &content {
+                m.content.clone_from(c);
+            }
+            if content_changed && record.embedding.is_some() {
+                record.embedding = Some(self.embed(&m.content).await?);
+                m.embedding_model = Some(self.config().embedder.model_id().to_owned());
+            }
+            let tags_changed = tags.as_ref().is_some_and(|t| *t != m.tags);
+            if let Some(t) = &tags {
+                m.tags.clone_from(t);
+            }
+            if let Some(t) = &memory_type {
+                m.memory_type.clone_from(t);
+            }
+            json::merge_patch(&mut m.metadata, &patch);
+            self.check_size("metadata", &m.metadata)?;
+            let now = self.now();
+            m.version += 1;
+            m.updated_at = now;
+            let details = json!({
+                "content_changed": content_changed,
+                "tags_changed": tags_changed,
+                "version": m.version,
+            });
+            let trace = self.memory_trace(m, action::MEMORY_UPDATED, details, now);
+            record.dedupe_key = dedupe_key(&record.memory);
+            let update = MemoryUpdate {
+                record: record.clone(),
+                expected_version: old.memory.version,
+                trace,
+            };
+            match self.store().update_memory(&self.tenant, update).await {
+                // Changed meanwhile by another writer: apply ours to the new version.
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            self.shared
+                .indexes
+                .update(&self.tenant, |index| index.upsert(&record))
+                .await;
+            return Ok(record.memory);
+        }
+    }
+
+    /// Deletes the memory and its history.
+    pub async fn delete_memory(&self, id: &str) -> Result<()> {
+        let memory = self.memory_record(id).await?.memory;
+        let details = json!({"content_preview": preview(&memory.content)});
+        let trace = self.memory_trace(&memory, action::MEMORY_DELETED, details, self.now());
+        self.store().delete_memory(&self.tenant, id, trace).await?;
+        self.shared
+            .indexes
+            .update(&self.tenant, |index| index.remove(id))
+            .await;
+        Ok(())
+    }
+
+    /// Every revision of the memory, oldest first.
+    pub async fn memory_history(&self, id: &str) -> Result<Vec<MemoryRevision>> {
+        self.memory_record(id).await?;
+        self.store().memory_revisions(&self.tenant, id).await
+    }
+
+    /// Memories newest first, filtered by session, user, type and tags (any of), one page at
+    /// a time.
+    pub async fn list_memories(&self, req: ListMemories) -> Result<Page<Memory>> {
+        let limit = page_limit(req.limit, 20, 100)?;
+        let after = match &req.starting_after {
+            None => None,
+            Some(id) => {
+                let m = self
+                    .store()
+                    .memory(&self.tenant, id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid("starting_after", format!("no memory {id} to start after"))
+                    })?;
+                Some(Cursor {
+                    at: m.memory.created_at,
+                    id: m.memory.id,
+                })
+            }
+        };
+        let query = MemoryQuery {
+            limit: limit + 1,
+            after,
+            session_id: req.session_id,
+            user_id: req.user_id,
+            user_level_only: false,
+            memory_type: req.memory_type,
+            tags: req.tags,
+        };
+        let records = self.store().list_memories(&self.tenant, &query).await?;
+        Ok(page(
+            records.into_iter().map(|r| r.memory).collect(),
+            limit,
+            |m| &m.id,
+        ))
+    }
+
+    /// Memories ranked by relevance to `query`, best first, down to `threshold`. See
+    /// [`MemoryHit`] for how vector and keyword scores combine.
+    pub async fn search_memories(&self, req: SearchMemories) -> Result<Vec<MemoryHit>> {
+        if req.query.trim().is_empty() {
+            return Err(Error::invalid("query", "must not be empty"));
+        }
+        let limit = page_limit(req.limit, 10, 50)?;
+        let threshold = match req.threshold {
+            None => 0.7,
+            Some(t) if (0.0..=1.0).contains(&t) => t as f32,
+            Some(t) => return Err(Error::invalid("threshold", format!("{t} is outside 0..=1"))),
+        };
+        let scope = match (&req.session_id, &req.user_id) {
+            (Some(s), _) => Scope::Session(s),
+            (None, Some(u)) => Scope::User(u),
+            (None, None) => Scope::Tenant,
+        };
+        let hits = self
+            .search(&req.query, scope, &req.types, &req.tags, limit, threshold)
+            .await?;
+        let user = req.user_id.as_ref();
+        Ok(hits
+            .into_iter()
+            .filter(|h| user.is_none_or(|u| h.user_id.as_ref() == Some(u)))
+            .collect())
+    }
+
+    /// What an agent puts in its next prompt: the session (with its state), the memories
+    /// most relevant to `query` from the session and its user's user-level memories, and the
+    /// latest turns, newest first.
+    pub async fn context(&self, session_id: &str, req: ContextRequest) -> Result<Context> {
+        let memory_limit = page_limit(req.memory_limit, 5, 20)?;
+        let turn_limit = page_limit(req.turn_limit, 10, 50)?;
+        let session = self.live_session(session_id).await?.session;
+        let query = req.query.filter(|q| !q.trim().is_empty());
+        let memories = match &query {
+            Some(q) => {
+                let scope = Scope::SessionAndUserLevel(session_id, session.user_id.as_deref());
+                self.search(q, scope, &[], &[], memory_limit, 0.0).await?
+            }
+            None => self.recent_memories(&session, memory_limit).await?,
+        };
+        let average_relevance = if query.is_some() && !memories.is_empty() {
+            memories.iter().map(|m| m.score).sum::<f32>() / memories.len() as f32
+        } else {
+            0.0
+        };
+        let turns = TurnQuery {
+            limit: turn_limit,
+            descending: true,
+            after_turn_number: None,
+        };
+        let recent_turns = self
+            .store()
+            .list_turns(&self.tenant, session_id, &turns)
+            .await?;
+        Ok(Context {
+            drift_warning: query.is_some()
+                && !memories.is_empty()
+                && average_relevance < DRIFT_THRESHOLD,
+            session,
+            memories,
+            recent_turns,
+            average_relevance,
+        })
+    }
+
+    // ----- internals -----
+
+    async fn memory_record(&self, id: &str) -> Result<MemoryRecord> {
+        self.store()
+            .memory(&self.tenant, id)
+            .await?
+            .ok_or_else(|| Error::not_found(ResourceKind::Memory, id))
+    }
+
+    async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        let embedder = &self.config().embedder;
+        let mut vectors = embedder.embed(&[text.to_owned()]).await?;
+        match vectors.pop() {
+            Some(v) if v.len() == embedder.dimensions() => Ok(v),
+            _ => Err(Error::backend(format!(
+                "embedder {} returned no vector of {} dimensions",
+                embedder.model_id(),
+                embedder.dimensions()
+            ))),
+        }
+    }
+
+    async fn search(
+        &self,
+        text: &str,
+        scope: Scope<'_>,
+        types: &[String],
+        tags: &[String],
+        limit: usize,
+        threshold: f32,
+    ) -> Result<Vec<MemoryHit>> {
+        let query = Query {
+            text,
+            vector: Some(self.embed(text).await?),
+            scope,
+            types,
+            tags,
+            limit,
+            threshold,
+        };
+        let hits = self
+            .shared
+            .indexes
+            .search(self.store(), &self.tenant, &query)
+            .await?;
+        self.hydrate(hits).await
+    }
+
+    /// The hits as memories, in hit order (a memory deleted meanwhile is left out).
+    async fn hydrate(&self, hits: Vec<Hit>) -> Result<Vec<MemoryHit>> {
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        let mut found: HashMap<String, MemoryRecord> = self
+            .store()
+            .memories(&self.tenant, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.memory.id.clone(), r))
+            .collect();
+        Ok(hits
+            .into_iter()
+            .filter_map(|h| {
+                let m = found.remove(&h.id)?.memory;
+                Some(memory_hit(m, h.score, h.vector_score, h.keyword_score))
+            })
+            .collect())
+    }
+
+    /// The newest memories of the session and its user's user-level memories.
+    async fn recent_memories(&self, session: &Session, limit: usize) -> Result<Vec<MemoryHit>> {
+        let mut query = MemoryQuery {
+            limit,
+            session_id: Some(session.id.clone()),
+            ..MemoryQuery::default()
+        };
+        let mut records = self.store().list_memories(&self.tenant, &query).await?;
+        if let Some(user) = &session.user_id {
+            query.session_id = None;
+            query.user_id = Some(user.clone());
+            query.user_level_only = true;
+            records.extend(self.store().list_memories(&self.tenant, &query).await?);
+        }
+        let key = |r: &MemoryRecord| (r.memory.created_at, r.memory.id.clone());
+        records.sort_unstable_by_key(|r| std::cmp::Reverse(key(r)));
+        records.truncate(limit);
+        Ok(records
+            .into_iter()
+            .map(|r| memory_hit(r.memory, 0.0, 0.0, 0.0))
+            .collect())
+    }
+
+    fn memory_trace(
+        &self,
+        m: &Memory,
+        action: &str,
+        details: serde_json::Value,
+        now: Timestamp,
+    ) -> crate::Trace {
+        self.resource_trace(
+            m.session_id.as_deref(),
+            ("memory", &m.id),
+            action,
+            details,
+            now,
+        )
+    }
+
+    fn memory_content(&self, content: String) -> Result<String> {
+        if content.trim().is_empty() {
+            return Err(Error::invalid("content", "must not be empty"));
+        }
+        let chars = content.chars().count();
+        if chars > MAX_MEMORY_CHARS {
+            return Err(Error::ContentTooLarge {
+                size: chars,
+                limit: MAX_MEMORY_CHARS,
+            });
+        }
+        Ok(content)
+    }
+
+    fn memory_type(&self, memory_type: Option<String>) -> Result<String> {
+        match memory_type {
+            None => Ok("general".to_owned()),
+            Some(t) => self.identifier("type", t),
+        }
+    }
+
+    fn tags(&self, tags: Vec<String>) -> Result<Vec<String>> {
+        if tags.len() > MAX_TAGS {
+            return Err(Error::invalid("tags", format!("more than {MAX_TAGS} tags")));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(tags.len());
+        for t in tags {
+            let t = self.identifier("tags", t)?;
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn memory_hit(m: Memory, score: f32, vector_score: f32, keyword_score: f32) -> MemoryHit {
+    MemoryHit {
+        id: m.id,
+        session_id: m.session_id,
+        user_id: m.user_id,
+        content: m.content,
+        memory_type: m.memory_type,
+        tags: m.tags,
+        metadata: m.metadata,
+        score,
+        vector_score,
+        keyword_score,
+        created_at: m.created_at,
+    }
+}
+
+/// Same content in the same scope (the session, or the user for user-level memories) gives
+/// the same key.
+fn dedupe_key(m: &Memory) -> String {
+    let scope = match (&m.session_id, &m.user_id) {
+        (Some(s), _) => format!("session:{s}"),
+        (None, Some(u)) => format!("user:{u}"),
+        (None, None) => "tenant".to_owned(),
+    };
+    let digest = Sha256::new()
+        .chain_update(scope.as_bytes())
+        .chain_update([0])
+        .chain_update(m.content.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first 100 characters, for traces.
+fn preview(content: &str) -> String {
+    content.chars().take(100).collect()
+}

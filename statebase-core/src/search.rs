@@ -1,0 +1,444 @@
+//! The in-process search index over a store's memories: per tenant, loaded from the store on
+//! first use, then kept current by every memory write of this process.
+//!
+//! Scoring is hybrid. A memory's `vector_score` is the cosine similarity of its vector and
+//! the query's; its `keyword_score` is the share of the query's keywords (words less
+//! stopwords) that it contains. Its `score` is the higher of the two, so a memory that
+//! contains every keyword of the query scores 1 and is never lost to a low vector score.
+
+use crate::embed::{dot, keywords, Embedder};
+use crate::error::Result;
+use crate::index::{Vector, VectorIndex};
+use crate::store::{MemoryRecord, Store};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// Makes the vector index of one tenant.
+#[derive(Clone)]
+pub struct IndexFactory(Arc<dyn Fn() -> Box<dyn VectorIndex> + Send + Sync>);
+
+impl IndexFactory {
+    /// A factory from a closure.
+    pub fn new(make: impl Fn() -> Box<dyn VectorIndex> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(make))
+    }
+
+    fn make(&self) -> Box<dyn VectorIndex> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for IndexFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IndexFactory")
+    }
+}
+
+/// Which memories a search looks at, before type and tag filters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// Every memory of the tenant.
+    Tenant,
+    /// One session's memories.
+    Session(&'a str),
+    /// Every memory of one user (their sessions' and their user-level ones).
+    User(&'a str),
+    /// One session's memories and its user's user-level memories: what context searches.
+    SessionAndUserLevel(&'a str, Option<&'a str>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Query<'a> {
+    pub text: &'a str,
+    pub vector: Option<Vec<f32>>,
+    pub scope: Scope<'a>,
+    pub types: &'a [String],
+    pub tags: &'a [String],
+    pub limit: usize,
+    pub threshold: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub vector_score: f32,
+    pub keyword_score: f32,
+}
+
+/// Above this many candidates a scoped query asks the vector index (with a filter) instead
+/// of scanning the candidates exactly.
+const EXACT_SCOPE_LIMIT: usize = 5_000;
+
+struct Entry {
+    id: String,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    memory_type: String,
+    tags: Vec<String>,
+    keywords: Vec<String>,
+    vector: Option<Vector>,
+}
+
+/// One tenant's memories as the search sees them.
+struct TenantIndex {
+    next_key: u64,
+    keys: HashMap<String, u64>,
+    entries: HashMap<u64, Entry>,
+    by_session: HashMap<String, HashSet<u64>>,
+    by_user: HashMap<String, HashSet<u64>>,
+    user_level: HashMap<String, HashSet<u64>>,
+    by_keyword: HashMap<String, HashSet<u64>>,
+    vectors: Box<dyn VectorIndex>,
+}
+
+fn unlink(map: &mut HashMap<String, HashSet<u64>>, name: &str, key: u64) {
+    if let Some(set) = map.get_mut(name) {
+        set.remove(&key);
+        if set.is_empty() {
+            map.remove(name);
+        }
+    }
+}
+
+impl TenantIndex {
+    fn new(vectors: Box<dyn VectorIndex>) -> Self {
+        Self {
+            next_key: 0,
+            keys: HashMap::new(),
+            entries: HashMap::new(),
+            by_session: HashMap::new(),
+            by_user: HashMap::new(),
+            user_level: HashMap::new(),
+            by_keyword: HashMap::new(),
+            vectors,
+        }
+    }
+
+    /// Adds (or replaces) a memory; returns its vector for a bulk insert, when `bulk`.
+    fn upsert(&mut self, record: &MemoryRecord, model: &str, bulk: bool) -> Option<(u64, Vector)> {
+        let m = &record.memory;
+        self.remove(&m.id);
+        let key = self.next_key;
+        self.next_key += 1;
+        // A vector of another model is not comparable with the query's: keyword-only.
+        let vector: Option<Vector> = match (&record.embedding, &m.embedding_model) {
+            (Some(v), Some(made_by)) if made_by == model => Some(v.as_slice().into()),
+            _ => None,
+        };
+        let entry = Entry {
+            id: m.id.clone(),
+            session_id: m.session_id.clone(),
+            user_id: m.user_id.clone(),
+            memory_type: m.memory_type.clone(),
+            tags: m.tags.clone(),
+            keywords: keywords(&m.content),
+            vector: vector.clone(),
+        };
+        if let Some(s) = &entry.session_id {
+            self.by_session.entry(s.clone()).or_default().insert(key);
+        }
+        if let Some(u) = &entry.user_id {
+            self.by_user.entry(u.clone()).or_default().insert(key);
+            if entry.session_id.is_none() {
+                self.user_level.entry(u.clone()).or_default().insert(key);
+            }
+        }
+        for k in &entry.keywords {
+            self.by_keyword.entry(k.clone()).or_default().insert(key);
+        }
+        self.keys.insert(m.id.clone(), key);
+        self.entries.insert(key, entry);
+        let vector = vector.map(|v| (key, v));
+        match vector {
+            Some((key, v)) if !bulk => {
+                self.vectors.insert(key, v);
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(key) = self.keys.remove(id) else {
+            return;
+        };
+        let Some(entry) = self.entries.remove(&key) else {
+            return;
+        };
+        if let Some(s) = &entry.session_id {
+            unlink(&mut self.by_session, s, key);
+        }
+        if let Some(u) = &entry.user_id {
+            unlink(&mut self.by_user, u, key);
+            unlink(&mut self.user_level, u, key);
+        }
+        for k in &entry.keywords {
+            unlink(&mut self.by_keyword, k, key);
+        }
+        if entry.vector.is_some() {
+            self.vectors.remove(key);
+        }
+    }
+
+    fn remove_session(&mut self, session_id: &str) {
+        let keys: Vec<u64> = self
+            .by_session
+            .get(session_id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for key in keys {
+            if let Some(id) = self.entries.get(&key).map(|e| e.id.clone()) {
+                self.remove(&id);
+            }
+        }
+    }
+
+    /// The candidate keys of a scope; `None` for the whole tenant.
+    fn candidates(&self, scope: Scope<'_>) -> Option<HashSet<u64>> {
+        let get = |map: &HashMap<String, HashSet<u64>>, name: &str| {
+            map.get(name).cloned().unwrap_or_default()
+        };
+        match scope {
+            Scope::Tenant => None,
+            Scope::Session(s) => Some(get(&self.by_session, s)),
+            Scope::User(u) => Some(get(&self.by_user, u)),
+            Scope::SessionAndUserLevel(s, user) => {
+                let mut set = get(&self.by_session, s);
+                if let Some(u) = user {
+                    set.extend(get(&self.user_level, u));
+                }
+                Some(set)
+            }
+        }
+    }
+
+    fn search(&self, q: &Query<'_>) -> Vec<Hit> {
+        let candidates = self.candidates(q.scope);
+        let accept = |key: u64| {
+            candidates.as_ref().is_none_or(|c| c.contains(&key))
+                && self.entries.get(&key).is_some_and(|e| {
+                    (q.types.is_empty() || q.types.contains(&e.memory_type))
+                        && (q.tags.is_empty() || q.tags.iter().any(|t| e.tags.contains(t)))
+                })
+        };
+        let mut scores: HashMap<u64, (f32, f32)> = HashMap::new();
+        if let Some(qv) = &q.vector {
+            let vector_hits = match &candidates {
+                Some(c) if c.len() <= EXACT_SCOPE_LIMIT => {
+                    let mut hits: Vec<(u64, f32)> = c
+                        .iter()
+                        .filter(|k| accept(**k))
+                        .filter_map(|k| {
+                            let v = self.entries.get(k)?.vector.as_ref()?;
+                            Some((*k, dot(qv, v)))
+                        })
+                        .collect();
+                    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+                    hits.truncate(q.limit);
+                    hits
+                }
+                _ => self.vectors.search(qv, q.limit, &accept),
+            };
+            for (key, s) in vector_hits {
+                scores.insert(key, (s, 0.0));
+            }
+        }
+        let words = keywords(q.text);
+        if !words.is_empty() {
+            let mut counts: HashMap<u64, usize> = HashMap::new();
+            for w in &words {
+                for key in self.by_keyword.get(w).into_iter().flatten() {
+                    *counts.entry(*key).or_default() += 1;
+                }
+            }
+            for (key, n) in counts {
+                if !accept(key) {
+                    continue;
+                }
+                let share = n as f32 / words.len() as f32;
+                let slot = scores.entry(key).or_insert_with(|| {
+                    let vs = match (
+                        &q.vector,
+                        self.entries.get(&key).and_then(|e| e.vector.as_ref()),
+                    ) {
+                        (Some(qv), Some(v)) => dot(qv, v),
+                        _ => 0.0,
+                    };
+                    (vs, 0.0)
+                });
+                slot.1 = share;
+            }
+        }
+        let mut hits: Vec<Hit> = scores
+            .into_iter()
+            .filter_map(|(key, (vector_score, keyword_score))| {
+                let score = vector_score.max(keyword_score).clamp(0.0, 1.0);
+                let entry = self.entries.get(&key)?;
+                (score >= q.threshold).then(|| Hit {
+                    id: entry.id.clone(),
+                    score,
+                    vector_score,
+                    keyword_score,
+                })
+            })
+            .collect();
+        hits.sort_unstable_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(b.vector_score.total_cmp(&a.vector_score))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        hits.truncate(q.limit);
+        hits
+    }
+}
+
+type Slot = Arc<RwLock<Option<TenantIndex>>>;
+
+/// Every tenant's index, each loaded on first use.
+pub(crate) struct Indexes {
+    embedder: Arc<dyn Embedder>,
+    factory: IndexFactory,
+    tenants: Mutex<HashMap<String, Slot>>,
+}
+
+impl fmt::Debug for Indexes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Indexes")
+            .field("embedder", &self.embedder.model_id())
+            .field("tenants", &self.tenants.lock().len())
+            .finish()
+    }
+}
+
+/// Memories read per store call while loading an index.
+const LOAD_PAGE: usize = 1_000;
+
+impl Indexes {
+    pub fn new(embedder: Arc<dyn Embedder>, factory: IndexFactory) -> Self {
+        Self {
+            embedder,
+            factory,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, tenant: &str) -> Slot {
+        self.tenants
+            .lock()
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Runs `f` on the tenant's index if it is loaded; a write of a memory that the next
+    /// load reads from the store anyway needs nothing more.
+    pub async fn update(&self, tenant: &str, f: impl FnOnce(&mut TenantIndexHandle<'_>)) {
+        let slot = self.slot(tenant);
+        let mut guard = slot.write().await;
+        if let Some(index) = guard.as_mut() {
+            f(&mut TenantIndexHandle {
+                index,
+                model: self.embedder.model_id(),
+            });
+        }
+    }
+
+    /// Searches the tenant's index, loading it from the store first if needed.
+    pub async fn search<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        tenant: &str,
+        q: &Query<'_>,
+    ) -> Result<Vec<Hit>> {
+        let slot = self.slot(tenant);
+        {
+            let guard = slot.read().await;
+            if let Some(index) = guard.as_ref() {
+                return Ok(index.search(q));
+            }
+        }
+        let mut guard = slot.write().await;
+        if guard.is_none() {
+            *guard = Some(self.load(store, tenant).await?);
+        }
+        let index = guard.as_ref().map(|i| i.search(q)).unwrap_or_default();
+        Ok(index)
+    }
+
+    /// Reads every memory of the tenant, re-embedding those whose vectors came from another
+    /// model, and builds the index. Runs under the tenant's write lock, so memory writes that
+    /// commit meanwhile wait and are applied after it.
+    async fn load<S: Store + ?Sized>(&self, store: &S, tenant: &str) -> Result<TenantIndex> {
+        let model = self.embedder.model_id().to_owned();
+        let mut index = TenantIndex::new(self.factory.make());
+        let mut vectors = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut page = store
+                .scan_memories(tenant, after.as_deref(), LOAD_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.memory.id.clone());
+            let stale: Vec<usize> = page
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.memory
+                        .embedding_model
+                        .as_ref()
+                        .is_some_and(|m| *m != model)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !stale.is_empty() {
+                let texts: Vec<String> = stale
+                    .iter()
+                    .map(|&i| page[i].memory.content.clone())
+                    .collect();
+                let fresh = self.embedder.embed(&texts).await?;
+                for (&i, v) in stale.iter().zip(fresh) {
+                    let m = &page[i].memory;
+                    store
+                        .set_embedding(tenant, &m.id, m.version, &model, v.clone())
+                        .await?;
+                    page[i].memory.embedding_model = Some(model.clone());
+                    page[i].embedding = Some(v);
+                }
+            }
+            let done = page.len() < LOAD_PAGE;
+            for record in &page {
+                vectors.extend(index.upsert(record, &model, true));
+            }
+            if done {
+                break;
+            }
+        }
+        index.vectors.insert_many(vectors);
+        Ok(index)
+    }
+}
+
+/// A loaded tenant index, open for writing.
+pub(crate) struct TenantIndexHandle<'a> {
+    index: &'a mut TenantIndex,
+    model: &'a str,
+}
+
+impl TenantIndexHandle<'_> {
+    pub fn upsert(&mut self, record: &MemoryRecord) {
+        self.index.upsert(record, self.model, false);
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        self.index.remove(id);
+    }
+
+    pub fn remove_session(&mut self, session_id: &str) {
+        self.index.remove_session(session_id);
+    }
+}
