@@ -1075,7 +1075,7 @@ pub async fn documents_over_the_limit_are_rejected<F: StoreFactory>(factory: F) 
         max_document_bytes: 1000,
         ..crate::Limits::default()
     };
-    env.reopen_with(limits).await;
+    env.reopen_with(|c| c.limits = limits).await;
     let sb = env.sb();
     let s = new_session(sb, json!({"a": "x".repeat(600)})).await;
     let big = json!({"b": "y".repeat(600)});

@@ -16,10 +16,11 @@
 //! }
 //! ```
 
+pub mod agent_cases;
 pub mod cases;
 mod model;
 
-use crate::{Config, Limits, ManualClock, MemoryStore, StateBase, Store, Timestamp};
+use crate::{Config, ManualClock, MemoryStore, StateBase, Store, Timestamp};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ pub struct Env<F: StoreFactory> {
     factory: F,
     /// The clock every handle of this env reads.
     pub clock: Arc<ManualClock>,
-    limits: Limits,
+    config: Config,
     sb: Option<StateBase<F::Store>>,
 }
 
@@ -82,10 +83,14 @@ impl<F: StoreFactory> Env<F> {
     /// Opens the factory's store with a manual clock at [`epoch`].
     pub async fn new(factory: F) -> Self {
         let clock = Arc::new(ManualClock::new(epoch()));
+        let config = Config {
+            clock: clock.clone(),
+            ..Config::default()
+        };
         let mut env = Self {
             factory,
             clock,
-            limits: Limits::default(),
+            config,
             sb: None,
         };
         env.reopen().await;
@@ -100,17 +105,13 @@ impl<F: StoreFactory> Env<F> {
     /// Drops the store and opens it again.
     pub async fn reopen(&mut self) {
         self.sb = None;
-        let config = Config {
-            clock: self.clock.clone(),
-            limits: self.limits,
-            ..Config::default()
-        };
-        self.sb = Some(StateBase::with_config(self.factory.open().await, config));
+        let store = self.factory.open().await;
+        self.sb = Some(StateBase::with_config(store, self.config.clone()));
     }
 
-    /// Reopens the store with other limits.
-    pub async fn reopen_with(&mut self, limits: Limits) {
-        self.limits = limits;
+    /// Reopens the store with a changed configuration (the clock stays).
+    pub async fn reopen_with(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.config);
         self.reopen().await;
     }
 
@@ -125,7 +126,7 @@ impl<F: StoreFactory> Env<F> {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr) => {
-        $crate::conformance_suite!(@cases $factory;
+        $crate::conformance_suite!(@cases $factory; cases;
             create_session_returns_defaults,
             create_session_keeps_given_fields,
             create_session_rejects_bad_input,
@@ -154,16 +155,34 @@ macro_rules! conformance_suite {
             concurrent_updates_lose_nothing,
             reopen_keeps_every_acknowledged_write,
         );
+        $crate::conformance_suite!(@cases $factory; agent_cases;
+            turns_are_numbered_and_keep_their_input,
+            turn_state_after_writes_a_version_atomically,
+            bad_turns_are_refused,
+            turn_lists_order_and_paginate,
+            concurrent_turns_have_no_gaps,
+            memories_have_defaults_and_limits,
+            same_content_in_a_scope_is_one_memory,
+            memory_updates_are_versioned,
+            deleted_memories_are_gone,
+            memory_lists_filter_and_paginate,
+            search_ranks_and_filters,
+            memories_and_turns_are_tenant_isolated,
+            session_delete_takes_turns_and_memories,
+            context_gathers_state_memories_and_turns,
+            turns_and_memories_survive_reopen,
+            turn_and_memory_changes_are_traced,
+        );
         #[test]
         fn model_property() {
             $crate::testing::check_against_model(|| $factory);
         }
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+    (@cases $factory:expr; $module:ident; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::testing::cases::$case($factory).await;
+                $crate::testing::$module::$case($factory).await;
             }
         )*
     };

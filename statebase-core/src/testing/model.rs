@@ -1,10 +1,12 @@
-//! The property test: random operation sequences applied to a store and to a small
+//! The property test: random operation sequences (sessions, state writes, rollbacks, forks,
+//! turns, memories, deletes, clock jumps, sweeps, reopens) applied to a store and to a small
 //! reference model, compared after every step.
 
 use super::{Env, StoreFactory};
 use crate::json::{self, Object};
 use crate::{
-    CreateSession, ForkFrom, HistoryQuery, ListSessions, Result, RollbackTo, Session, StateWrite,
+    AddMemory, AddTurn, CreateSession, ForkFrom, HistoryQuery, ListMemories, ListSessions,
+    ListTurns, Result, RollbackTo, SearchMemories, Session, StateWrite,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -13,13 +15,44 @@ use std::collections::BTreeSet;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { state: Object, ttl: i64 },
-    Replace { s: usize, state: Object },
-    Merge { s: usize, patch: Object },
-    Rollback { s: usize, version: i64 },
-    Fork { s: usize, version: Option<i64> },
-    Delete { s: usize },
-    Advance { seconds: i64 },
+    Create {
+        state: Object,
+        ttl: i64,
+    },
+    Replace {
+        s: usize,
+        state: Object,
+    },
+    Merge {
+        s: usize,
+        patch: Object,
+    },
+    Rollback {
+        s: usize,
+        version: i64,
+    },
+    Fork {
+        s: usize,
+        version: Option<i64>,
+    },
+    Delete {
+        s: usize,
+    },
+    AddTurn {
+        s: usize,
+        state_after: Option<Object>,
+    },
+    AddMemory {
+        s: usize,
+        content: &'static str,
+    },
+    DeleteMemory {
+        s: usize,
+        m: usize,
+    },
+    Advance {
+        seconds: i64,
+    },
     Sweep,
     Reopen,
 }
@@ -49,17 +82,27 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (s.clone(), object()).prop_map(|(s, patch)| Op::Merge { s, patch }),
         2 => (s.clone(), -4..6i64).prop_map(|(s, version)| Op::Rollback { s, version }),
         2 => (s.clone(), prop::option::of(-3..5i64)).prop_map(|(s, version)| Op::Fork { s, version }),
-        1 => s.prop_map(|s| Op::Delete { s }),
+        1 => s.clone().prop_map(|s| Op::Delete { s }),
+        3 => (s.clone(), prop::option::of(object())).prop_map(|(s, state_after)| Op::AddTurn { s, state_after }),
+        3 => (s.clone(), prop::sample::select(CONTENTS.to_vec())).prop_map(|(s, content)| Op::AddMemory { s, content }),
+        1 => (s, 0..4usize).prop_map(|(s, m)| Op::DeleteMemory { s, m }),
         2 => (0..200i64).prop_map(|seconds| Op::Advance { seconds }),
         1 => Just(Op::Sweep),
         1 => Just(Op::Reopen),
     ]
 }
 
+/// Memory contents: few, so adds often repeat one (dedupe) and every one is a distinct
+/// keyword set (search).
+const CONTENTS: [&str; 4] = ["alpha fact", "beta fact", "gamma note", "delta memo"];
+
 #[derive(Debug)]
 struct ModelSession {
     id: String,
     versions: Vec<Object>,
+    turns: u64,
+    /// (content, memory id), in insertion order.
+    memories: Vec<(&'static str, String)>,
     /// Seconds after the epoch.
     expires_at: i64,
     deleted: bool,
@@ -95,18 +138,18 @@ impl Model {
 /// Runs random operation sequences against stores from `make` (a fresh one per sequence)
 /// and the reference model; panics with the shrunk failing sequence on a mismatch.
 ///
-/// `PROPTEST_CASES` sets the number of sequences (default 48).
+/// `PROPTEST_CASES` sets the number of sequences (default 128).
 pub fn check_against_model<F: StoreFactory>(make: impl Fn() -> F) {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(128);
     let config = Config {
         failure_persistence: None,
         ..Config::with_cases(cases)
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -143,6 +186,8 @@ async fn run<F: StoreFactory>(factory: F, ops: Vec<Op>) {
                 model.sessions.push(ModelSession {
                     id: s.id,
                     versions: vec![state],
+                    turns: 0,
+                    memories: Vec::new(),
                     expires_at: model.now + ttl,
                     deleted: false,
                 });
@@ -207,6 +252,8 @@ async fn run<F: StoreFactory>(factory: F, ops: Vec<Op>) {
                         model.sessions.push(ModelSession {
                             id: f.id,
                             versions: vec![state],
+                            turns: 0,
+                            memories: Vec::new(),
                             expires_at: model.now + crate::DEFAULT_TTL_SECONDS,
                             deleted: false,
                         });
@@ -219,8 +266,63 @@ async fn run<F: StoreFactory>(factory: F, ops: Vec<Op>) {
                 if model.live(i) {
                     r.unwrap();
                     model.sessions[i].deleted = true;
+                    model.sessions[i].memories.clear();
                 } else {
                     expect_not_found(r, "delete");
+                }
+            }
+            Op::AddTurn { s, state_after } => {
+                let Some(i) = model.pick(s) else { continue };
+                let req = AddTurn {
+                    state_after: state_after.clone().map(Value::Object),
+                    ..AddTurn::text("in", "out")
+                };
+                let r = sb.add_turn(&model.sessions[i].id, req).await;
+                if !model.live(i) {
+                    expect_not_found(r, "add turn");
+                    continue;
+                }
+                let m = &mut model.sessions[i];
+                m.turns += 1;
+                let turn = r.unwrap();
+                assert_eq!(turn.turn_number, m.turns);
+                match state_after {
+                    Some(after) if Some(&after) != m.versions.last() => {
+                        m.versions.push(after);
+                        assert_eq!(turn.state_version, Some(m.versions.len() as u64 - 1));
+                    }
+                    _ => assert_eq!(turn.state_version, None),
+                }
+            }
+            Op::AddMemory { s, content } => {
+                let Some(i) = model.pick(s) else { continue };
+                let r = sb
+                    .add_memory(AddMemory::new(&model.sessions[i].id, content))
+                    .await;
+                if !model.live(i) {
+                    expect_not_found(r, "add memory");
+                    continue;
+                }
+                let id = r.unwrap().id;
+                let m = &mut model.sessions[i];
+                match m.memories.iter().find(|(c, _)| *c == content) {
+                    Some((_, existing)) => assert_eq!(*existing, id, "dedupe"),
+                    None => m.memories.push((content, id)),
+                }
+            }
+            Op::DeleteMemory { s, m } => {
+                let Some(i) = model.pick(s) else { continue };
+                let session = &mut model.sessions[i];
+                if session.memories.is_empty() {
+                    continue;
+                }
+                let (_, id) = session.memories.remove(m % session.memories.len());
+                // A dead session's memories went with it.
+                let r = sb.delete_memory(&id).await;
+                if session.deleted {
+                    assert_eq!(r.unwrap_err().code(), "memory_not_found");
+                } else {
+                    r.unwrap();
                 }
             }
             Op::Advance { seconds } => {
@@ -239,6 +341,7 @@ async fn run<F: StoreFactory>(factory: F, ops: Vec<Op>) {
                 for s in model.sessions.iter_mut() {
                     if !s.deleted && model.now >= s.expires_at {
                         s.deleted = true;
+                        s.memories.clear();
                         expected.insert(s.id.clone());
                     }
                 }
@@ -273,6 +376,45 @@ async fn check<F: StoreFactory>(env: &Env<F>, model: &Model) {
         let h = sb.history(&m.id, q).await.unwrap();
         let states: Vec<&Object> = h.versions.iter().map(|v| &v.state).collect();
         assert_eq!(states, m.versions.iter().collect::<Vec<_>>());
+        assert_eq!(
+            (s.turn_count, s.memory_count),
+            (m.turns, m.memories.len() as u64)
+        );
+        let turns = sb
+            .list_turns(
+                &m.id,
+                ListTurns {
+                    limit: Some(100),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let numbers: Vec<u64> = turns.data.iter().map(|t| t.turn_number).collect();
+        assert_eq!(numbers, (1..=m.turns).rev().collect::<Vec<_>>());
+        let listed: BTreeSet<String> = sb
+            .list_memories(ListMemories {
+                session_id: Some(m.id.clone()),
+                limit: Some(100),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .data
+            .into_iter()
+            .map(|x| x.id)
+            .collect();
+        let expected: BTreeSet<String> = m.memories.iter().map(|(_, id)| id.clone()).collect();
+        assert_eq!(listed, expected);
+        for (content, id) in &m.memories {
+            let q = SearchMemories {
+                session_id: Some(m.id.clone()),
+                threshold: Some(0.99),
+                ..SearchMemories::new(content)
+            };
+            let hits = sb.search_memories(q).await.unwrap();
+            assert_eq!(hits.iter().map(|h| &h.id).collect::<Vec<_>>(), vec![id]);
+        }
     }
     let listed: BTreeSet<String> = sb
         .list_sessions(ListSessions {
