@@ -56,7 +56,9 @@ pub struct HnswConfig {
 impl Default for HnswConfig {
     fn default() -> Self {
         Self {
-            exact_limit: 5_000,
+            // Measured by `examples/index_crossover.rs` (384-d, 2 cores): exact is faster
+            // at 2,000 vectors (182 vs 217 µs), HNSW at 5,000 (368 vs 483 µs).
+            exact_limit: 3_000,
             ef_construction: 100,
             ef_search: 128,
             seed: 0x5eed,
@@ -191,10 +193,18 @@ fn swap(state: &RwLock<State>, snapshot: Snapshot, seq: u64) {
     s.building = false;
 }
 
-/// The best `k` of `hits` (unordered), best first.
-fn top(mut hits: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
-    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    hits.truncate(k);
+/// The best `k` of `hits` (unordered), best first: a partial selection, then a sort of
+/// only those `k`.
+pub(crate) fn top(mut hits: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
+    let better = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k == 0 {
+        return Vec::new();
+    }
+    if hits.len() > k {
+        hits.select_nth_unstable_by(k - 1, better);
+        hits.truncate(k);
+    }
+    hits.sort_unstable_by(better);
     hits
 }
 

@@ -8,7 +8,7 @@
 
 use crate::embed::{dot, keywords, Embedder};
 use crate::error::Result;
-use crate::index::{Vector, VectorIndex};
+use crate::index::{top, Vector, VectorIndex};
 use crate::store::{MemoryRecord, Store};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -70,8 +70,8 @@ pub(crate) struct Hit {
 }
 
 /// Above this many candidates a scoped query asks the vector index (with a filter) instead
-/// of scanning the candidates exactly.
-const EXACT_SCOPE_LIMIT: usize = 5_000;
+/// of scanning the candidates exactly: the crossover `examples/index_crossover.rs` measures.
+const EXACT_SCOPE_LIMIT: usize = 3_000;
 
 struct Entry {
     id: String,
@@ -229,7 +229,7 @@ impl TenantIndex {
         if let Some(qv) = &q.vector {
             let vector_hits = match &candidates {
                 Some(c) if c.len() <= EXACT_SCOPE_LIMIT => {
-                    let mut hits: Vec<(u64, f32)> = c
+                    let hits = c
                         .iter()
                         .filter(|k| accept(**k))
                         .filter_map(|k| {
@@ -237,9 +237,7 @@ impl TenantIndex {
                             Some((*k, dot(qv, v)))
                         })
                         .collect();
-                    hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-                    hits.truncate(q.limit);
-                    hits
+                    top(hits, q.limit)
                 }
                 _ => self.vectors.search(qv, q.limit, &accept),
             };
