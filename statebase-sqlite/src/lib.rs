@@ -1,2 +1,354 @@
-//! Placeholder: this crate is planned (see the project's open issues) and holds no code yet.
-//! The conformance suite in `statebase-core` (feature `testing`) is what it will pass.
+//! The SQLite backend of statebase: every record in one SQLite file (WAL mode, STRICT
+//! tables, foreign keys), bundled SQLite so no system library is needed.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use statebase_core::{CreateSession, StateBase};
+//! use statebase_sqlite::SqliteStore;
+//!
+//! let sb = StateBase::new(SqliteStore::open("agents.db")?);
+//! let session = sb.create_session(CreateSession::new("support-bot")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Concurrency.** One writer thread owns the only write connection, so `database is
+//! locked` never reaches a caller; reads run on a pool of read connections on tokio's
+//! blocking threads and see every acknowledged write (WAL snapshots).
+//!
+//! **Group commit.** Writes that arrive while the writer commits are applied together in
+//! the next transaction, each in its own savepoint, under one `COMMIT`: many concurrent
+//! agents share one fsync, and a failing write rolls back alone.
+//!
+//! **Durability** is chosen with [`Durability`]: `Full` (the default) fsyncs the WAL at every
+//! commit, so an acknowledged write survives a killed process and a power loss; `Normal`
+//! fsyncs only at checkpoints, so an acknowledged write survives a killed process but the
+//! last commits may be lost on power loss.
+//!
+//! **Schema.** Versioned migration scripts run in one transaction and are recorded in
+//! `schema_version`; a file written by a newer statebase is refused, untouched.
+
+mod error;
+mod schema;
+mod sql;
+mod writer;
+
+pub use error::SqliteError;
+pub use schema::SCHEMA_VERSION;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use statebase_core::store::*;
+use statebase_core::{MemoryRevision, Result, Timestamp, Trace, Turn};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use writer::Writer;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync at every commit (`synchronous = FULL`): acknowledged writes survive a killed
+    /// process and a power loss.
+    #[default]
+    Full,
+    /// WAL's default (`synchronous = NORMAL`): acknowledged writes survive a killed process;
+    /// the last ones may be lost on power loss.
+    Normal,
+}
+
+/// How a [`SqliteStore`] opens its file.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Default [`Durability::Full`].
+    pub durability: Durability,
+    /// How long a connection waits for a lock held by another process. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Read connections kept open for reuse. Default 8.
+    pub idle_readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            busy_timeout: Duration::from_secs(5),
+            idle_readers: 8,
+        }
+    }
+}
+
+/// A statebase [`Store`] in one SQLite file. Cloning is cheap and shares the file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, SqliteError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(options.busy_timeout)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SqliteError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (or creates) the database file. Fails, changing nothing, if the file was
+    /// written by a newer statebase.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, SqliteError> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = connect(&path, &options)?;
+        schema::check_version(&conn)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let synchronous = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        schema::migrate(&mut conn)?;
+        let writer = Writer::start(conn).map_err(|e| SqliteError::Commit(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                writer,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// `PRAGMA integrity_check` of the file: `"ok"` when it is sound.
+    pub async fn integrity_check(&self) -> Result<String, SqliteError> {
+        self.read(sql::integrity_check).await
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+    ) -> Result<R, SqliteError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => connect(&inner.path, &inner.options)?,
+            };
+            let result = read(&conn);
+            let mut idle = inner.readers.lock();
+            if idle.len() < inner.options.idle_readers {
+                idle.push(conn);
+            }
+            result
+        })
+        .await?
+    }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+    ) -> Result<R, SqliteError> {
+        self.inner.writer.write(write).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::create_session(c, &tenant, &new))
+            .await?)
+    }
+
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::session(c, &tenant, &id)).await?)
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        query: &SessionQuery,
+    ) -> Result<Vec<SessionRecord>> {
+        let (tenant, query) = (tenant.to_owned(), query.clone());
+        Ok(self
+            .read(move |c| sql::list_sessions(c, &tenant, &query))
+            .await?)
+    }
+
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::update_session(c, &tenant, &update))
+            .await?)
+    }
+
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::append_version(c, &tenant, &append))
+            .await?)
+    }
+
+    async fn versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<VersionRecord>> {
+        let (tenant, id) = (tenant.to_owned(), session_id.to_owned());
+        Ok(self
+            .read(move |c| sql::versions(c, &tenant, &id, range))
+            .await?)
+    }
+
+    async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self
+            .write(move |c| sql::delete_session(c, &tenant, &id, &trace))
+            .await?)
+    }
+
+    async fn expired_sessions(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, SessionRecord)>> {
+        Ok(self
+            .read(move |c| sql::expired_sessions(c, now, limit))
+            .await?)
+    }
+
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::append_turn(c, &tenant, &append))
+            .await?)
+    }
+
+    async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::turn(c, &tenant, &id)).await?)
+    }
+
+    async fn list_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        query: &TurnQuery,
+    ) -> Result<Vec<Turn>> {
+        let (tenant, id, query) = (tenant.to_owned(), session_id.to_owned(), query.clone());
+        Ok(self
+            .read(move |c| sql::list_turns(c, &tenant, &id, &query))
+            .await?)
+    }
+
+    async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::insert_memory(c, &tenant, &new))
+            .await?)
+    }
+
+    async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::memory(c, &tenant, &id)).await?)
+    }
+
+    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
+        let (tenant, ids) = (tenant.to_owned(), ids.to_vec());
+        Ok(self.read(move |c| sql::memories(c, &tenant, &ids)).await?)
+    }
+
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::update_memory(c, &tenant, &update))
+            .await?)
+    }
+
+    async fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: Vec<f32>,
+    ) -> Result<()> {
+        let (tenant, id, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
+        Ok(self
+            .write(move |c| sql::set_embedding(c, &tenant, &id, version, &model, &vector))
+            .await?)
+    }
+
+    async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self
+            .write(move |c| sql::delete_memory(c, &tenant, &id, &trace))
+            .await?)
+    }
+
+    async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
+        let (tenant, query) = (tenant.to_owned(), query.clone());
+        Ok(self
+            .read(move |c| sql::list_memories(c, &tenant, &query))
+            .await?)
+    }
+
+    async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self
+            .read(move |c| sql::memory_revisions(c, &tenant, &id))
+            .await?)
+    }
+
+    async fn scan_memories(
+        &self,
+        tenant: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>> {
+        let (tenant, after) = (tenant.to_owned(), after_id.map(str::to_owned));
+        Ok(self
+            .read(move |c| sql::scan_memories(c, &tenant, after.as_deref(), limit))
+            .await?)
+    }
+
+    async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::trace(c, &tenant, &id)).await?)
+    }
+
+    async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
+        let (tenant, query) = (tenant.to_owned(), query.clone());
+        Ok(self
+            .read(move |c| sql::list_traces(c, &tenant, &query))
+            .await?)
+    }
+}

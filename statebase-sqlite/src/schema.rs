@@ -1,0 +1,175 @@
+//! The schema: versioned migration scripts, applied in one transaction and recorded in
+//! `schema_version`.
+//!
+//! Timestamps are integer microseconds since the Unix epoch. States, metadata, turns,
+//! traces and revisions are JSON text (queryable with SQLite's JSON functions); vectors and
+//! encoded state versions are blobs.
+
+use crate::error::SqliteError;
+use rusqlite::{Connection, OptionalExtension};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released one:
+/// add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE sessions (
+    tenant          TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    agent_id        TEXT    NOT NULL,
+    user_id         TEXT,
+    state           TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    metadata        TEXT    NOT NULL,
+    memory_count    INTEGER NOT NULL,
+    turn_count      INTEGER NOT NULL,
+    ttl_expires_at  INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    revision        INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+) STRICT;
+CREATE INDEX sessions_by_created ON sessions (tenant, created_at, id);
+CREATE INDEX sessions_by_agent ON sessions (tenant, agent_id, created_at, id);
+CREATE INDEX sessions_by_user ON sessions (tenant, user_id, created_at, id);
+CREATE INDEX sessions_by_expiry ON sessions (ttl_expires_at);
+
+CREATE TABLE versions (
+    tenant      TEXT    NOT NULL,
+    session_id  TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    body        BLOB    NOT NULL,
+    PRIMARY KEY (tenant, session_id, version),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE turns (
+    tenant       TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    session_id   TEXT    NOT NULL,
+    turn_number  INTEGER NOT NULL,
+    body         TEXT    NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, session_id, turn_number),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+) STRICT;
+
+CREATE TABLE memories (
+    tenant           TEXT    NOT NULL,
+    id               TEXT    NOT NULL,
+    session_id       TEXT,
+    user_id          TEXT,
+    content          TEXT    NOT NULL,
+    memory_type      TEXT    NOT NULL,
+    tags             TEXT    NOT NULL,
+    metadata         TEXT    NOT NULL,
+    version          INTEGER NOT NULL,
+    embedding_model  TEXT,
+    embedding        BLOB,
+    dedupe_key       TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, dedupe_key),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX memories_by_created ON memories (tenant, created_at, id);
+CREATE INDEX memories_by_session ON memories (tenant, session_id, created_at, id);
+CREATE INDEX memories_by_user ON memories (tenant, user_id, created_at, id);
+CREATE INDEX memories_by_type ON memories (tenant, memory_type, created_at, id);
+
+CREATE TABLE memory_tags (
+    tenant     TEXT NOT NULL,
+    memory_id  TEXT NOT NULL,
+    tag        TEXT NOT NULL,
+    PRIMARY KEY (tenant, memory_id, tag),
+    FOREIGN KEY (tenant, memory_id) REFERENCES memories (tenant, id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+CREATE INDEX memory_tags_by_tag ON memory_tags (tenant, tag, memory_id);
+
+CREATE TABLE memory_revisions (
+    tenant     TEXT    NOT NULL,
+    memory_id  TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    PRIMARY KEY (tenant, memory_id, version),
+    FOREIGN KEY (tenant, memory_id) REFERENCES memories (tenant, id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE traces (
+    tenant         TEXT    NOT NULL,
+    id             TEXT    NOT NULL,
+    session_id     TEXT,
+    action         TEXT    NOT NULL,
+    resource_type  TEXT    NOT NULL,
+    resource_id    TEXT    NOT NULL,
+    actor          TEXT    NOT NULL,
+    timestamp      INTEGER NOT NULL,
+    details        TEXT    NOT NULL,
+    PRIMARY KEY (tenant, id)
+) STRICT;
+CREATE INDEX traces_by_time ON traces (tenant, timestamp, id);
+CREATE INDEX traces_by_session ON traces (tenant, session_id, timestamp, id);
+CREATE INDEX traces_by_action ON traces (tenant, action, timestamp, id);
+CREATE INDEX traces_by_resource ON traces (tenant, resource_id, timestamp, id);
+"#];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The schema version of the file (0 for a new one).
+fn current_version(conn: &Connection) -> Result<i64, SqliteError> {
+    let has_table: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if has_table.is_none() {
+        return Ok(0);
+    }
+    Ok(conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Fails, writing nothing, if the file was written by a newer statebase.
+pub fn check_version(conn: &Connection) -> Result<(), SqliteError> {
+    let found = current_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(SqliteError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`], all in one transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version     INTEGER PRIMARY KEY,
+            applied_at  INTEGER NOT NULL
+        ) STRICT;",
+    )?;
+    let from = current_version(&tx)?;
+    if from > SCHEMA_VERSION {
+        return Err(SqliteError::NewerSchema {
+            found: from,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, script) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.execute_batch(script)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            (i as i64 + 1, chrono::Utc::now().timestamp_micros()),
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,755 @@
+//! The SQL: every statement the backend runs, on a plain connection. The caller decides
+//! the transaction (the writer thread wraps each write in a savepoint of a group commit).
+
+use crate::error::SqliteError;
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use statebase_core::store::*;
+use statebase_core::{
+    Error, Memory, MemoryRevision, Object, ResourceKind, Session, Timestamp, Trace, Turn,
+};
+use std::ops::Range;
+
+type Res<T> = Result<T, SqliteError>;
+
+// ----- conversions -----
+
+fn micros(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(micros: i64) -> Res<Timestamp> {
+    Timestamp::from_timestamp_micros(micros)
+        .ok_or_else(|| SqliteError::Corrupt(format!("timestamp {micros}")))
+}
+
+fn int(n: u64) -> Res<i64> {
+    i64::try_from(n).map_err(|_| SqliteError::Corrupt(format!("integer {n}")))
+}
+
+fn uint(n: i64) -> Res<u64> {
+    u64::try_from(n).map_err(|_| SqliteError::Corrupt(format!("integer {n}")))
+}
+
+fn json(v: &impl serde::Serialize) -> Res<String> {
+    Ok(serde_json::to_string(v)?)
+}
+
+fn object(text: &str) -> Res<Object> {
+    Ok(serde_json::from_str(text)?)
+}
+
+fn vector_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn blob_vector(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A JSON path to one top-level key, quoted so that any key works.
+fn key_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Runs a query and maps every row with a fallible reader.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl Fn(&Row<'_>) -> Res<T>,
+) -> Res<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read(row)?);
+    }
+    Ok(out)
+}
+
+fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl Fn(&Row<'_>) -> Res<T>,
+) -> Res<Option<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(row) => Ok(Some(read(row)?)),
+        None => Ok(None),
+    }
+}
+
+/// Appends `AND (<at>, id) < (?, ?)` for a newest-first cursor.
+fn cursor_clause(sql: &mut String, args: &mut Vec<Sql>, at: &str, after: Option<&Cursor>) {
+    if let Some(c) = after {
+        sql.push_str(&format!(" AND ({at}, id) < (?, ?)"));
+        args.push(Sql::Integer(micros(c.at)));
+        args.push(Sql::Text(c.id.clone()));
+    }
+}
+
+fn eq_clause(sql: &mut String, args: &mut Vec<Sql>, column: &str, value: Option<&String>) {
+    if let Some(v) = value {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Sql::Text(v.clone()));
+    }
+}
+
+fn time_clause(
+    sql: &mut String,
+    args: &mut Vec<Sql>,
+    column: &str,
+    op: &str,
+    t: Option<Timestamp>,
+) {
+    if let Some(t) = t {
+        sql.push_str(&format!(" AND {column} {op} ?"));
+        args.push(Sql::Integer(micros(t)));
+    }
+}
+
+// ----- sessions -----
+
+const SESSION_COLUMNS: &str = "id, agent_id, user_id, state, version, metadata, memory_count, \
+     turn_count, ttl_expires_at, created_at, updated_at, revision";
+
+fn read_session(r: &Row<'_>) -> Res<SessionRecord> {
+    read_session_at(r, 0)
+}
+
+pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
+    first(
+        conn,
+        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?1 AND id = ?2"),
+        params![tenant, id],
+        read_session,
+    )
+}
+
+/// The session, or `NotFound`.
+fn existing_session(conn: &Connection, tenant: &str, id: &str) -> Res<SessionRecord> {
+    session(conn, tenant, id)?.ok_or_else(|| {
+        Error::NotFound {
+            kind: ResourceKind::Session,
+            id: id.to_owned(),
+        }
+        .into()
+    })
+}
+
+pub fn create_session(conn: &Connection, tenant: &str, new: &NewSession) -> Res<()> {
+    let s = &new.record.session;
+    if session(conn, tenant, &s.id)?.is_some() {
+        return Err(SqliteError::Corrupt(format!(
+            "session id {} already exists",
+            s.id
+        )));
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO sessions (tenant, {SESSION_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?
+    .execute(params![
+        tenant,
+        s.id,
+        s.agent_id,
+        s.user_id,
+        json(&s.state)?,
+        int(s.version)?,
+        json(&s.metadata)?,
+        int(s.memory_count)?,
+        int(s.turn_count)?,
+        micros(s.ttl_expires_at),
+        micros(s.created_at),
+        micros(s.updated_at),
+        int(new.record.revision)?,
+    ])?;
+    insert_version(conn, tenant, &s.id, &new.initial)?;
+    insert_trace(conn, tenant, &new.trace)
+}
+
+fn insert_version(conn: &Connection, tenant: &str, session_id: &str, v: &VersionRecord) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT INTO versions (tenant, session_id, version, created_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        tenant,
+        session_id,
+        int(v.version)?,
+        micros(v.created_at),
+        v.body
+    ])?;
+    Ok(())
+}
+
+pub fn list_sessions(conn: &Connection, tenant: &str, q: &SessionQuery) -> Res<Vec<SessionRecord>> {
+    let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?");
+    let mut args = vec![Sql::Text(tenant.to_owned())];
+    cursor_clause(&mut sql, &mut args, "created_at", q.after.as_ref());
+    time_clause(&mut sql, &mut args, "ttl_expires_at", ">", q.live_at);
+    eq_clause(&mut sql, &mut args, "agent_id", q.agent_id.as_ref());
+    eq_clause(&mut sql, &mut args, "user_id", q.user_id.as_ref());
+    time_clause(&mut sql, &mut args, "created_at", ">", q.created_after);
+    time_clause(&mut sql, &mut args, "created_at", "<", q.created_before);
+    for (key, value) in q.metadata.iter().flatten() {
+        // Equal JSON: serde_json writes both sides the same way (sorted keys, minified).
+        sql.push_str(
+            " AND json_type(metadata, ?) IS NOT NULL AND json_extract(metadata, ?) IS json_extract(?, '$')",
+        );
+        args.push(Sql::Text(key_path(key)));
+        args.push(Sql::Text(key_path(key)));
+        args.push(Sql::Text(json(value)?));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+    args.push(Sql::Integer(q.limit as i64));
+    collect(conn, &sql, params_from_iter(args), read_session)
+}
+
+pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<()> {
+    let current = existing_session(conn, tenant, &u.session_id)?;
+    if current.revision != u.expected_revision {
+        return Err(Error::Conflict {
+            expected: u.expected_revision,
+            actual: current.revision,
+        }
+        .into());
+    }
+    conn.prepare_cached(
+        "UPDATE sessions SET metadata = ?3, ttl_expires_at = ?4, updated_at = ?5,
+             revision = revision + 1
+         WHERE tenant = ?1 AND id = ?2",
+    )?
+    .execute(params![
+        tenant,
+        u.session_id,
+        json(&u.metadata)?,
+        micros(u.ttl_expires_at),
+        micros(u.updated_at)
+    ])?;
+    insert_trace(conn, tenant, &u.trace)
+}
+
+/// Checks that `a` appends the next version of `current`, then writes it.
+fn append_checked(
+    conn: &Connection,
+    tenant: &str,
+    current: &Session,
+    a: &AppendVersion,
+) -> Res<()> {
+    if current.version != a.expected_version {
+        return Err(Error::Conflict {
+            expected: a.expected_version,
+            actual: current.version,
+        }
+        .into());
+    }
+    insert_version(conn, tenant, &a.session_id, &a.version)?;
+    conn.prepare_cached(
+        "UPDATE sessions SET state = ?3, version = ?4, updated_at = ?5, revision = revision + 1
+         WHERE tenant = ?1 AND id = ?2",
+    )?
+    .execute(params![
+        tenant,
+        a.session_id,
+        json(&a.state)?,
+        int(a.version.version)?,
+        micros(a.updated_at)
+    ])?;
+    insert_trace(conn, tenant, &a.trace)
+}
+
+pub fn append_version(conn: &Connection, tenant: &str, a: &AppendVersion) -> Res<()> {
+    let current = existing_session(conn, tenant, &a.session_id)?;
+    append_checked(conn, tenant, &current.session, a)
+}
+
+pub fn versions(
+    conn: &Connection,
+    tenant: &str,
+    session_id: &str,
+    range: Range<u64>,
+) -> Res<Vec<VersionRecord>> {
+    collect(
+        conn,
+        "SELECT version, created_at, body FROM versions
+         WHERE tenant = ?1 AND session_id = ?2 AND version >= ?3 AND version < ?4
+         ORDER BY version",
+        params![
+            tenant,
+            session_id,
+            int(range.start)?,
+            int(range.end.min(i64::MAX as u64))?
+        ],
+        |r| {
+            Ok(VersionRecord {
+                version: uint(r.get(0)?)?,
+                created_at: time(r.get(1)?)?,
+                body: r.get(2)?,
+            })
+        },
+    )
+}
+
+pub fn delete_session(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+    trace: &Trace,
+) -> Res<SessionRecord> {
+    let record = existing_session(conn, tenant, id)?;
+    // Versions, turns, memories, their tags and revisions go by ON DELETE CASCADE.
+    conn.prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND id = ?2")?
+        .execute(params![tenant, id])?;
+    insert_trace(conn, tenant, trace)?;
+    Ok(record)
+}
+
+pub fn expired_sessions(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Res<Vec<(String, SessionRecord)>> {
+    collect(
+        conn,
+        &format!(
+            "SELECT tenant, {SESSION_COLUMNS} FROM sessions WHERE ttl_expires_at <= ?1 LIMIT ?2"
+        ),
+        params![micros(now), limit as i64],
+        |r| {
+            let tenant: String = r.get(0)?;
+            Ok((tenant, read_session_at(r, 1)?))
+        },
+    )
+}
+
+/// Reads the session columns starting at column `o`.
+fn read_session_at(r: &Row<'_>, o: usize) -> Res<SessionRecord> {
+    Ok(SessionRecord {
+        session: Session {
+            id: r.get(o)?,
+            agent_id: r.get(o + 1)?,
+            user_id: r.get(o + 2)?,
+            state: object(&r.get::<_, String>(o + 3)?)?,
+            version: uint(r.get(o + 4)?)?,
+            metadata: object(&r.get::<_, String>(o + 5)?)?,
+            memory_count: uint(r.get(o + 6)?)?,
+            turn_count: uint(r.get(o + 7)?)?,
+            ttl_expires_at: time(r.get(o + 8)?)?,
+            created_at: time(r.get(o + 9)?)?,
+            updated_at: time(r.get(o + 10)?)?,
+        },
+        revision: uint(r.get(o + 11)?)?,
+    })
+}
+
+// ----- traces -----
+
+const TRACE_COLUMNS: &str =
+    "id, session_id, action, resource_type, resource_id, actor, timestamp, details";
+
+fn read_trace(r: &Row<'_>) -> Res<Trace> {
+    Ok(Trace {
+        id: r.get(0)?,
+        session_id: r.get(1)?,
+        action: r.get(2)?,
+        resource_type: r.get(3)?,
+        resource_id: r.get(4)?,
+        actor: r.get(5)?,
+        timestamp: time(r.get(6)?)?,
+        details: serde_json::from_str(&r.get::<_, String>(7)?)?,
+    })
+}
+
+fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO traces (tenant, {TRACE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?
+    .execute(params![
+        tenant,
+        t.id,
+        t.session_id,
+        t.action,
+        t.resource_type,
+        t.resource_id,
+        t.actor,
+        micros(t.timestamp),
+        json(&t.details)?
+    ])?;
+    Ok(())
+}
+
+pub fn trace(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Trace>> {
+    first(
+        conn,
+        &format!("SELECT {TRACE_COLUMNS} FROM traces WHERE tenant = ?1 AND id = ?2"),
+        params![tenant, id],
+        read_trace,
+    )
+}
+
+pub fn list_traces(conn: &Connection, tenant: &str, q: &TraceQuery) -> Res<Vec<Trace>> {
+    let mut sql = format!("SELECT {TRACE_COLUMNS} FROM traces WHERE tenant = ?");
+    let mut args = vec![Sql::Text(tenant.to_owned())];
+    cursor_clause(&mut sql, &mut args, "timestamp", q.after.as_ref());
+    eq_clause(&mut sql, &mut args, "session_id", q.session_id.as_ref());
+    eq_clause(&mut sql, &mut args, "action", q.action.as_ref());
+    eq_clause(
+        &mut sql,
+        &mut args,
+        "resource_type",
+        q.resource_type.as_ref(),
+    );
+    eq_clause(&mut sql, &mut args, "resource_id", q.resource_id.as_ref());
+    time_clause(&mut sql, &mut args, "timestamp", ">", q.created_after);
+    time_clause(&mut sql, &mut args, "timestamp", "<", q.created_before);
+    sql.push_str(" ORDER BY timestamp DESC, id DESC LIMIT ?");
+    args.push(Sql::Integer(q.limit as i64));
+    collect(conn, &sql, params_from_iter(args), read_trace)
+}
+
+// ----- turns -----
+
+fn read_turn(r: &Row<'_>) -> Res<Turn> {
+    Ok(serde_json::from_str(&r.get::<_, String>(0)?)?)
+}
+
+pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
+    let current = existing_session(conn, tenant, &a.turn.session_id)?.session;
+    if a.turn.turn_number != current.turn_count + 1 {
+        return Err(Error::Conflict {
+            expected: a.turn.turn_number.saturating_sub(1),
+            actual: current.turn_count,
+        }
+        .into());
+    }
+    if let Some(state) = &a.state {
+        append_checked(conn, tenant, &current, state)?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO turns (tenant, id, session_id, turn_number, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        tenant,
+        a.turn.id,
+        a.turn.session_id,
+        int(a.turn.turn_number)?,
+        json(&a.turn)?
+    ])?;
+    conn.prepare_cached(
+        "UPDATE sessions SET turn_count = ?3, updated_at = ?4, revision = revision + 1
+         WHERE tenant = ?1 AND id = ?2",
+    )?
+    .execute(params![
+        tenant,
+        a.turn.session_id,
+        int(a.turn.turn_number)?,
+        micros(a.updated_at)
+    ])?;
+    insert_trace(conn, tenant, &a.trace)
+}
+
+pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
+    first(
+        conn,
+        "SELECT body FROM turns WHERE tenant = ?1 AND id = ?2",
+        params![tenant, id],
+        read_turn,
+    )
+}
+
+pub fn list_turns(
+    conn: &Connection,
+    tenant: &str,
+    session_id: &str,
+    q: &TurnQuery,
+) -> Res<Vec<Turn>> {
+    let (op, order) = if q.descending {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let after = match q.after_turn_number {
+        Some(n) => int(n)?,
+        None if q.descending => i64::MAX,
+        None => 0,
+    };
+    collect(
+        conn,
+        &format!(
+            "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number {op} ?3
+             ORDER BY turn_number {order} LIMIT ?4"
+        ),
+        params![tenant, session_id, after, q.limit as i64],
+        read_turn,
+    )
+}
+
+// ----- memories -----
+
+const MEMORY_COLUMNS: &str = "id, session_id, user_id, content, memory_type, tags, metadata, \
+     version, embedding_model, embedding, dedupe_key, created_at, updated_at";
+
+fn read_memory(r: &Row<'_>) -> Res<MemoryRecord> {
+    let embedding: Option<Vec<u8>> = r.get(9)?;
+    Ok(MemoryRecord {
+        memory: Memory {
+            id: r.get(0)?,
+            session_id: r.get(1)?,
+            user_id: r.get(2)?,
+            content: r.get(3)?,
+            memory_type: r.get(4)?,
+            tags: serde_json::from_str(&r.get::<_, String>(5)?)?,
+            metadata: object(&r.get::<_, String>(6)?)?,
+            version: uint(r.get(7)?)?,
+            embedding_model: r.get(8)?,
+            created_at: time(r.get(11)?)?,
+            updated_at: time(r.get(12)?)?,
+        },
+        embedding: embedding.as_deref().map(blob_vector),
+        dedupe_key: r.get(10)?,
+    })
+}
+
+pub fn memory(conn: &Connection, tenant: &str, id: &str) -> Res<Option<MemoryRecord>> {
+    first(
+        conn,
+        &format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND id = ?2"),
+        params![tenant, id],
+        read_memory,
+    )
+}
+
+fn memory_by_key(conn: &Connection, tenant: &str, key: &str) -> Res<Option<MemoryRecord>> {
+    first(
+        conn,
+        &format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND dedupe_key = ?2"),
+        params![tenant, key],
+        read_memory,
+    )
+}
+
+fn write_memory_details(conn: &Connection, tenant: &str, m: &Memory) -> Res<()> {
+    conn.prepare_cached("DELETE FROM memory_tags WHERE tenant = ?1 AND memory_id = ?2")?
+        .execute(params![tenant, m.id])?;
+    for tag in &m.tags {
+        conn.prepare_cached(
+            "INSERT INTO memory_tags (tenant, memory_id, tag) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![tenant, m.id, tag])?;
+    }
+    let revision = MemoryRevision {
+        memory_id: m.id.clone(),
+        version: m.version,
+        content: m.content.clone(),
+        memory_type: m.memory_type.clone(),
+        tags: m.tags.clone(),
+        metadata: m.metadata.clone(),
+        updated_at: m.updated_at,
+    };
+    conn.prepare_cached(
+        "INSERT INTO memory_revisions (tenant, memory_id, version, body) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![tenant, m.id, int(m.version)?, json(&revision)?])?;
+    Ok(())
+}
+
+pub fn insert_memory(
+    conn: &Connection,
+    tenant: &str,
+    new: &NewMemory,
+) -> Res<Option<MemoryRecord>> {
+    if let Some(existing) = memory_by_key(conn, tenant, &new.record.dedupe_key)? {
+        return Ok(Some(existing));
+    }
+    let m = &new.record.memory;
+    if let Some(sid) = &m.session_id {
+        existing_session(conn, tenant, sid)?;
+        conn.prepare_cached(
+            "UPDATE sessions SET memory_count = memory_count + 1, revision = revision + 1
+             WHERE tenant = ?1 AND id = ?2",
+        )?
+        .execute(params![tenant, sid])?;
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO memories (tenant, {MEMORY_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))?
+    .execute(params![
+        tenant,
+        m.id,
+        m.session_id,
+        m.user_id,
+        m.content,
+        m.memory_type,
+        json(&m.tags)?,
+        json(&m.metadata)?,
+        int(m.version)?,
+        m.embedding_model,
+        new.record.embedding.as_deref().map(vector_blob),
+        new.record.dedupe_key,
+        micros(m.created_at),
+        micros(m.updated_at),
+    ])?;
+    write_memory_details(conn, tenant, m)?;
+    insert_trace(conn, tenant, &new.trace)?;
+    Ok(None)
+}
+
+pub fn memories(conn: &Connection, tenant: &str, ids: &[String]) -> Res<Vec<MemoryRecord>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(memory(conn, tenant, id)?);
+    }
+    Ok(out)
+}
+
+pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<()> {
+    let m = &u.record.memory;
+    let current = memory(conn, tenant, &m.id)?.ok_or_else(|| Error::NotFound {
+        kind: ResourceKind::Memory,
+        id: m.id.clone(),
+    })?;
+    if current.memory.version != u.expected_version {
+        return Err(Error::Conflict {
+            expected: u.expected_version,
+            actual: current.memory.version,
+        }
+        .into());
+    }
+    if let Some(other) = memory_by_key(conn, tenant, &u.record.dedupe_key)? {
+        if other.memory.id != m.id {
+            return Err(Error::InvalidInput {
+                param: "content",
+                message: format!("memory {} already has this content", other.memory.id),
+            }
+            .into());
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE memories SET content = ?3, memory_type = ?4, tags = ?5, metadata = ?6,
+             version = ?7, embedding_model = ?8, embedding = ?9, dedupe_key = ?10, updated_at = ?11
+         WHERE tenant = ?1 AND id = ?2",
+    )?
+    .execute(params![
+        tenant,
+        m.id,
+        m.content,
+        m.memory_type,
+        json(&m.tags)?,
+        json(&m.metadata)?,
+        int(m.version)?,
+        m.embedding_model,
+        u.record.embedding.as_deref().map(vector_blob),
+        u.record.dedupe_key,
+        micros(m.updated_at),
+    ])?;
+    write_memory_details(conn, tenant, m)?;
+    insert_trace(conn, tenant, &u.trace)
+}
+
+pub fn set_embedding(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+    version: u64,
+    model: &str,
+    vector: &[f32],
+) -> Res<()> {
+    conn.prepare_cached(
+        "UPDATE memories SET embedding_model = ?4, embedding = ?5
+         WHERE tenant = ?1 AND id = ?2 AND version = ?3",
+    )?
+    .execute(params![
+        tenant,
+        id,
+        int(version)?,
+        model,
+        vector_blob(vector)
+    ])?;
+    Ok(())
+}
+
+pub fn delete_memory(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+    trace: &Trace,
+) -> Res<MemoryRecord> {
+    let record = memory(conn, tenant, id)?.ok_or_else(|| Error::NotFound {
+        kind: ResourceKind::Memory,
+        id: id.to_owned(),
+    })?;
+    conn.prepare_cached("DELETE FROM memories WHERE tenant = ?1 AND id = ?2")?
+        .execute(params![tenant, id])?;
+    if let Some(sid) = &record.memory.session_id {
+        conn.prepare_cached(
+            "UPDATE sessions SET memory_count = max(memory_count - 1, 0), revision = revision + 1
+             WHERE tenant = ?1 AND id = ?2",
+        )?
+        .execute(params![tenant, sid])?;
+    }
+    insert_trace(conn, tenant, trace)?;
+    Ok(record)
+}
+
+pub fn list_memories(conn: &Connection, tenant: &str, q: &MemoryQuery) -> Res<Vec<MemoryRecord>> {
+    let mut sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?");
+    let mut args = vec![Sql::Text(tenant.to_owned())];
+    cursor_clause(&mut sql, &mut args, "created_at", q.after.as_ref());
+    eq_clause(&mut sql, &mut args, "session_id", q.session_id.as_ref());
+    eq_clause(&mut sql, &mut args, "user_id", q.user_id.as_ref());
+    eq_clause(&mut sql, &mut args, "memory_type", q.memory_type.as_ref());
+    if q.user_level_only {
+        sql.push_str(" AND session_id IS NULL");
+    }
+    if !q.tags.is_empty() {
+        let marks = vec!["?"; q.tags.len()].join(", ");
+        sql.push_str(&format!(
+            " AND id IN (SELECT memory_id FROM memory_tags WHERE tenant = ? AND tag IN ({marks}))"
+        ));
+        args.push(Sql::Text(tenant.to_owned()));
+        args.extend(q.tags.iter().map(|t| Sql::Text(t.clone())));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
+    args.push(Sql::Integer(q.limit as i64));
+    collect(conn, &sql, params_from_iter(args), read_memory)
+}
+
+pub fn memory_revisions(conn: &Connection, tenant: &str, id: &str) -> Res<Vec<MemoryRevision>> {
+    collect(
+        conn,
+        "SELECT body FROM memory_revisions WHERE tenant = ?1 AND memory_id = ?2 ORDER BY version",
+        params![tenant, id],
+        |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?)?),
+    )
+}
+
+pub fn scan_memories(
+    conn: &Connection,
+    tenant: &str,
+    after_id: Option<&str>,
+    limit: usize,
+) -> Res<Vec<MemoryRecord>> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+        ),
+        params![tenant, after_id.unwrap_or(""), limit as i64],
+        read_memory,
+    )
+}
+
+/// `PRAGMA integrity_check`: `ok` for a sound file.
+pub fn integrity_check(conn: &Connection) -> Res<String> {
+    Ok(conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default())
+}
