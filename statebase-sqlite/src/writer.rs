@@ -20,9 +20,12 @@ trait Job: Send {
     fn fail(self: Box<Self>, error: &rusqlite::Error);
 }
 
+/// Answers a write once its commit succeeded (`None`) or failed.
+type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+
 struct Done {
     ok: bool,
-    answer: Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>,
+    answer: Answer,
 }
 
 struct WriteJob<F, R> {
