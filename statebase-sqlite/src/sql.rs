@@ -189,6 +189,11 @@ fn insert_version(conn: &Connection, tenant: &str, session_id: &str, v: &Version
 }
 
 pub fn list_sessions(conn: &Connection, tenant: &str, q: &SessionQuery) -> Res<Vec<SessionRecord>> {
+    let (sql, args) = list_sessions_sql(tenant, q)?;
+    collect(conn, &sql, params_from_iter(args), read_session)
+}
+
+fn list_sessions_sql(tenant: &str, q: &SessionQuery) -> Res<(String, Vec<Sql>)> {
     let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?");
     let mut args = vec![Sql::Text(tenant.to_owned())];
     cursor_clause(&mut sql, &mut args, "created_at", q.after.as_ref());
@@ -208,7 +213,7 @@ pub fn list_sessions(conn: &Connection, tenant: &str, q: &SessionQuery) -> Res<V
     }
     sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
     args.push(Sql::Integer(q.limit as i64));
-    collect(conn, &sql, params_from_iter(args), read_session)
+    Ok((sql, args))
 }
 
 pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<()> {
@@ -394,6 +399,11 @@ pub fn trace(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Trace>> {
 }
 
 pub fn list_traces(conn: &Connection, tenant: &str, q: &TraceQuery) -> Res<Vec<Trace>> {
+    let (sql, args) = list_traces_sql(tenant, q);
+    collect(conn, &sql, params_from_iter(args), read_trace)
+}
+
+fn list_traces_sql(tenant: &str, q: &TraceQuery) -> (String, Vec<Sql>) {
     let mut sql = format!("SELECT {TRACE_COLUMNS} FROM traces WHERE tenant = ?");
     let mut args = vec![Sql::Text(tenant.to_owned())];
     cursor_clause(&mut sql, &mut args, "timestamp", q.after.as_ref());
@@ -410,7 +420,7 @@ pub fn list_traces(conn: &Connection, tenant: &str, q: &TraceQuery) -> Res<Vec<T
     time_clause(&mut sql, &mut args, "timestamp", "<", q.created_before);
     sql.push_str(" ORDER BY timestamp DESC, id DESC LIMIT ?");
     args.push(Sql::Integer(q.limit as i64));
-    collect(conn, &sql, params_from_iter(args), read_trace)
+    (sql, args)
 }
 
 // ----- turns -----
@@ -699,6 +709,11 @@ pub fn delete_memory(
 }
 
 pub fn list_memories(conn: &Connection, tenant: &str, q: &MemoryQuery) -> Res<Vec<MemoryRecord>> {
+    let (sql, args) = list_memories_sql(tenant, q);
+    collect(conn, &sql, params_from_iter(args), read_memory)
+}
+
+fn list_memories_sql(tenant: &str, q: &MemoryQuery) -> (String, Vec<Sql>) {
     let mut sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?");
     let mut args = vec![Sql::Text(tenant.to_owned())];
     cursor_clause(&mut sql, &mut args, "created_at", q.after.as_ref());
@@ -718,7 +733,7 @@ pub fn list_memories(conn: &Connection, tenant: &str, q: &MemoryQuery) -> Res<Ve
     }
     sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
     args.push(Sql::Integer(q.limit as i64));
-    collect(conn, &sql, params_from_iter(args), read_memory)
+    (sql, args)
 }
 
 pub fn memory_revisions(conn: &Connection, tenant: &str, id: &str) -> Res<Vec<MemoryRevision>> {
@@ -752,4 +767,133 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str, args: Vec<Sql>) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Paging, filters and history read through indexes: no query scans a whole table.
+    #[test]
+    fn lists_and_history_use_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let at = Timestamp::from_timestamp_micros(1).unwrap();
+        let cursor = Some(Cursor { at, id: "x".into() });
+        let t = |s: &str| Some(s.to_owned());
+        let mut plans = vec![
+            list_sessions_sql(
+                "t",
+                &SessionQuery {
+                    limit: 20,
+                    after: cursor.clone(),
+                    live_at: Some(at),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            list_sessions_sql(
+                "t",
+                &SessionQuery {
+                    limit: 20,
+                    agent_id: t("a"),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            list_sessions_sql(
+                "t",
+                &SessionQuery {
+                    limit: 20,
+                    user_id: t("u"),
+                    after: cursor.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            list_traces_sql(
+                "t",
+                &TraceQuery {
+                    limit: 20,
+                    after: cursor.clone(),
+                    ..Default::default()
+                },
+            ),
+            list_traces_sql(
+                "t",
+                &TraceQuery {
+                    limit: 20,
+                    session_id: t("s"),
+                    ..Default::default()
+                },
+            ),
+            list_traces_sql(
+                "t",
+                &TraceQuery {
+                    limit: 20,
+                    action: t("a"),
+                    ..Default::default()
+                },
+            ),
+            list_memories_sql(
+                "t",
+                &MemoryQuery {
+                    limit: 20,
+                    after: cursor,
+                    ..Default::default()
+                },
+            ),
+            list_memories_sql(
+                "t",
+                &MemoryQuery {
+                    limit: 20,
+                    session_id: t("s"),
+                    ..Default::default()
+                },
+            ),
+            list_memories_sql(
+                "t",
+                &MemoryQuery {
+                    limit: 20,
+                    user_id: t("u"),
+                    ..Default::default()
+                },
+            ),
+            list_memories_sql(
+                "t",
+                &MemoryQuery {
+                    limit: 20,
+                    tags: vec!["x".into()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        plans.push((
+            "SELECT version, created_at, body FROM versions WHERE tenant = ?1 AND session_id = ?2 AND version >= ?3 AND version < ?4 ORDER BY version".into(),
+            vec![Sql::Text("t".into()), Sql::Text("s".into()), Sql::Integer(0), Sql::Integer(10)],
+        ));
+        plans.push((
+            "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number < ?3 ORDER BY turn_number DESC LIMIT ?4".into(),
+            vec![Sql::Text("t".into()), Sql::Text("s".into()), Sql::Integer(9), Sql::Integer(10)],
+        ));
+        for (sql, args) in plans {
+            let p = plan(&conn, &sql, args);
+            assert!(
+                !p.lines().any(|l| l.starts_with("SCAN")),
+                "full scan in {sql}:\n{p}"
+            );
+            assert!(
+                !p.contains("TEMP B-TREE"),
+                "sort without an index in {sql}:\n{p}"
+            );
+        }
+    }
 }

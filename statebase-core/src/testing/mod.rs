@@ -18,6 +18,7 @@
 
 pub mod agent_cases;
 pub mod cases;
+pub mod crash;
 mod model;
 
 use crate::{Config, ManualClock, MemoryStore, StateBase, Store, Timestamp};
