@@ -1,2 +1,273 @@
-//! Placeholder: this crate is planned (see the project's open issues) and holds no code yet.
-//! The conformance suite in `statebase-core` (feature `testing`) is what it will pass.
+//! The sled backend of statebase: every record in one sled database directory.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use statebase_core::{CreateSession, StateBase};
+//! use statebase_sled::SledStore;
+//!
+//! let sb = StateBase::new(SledStore::open("agents.sled")?);
+//! let session = sb.create_session(CreateSession::new("support-bot")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Atomicity.** Every mutating call is one sled transaction over three trees (records,
+//! logs, indexes; layout in the `keys` module docs). sled transactions can't scan, so
+//! everything they check is a point key (a session record holds its head version, turn
+//! count and revision); deletes gather their keys first and re-check the record inside the
+//! transaction.
+//!
+//! **Durability** is chosen with [`Durability`]: `Flush` (the default) flushes before a
+//! write is acknowledged, so it survives a killed process; concurrent writers share the
+//! flushes. `Background` leaves flushing to sled's background flusher (every 500 ms by
+//! default): faster, and the last writes before a crash may be lost.
+//!
+//! **Format.** A format version key is written on creation; data of a newer format is
+//! refused.
+
+mod keys;
+mod ops;
+
+pub use ops::FORMAT_VERSION;
+
+use async_trait::async_trait;
+use ops::Trees;
+use statebase_core::store::*;
+use statebase_core::{MemoryRevision, Result, Timestamp, Trace, Turn};
+use std::ops::Range;
+use std::path::Path;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Flush to disk before acknowledging: survives a killed process.
+    #[default]
+    Flush,
+    /// Acknowledge at once; sled flushes in the background.
+    Background,
+}
+
+/// How a [`SledStore`] opens its directory.
+#[derive(Debug, Clone, Default)]
+pub struct SledOptions {
+    /// Default [`Durability::Flush`].
+    pub durability: Durability,
+}
+
+/// What can go wrong opening a sled store.
+#[derive(Debug, thiserror::Error)]
+pub enum SledError {
+    /// sled failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// The data was written by a newer statebase; nothing was changed.
+    #[error(
+        "the database has format version {found}, newer than the {supported} this statebase \
+         knows: upgrade statebase to open it"
+    )]
+    NewerFormat {
+        /// The data's format version.
+        found: u64,
+        /// The newest this code knows.
+        supported: u64,
+    },
+    /// A stored value is not what statebase writes.
+    #[error("corrupt {0}")]
+    Corrupt(&'static str),
+}
+
+/// A statebase [`Store`] in a sled database. Cloning is cheap and shares the database.
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    trees: Trees,
+    options: SledOptions,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SledError> {
+        Self::open_with(path, SledOptions::default())
+    }
+
+    /// Opens (or creates) the database in `path`. Fails if it was written by a newer
+    /// statebase.
+    pub fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, SledError> {
+        // With a flush per write, sled's background flusher has nothing to do; without it
+        // no thread outlives the last handle, so the directory is free again as soon as
+        // that handle is dropped.
+        let flush_every_ms = match options.durability {
+            Durability::Flush => None,
+            Durability::Background => Some(500),
+        };
+        let config = sled::Config::new()
+            .path(path)
+            .flush_every_ms(flush_every_ms);
+        // sled finishes closing a dropped database on its own threads; a reopen right after a
+        // drop in the same process waits for it (briefly) instead of failing on the lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        };
+        Ok(Self {
+            trees: Trees::open(db)?,
+            options,
+        })
+    }
+
+    /// Makes an acknowledged write durable, as the options say.
+    async fn durable<T>(&self, result: Result<T>) -> Result<T> {
+        let value = result?;
+        if self.options.durability == Durability::Flush {
+            // A blocking flush on tokio's blocking pool: sled's own `flush_async` runs on
+            // sled's small global thread pool, which deadlocks under many concurrent
+            // stores. Concurrent flushes still share the work: each writes out everything
+            // dirty so far.
+            let db = self.trees.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(statebase_core::Error::backend)?
+                .map_err(statebase_core::Error::backend)?;
+        }
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
+        self.durable(self.trees.create_session(tenant, &new)).await
+    }
+
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
+        self.trees.session(tenant, id)
+    }
+
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        query: &SessionQuery,
+    ) -> Result<Vec<SessionRecord>> {
+        self.trees.list_sessions(tenant, query)
+    }
+
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+        self.durable(self.trees.update_session(tenant, &update))
+            .await
+    }
+
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+        self.durable(self.trees.append_version(tenant, &append))
+            .await
+    }
+
+    async fn versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<VersionRecord>> {
+        self.trees.versions(tenant, session_id, range)
+    }
+
+    async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
+        self.durable(self.trees.delete_session(tenant, id, &trace))
+            .await
+    }
+
+    async fn expired_sessions(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, SessionRecord)>> {
+        self.trees.expired_sessions(now, limit)
+    }
+
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+        self.durable(self.trees.append_turn(tenant, &append)).await
+    }
+
+    async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+        self.trees.turn(tenant, id)
+    }
+
+    async fn list_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        query: &TurnQuery,
+    ) -> Result<Vec<Turn>> {
+        self.trees.list_turns(tenant, session_id, query)
+    }
+
+    async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
+        self.durable(self.trees.insert_memory(tenant, &new)).await
+    }
+
+    async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+        self.trees.memory(tenant, id)
+    }
+
+    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.trees.memory(tenant, id)?);
+        }
+        Ok(out)
+    }
+
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+        self.durable(self.trees.update_memory(tenant, &update))
+            .await
+    }
+
+    async fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: Vec<f32>,
+    ) -> Result<()> {
+        let result = self
+            .trees
+            .set_embedding(tenant, id, version, model, &vector);
+        self.durable(result).await
+    }
+
+    async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
+        self.durable(self.trees.delete_memory(tenant, id, &trace))
+            .await
+    }
+
+    async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
+        self.trees.list_memories(tenant, query)
+    }
+
+    async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
+        self.trees.memory_revisions(tenant, id)
+    }
+
+    async fn scan_memories(
+        &self,
+        tenant: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>> {
+        self.trees.scan_memories(tenant, after_id, limit)
+    }
+
+    async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
+        self.trees.trace(tenant, id)
+    }
+
+    async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
+        self.trees.list_traces(tenant, query)
+    }
+}

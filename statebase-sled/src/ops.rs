@@ -1,0 +1,979 @@
+//! Reads and transactions on the three trees (layout in `keys`).
+
+use crate::keys::{index_id, index_time, prefix_end, time_bytes, time_from, trailing_num, Key};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{IVec, Transactional, Tree};
+use statebase_core::store::*;
+use statebase_core::{
+    Error, Memory, MemoryRevision, ResourceKind, Result, Session, Timestamp, Trace, Turn,
+};
+use std::ops::{Bound, Range};
+
+/// This code's on-disk format; data of a newer one is refused.
+pub const FORMAT_VERSION: u64 = 1;
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+fn abort<T>(e: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::backend(e)
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::backend(format!("corrupt record: {what}"))
+}
+
+/// A session as stored.
+#[derive(Serialize, Deserialize)]
+struct SessionValue {
+    session: Session,
+    revision: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MemoryValue {
+    memory: Memory,
+    dedupe_key: String,
+    has_embedding: bool,
+}
+
+fn to_json(v: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(storage)
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(storage)
+}
+
+fn encode_session(r: &SessionRecord) -> Result<Vec<u8>> {
+    to_json(&SessionValue {
+        session: r.session.clone(),
+        revision: r.revision,
+    })
+}
+
+fn decode_session(bytes: &[u8]) -> Result<SessionRecord> {
+    let v: SessionValue = from_json(bytes)?;
+    Ok(SessionRecord {
+        session: v.session,
+        revision: v.revision,
+    })
+}
+
+fn encode_memory(r: &MemoryRecord) -> Result<Vec<u8>> {
+    let json = to_json(&MemoryValue {
+        memory: r.memory.clone(),
+        dedupe_key: r.dedupe_key.clone(),
+        has_embedding: r.embedding.is_some(),
+    })?;
+    let mut out = (json.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&json);
+    for x in r.embedding.iter().flatten() {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    Ok(out)
+}
+
+fn decode_memory(bytes: &[u8]) -> Result<MemoryRecord> {
+    let len = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt("memory length"))? as usize;
+    let json = bytes.get(4..4 + len).ok_or_else(|| corrupt("memory"))?;
+    let v: MemoryValue = from_json(json)?;
+    let vector = bytes[4 + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(MemoryRecord {
+        memory: v.memory,
+        dedupe_key: v.dedupe_key,
+        embedding: v.has_embedding.then_some(vector),
+    })
+}
+
+// ----- keys of each record -----
+
+fn session_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'S').str(tenant).raw(id).done()
+}
+
+fn memory_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'M').str(tenant).raw(id).done()
+}
+
+fn dedupe_key(tenant: &str, key: &str) -> Vec<u8> {
+    Key::new(b'D').str(tenant).raw(key).done()
+}
+
+fn trace_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'T').str(tenant).raw(id).done()
+}
+
+fn turn_id_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'U').str(tenant).raw(id).done()
+}
+
+fn version_key(tenant: &str, session: &str, version: u64) -> Vec<u8> {
+    Key::new(b'V').str(tenant).str(session).num(version).done()
+}
+
+fn turn_key(tenant: &str, session: &str, number: u64) -> Vec<u8> {
+    Key::new(b'N').str(tenant).str(session).num(number).done()
+}
+
+fn revision_key(tenant: &str, memory: &str, version: u64) -> Vec<u8> {
+    Key::new(b'R').str(tenant).str(memory).num(version).done()
+}
+
+/// The index keys of a session.
+fn session_index(tenant: &str, s: &Session) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        Key::new(b's')
+            .str(tenant)
+            .time(s.created_at)
+            .raw(&s.id)
+            .done(),
+        Key::new(b'a')
+            .str(tenant)
+            .str(&s.agent_id)
+            .time(s.created_at)
+            .raw(&s.id)
+            .done(),
+        expiry_key(tenant, s),
+    ];
+    if let Some(u) = &s.user_id {
+        keys.push(
+            Key::new(b'u')
+                .str(tenant)
+                .str(u)
+                .time(s.created_at)
+                .raw(&s.id)
+                .done(),
+        );
+    }
+    keys
+}
+
+fn expiry_key(tenant: &str, s: &Session) -> Vec<u8> {
+    Key::new(b'e')
+        .time(s.ttl_expires_at)
+        .str(tenant)
+        .raw(&s.id)
+        .done()
+}
+
+/// The index keys of a memory.
+fn memory_index(tenant: &str, m: &Memory) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        Key::new(b'm')
+            .str(tenant)
+            .time(m.created_at)
+            .raw(&m.id)
+            .done(),
+        Key::new(b'y')
+            .str(tenant)
+            .str(&m.memory_type)
+            .time(m.created_at)
+            .raw(&m.id)
+            .done(),
+    ];
+    if let Some(s) = &m.session_id {
+        keys.push(
+            Key::new(b'n')
+                .str(tenant)
+                .str(s)
+                .time(m.created_at)
+                .raw(&m.id)
+                .done(),
+        );
+    }
+    if let Some(u) = &m.user_id {
+        keys.push(
+            Key::new(b'o')
+                .str(tenant)
+                .str(u)
+                .time(m.created_at)
+                .raw(&m.id)
+                .done(),
+        );
+    }
+    for tag in &m.tags {
+        keys.push(
+            Key::new(b'g')
+                .str(tenant)
+                .str(tag)
+                .time(m.created_at)
+                .raw(&m.id)
+                .done(),
+        );
+    }
+    keys
+}
+
+/// The index keys of a trace.
+fn trace_index(tenant: &str, t: &Trace) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        Key::new(b't')
+            .str(tenant)
+            .time(t.timestamp)
+            .raw(&t.id)
+            .done(),
+        Key::new(b'c')
+            .str(tenant)
+            .str(&t.action)
+            .time(t.timestamp)
+            .raw(&t.id)
+            .done(),
+    ];
+    if let Some(s) = &t.session_id {
+        keys.push(
+            Key::new(b'x')
+                .str(tenant)
+                .str(s)
+                .time(t.timestamp)
+                .raw(&t.id)
+                .done(),
+        );
+    }
+    keys
+}
+
+/// A newest-first walk over one index prefix, from a cursor and a time window.
+struct Walk {
+    prefix: Vec<u8>,
+    after: Option<Cursor>,
+    created_after: Option<Timestamp>,
+    created_before: Option<Timestamp>,
+}
+
+impl Walk {
+    fn new(prefix: Vec<u8>) -> Self {
+        Self {
+            prefix,
+            after: None,
+            created_after: None,
+            created_before: None,
+        }
+    }
+
+    /// Ids newest first; `keep` decides on each and stops the walk at `limit` kept.
+    fn run<T>(
+        &self,
+        index: &Tree,
+        limit: usize,
+        mut keep: impl FnMut(String) -> Result<Option<T>>,
+    ) -> Result<Vec<T>> {
+        let mut upper = prefix_end(&self.prefix);
+        if let Some(c) = &self.after {
+            let mut k = self.prefix.clone();
+            k.extend_from_slice(&time_bytes(c.at));
+            k.extend_from_slice(c.id.as_bytes());
+            upper = upper.min(k);
+        }
+        if let Some(before) = self.created_before {
+            let mut k = self.prefix.clone();
+            k.extend_from_slice(&time_bytes(before));
+            upper = upper.min(k);
+        }
+        let range = (Bound::Included(self.prefix.clone()), Bound::Excluded(upper));
+        let mut out = Vec::new();
+        for item in index.range(range).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(storage)?;
+            let at = index_time(&key, self.prefix.len()).ok_or_else(|| corrupt("index time"))?;
+            if self.created_after.is_some_and(|a| at <= a) {
+                break;
+            }
+            let id = index_id(&key, self.prefix.len()).ok_or_else(|| corrupt("index id"))?;
+            if let Some(v) = keep(id)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The three trees of one database.
+#[derive(Debug, Clone)]
+pub struct Trees {
+    pub db: sled::Db,
+    records: Tree,
+    log: Tree,
+    index: Tree,
+}
+
+impl Trees {
+    /// Opens the trees, refusing data of a newer format and marking new data with ours.
+    pub fn open(db: sled::Db) -> std::result::Result<Self, crate::SledError> {
+        let trees = Self {
+            records: db.open_tree("records")?,
+            log: db.open_tree("log")?,
+            index: db.open_tree("index")?,
+            db,
+        };
+        match trees.records.get(b"F")? {
+            Some(v) => {
+                let found = trailing_num(&v).ok_or(crate::SledError::Corrupt("format version"))?;
+                if found > FORMAT_VERSION {
+                    return Err(crate::SledError::NewerFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                trees.records.insert(b"F", &FORMAT_VERSION.to_be_bytes())?;
+                trees.db.flush()?;
+            }
+        }
+        Ok(trees)
+    }
+
+    fn transact<T>(
+        &self,
+        f: impl Fn(&TransactionalTree, &TransactionalTree, &TransactionalTree) -> TxResult<T>,
+    ) -> Result<T> {
+        (&self.records, &self.log, &self.index)
+            .transaction(|(r, l, i)| f(r, l, i))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => storage(e),
+            })
+    }
+
+    // ----- sessions -----
+
+    pub fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
+        self.records
+            .get(session_key(tenant, id))
+            .map_err(storage)?
+            .map(|v| decode_session(&v))
+            .transpose()
+    }
+
+    pub fn create_session(&self, tenant: &str, new: &NewSession) -> Result<()> {
+        let s = &new.record.session;
+        let value = encode_session(&new.record)?;
+        self.transact(|r, l, i| {
+            let key = session_key(tenant, &s.id);
+            if r.get(&key)?.is_some() {
+                return abort(Error::backend(format!(
+                    "session id {} already exists",
+                    s.id
+                )));
+            }
+            r.insert(key, value.as_slice())?;
+            for k in session_index(tenant, s) {
+                i.insert(k, &[])?;
+            }
+            put_version(l, tenant, &s.id, &new.initial)?;
+            put_trace(r, i, tenant, &new.trace)
+        })
+    }
+
+    pub fn list_sessions(&self, tenant: &str, q: &SessionQuery) -> Result<Vec<SessionRecord>> {
+        let prefix = match (&q.agent_id, &q.user_id) {
+            (Some(a), _) => Key::new(b'a').str(tenant).str(a).done(),
+            (None, Some(u)) => Key::new(b'u').str(tenant).str(u).done(),
+            (None, None) => Key::new(b's').str(tenant).done(),
+        };
+        let walk = Walk {
+            after: q.after.clone(),
+            created_after: q.created_after,
+            created_before: q.created_before,
+            ..Walk::new(prefix)
+        };
+        walk.run(&self.index, q.limit, |id| {
+            let Some(rec) = self.session(tenant, &id)? else {
+                return Ok(None);
+            };
+            let s = &rec.session;
+            let keep = q.live_at.is_none_or(|now| !s.is_expired_at(now))
+                && q.agent_id.as_ref().is_none_or(|a| *a == s.agent_id)
+                && q.user_id
+                    .as_ref()
+                    .is_none_or(|u| Some(u) == s.user_id.as_ref())
+                && q.metadata
+                    .as_ref()
+                    .is_none_or(|m| statebase_core::json::contains(&s.metadata, m));
+            Ok(keep.then_some(rec))
+        })
+    }
+
+    pub fn update_session(&self, tenant: &str, u: &SessionUpdate) -> Result<()> {
+        let metadata = u.metadata.clone();
+        self.transact(|r, _, i| {
+            let mut rec = tx_session(r, tenant, &u.session_id)?;
+            if rec.revision != u.expected_revision {
+                return abort(Error::Conflict {
+                    expected: u.expected_revision,
+                    actual: rec.revision,
+                });
+            }
+            i.remove(expiry_key(tenant, &rec.session))?;
+            rec.revision += 1;
+            rec.session.metadata = metadata.clone();
+            rec.session.ttl_expires_at = u.ttl_expires_at;
+            rec.session.updated_at = u.updated_at;
+            i.insert(expiry_key(tenant, &rec.session), &[])?;
+            put_session(r, tenant, &rec)?;
+            put_trace(r, i, tenant, &u.trace)
+        })
+    }
+
+    pub fn append_version(&self, tenant: &str, a: &AppendVersion) -> Result<()> {
+        self.transact(|r, l, i| {
+            let mut rec = tx_session(r, tenant, &a.session_id)?;
+            apply_version(l, r, i, tenant, &mut rec, a)?;
+            put_session(r, tenant, &rec)
+        })
+    }
+
+    pub fn versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<VersionRecord>> {
+        let (start, end) = (
+            version_key(tenant, id, range.start),
+            version_key(tenant, id, range.end),
+        );
+        let mut out = Vec::new();
+        for item in self.log.range(start..end) {
+            let (key, value) = item.map_err(storage)?;
+            out.push(VersionRecord {
+                version: trailing_num(&key).ok_or_else(|| corrupt("version key"))?,
+                created_at: time_from(&value).ok_or_else(|| corrupt("version time"))?,
+                body: value[8..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn delete_session(&self, tenant: &str, id: &str, trace: &Trace) -> Result<SessionRecord> {
+        loop {
+            // Transactions can't scan: gather the keys first, then delete them in one
+            // transaction that first checks the session is exactly as it was read. Every
+            // write that adds keys under a session bumps its record, so an unchanged record
+            // means the gathered keys are all there are.
+            let Some(before) = self.records.get(session_key(tenant, id)).map_err(storage)? else {
+                return Err(not_found(ResourceKind::Session, id));
+            };
+            let rec = decode_session(&before)?;
+            let mut log_keys = Vec::new();
+            let mut record_keys = Vec::new();
+            let mut index_keys = session_index(tenant, &rec.session);
+            for prefix in [
+                Key::new(b'V').str(tenant).str(id).done(),
+                Key::new(b'N').str(tenant).str(id).done(),
+            ] {
+                for item in self.log.scan_prefix(&prefix) {
+                    let (key, value) = item.map_err(storage)?;
+                    if prefix[0] == b'N' {
+                        let turn: Turn = from_json(&value)?;
+                        record_keys.push(turn_id_key(tenant, &turn.id));
+                    }
+                    log_keys.push(key.to_vec());
+                }
+            }
+            let owned = Key::new(b'n').str(tenant).str(id).done();
+            for item in self.index.scan_prefix(&owned) {
+                let (key, _) = item.map_err(storage)?;
+                let mid = index_id(&key, owned.len()).ok_or_else(|| corrupt("index id"))?;
+                if let Some(v) = self
+                    .records
+                    .get(memory_key(tenant, &mid))
+                    .map_err(storage)?
+                {
+                    let m = decode_memory(&v)?;
+                    index_keys.extend(memory_index(tenant, &m.memory));
+                    record_keys.push(dedupe_key(tenant, &m.dedupe_key));
+                    record_keys.push(memory_key(tenant, &mid));
+                    let revisions = Key::new(b'R').str(tenant).str(&mid).done();
+                    for item in self.log.scan_prefix(&revisions) {
+                        log_keys.push(item.map_err(storage)?.0.to_vec());
+                    }
+                }
+            }
+            let result = self.transact(|r, l, i| {
+                if r.get(session_key(tenant, id))?.as_ref() != Some(&before) {
+                    return abort(Error::Conflict {
+                        expected: rec.revision,
+                        actual: rec.revision + 1,
+                    });
+                }
+                r.remove(session_key(tenant, id))?;
+                for k in &record_keys {
+                    r.remove(k.as_slice())?;
+                }
+                for k in &log_keys {
+                    l.remove(k.as_slice())?;
+                }
+                for k in &index_keys {
+                    i.remove(k.as_slice())?;
+                }
+                put_trace(r, i, tenant, trace)
+            });
+            match result {
+                // Changed between the scan and the transaction: gather again.
+                Err(Error::Conflict { .. }) => continue,
+                other => return other.map(|()| rec),
+            }
+        }
+    }
+
+    pub fn expired_sessions(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, SessionRecord)>> {
+        let mut upto = vec![b'e'];
+        upto.extend_from_slice(&time_bytes(now));
+        let range = (
+            Bound::Included(vec![b'e']),
+            Bound::Excluded(prefix_end(&upto)),
+        );
+        let mut out = Vec::new();
+        for item in self.index.range(range) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(storage)?;
+            let rest = key.get(9..).ok_or_else(|| corrupt("expiry key"))?;
+            let len = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| corrupt("expiry key"))? as usize;
+            let tenant =
+                std::str::from_utf8(rest.get(4..4 + len).ok_or_else(|| corrupt("expiry"))?)
+                    .map_err(storage)?
+                    .to_owned();
+            let id = std::str::from_utf8(&rest[4 + len..]).map_err(storage)?;
+            if let Some(rec) = self.session(&tenant, id)? {
+                out.push((tenant, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- turns -----
+
+    pub fn append_turn(&self, tenant: &str, a: &AppendTurn) -> Result<()> {
+        let turn_json = to_json(&a.turn)?;
+        self.transact(|r, l, i| {
+            let mut rec = tx_session(r, tenant, &a.turn.session_id)?;
+            let count = rec.session.turn_count;
+            if a.turn.turn_number != count + 1 {
+                return abort(Error::Conflict {
+                    expected: a.turn.turn_number.saturating_sub(1),
+                    actual: count,
+                });
+            }
+            if let Some(state) = &a.state {
+                apply_version(l, r, i, tenant, &mut rec, state)?;
+            }
+            let number = a.turn.turn_number;
+            l.insert(
+                turn_key(tenant, &a.turn.session_id, number),
+                turn_json.as_slice(),
+            )?;
+            let mut pointer = number.to_be_bytes().to_vec();
+            pointer.extend_from_slice(a.turn.session_id.as_bytes());
+            r.insert(turn_id_key(tenant, &a.turn.id), pointer)?;
+            rec.session.turn_count = number;
+            rec.session.updated_at = a.updated_at;
+            rec.revision += 1;
+            put_session(r, tenant, &rec)?;
+            put_trace(r, i, tenant, &a.trace)
+        })
+    }
+
+    pub fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+        let Some(pointer) = self.records.get(turn_id_key(tenant, id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let number = u64::from_be_bytes(
+            pointer
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupt("turn pointer"))?,
+        );
+        let session = std::str::from_utf8(&pointer[8..]).map_err(storage)?;
+        self.log
+            .get(turn_key(tenant, session, number))
+            .map_err(storage)?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn list_turns(&self, tenant: &str, session: &str, q: &TurnQuery) -> Result<Vec<Turn>> {
+        let prefix = Key::new(b'N').str(tenant).str(session).done();
+        let iter: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> = if q.descending {
+            let upper = match q.after_turn_number {
+                Some(n) => turn_key(tenant, session, n),
+                None => prefix_end(&prefix),
+            };
+            Box::new(self.log.range(prefix..upper).rev())
+        } else {
+            let lower = match q.after_turn_number {
+                Some(n) => Bound::Excluded(turn_key(tenant, session, n)),
+                None => Bound::Included(prefix.clone()),
+            };
+            Box::new(
+                self.log
+                    .range((lower, Bound::Excluded(prefix_end(&prefix)))),
+            )
+        };
+        iter.take(q.limit)
+            .map(|item| from_json(&item.map_err(storage)?.1))
+            .collect()
+    }
+
+    // ----- memories -----
+
+    pub fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+        self.records
+            .get(memory_key(tenant, id))
+            .map_err(storage)?
+            .map(|v| decode_memory(&v))
+            .transpose()
+    }
+
+    pub fn insert_memory(&self, tenant: &str, new: &NewMemory) -> Result<Option<MemoryRecord>> {
+        let m = &new.record.memory;
+        let value = encode_memory(&new.record)?;
+        let revision = to_json(&revision_of(m))?;
+        self.transact(|r, l, i| {
+            if let Some(existing) = r.get(dedupe_key(tenant, &new.record.dedupe_key))? {
+                let id = std::str::from_utf8(&existing).map_err(|e| abort_now(storage(e)))?;
+                let found = r
+                    .get(memory_key(tenant, id))?
+                    .ok_or_else(|| abort_now(corrupt("dedupe")))?;
+                return decode_memory(&found).map(Some).map_err(abort_now);
+            }
+            if let Some(sid) = &m.session_id {
+                let mut rec = tx_session(r, tenant, sid)?;
+                rec.session.memory_count += 1;
+                rec.revision += 1;
+                put_session(r, tenant, &rec)?;
+            }
+            r.insert(memory_key(tenant, &m.id), value.as_slice())?;
+            r.insert(dedupe_key(tenant, &new.record.dedupe_key), m.id.as_bytes())?;
+            l.insert(revision_key(tenant, &m.id, m.version), revision.as_slice())?;
+            for k in memory_index(tenant, m) {
+                i.insert(k, &[])?;
+            }
+            put_trace(r, i, tenant, &new.trace)?;
+            Ok(None)
+        })
+    }
+
+    pub fn update_memory(&self, tenant: &str, u: &MemoryUpdate) -> Result<()> {
+        let m = &u.record.memory;
+        let value = encode_memory(&u.record)?;
+        let revision = to_json(&revision_of(m))?;
+        self.transact(|r, l, i| {
+            let old = match r.get(memory_key(tenant, &m.id))? {
+                Some(v) => decode_memory(&v).map_err(abort_now)?,
+                None => return abort(not_found(ResourceKind::Memory, &m.id)),
+            };
+            if old.memory.version != u.expected_version {
+                return abort(Error::Conflict {
+                    expected: u.expected_version,
+                    actual: old.memory.version,
+                });
+            }
+            if let Some(other) = r.get(dedupe_key(tenant, &u.record.dedupe_key))? {
+                if other.as_ref() != m.id.as_bytes() {
+                    return abort(Error::InvalidInput {
+                        param: "content",
+                        message: format!(
+                            "memory {} already has this content",
+                            String::from_utf8_lossy(&other)
+                        ),
+                    });
+                }
+            }
+            r.remove(dedupe_key(tenant, &old.dedupe_key))?;
+            r.insert(dedupe_key(tenant, &u.record.dedupe_key), m.id.as_bytes())?;
+            for k in memory_index(tenant, &old.memory) {
+                i.remove(k)?;
+            }
+            for k in memory_index(tenant, m) {
+                i.insert(k, &[])?;
+            }
+            r.insert(memory_key(tenant, &m.id), value.as_slice())?;
+            l.insert(revision_key(tenant, &m.id, m.version), revision.as_slice())?;
+            // A new revision key lives under the session: bump it (see delete_session).
+            if let Some(sid) = &m.session_id {
+                let mut rec = tx_session(r, tenant, sid)?;
+                rec.revision += 1;
+                put_session(r, tenant, &rec)?;
+            }
+            put_trace(r, i, tenant, &u.trace)
+        })
+    }
+
+    pub fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: &[f32],
+    ) -> Result<()> {
+        self.transact(|r, _, _| {
+            let Some(v) = r.get(memory_key(tenant, id))? else {
+                return Ok(());
+            };
+            let mut rec = decode_memory(&v).map_err(abort_now)?;
+            if rec.memory.version == version {
+                rec.memory.embedding_model = Some(model.to_owned());
+                rec.embedding = Some(vector.to_vec());
+                let value = encode_memory(&rec).map_err(abort_now)?;
+                r.insert(memory_key(tenant, id), value)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete_memory(&self, tenant: &str, id: &str, trace: &Trace) -> Result<MemoryRecord> {
+        loop {
+            let Some(before) = self.memory(tenant, id)? else {
+                return Err(not_found(ResourceKind::Memory, id));
+            };
+            let revisions: Vec<Vec<u8>> = self
+                .log
+                .scan_prefix(Key::new(b'R').str(tenant).str(id).done())
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()).map_err(storage))
+                .collect::<Result<_>>()?;
+            let result = self.transact(|r, l, i| {
+                let current = match r.get(memory_key(tenant, id))? {
+                    Some(v) => decode_memory(&v).map_err(abort_now)?,
+                    None => return abort(not_found(ResourceKind::Memory, id)),
+                };
+                // Updated since the scan: it may have a revision we did not gather.
+                if current.memory.version != before.memory.version {
+                    return abort(Error::Conflict {
+                        expected: before.memory.version,
+                        actual: current.memory.version,
+                    });
+                }
+                r.remove(memory_key(tenant, id))?;
+                r.remove(dedupe_key(tenant, &current.dedupe_key))?;
+                for k in &revisions {
+                    l.remove(k.as_slice())?;
+                }
+                for k in memory_index(tenant, &current.memory) {
+                    i.remove(k)?;
+                }
+                if let Some(sid) = &current.memory.session_id {
+                    if let Some(v) = r.get(session_key(tenant, sid))? {
+                        let mut rec = decode_session(&v).map_err(abort_now)?;
+                        rec.session.memory_count = rec.session.memory_count.saturating_sub(1);
+                        rec.revision += 1;
+                        put_session(r, tenant, &rec)?;
+                    }
+                }
+                put_trace(r, i, tenant, trace)
+            });
+            match result {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other.map(|()| before),
+            }
+        }
+    }
+
+    pub fn list_memories(&self, tenant: &str, q: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
+        let prefix = match (&q.session_id, &q.user_id, &q.memory_type, q.tags.as_slice()) {
+            (Some(s), ..) => Key::new(b'n').str(tenant).str(s).done(),
+            (None, Some(u), ..) => Key::new(b'o').str(tenant).str(u).done(),
+            (None, None, Some(t), _) => Key::new(b'y').str(tenant).str(t).done(),
+            (None, None, None, [tag]) => Key::new(b'g').str(tenant).str(tag).done(),
+            _ => Key::new(b'm').str(tenant).done(),
+        };
+        let walk = Walk {
+            after: q.after.clone(),
+            ..Walk::new(prefix)
+        };
+        walk.run(&self.index, q.limit, |id| {
+            let Some(rec) = self.memory(tenant, &id)? else {
+                return Ok(None);
+            };
+            let m = &rec.memory;
+            let keep = q
+                .session_id
+                .as_ref()
+                .is_none_or(|s| Some(s) == m.session_id.as_ref())
+                && q.user_id
+                    .as_ref()
+                    .is_none_or(|u| Some(u) == m.user_id.as_ref())
+                && (!q.user_level_only || m.session_id.is_none())
+                && q.memory_type.as_ref().is_none_or(|t| *t == m.memory_type)
+                && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)));
+            Ok(keep.then_some(rec))
+        })
+    }
+
+    pub fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
+        self.log
+            .scan_prefix(Key::new(b'R').str(tenant).str(id).done())
+            .values()
+            .map(|v| from_json(&v.map_err(storage)?))
+            .collect()
+    }
+
+    pub fn scan_memories(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>> {
+        let prefix = Key::new(b'M').str(tenant).done();
+        let lower = match after {
+            Some(id) => Bound::Excluded(memory_key(tenant, id)),
+            None => Bound::Included(prefix.clone()),
+        };
+        self.records
+            .range((lower, Bound::Excluded(prefix_end(&prefix))))
+            .take(limit)
+            .map(|item| decode_memory(&item.map_err(storage)?.1))
+            .collect()
+    }
+
+    // ----- traces -----
+
+    pub fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
+        self.records
+            .get(trace_key(tenant, id))
+            .map_err(storage)?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn list_traces(&self, tenant: &str, q: &TraceQuery) -> Result<Vec<Trace>> {
+        let prefix = match (&q.session_id, &q.action) {
+            (Some(s), _) => Key::new(b'x').str(tenant).str(s).done(),
+            (None, Some(a)) => Key::new(b'c').str(tenant).str(a).done(),
+            (None, None) => Key::new(b't').str(tenant).done(),
+        };
+        let walk = Walk {
+            after: q.after.clone(),
+            created_after: q.created_after,
+            created_before: q.created_before,
+            ..Walk::new(prefix)
+        };
+        walk.run(&self.index, q.limit, |id| {
+            let Some(t) = self.trace(tenant, &id)? else {
+                return Ok(None);
+            };
+            let keep = q
+                .session_id
+                .as_ref()
+                .is_none_or(|s| Some(s) == t.session_id.as_ref())
+                && q.action.as_ref().is_none_or(|a| *a == t.action)
+                && q.resource_type
+                    .as_ref()
+                    .is_none_or(|r| *r == t.resource_type)
+                && q.resource_id.as_ref().is_none_or(|r| *r == t.resource_id);
+            Ok(keep.then_some(t))
+        })
+    }
+}
+
+fn not_found(kind: ResourceKind, id: &str) -> Error {
+    Error::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn revision_of(m: &Memory) -> MemoryRevision {
+    MemoryRevision {
+        memory_id: m.id.clone(),
+        version: m.version,
+        content: m.content.clone(),
+        memory_type: m.memory_type.clone(),
+        tags: m.tags.clone(),
+        metadata: m.metadata.clone(),
+        updated_at: m.updated_at,
+    }
+}
+
+/// The session inside a transaction, or an abort with `NotFound`.
+fn tx_session(r: &TransactionalTree, tenant: &str, id: &str) -> TxResult<SessionRecord> {
+    match r.get(session_key(tenant, id))? {
+        Some(v) => decode_session(&v).map_err(abort_now),
+        None => abort(not_found(ResourceKind::Session, id)),
+    }
+}
+
+fn put_session(r: &TransactionalTree, tenant: &str, rec: &SessionRecord) -> TxResult<()> {
+    let value = encode_session(rec).map_err(abort_now)?;
+    r.insert(session_key(tenant, &rec.session.id), value)?;
+    Ok(())
+}
+
+fn put_version(
+    l: &TransactionalTree,
+    tenant: &str,
+    session: &str,
+    v: &VersionRecord,
+) -> TxResult<()> {
+    let mut value = time_bytes(v.created_at).to_vec();
+    value.extend_from_slice(&v.body);
+    l.insert(version_key(tenant, session, v.version), value)?;
+    Ok(())
+}
+
+/// Checks and applies a version append to `rec` (the caller writes `rec` back).
+fn apply_version(
+    l: &TransactionalTree,
+    r: &TransactionalTree,
+    i: &TransactionalTree,
+    tenant: &str,
+    rec: &mut SessionRecord,
+    a: &AppendVersion,
+) -> TxResult<()> {
+    if rec.session.version != a.expected_version {
+        return abort(Error::Conflict {
+            expected: a.expected_version,
+            actual: rec.session.version,
+        });
+    }
+    put_version(l, tenant, &a.session_id, &a.version)?;
+    rec.session.version = a.version.version;
+    rec.session.state = a.state.clone();
+    rec.session.updated_at = a.updated_at;
+    rec.revision += 1;
+    put_trace(r, i, tenant, &a.trace)
+}
+
+fn put_trace(
+    r: &TransactionalTree,
+    i: &TransactionalTree,
+    tenant: &str,
+    t: &Trace,
+) -> TxResult<()> {
+    let value = to_json(t).map_err(abort_now)?;
+    r.insert(trace_key(tenant, &t.id), value)?;
+    for k in trace_index(tenant, t) {
+        i.insert(k, &[])?;
+    }
+    Ok(())
+}
