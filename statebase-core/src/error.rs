@@ -15,6 +15,8 @@ pub enum ResourceKind {
     Turn,
     /// A memory.
     Memory,
+    /// An API key.
+    ApiKey,
 }
 
 impl ResourceKind {
@@ -26,6 +28,7 @@ impl ResourceKind {
             ResourceKind::Trace => "trace_not_found",
             ResourceKind::Turn => "turn_not_found",
             ResourceKind::Memory => "memory_not_found",
+            ResourceKind::ApiKey => "key_not_found",
         }
     }
 }
@@ -38,6 +41,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Trace => "trace",
             ResourceKind::Turn => "turn",
             ResourceKind::Memory => "memory",
+            ResourceKind::ApiKey => "API key",
         })
     }
 }

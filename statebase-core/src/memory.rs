@@ -4,6 +4,7 @@
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::json;
+use crate::keys::ApiKey;
 use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
@@ -43,6 +44,8 @@ struct Inner {
     memory_order: BTreeSet<OrderKey>,
     /// (tenant, dedupe key) -> memory id
     dedupe: HashMap<Key, String>,
+    /// Keys in creation order.
+    api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug)]
@@ -536,6 +539,30 @@ impl Store for MemoryStore {
             .into_iter()
             .take(limit)
             .map(|m| m.record.clone())
+            .collect())
+    }
+
+    async fn put_api_key(&self, api_key: ApiKey) -> Result<()> {
+        let mut inner = self.inner.lock();
+        match inner.api_keys.iter_mut().find(|k| k.id == api_key.id) {
+            Some(k) => *k = api_key,
+            None => inner.api_keys.push(api_key),
+        }
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let inner = self.inner.lock();
+        Ok(inner.api_keys.iter().find(|k| k.key_hash == hash).cloned())
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .api_keys
+            .iter()
+            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
+            .cloned()
             .collect())
     }
 

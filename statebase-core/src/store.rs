@@ -8,6 +8,7 @@
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
+use crate::keys::ApiKey;
 use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
 use async_trait::async_trait;
 use std::fmt::Debug;
@@ -328,6 +329,16 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<MemoryRecord>>;
 
+    /// Inserts or replaces (by id) an API key. Keys belong to a tenant but are found by
+    /// hash across tenants.
+    async fn put_api_key(&self, key: ApiKey) -> Result<()>;
+
+    /// The key with this secret hash, or `None`.
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+
+    /// Every key, or one tenant's, oldest first.
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
+
     /// The trace, or `None`.
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
 
@@ -452,6 +463,15 @@ macro_rules! forward_store {
                 limit: usize,
             ) -> Result<Vec<MemoryRecord>> {
                 (**self).scan_memories(tenant, after_id, limit).await
+            }
+            async fn put_api_key(&self, key: ApiKey) -> Result<()> {
+                (**self).put_api_key(key).await
+            }
+            async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+                (**self).api_key_by_hash(hash).await
+            }
+            async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+                (**self).list_api_keys(tenant).await
             }
             async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
                 (**self).trace(tenant, id).await

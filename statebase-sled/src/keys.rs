@@ -15,6 +15,8 @@
 //! - `D` str(tenant) dedupe key → memory id
 //! - `T` str(tenant) id → trace (JSON)
 //! - `U` str(tenant) turn id → `u64`(turn number) session id
+//! - `K` key id → API key (JSON)
+//! - `H` key hash → key id
 //!
 //! `log` (ordered per owner):
 //! - `V` str(tenant) str(session) `u64`(version) → time(created) body

@@ -32,7 +32,7 @@ pub use ops::FORMAT_VERSION;
 use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
-use statebase_core::{MemoryRevision, Result, Timestamp, Trace, Turn};
+use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
 use std::ops::Range;
 use std::path::Path;
 
@@ -261,6 +261,18 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<MemoryRecord>> {
         self.trees.scan_memories(tenant, after_id, limit)
+    }
+
+    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
+        self.durable(self.trees.put_api_key(&key)).await
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        self.trees.api_key_by_hash(hash)
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        self.trees.list_api_keys(tenant)
     }
 
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {

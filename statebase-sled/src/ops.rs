@@ -6,7 +6,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional, Tree};
 use statebase_core::store::*;
 use statebase_core::{
-    Error, Memory, MemoryRevision, ResourceKind, Result, Session, Timestamp, Trace, Turn,
+    ApiKey, Error, Memory, MemoryRevision, ResourceKind, Result, Session, Timestamp, Trace, Turn,
 };
 use std::ops::{Bound, Range};
 
@@ -850,6 +850,45 @@ impl Trees {
             .take(limit)
             .map(|item| decode_memory(&item.map_err(storage)?.1))
             .collect()
+    }
+
+    // ----- API keys -----
+
+    pub fn put_api_key(&self, key: &ApiKey) -> Result<()> {
+        let value = to_json(key)?;
+        self.transact(|r, _, _| {
+            r.insert(Key::new(b'K').raw(&key.id).done(), value.as_slice())?;
+            r.insert(Key::new(b'H').raw(&key.key_hash).done(), key.id.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let Some(id) = self
+            .records
+            .get(Key::new(b'H').raw(hash).done())
+            .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let id = std::str::from_utf8(&id).map_err(storage)?;
+        self.records
+            .get(Key::new(b'K').raw(id).done())
+            .map_err(storage)?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let mut keys: Vec<ApiKey> = self
+            .records
+            .scan_prefix([b'K'])
+            .values()
+            .map(|v| from_json(&v.map_err(storage)?))
+            .collect::<Result<_>>()?;
+        keys.retain(|k| tenant.is_none_or(|t| k.tenant == t));
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
     }
 
     // ----- traces -----

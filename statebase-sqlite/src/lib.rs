@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::Connection;
 use statebase_core::store::*;
-use statebase_core::{MemoryRevision, Result, Timestamp, Trace, Turn};
+use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -337,6 +337,22 @@ impl Store for SqliteStore {
         let (tenant, after) = (tenant.to_owned(), after_id.map(str::to_owned));
         Ok(self
             .read(move |c| sql::scan_memories(c, &tenant, after.as_deref(), limit))
+            .await?)
+    }
+
+    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
+        Ok(self.write(move |c| sql::put_api_key(c, &key)).await?)
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let hash = hash.to_owned();
+        Ok(self.read(move |c| sql::api_key_by_hash(c, &hash)).await?)
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let tenant = tenant.map(str::to_owned);
+        Ok(self
+            .read(move |c| sql::list_api_keys(c, tenant.as_deref()))
             .await?)
     }
 

@@ -10,7 +10,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released one:
 /// add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sessions (
     tenant          TEXT    NOT NULL,
     id              TEXT    NOT NULL,
@@ -111,7 +112,18 @@ CREATE INDEX traces_by_time ON traces (tenant, timestamp, id);
 CREATE INDEX traces_by_session ON traces (tenant, session_id, timestamp, id);
 CREATE INDEX traces_by_action ON traces (tenant, action, timestamp, id);
 CREATE INDEX traces_by_resource ON traces (tenant, resource_id, timestamp, id);
-"#];
+"#,
+    r#"
+CREATE TABLE api_keys (
+    id          TEXT    NOT NULL PRIMARY KEY,
+    tenant      TEXT    NOT NULL,
+    key_hash    TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    body        TEXT    NOT NULL
+) STRICT;
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at, id);
+"#,
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

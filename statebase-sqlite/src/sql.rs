@@ -6,7 +6,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
-    Error, Memory, MemoryRevision, Object, ResourceKind, Session, Timestamp, Trace, Turn,
+    ApiKey, Error, Memory, MemoryRevision, Object, ResourceKind, Session, Timestamp, Trace, Turn,
 };
 use std::ops::Range;
 
@@ -758,6 +758,41 @@ pub fn scan_memories(
         ),
         params![tenant, after_id.unwrap_or(""), limit as i64],
         read_memory,
+    )
+}
+
+// ----- API keys -----
+
+pub fn put_api_key(conn: &Connection, key: &ApiKey) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, tenant, key_hash, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+    )?
+    .execute(params![
+        key.id,
+        key.tenant,
+        key.key_hash,
+        micros(key.created_at),
+        json(key)?
+    ])?;
+    Ok(())
+}
+
+pub fn api_key_by_hash(conn: &Connection, hash: &str) -> Res<Option<ApiKey>> {
+    first(
+        conn,
+        "SELECT body FROM api_keys WHERE key_hash = ?1",
+        params![hash],
+        |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?)?),
+    )
+}
+
+pub fn list_api_keys(conn: &Connection, tenant: Option<&str>) -> Res<Vec<ApiKey>> {
+    collect(
+        conn,
+        "SELECT body FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, id",
+        params![tenant],
+        |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?)?),
     )
 }
 

@@ -1003,3 +1003,92 @@ pub async fn turn_and_memory_changes_are_traced<F: StoreFactory>(factory: F) {
         .unwrap();
     assert_eq!(by_alias.data.len(), 1);
 }
+
+/// API keys: the secret is `sb_` + 24 characters and authenticates to its tenant until it
+/// is revoked or expires; importing a known secret changes nothing; keys survive a reopen.
+pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
+    let mut env = Env::new(factory).await;
+    let (a, b, imported) = {
+        let sb = env.sb();
+        let (a, secret) = sb
+            .create_api_key("acme", "ci", Some(10), None)
+            .await
+            .unwrap();
+        assert!(secret.starts_with("sb_") && secret.len() == 27, "{secret}");
+        assert!(secret[3..]
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_eq!(
+            (a.tenant.as_str(), a.rate_limit, a.is_active),
+            ("acme", 10, true)
+        );
+        assert!(!a.key_hash.contains(&secret[3..]));
+        assert_eq!(sb.authenticate(&secret).await.unwrap(), Some(a.clone()));
+        assert_eq!(
+            sb.authenticate("sb_wrongwrongwrongwrongwrong")
+                .await
+                .unwrap(),
+            None
+        );
+        let expires = super::epoch() + chrono::Duration::seconds(61);
+        let (b, b_secret) = sb
+            .create_api_key("other", "short", None, Some(expires))
+            .await
+            .unwrap();
+        assert_eq!(b.rate_limit, crate::keys::DEFAULT_RATE_LIMIT);
+        env.advance(1);
+        let imported = sb
+            .import_api_key(
+                "acme",
+                "provisioned",
+                "sb_provisionedkey0000000001",
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let again = sb
+            .import_api_key(
+                "acme",
+                "renamed",
+                "sb_provisionedkey0000000001",
+                Some(5),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, imported);
+        assert_eq!(
+            code(sb.import_api_key("acme", "x", "short", None, None).await),
+            "invalid_request"
+        );
+        env.advance(60);
+        assert_eq!(sb.authenticate(&b_secret).await.unwrap(), None, "expired");
+        (a, b, imported)
+    };
+    env.reopen().await;
+    let sb = env.sb();
+    let acme: Vec<String> = sb
+        .list_api_keys(Some("acme"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(acme, vec![a.id.clone(), imported.id.clone()]);
+    assert_eq!(sb.list_api_keys(None).await.unwrap().len(), 3);
+    assert_eq!(
+        code(sb.revoke_api_key(&a.id, Some("other")).await),
+        "key_not_found"
+    );
+    let revoked = sb.revoke_api_key(&a.id, Some("acme")).await.unwrap();
+    assert!(!revoked.is_active);
+    let stored = sb
+        .store()
+        .api_key_by_hash(&a.key_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.is_active);
+    assert!(sb.list_api_keys(Some("other")).await.unwrap() == vec![b]);
+}

@@ -173,6 +173,7 @@ macro_rules! conformance_suite {
             context_gathers_state_memories_and_turns,
             turns_and_memories_survive_reopen,
             turn_and_memory_changes_are_traced,
+            api_keys_authenticate_until_revoked,
         );
         #[test]
         fn model_property() {

@@ -1,0 +1,129 @@
+//! API keys: `sb_` + 24 random characters, stored only as a SHA-256 hash, each belonging to
+//! one tenant. The HTTP server authenticates with them; `statebase keys` manages them.
+
+use crate::error::{Error, ResourceKind, Result};
+use crate::store::Store;
+use crate::{StateBase, Timestamp};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// An API key as stored (the secret itself never is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// `key_` + 12 random characters.
+    pub id: String,
+    /// The tenant whose data the key reaches.
+    pub tenant: String,
+    /// A label.
+    pub name: String,
+    /// The first characters of the secret, to recognise it in listings.
+    pub key_prefix: String,
+    /// SHA-256 of the secret, hex.
+    pub key_hash: String,
+    /// Requests per minute.
+    pub rate_limit: u32,
+    /// False once revoked.
+    pub is_active: bool,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// After this instant it no longer works.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    /// True if the key works at `now`.
+    pub fn is_usable_at(&self, now: Timestamp) -> bool {
+        self.is_active && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// SHA-256 of a secret, hex.
+pub fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The rate limit of a key made without one: 100 requests per minute (the free tier's).
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+
+impl<S: Store> StateBase<S> {
+    /// Makes a key for `tenant` and returns it with its secret, which is shown only now.
+    pub async fn create_api_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        rate_limit: Option<u32>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(ApiKey, String)> {
+        let secret = format!(
+            "sb_{}{}",
+            self.new_id("").as_str(),
+            self.new_id("").as_str()
+        );
+        let key = self
+            .import_api_key(tenant, name, &secret, rate_limit, expires_at)
+            .await?;
+        Ok((key, secret))
+    }
+
+    /// Stores a key whose secret was chosen elsewhere (provisioning); a secret already
+    /// stored returns its key unchanged.
+    pub async fn import_api_key(
+        &self,
+        tenant: &str,
+        name: &str,
+        secret: &str,
+        rate_limit: Option<u32>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<ApiKey> {
+        let tenant = self.identifier("tenant", tenant.to_owned())?;
+        if secret.len() < 16 || !secret.is_ascii() {
+            return Err(Error::invalid(
+                "key",
+                "must be at least 16 ASCII characters",
+            ));
+        }
+        let hash = hash_secret(secret);
+        if let Some(existing) = self.store().api_key_by_hash(&hash).await? {
+            return Ok(existing);
+        }
+        let key = ApiKey {
+            id: self.new_id("key_"),
+            tenant,
+            name: name.to_owned(),
+            key_prefix: secret.chars().take(7).collect(),
+            key_hash: hash,
+            rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT).max(1),
+            is_active: true,
+            created_at: self.now(),
+            expires_at,
+        };
+        self.store().put_api_key(key.clone()).await?;
+        Ok(key)
+    }
+
+    /// The key a secret belongs to, if it exists and works now.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<ApiKey>> {
+        let key = self.store().api_key_by_hash(&hash_secret(secret)).await?;
+        Ok(key.filter(|k| k.is_usable_at(self.now())))
+    }
+
+    /// Every key, or one tenant's.
+    pub async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        self.store().list_api_keys(tenant).await
+    }
+
+    /// Revokes a key: it stops working at once. With `tenant`, only that tenant's key.
+    pub async fn revoke_api_key(&self, id: &str, tenant: Option<&str>) -> Result<ApiKey> {
+        let keys = self.store().list_api_keys(tenant).await?;
+        let mut key = keys
+            .into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| Error::not_found(ResourceKind::ApiKey, id))?;
+        key.is_active = false;
+        self.store().put_api_key(key.clone()).await?;
+        Ok(key)
+    }
+}
