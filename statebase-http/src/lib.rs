@@ -1,2 +1,127 @@
-//! Placeholder: this crate is planned (see the project's open issues) and holds no code yet.
-//! The conformance suite in `statebase-core` (feature `testing`) is what it will pass.
+//! The StateBase `/v1` HTTP API in front of any statebase store.
+//!
+//! [`router`] builds the axum `Router` (tests drive it on a loopback socket); the
+//! `statebase` binary serves it and manages API keys. Handlers only parse, call
+//! `statebase-core` and shape the answer; authentication and per-key rate limits are one
+//! middleware layer; every error is the StateBase envelope.
+
+mod auth;
+mod error;
+mod extract;
+mod routes;
+mod wire;
+
+pub use auth::RateLimiter;
+pub use error::ApiError;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use statebase_core::{StateBase, Store};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The largest request body accepted, in bytes (a state of 1 MiB plus its envelope).
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Statebase over the server's store.
+    pub sb: StateBase<Arc<dyn Store>>,
+    /// The per-key rate limits.
+    pub limiter: Arc<RateLimiter>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// State over `sb` with `limit` requests a minute per key and bursts of `burst`.
+    pub fn new(sb: StateBase<Arc<dyn Store>>, limit: u32, burst: u32) -> Self {
+        Self {
+            sb,
+            limiter: Arc::new(RateLimiter::new(limit, burst)),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    use routes::*;
+    let v1 = Router::new()
+        .route("/sessions", post(create_session).get(list_sessions))
+        .route(
+            "/sessions/{id}",
+            get(get_session)
+                .patch(update_session)
+                .delete(delete_session),
+        )
+        .route("/sessions/{id}/context", post(context))
+        .route("/sessions/{id}/fork", post(fork))
+        .route("/sessions/{id}/history", get(state_history))
+        .route("/sessions/{id}/rollback", post(rollback))
+        .route(
+            "/sessions/{id}/state",
+            get(get_state)
+                .patch(merge_state)
+                .put(replace_state)
+                .post(post_state),
+        )
+        .route("/sessions/{id}/state/history", get(state_history))
+        .route("/sessions/{id}/state/rollback", post(rollback))
+        .route("/sessions/{id}/turns", post(add_turn).get(list_turns))
+        .route("/sessions/{id}/turns/{turn_id}", get(get_turn))
+        .route("/sessions/{id}/memories", post(add_session_memory))
+        .route(
+            "/sessions/{id}/memories/search",
+            post(search_session_memories),
+        )
+        .route("/sessions/{id}/traces", get(session_traces))
+        .route("/memories", post(add_memory).get(search_or_list_memories))
+        .route("/memories/search", get(search_or_list_memories))
+        .route(
+            "/memories/{id}",
+            get(get_memory)
+                .put(update_memory)
+                .patch(update_memory)
+                .delete(delete_memory),
+        )
+        .route("/memories/{id}/history", get(memory_history))
+        .route("/memory", post(add_memory).get(search_or_list_memories))
+        .route("/memory/search", post(search_memories))
+        .route(
+            "/memory/{id}",
+            get(get_memory)
+                .put(update_memory)
+                .patch(update_memory)
+                .delete(delete_memory),
+        )
+        .route("/memory/{id}/history", get(memory_history))
+        .route("/traces", get(list_traces))
+        .route("/traces/{id}", get(get_trace))
+        .route("/traces/sessions/{id}/traces", get(session_traces))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/health/live", get(health))
+        .route("/health/ready", get(health))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,129 @@
+//! API keys and per-key rate limits, as one middleware layer.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use statebase_core::ApiKey;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The tenant and key of an authenticated request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key.
+    pub key: ApiKey,
+}
+
+/// Token buckets per key: `limit` tokens a minute, holding at most `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: u32,
+    default_limit: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// What a bucket said about one request.
+pub struct Decision {
+    limit: u32,
+    remaining: u32,
+    /// Seconds until the bucket is full again.
+    reset_in: u64,
+    /// Seconds to wait, when refused.
+    retry_after: Option<u64>,
+}
+
+impl RateLimiter {
+    /// Buckets of `burst` tokens; keys without their own limit get `default_limit` a minute.
+    pub fn new(default_limit: u32, burst: u32) -> Self {
+        Self {
+            burst: burst.max(1),
+            default_limit: default_limit.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token from the key's bucket, if there is one.
+    pub fn check(&self, key: &ApiKey) -> Decision {
+        // A key made with the default limit follows the server's setting.
+        let limit = if key.rate_limit == statebase_core::keys::DEFAULT_RATE_LIMIT {
+            self.default_limit
+        } else {
+            key.rate_limit
+        };
+        let per_second = f64::from(limit) / 60.0;
+        let capacity = f64::from(self.burst);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.entry(key.id.clone()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let elapsed = now.duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
+        bucket.at = now;
+        let retry_after = if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64)
+        };
+        Decision {
+            limit,
+            remaining: bucket.tokens.floor() as u32,
+            reset_in: ((capacity - bucket.tokens) / per_second).ceil() as u64,
+            retry_after,
+        }
+    }
+}
+
+fn secret(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim());
+    }
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn add_headers(headers: &mut HeaderMap, d: &Decision) {
+    let reset = SystemTime::now()
+        .checked_add(Duration::from_secs(d.reset_in))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |t| t.as_secs());
+    headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+}
+
+/// Authenticates the request, applies the key's rate limit, and adds the rate-limit headers
+/// to whatever the handler answers.
+pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(secret) = secret(req.headers()) else {
+        return ApiError::unauthenticated().into_response();
+    };
+    let key = match app.sb.authenticate(secret).await {
+        Ok(Some(key)) => key,
+        Ok(None) => return ApiError::unauthenticated().into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let decision = app.limiter.check(&key);
+    let mut response = match decision.retry_after {
+        Some(seconds) => ApiError::rate_limited(seconds).into_response(),
+        None => {
+            req.extensions_mut().insert(Caller { key });
+            next.run(req).await
+        }
+    };
+    add_headers(response.headers_mut(), &decision);
+    response
+}

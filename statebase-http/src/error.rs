@@ -1,0 +1,154 @@
+//! The StateBase error envelope: `{"error": {"code", "message", "type", "param"}, "detail"}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use statebase_core::Error;
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    param: Option<String>,
+    detail: Option<Value>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            detail: None,
+            retry_after: None,
+        }
+    }
+
+    /// 401: no key, or a key that is wrong, revoked or expired.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "Invalid or missing API key: send it as X-API-Key or Authorization: Bearer",
+        )
+    }
+
+    /// 429 with the seconds to wait.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                format!("Rate limit exceeded. Retry after {retry_after} seconds."),
+            )
+        }
+    }
+
+    /// 422: the body or query does not match the schema; `field` names where.
+    pub fn validation(field: &str, location: &str, message: String) -> Self {
+        let mut loc = vec![json!(location)];
+        loc.extend(field.split('.').filter(|s| !s.is_empty()).map(|s| json!(s)));
+        Self {
+            param: (!field.is_empty()).then(|| field.to_owned()),
+            detail: Some(json!([{"loc": loc, "msg": message, "type": "value_error"}])),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        }
+    }
+
+    /// 400: a body that is not JSON, or not sent as JSON.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 413: a body over the server's limit.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body over {limit} bytes"),
+        )
+    }
+
+    /// 404 for an unknown route.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "resource_not_found", "no such route")
+    }
+
+    /// 405 for a known route with another method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PayloadTooLarge { .. } | Error::ContentTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Error::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            // Internal messages stay in the log.
+            Error::Backend(source) => {
+                tracing::error!(error = %source, "store failed");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let param = match &e {
+            Error::InvalidInput { param, .. } => Some((*param).to_owned()),
+            Error::ContentTooLarge { .. } => Some("content".to_owned()),
+            Error::NotFound { kind, .. } => Some(format!("{kind}_id").replace(' ', "_")),
+            _ => None,
+        };
+        Self {
+            param,
+            ..Self::new(status, e.code(), message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            429 => "rate_limit_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let mut error = json!({
+            "code": self.code,
+            "message": self.message,
+            "type": kind,
+            "param": self.param,
+        });
+        if let Some(seconds) = self.retry_after {
+            error["retry_after"] = json!(seconds);
+        }
+        let body = json!({
+            "error": error,
+            "detail": self.detail.unwrap_or_else(|| json!(self.message)),
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,684 @@
+//! The `/v1` handlers: parse, call core, shape the answer. No domain logic lives here.
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{Body, Query};
+use crate::{wire, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use statebase_core::*;
+
+type Sb = StateBase<std::sync::Arc<dyn Store>>;
+type Reply = Result<Response, ApiError>;
+
+/// Statebase scoped to the caller's tenant, recording the key as the actor.
+fn scoped(app: &AppState, caller: &Caller) -> Sb {
+    app.sb
+        .tenant(&caller.key.tenant)
+        .actor(&format!("api_key_{}", caller.key.key_prefix))
+}
+
+fn ok(v: Value) -> Reply {
+    Ok(Json(v).into_response())
+}
+
+fn created(v: Value) -> Reply {
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+fn no_content() -> Reply {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Comma-separated lists in queries (`types=a,b`).
+fn csv(v: Option<String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn timestamp(param: &'static str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    v.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.to_utc())
+            .map_err(|e| ApiError::validation(param, "query", format!("not an ISO 8601 time: {e}")))
+    })
+    .transpose()
+}
+
+// ----- sessions -----
+
+pub async fn create_session(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateSession>,
+) -> Reply {
+    let s = scoped(&app, &caller).create_session(req).await?;
+    created(wire::session(&s))
+}
+
+pub async fn get_session(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    ok(wire::session(
+        &scoped(&app, &caller).get_session(&id).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct SessionListQuery {
+    limit: Option<i64>,
+    starting_after: Option<String>,
+    agent_id: Option<String>,
+    user_id: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    /// A JSON object, as a string.
+    metadata: Option<String>,
+}
+
+pub async fn list_sessions(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<SessionListQuery>,
+) -> Reply {
+    let metadata = match q.metadata {
+        None => None,
+        Some(m) => Some(
+            crate::extract::parse::<Object>(m.as_bytes(), "query").map_err(|_| {
+                ApiError::validation("metadata", "query", "must be a JSON object".into())
+            })?,
+        ),
+    };
+    let req = ListSessions {
+        limit: q.limit,
+        starting_after: q.starting_after,
+        agent_id: q.agent_id,
+        user_id: q.user_id,
+        created_after: timestamp("created_after", q.created_after)?,
+        created_before: timestamp("created_before", q.created_before)?,
+        metadata,
+    };
+    let page = scoped(&app, &caller).list_sessions(req).await?;
+    ok(wire::page(&page, wire::session))
+}
+
+pub async fn update_session(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateSession>,
+) -> Reply {
+    ok(wire::session(
+        &scoped(&app, &caller).update_session(&id, req).await?,
+    ))
+}
+
+pub async fn delete_session(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    scoped(&app, &caller).delete_session(&id).await?;
+    no_content()
+}
+
+// ----- state -----
+
+#[derive(Deserialize)]
+pub struct StateBody {
+    #[serde(alias = "updates")]
+    state: Value,
+    reasoning: Option<String>,
+    expected_version: Option<u64>,
+}
+
+impl From<StateBody> for StateWrite {
+    fn from(b: StateBody) -> Self {
+        StateWrite {
+            state: b.state,
+            reasoning: b.reasoning,
+            expected_version: b.expected_version,
+        }
+    }
+}
+
+pub async fn get_state(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    ok(wire::state(&scoped(&app, &caller).get_session(&id).await?))
+}
+
+/// PATCH: an RFC 7386 merge.
+pub async fn merge_state(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(body): Body<StateBody>,
+) -> Reply {
+    let s = scoped(&app, &caller).merge_state(&id, body.into()).await?;
+    ok(wire::state(&s))
+}
+
+/// PUT: a full replace.
+pub async fn replace_state(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(body): Body<StateBody>,
+) -> Reply {
+    let s = scoped(&app, &caller)
+        .replace_state(&id, body.into())
+        .await?;
+    ok(wire::state(&s))
+}
+
+/// POST (the seed page): a full replace that answers with the session, plus the state
+/// fields.
+pub async fn post_state(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(body): Body<StateBody>,
+) -> Reply {
+    let s = scoped(&app, &caller)
+        .replace_state(&id, body.into())
+        .await?;
+    let mut v = wire::session(&s);
+    v["session_id"] = json!(s.id);
+    v["data"] = json!(s.state);
+    ok(v)
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    limit: Option<i64>,
+    since_version: Option<u64>,
+}
+
+pub async fn state_history(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryParams>,
+) -> Reply {
+    let h = scoped(&app, &caller)
+        .history(
+            &id,
+            HistoryQuery {
+                limit: q.limit,
+                since_version: q.since_version,
+            },
+        )
+        .await?;
+    let data: Vec<Value> = h
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "state": v.state,
+                "created_at": v.created_at,
+                "updated_by": v.updated_by,
+                "reasoning": v.reasoning,
+                "change": v.change,
+            })
+        })
+        .collect();
+    ok(
+        json!({"object": "list", "data": data, "current_version": h.current_version, "session_id": id}),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct RollbackBody {
+    version: i64,
+    #[serde(alias = "reasoning")]
+    reason: Option<String>,
+    expected_version: Option<u64>,
+}
+
+pub async fn rollback(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<RollbackBody>,
+) -> Reply {
+    let r = scoped(&app, &caller)
+        .rollback(
+            &id,
+            RollbackTo {
+                version: b.version,
+                reason: b.reason,
+                expected_version: b.expected_version,
+            },
+        )
+        .await?;
+    ok(wire::rollback(&r))
+}
+
+#[derive(Deserialize)]
+pub struct ForkBody {
+    version: Option<i64>,
+    #[serde(alias = "new_agent_id")]
+    agent_id: Option<String>,
+    user_id: Option<String>,
+    metadata: Option<Value>,
+    ttl_seconds: Option<i64>,
+}
+
+pub async fn fork(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<ForkBody>,
+) -> Reply {
+    let s = scoped(&app, &caller)
+        .fork(
+            &id,
+            ForkFrom {
+                version: b.version,
+                agent_id: b.agent_id,
+                user_id: b.user_id,
+                metadata: b.metadata,
+                ttl_seconds: b.ttl_seconds,
+            },
+        )
+        .await?;
+    let mut v = wire::session(&s);
+    v["new_session_id"] = json!(s.id);
+    created(v)
+}
+
+#[derive(Deserialize)]
+pub struct ContextBody {
+    query: Option<String>,
+    memory_limit: Option<i64>,
+    turn_limit: Option<i64>,
+}
+
+pub async fn context(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<ContextBody>,
+) -> Reply {
+    let started = std::time::Instant::now();
+    let c = scoped(&app, &caller)
+        .context(
+            &id,
+            ContextRequest {
+                query: b.query,
+                memory_limit: b.memory_limit,
+                turn_limit: b.turn_limit,
+            },
+        )
+        .await?;
+    let turns: Vec<Value> = c.recent_turns.iter().map(wire::turn).collect();
+    let body = json!({
+        "object": "context",
+        "session_id": c.session.id,
+        "version": c.session.version,
+        "state": c.session.state,
+        "memories": c.memories.iter().map(wire::hit).collect::<Vec<_>>(),
+        "recent_turns": turns,
+        "turns": turns,
+        "average_relevance": c.average_relevance,
+        "drift_warning": c.drift_warning,
+    });
+    let mut response = Json(body).into_response();
+    let latency = format!("{:.3}", started.elapsed().as_secs_f64() * 1e3);
+    if let Ok(v) = latency.parse() {
+        response.headers_mut().insert("x-statebase-latency", v);
+    }
+    Ok(response)
+}
+
+// ----- turns -----
+
+pub async fn add_turn(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<AddTurn>,
+) -> Reply {
+    created(wire::turn(&scoped(&app, &caller).add_turn(&id, req).await?))
+}
+
+#[derive(Deserialize)]
+pub struct TurnListQuery {
+    limit: Option<i64>,
+    starting_after: Option<String>,
+    order: Option<Order>,
+}
+
+pub async fn list_turns(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<TurnListQuery>,
+) -> Reply {
+    let page = scoped(&app, &caller)
+        .list_turns(
+            &id,
+            ListTurns {
+                limit: q.limit,
+                starting_after: q.starting_after,
+                order: q.order.unwrap_or_default(),
+            },
+        )
+        .await?;
+    ok(wire::page(&page, wire::turn))
+}
+
+pub async fn get_turn(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, turn_id)): Path<(String, String)>,
+) -> Reply {
+    ok(wire::turn(
+        &scoped(&app, &caller).get_turn(&id, &turn_id).await?,
+    ))
+}
+
+// ----- memories -----
+
+#[derive(Deserialize)]
+pub struct MemoryBody {
+    session_id: Option<String>,
+    user_id: Option<String>,
+    content: String,
+    #[serde(alias = "memory_type")]
+    r#type: Option<String>,
+    tags: Option<Vec<String>>,
+    metadata: Option<Value>,
+    embed: Option<bool>,
+}
+
+async fn add_memory_from(app: &AppState, caller: &Caller, b: MemoryBody) -> Reply {
+    let m = scoped(app, caller)
+        .add_memory(AddMemory {
+            session_id: b.session_id,
+            user_id: b.user_id,
+            content: b.content,
+            memory_type: b.r#type,
+            tags: b.tags,
+            metadata: b.metadata,
+            embed: b.embed,
+        })
+        .await?;
+    created(wire::memory(&m))
+}
+
+pub async fn add_memory(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<MemoryBody>,
+) -> Reply {
+    add_memory_from(&app, &caller, b).await
+}
+
+/// `POST /v1/sessions/{id}/memories`: the session comes from the path.
+pub async fn add_session_memory(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(mut b): Body<MemoryBody>,
+) -> Reply {
+    b.session_id = Some(id);
+    add_memory_from(&app, &caller, b).await
+}
+
+pub async fn get_memory(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    ok(wire::memory(&scoped(&app, &caller).get_memory(&id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct MemoryUpdateBody {
+    content: Option<String>,
+    #[serde(alias = "memory_type")]
+    r#type: Option<String>,
+    tags: Option<Vec<String>>,
+    metadata: Option<Value>,
+}
+
+pub async fn update_memory(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<MemoryUpdateBody>,
+) -> Reply {
+    let m = scoped(&app, &caller)
+        .update_memory(
+            &id,
+            UpdateMemory {
+                content: b.content,
+                memory_type: b.r#type,
+                tags: b.tags,
+                metadata: b.metadata,
+            },
+        )
+        .await?;
+    ok(wire::memory(&m))
+}
+
+pub async fn delete_memory(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    scoped(&app, &caller).delete_memory(&id).await?;
+    no_content()
+}
+
+pub async fn memory_history(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    let revisions = scoped(&app, &caller).memory_history(&id).await?;
+    ok(json!({"object": "list", "data": revisions, "has_more": false}))
+}
+
+/// Query of the search and list routes: every spelling the clients use.
+#[derive(Deserialize)]
+pub struct MemoryQueryParams {
+    query: Option<String>,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    types: Option<String>,
+    #[serde(alias = "memory_type")]
+    r#type: Option<String>,
+    tags: Option<String>,
+    top_k: Option<i64>,
+    limit: Option<i64>,
+    threshold: Option<f64>,
+    starting_after: Option<String>,
+}
+
+async fn search(app: &AppState, caller: &Caller, req: SearchMemories) -> Reply {
+    let query = req.query.clone();
+    let hits = scoped(app, caller).search_memories(req).await?;
+    ok(json!({
+        "object": "list",
+        "query": query,
+        "data": hits.iter().map(wire::hit).collect::<Vec<_>>(),
+        "has_more": false,
+    }))
+}
+
+/// `GET /v1/memories`: a search with `query`, a list without one.
+pub async fn search_or_list_memories(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<MemoryQueryParams>,
+) -> Reply {
+    match q.query {
+        Some(query) => {
+            let mut types = csv(q.types);
+            types.extend(q.r#type);
+            let req = SearchMemories {
+                query,
+                session_id: q.session_id,
+                user_id: q.user_id,
+                types,
+                tags: csv(q.tags),
+                limit: q.top_k.or(q.limit),
+                threshold: q.threshold,
+            };
+            search(&app, &caller, req).await
+        }
+        None => {
+            let req = ListMemories {
+                limit: q.limit.or(q.top_k),
+                starting_after: q.starting_after,
+                session_id: q.session_id,
+                user_id: q.user_id,
+                memory_type: q.r#type.or_else(|| csv(q.types).into_iter().next()),
+                tags: csv(q.tags),
+            };
+            let page = scoped(&app, &caller).list_memories(req).await?;
+            ok(wire::page(&page, wire::memory))
+        }
+    }
+}
+
+/// Body of `POST /v1/memory/search`.
+#[derive(Deserialize)]
+pub struct SearchBody {
+    query: String,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    #[serde(alias = "memory_type")]
+    r#type: Option<String>,
+    types: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    #[serde(alias = "top_k")]
+    limit: Option<i64>,
+    threshold: Option<f64>,
+}
+
+pub async fn search_memories(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<SearchBody>,
+) -> Reply {
+    let mut types = b.types.unwrap_or_default();
+    types.extend(b.r#type);
+    let req = SearchMemories {
+        query: b.query,
+        session_id: b.session_id,
+        user_id: b.user_id,
+        types,
+        tags: b.tags.unwrap_or_default(),
+        limit: b.limit,
+        threshold: b.threshold,
+    };
+    search(&app, &caller, req).await
+}
+
+/// `POST /v1/sessions/{id}/memories/search`.
+pub async fn search_session_memories(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(mut b): Body<SearchBody>,
+) -> Reply {
+    b.session_id = Some(id);
+    search_memories(State(app), Extension(caller), Body(b)).await
+}
+
+// ----- traces -----
+
+#[derive(Deserialize)]
+pub struct TraceListQuery {
+    limit: Option<i64>,
+    starting_after: Option<String>,
+    session_id: Option<String>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    #[serde(alias = "start_time")]
+    created_after: Option<String>,
+    #[serde(alias = "end_time")]
+    created_before: Option<String>,
+}
+
+async fn traces(app: &AppState, caller: &Caller, q: TraceListQuery) -> Reply {
+    let req = ListTraces {
+        limit: q.limit,
+        starting_after: q.starting_after,
+        session_id: q.session_id,
+        action: q.action,
+        resource_type: q.resource_type,
+        resource_id: q.resource_id,
+        created_after: timestamp("created_after", q.created_after)?,
+        created_before: timestamp("created_before", q.created_before)?,
+    };
+    let page = scoped(app, caller).list_traces(req).await?;
+    ok(wire::page(&page, wire::trace))
+}
+
+pub async fn list_traces(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<TraceListQuery>,
+) -> Reply {
+    traces(&app, &caller, q).await
+}
+
+pub async fn session_traces(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(mut q): Query<TraceListQuery>,
+) -> Reply {
+    q.session_id = Some(id);
+    traces(&app, &caller, q).await
+}
+
+pub async fn get_trace(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    ok(wire::trace(&scoped(&app, &caller).get_trace(&id).await?))
+}
+
+// ----- service -----
+
+pub async fn health(State(app): State<AppState>) -> Reply {
+    ok(json!({
+        "status": "healthy",
+        "timestamp": chrono::Utc::now(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().as_secs_f64(),
+        "services": {"store": {"status": "healthy"}},
+    }))
+}
+
+pub async fn root() -> Reply {
+    ok(json!({
+        "name": "statebase",
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": "/v1",
+        "health": "/health",
+    }))
+}
