@@ -1,0 +1,784 @@
+//! The API on a real server on 127.0.0.1 (random port), over a SQLite file.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use statebase_core::{StateBase, Store};
+use statebase_http::{router, AppState};
+use std::sync::Arc;
+
+const KEY_A: &str = "sb_tenantakeytenantakey0001";
+const KEY_A2: &str = "sb_tenantakeytenantakey0002";
+const KEY_B: &str = "sb_tenantbkeytenantbkey0001";
+
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    sb: StateBase<Arc<dyn Store>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(limit: u32, burst: u32) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
+    let sb = StateBase::new(store);
+    for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
+        sb.import_api_key(tenant, "test", key, None, None)
+            .await
+            .unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(AppState::new(sb.clone(), limit, burst));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        url,
+        http: reqwest::Client::new(),
+        sb,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(k) = key {
+            req = req.header("X-API-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value, headers)
+    }
+
+    async fn a(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (s, v, _) = self.call(Some(KEY_A), method, path, body).await;
+        (s, v)
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no error code>")
+}
+
+#[tokio::test]
+async fn keys_are_required_and_checked() {
+    let srv = start(1000, 1000).await;
+    let (s, v, _) = srv.call(None, Method::GET, "/v1/sessions", None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNAUTHORIZED, "authentication_failed")
+    );
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (s, _, _) = srv
+        .call(
+            Some("sb_nottherightkeyatall000"),
+            Method::GET,
+            "/v1/sessions",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let bearer = srv
+        .http
+        .get(format!("{}/v1/sessions", srv.url))
+        .header("Authorization", format!("Bearer {KEY_A}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    let key = srv.sb.authenticate(KEY_A2).await.unwrap().unwrap();
+    srv.sb.revoke_api_key(&key.id, None).await.unwrap();
+    let (s, _, _) = srv
+        .call(Some(KEY_A2), Method::GET, "/v1/sessions", None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Health and the root need no key.
+    let (s, v, _) = srv.call(None, Method::GET, "/health", None).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("healthy")));
+    for path in ["/", "/health/live", "/health/ready"] {
+        assert_eq!(
+            srv.call(None, Method::GET, path, None).await.0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_state_rollback_fork_and_history() {
+    let srv = start(1000, 1000).await;
+    let (s, created) = srv
+        .a(Method::POST, "/v1/sessions", Some(json!({"agent_id": "bot", "user_id": "u1", "initial_state": {"status": "new"}, "metadata": {"channel": "web"}, "ttl_seconds": 3600})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_owned();
+    for field in [
+        "object",
+        "id",
+        "agent_id",
+        "user_id",
+        "created_at",
+        "updated_at",
+        "metadata",
+        "state",
+        "memory_count",
+        "turn_count",
+        "ttl_expires_at",
+    ] {
+        assert!(created.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(created["object"], "session");
+    let (s, got) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(
+        (s, &got["state"]),
+        (StatusCode::OK, &json!({"status": "new"}))
+    );
+    let (_, list) = srv
+        .a(Method::GET, "/v1/sessions?limit=10&agent_id=bot", None)
+        .await;
+    assert_eq!(
+        (list["object"].as_str(), list["data"][0]["id"].as_str()),
+        (Some("list"), Some(id.as_str()))
+    );
+    assert_eq!(list["has_more"], false);
+    let (s, patched) = srv
+        .a(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}"),
+            Some(json!({"metadata": {"tier": "pro"}, "ttl_seconds": 60})),
+        )
+        .await;
+    assert_eq!(
+        (s, &patched["metadata"]),
+        (StatusCode::OK, &json!({"channel": "web", "tier": "pro"}))
+    );
+
+    // PATCH merges, PUT replaces, POST replaces and answers with the session.
+    let (s, v) = srv
+        .a(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {"step": 1}, "reasoning": "r"})),
+        )
+        .await;
+    assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(1)));
+    assert_eq!(v["state"], json!({"status": "new", "step": 1}));
+    assert_eq!(v["data"], v["state"]);
+    let (_, v) = srv
+        .a(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}/state"),
+            Some(json!({"updates": {"status": "open"}})),
+        )
+        .await;
+    assert_eq!(v["state"], json!({"status": "open", "step": 1}));
+    let (_, v) = srv
+        .a(
+            Method::PUT,
+            &format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {"only": true}})),
+        )
+        .await;
+    assert_eq!(
+        (v["version"].as_u64(), &v["state"]),
+        (Some(3), &json!({"only": true}))
+    );
+    let (_, v) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {"posted": 1}})),
+        )
+        .await;
+    assert_eq!(
+        (v["object"].as_str(), v["version"].as_u64()),
+        (Some("session"), Some(4))
+    );
+    let (s, v) = srv
+        .a(
+            Method::PATCH,
+            &format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {"x": 1}, "expected_version": 2})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "version_conflict"));
+    let (_, v) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}/state"), None)
+        .await;
+    assert_eq!(
+        (v["version"].as_u64(), &v["session_id"]),
+        (Some(4), &json!(id))
+    );
+
+    // Both rollback routes; relative versions.
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/rollback"),
+            Some(json!({"version": 0})),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["state"], v["new_version"].as_u64()),
+        (StatusCode::OK, &json!({"status": "new"}), Some(5))
+    );
+    assert_eq!(
+        (v["success"].as_bool(), v["restored_from_version"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert!(v["trace_id"].as_str().unwrap().starts_with("trace_"));
+    let (_, v) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/state/rollback"),
+            Some(json!({"version": -1, "reason": "undo"})),
+        )
+        .await;
+    assert_eq!(
+        (v["version"].as_u64(), &v["state"]),
+        (Some(6), &json!({"posted": 1}))
+    );
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/rollback"),
+            Some(json!({"version": 99})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "version_not_found"));
+
+    let (_, h) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/state/history?limit=3"),
+            None,
+        )
+        .await;
+    assert_eq!(h["current_version"], 6);
+    let versions: Vec<u64> = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![4, 5, 6]);
+    let (_, h2) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}/history"), None)
+        .await;
+    assert_eq!(h2["data"].as_array().unwrap().len(), 7);
+
+    let (s, f) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/fork"),
+            Some(json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(
+        (s, &f["state"]),
+        (StatusCode::CREATED, &json!({"status": "new", "step": 1}))
+    );
+    assert_eq!(
+        (
+            &f["metadata"]["forked_from"],
+            &f["metadata"]["forked_version"]
+        ),
+        (&json!(id), &json!(1))
+    );
+    let (_, f2) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/fork"),
+            Some(json!({"version": null})),
+        )
+        .await;
+    assert_eq!(f2["state"], json!({"posted": 1}));
+
+    let (s, _) = srv
+        .a(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "session_not_found"));
+}
+
+#[tokio::test]
+async fn turns_memories_context_and_traces() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot", "user_id": "u1"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let (st, t) = srv.a(Method::POST, &format!("/v1/sessions/{id}/turns"), Some(json!({"input": "hi", "output": {"type": "text", "content": "hello"}, "state_after": {"greeted": true}}))).await;
+    assert_eq!(
+        (st, t["turn_number"].as_u64(), &t["input"]),
+        (
+            StatusCode::CREATED,
+            Some(1),
+            &json!({"type": "text", "content": "hi"})
+        )
+    );
+    let (_, list) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/turns?order=asc"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            list["data"][0]["input_preview"].as_str(),
+            list["has_more"].as_bool()
+        ),
+        (Some("hi"), Some(false))
+    );
+    let turn_id = t["id"].as_str().unwrap();
+    let (st, one) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/turns/{turn_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, &one["state_after"]),
+        (StatusCode::OK, &json!({"greeted": true}))
+    );
+
+    // Both memory families.
+    let (st, m) = srv.a(Method::POST, "/v1/memories", Some(json!({"content": "Prefers dark mode", "session_id": id, "memory_type": "preference", "tags": ["ui"]}))).await;
+    assert_eq!(
+        (st, m["type"].as_str()),
+        (StatusCode::CREATED, Some("preference"))
+    );
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let (st, _) = srv
+        .a(
+            Method::POST,
+            "/v1/memory",
+            Some(json!({"content": "Lives in Oslo", "session_id": id})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, _) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/memories"),
+            Some(json!({"content": "Has a cat", "memory_type": "fact"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, found) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/memories?query=dark%20mode&session_id={id}&top_k=5"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (found["data"][0]["id"].as_str(), found["query"].as_str()),
+        (Some(mid.as_str()), Some("dark mode"))
+    );
+    let (_, found) = srv
+        .a(
+            Method::POST,
+            "/v1/memory/search",
+            Some(json!({"query": "oslo", "tags": ["nope"], "threshold": 0.1})),
+        )
+        .await;
+    assert!(found["data"].as_array().unwrap().is_empty());
+    let (_, listed) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/memory?session_id={id}&limit=2"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            listed["data"].as_array().unwrap().len(),
+            listed["has_more"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    let (st, upd) = srv
+        .a(
+            Method::PUT,
+            &format!("/v1/memories/{mid}"),
+            Some(json!({"tags": ["ui", "theme"], "metadata": {"k": 1}})),
+        )
+        .await;
+    assert_eq!((st, upd["version"].as_u64()), (StatusCode::OK, Some(2)));
+    let (_, upd) = srv
+        .a(
+            Method::PATCH,
+            &format!("/v1/memory/{mid}"),
+            Some(json!({"content": "Prefers light mode"})),
+        )
+        .await;
+    assert_eq!(upd["version"].as_u64(), Some(3));
+    let (st, v) = srv
+        .a(
+            Method::POST,
+            "/v1/memories",
+            Some(json!({"content": "x".repeat(10_001), "session_id": id})),
+        )
+        .await;
+    assert_eq!(
+        (st, code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "content_too_large")
+    );
+
+    let (st, ctx) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/context"),
+            Some(json!({"query": "light mode", "memory_limit": 2, "turn_limit": 5})),
+        )
+        .await;
+    assert_eq!(
+        (st, &ctx["state"]),
+        (StatusCode::OK, &json!({"greeted": true}))
+    );
+    assert_eq!(ctx["memories"][0]["id"].as_str(), Some(mid.as_str()));
+    assert_eq!(ctx["recent_turns"].as_array().unwrap().len(), 1);
+    assert!(ctx["average_relevance"].is_number() && ctx["drift_warning"].is_boolean());
+
+    let (st, _) = srv
+        .a(Method::DELETE, &format!("/v1/memories/{mid}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = srv.a(Method::GET, &format!("/v1/memory/{mid}"), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::NOT_FOUND, "memory_not_found"));
+
+    let (_, traces) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/traces?session_id={id}&action=memory.deleted"),
+            None,
+        )
+        .await;
+    let trace_id = traces["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(traces["data"].as_array().unwrap().len(), 1);
+    let (_, t) = srv
+        .a(Method::GET, &format!("/v1/traces/{trace_id}"), None)
+        .await;
+    assert_eq!(t["resource_id"].as_str(), Some(mid.as_str()));
+    let (_, per) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/traces/sessions/{id}/traces?limit=100"),
+            None,
+        )
+        .await;
+    assert!(per["data"].as_array().unwrap().len() >= 7);
+}
+
+#[tokio::test]
+async fn another_tenant_gets_404_on_every_route() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let (_, t) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/turns"),
+            Some(json!({"input": "a", "output": "b"})),
+        )
+        .await;
+    let (_, m) = srv
+        .a(
+            Method::POST,
+            "/v1/memories",
+            Some(json!({"content": "secret", "session_id": id})),
+        )
+        .await;
+    let (turn, mem) = (t["id"].as_str().unwrap(), m["id"].as_str().unwrap());
+    let routes = [
+        (Method::GET, format!("/v1/sessions/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/sessions/{id}"),
+            Some(json!({"metadata": {}})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/context"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/fork"),
+            Some(json!({})),
+        ),
+        (Method::GET, format!("/v1/sessions/{id}/history"), None),
+        (Method::GET, format!("/v1/sessions/{id}/state"), None),
+        (
+            Method::PATCH,
+            format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {}})),
+        ),
+        (
+            Method::PUT,
+            format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {}})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/state"),
+            Some(json!({"state": {}})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/rollback"),
+            Some(json!({"version": 0})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/state/rollback"),
+            Some(json!({"version": 0})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/turns"),
+            Some(json!({"input": "a", "output": "b"})),
+        ),
+        (Method::GET, format!("/v1/sessions/{id}/turns"), None),
+        (Method::GET, format!("/v1/sessions/{id}/turns/{turn}"), None),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/memories"),
+            Some(json!({"content": "x"})),
+        ),
+        (Method::GET, format!("/v1/memories/{mem}"), None),
+        (
+            Method::PUT,
+            format!("/v1/memories/{mem}"),
+            Some(json!({"tags": []})),
+        ),
+        (Method::GET, format!("/v1/memory/{mem}"), None),
+        (Method::DELETE, format!("/v1/memory/{mem}"), None),
+        (Method::DELETE, format!("/v1/sessions/{id}"), None),
+    ];
+    for (method, path, body) in routes {
+        let (s, v, _) = srv.call(Some(KEY_B), method.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+    }
+    let (_, list, _) = srv
+        .call(Some(KEY_B), Method::GET, "/v1/sessions", None)
+        .await;
+    assert!(list["data"].as_array().unwrap().is_empty());
+    let (_, found, _) = srv
+        .call(
+            Some(KEY_B),
+            Method::GET,
+            "/v1/memories?query=secret&threshold=0",
+            None,
+        )
+        .await;
+    assert!(found["data"].as_array().unwrap().is_empty());
+    let (_, traces, _) = srv.call(Some(KEY_B), Method::GET, "/v1/traces", None).await;
+    assert!(traces["data"].as_array().unwrap().is_empty());
+    // Tenant A still has all of it.
+    assert_eq!(
+        srv.a(Method::GET, &format!("/v1/memories/{mem}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_headers_per_key() {
+    let srv = start(60, 3).await;
+    for i in 0..3 {
+        let (s, _, h) = srv
+            .call(Some(KEY_A), Method::GET, "/v1/sessions", None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "request {i}");
+        assert_eq!(h["x-ratelimit-limit"], "60");
+        assert_eq!(
+            h["x-ratelimit-remaining"].to_str().unwrap(),
+            (2 - i).to_string()
+        );
+        assert!(
+            h["x-ratelimit-reset"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 1_700_000_000
+        );
+    }
+    let (s, v, h) = srv
+        .call(Some(KEY_A), Method::GET, "/v1/sessions", None)
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
+    );
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let retry = v["error"]["retry_after"].as_u64().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(h["retry-after"].to_str().unwrap(), retry.to_string());
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    // Another key of the same tenant has its own bucket.
+    assert_eq!(
+        srv.call(Some(KEY_A2), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // One token a second comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        srv.call(Some(KEY_A), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_never_500() {
+    let srv = start(1000, 1000).await;
+    let (s, v) = srv
+        .a(Method::POST, "/v1/sessions", Some(json!({"agent_id": 5})))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "agent_id"]));
+    assert_eq!(v["error"]["param"], "agent_id");
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"initial_state": {}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("agent_id"))
+    );
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "", "ttl_seconds": 5})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+    let send = |body: &'static str, content_type: &'static str| {
+        srv.http
+            .post(format!("{}/v1/sessions", srv.url))
+            .header("X-API-Key", KEY_A)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let r = send("{not json", "application/json").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_request"
+    );
+    let r = send("agent_id=x", "application/x-www-form-urlencoded")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let big = format!(
+        "{{\"agent_id\": \"a\", \"initial_state\": {{\"x\": \"{}\"}}}}",
+        "y".repeat(3 << 20)
+    );
+    let r = srv
+        .http
+        .post(format!("{}/v1/sessions", srv.url))
+        .header("X-API-Key", KEY_A)
+        .header("Content-Type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "payload_too_large"
+    );
+    let (s, v, _) = srv
+        .call(Some(KEY_A), Method::GET, "/v1/nothing/here", None)
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "resource_not_found"));
+    let (s, v, _) = srv
+        .call(Some(KEY_A), Method::PUT, "/v1/sessions", None)
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let (s, v) = srv.a(Method::GET, "/v1/sessions?limit=abc", None).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit"))
+    );
+    let (s, _) = srv.a(Method::GET, "/v1/sessions?limit=500", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// The official Python SDK (statebase 0.4.1), sync and async clients, against this server.
+/// `.ci/run` installs it and sets STATEBASE_REQUIRE_SDK=1, so there a missing SDK fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_works_unchanged() {
+    let has_sdk = std::process::Command::new("python3")
+        .args(["-c", "import statebase"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        assert!(
+            std::env::var_os("STATEBASE_REQUIRE_SDK").is_none(),
+            "the statebase Python SDK is not installed (pip install statebase==0.4.1)"
+        );
+        eprintln!("skipped: the statebase Python SDK is not installed");
+        return;
+    }
+    let srv = start(10_000, 10_000).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("STATEBASE_URL", &srv.url)
+        .env("STATEBASE_API_KEY", KEY_A)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "SDK checks failed");
+    assert!(stdout.contains("sdk: 20 passed, 0 failed"), "{stdout}");
+}
