@@ -75,6 +75,15 @@ impl ApiError {
         )
     }
 
+    /// 409: an `Idempotency-Key` already used for another request.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request",
+        )
+    }
+
     /// 404 for an unknown route.
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "resource_not_found", "no such route")

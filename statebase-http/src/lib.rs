@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod extract;
+mod idempotency;
 mod routes;
 mod wire;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub sb: StateBase<Arc<dyn Store>>,
     /// The per-key rate limits.
     pub limiter: Arc<RateLimiter>,
+    /// Responses kept for `Idempotency-Key` retries.
+    pub idempotency: Arc<idempotency::Idempotency>,
     /// When the server started.
     pub started: Instant,
 }
@@ -41,6 +44,7 @@ impl AppState {
         Self {
             sb,
             limiter: Arc::new(RateLimiter::new(limit, burst)),
+            idempotency: Arc::default(),
             started: Instant::now(),
         }
     }
@@ -102,6 +106,10 @@ pub fn router(state: AppState) -> Router {
         .route("/traces/{id}", get(get_trace))
         .route("/traces/sessions/{id}/traces", get(session_traces))
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.idempotency.clone(),
+            idempotency::idempotent,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

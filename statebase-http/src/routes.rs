@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::extract::{Body, Query};
 use crate::{wire, AppState};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -144,13 +144,30 @@ pub struct StateBody {
     expected_version: Option<u64>,
 }
 
-impl From<StateBody> for StateWrite {
-    fn from(b: StateBody) -> Self {
-        StateWrite {
-            state: b.state,
-            reasoning: b.reasoning,
-            expected_version: b.expected_version,
-        }
+/// `If-Match: <version>` (quotes and a `W/` prefix allowed) as an expected version.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        ApiError::validation(
+            "If-Match",
+            "header",
+            format!("not a version number: {text}"),
+        )
+    })
+}
+
+impl StateBody {
+    /// The write, with the body's `expected_version` or else the `If-Match` header's.
+    fn write(self, headers: &HeaderMap) -> Result<StateWrite, ApiError> {
+        Ok(StateWrite {
+            expected_version: self.expected_version.or(if_match(headers)?),
+            state: self.state,
+            reasoning: self.reasoning,
+        })
     }
 }
 
@@ -167,9 +184,12 @@ pub async fn merge_state(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
-    let s = scoped(&app, &caller).merge_state(&id, body.into()).await?;
+    let s = scoped(&app, &caller)
+        .merge_state(&id, body.write(&headers)?)
+        .await?;
     ok(wire::state(&s))
 }
 
@@ -178,10 +198,11 @@ pub async fn replace_state(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
     let s = scoped(&app, &caller)
-        .replace_state(&id, body.into())
+        .replace_state(&id, body.write(&headers)?)
         .await?;
     ok(wire::state(&s))
 }
@@ -192,10 +213,11 @@ pub async fn post_state(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
     let s = scoped(&app, &caller)
-        .replace_state(&id, body.into())
+        .replace_state(&id, body.write(&headers)?)
         .await?;
     let mut v = wire::session(&s);
     v["session_id"] = json!(s.id);
@@ -255,6 +277,7 @@ pub async fn rollback(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(b): Body<RollbackBody>,
 ) -> Reply {
     let r = scoped(&app, &caller)
@@ -263,7 +286,7 @@ pub async fn rollback(
             RollbackTo {
                 version: b.version,
                 reason: b.reason,
-                expected_version: b.expected_version,
+                expected_version: b.expected_version.or(if_match(&headers)?),
             },
         )
         .await?;

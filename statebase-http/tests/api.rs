@@ -782,3 +782,76 @@ async fn the_official_python_sdk_works_unchanged() {
     assert!(out.status.success(), "SDK checks failed");
     assert!(stdout.contains("sdk: 20 passed, 0 failed"), "{stdout}");
 }
+
+#[tokio::test]
+async fn if_match_and_idempotency_keys() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let patch = |if_match: &'static str, n: u64| {
+        srv.http
+            .patch(format!("{}/v1/sessions/{id}/state", srv.url))
+            .header("X-API-Key", KEY_A)
+            .header("If-Match", if_match)
+            .json(&json!({"state": {"n": n}}))
+            .send()
+    };
+    assert_eq!(patch("0", 1).await.unwrap().status(), StatusCode::OK);
+    let stale = patch("\"0\"", 2).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        stale.json::<Value>().await.unwrap()["error"]["code"],
+        "version_conflict"
+    );
+    assert_eq!(patch("W/\"1\"", 3).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        patch("one", 4).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let create = |key: &'static str, agent: &'static str| {
+        srv.http
+            .post(format!("{}/v1/sessions", srv.url))
+            .header("X-API-Key", KEY_A)
+            .header("Idempotency-Key", key)
+            .json(&json!({"agent_id": agent}))
+            .send()
+    };
+    let first = create("retry-1", "idem").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = create("retry-1", "idem").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    let (_, list) = srv.a(Method::GET, "/v1/sessions?agent_id=idem", None).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "a retry created a second session"
+    );
+    let other = create("retry-1", "different").await.unwrap();
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        other.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_reused"
+    );
+    // Keys are per API key: tenant B's same key is its own.
+    let b = srv
+        .http
+        .post(format!("{}/v1/sessions", srv.url))
+        .header("X-API-Key", KEY_B)
+        .header("Idempotency-Key", "retry-1")
+        .json(&json!({"agent_id": "idem"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.status(), StatusCode::CREATED);
+    assert_ne!(b.json::<Value>().await.unwrap()["id"], first["id"]);
+}
