@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 
+/// One idempotency key's response, once there is one; locked while its first request runs.
+type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
+
 /// Stored responses, by (API key id, idempotency key).
 #[derive(Debug, Default)]
 pub struct Idempotency {
-    entries: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Option<Stored>>>>>,
+    entries: Mutex<HashMap<(String, String), Slot>>,
 }
 
 #[derive(Debug)]
@@ -33,7 +36,7 @@ struct Stored {
 }
 
 impl Idempotency {
-    fn slot(&self, key: (String, String)) -> Arc<tokio::sync::Mutex<Option<Stored>>> {
+    fn slot(&self, key: (String, String)) -> Slot {
         let mut entries = self.entries.lock();
         if entries.len() > 10_000 {
             // Forget expired responses (and slots nobody holds) now and then.
