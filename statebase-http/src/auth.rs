@@ -30,6 +30,18 @@ pub struct RateLimiter {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Requests made with the key since the server started, and when the last was.
+    requests: u64,
+    last_used: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A key's use since the server started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Requests made.
+    pub requests: u64,
+    /// When the last one was.
+    pub last_used: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a bucket said about one request.
@@ -67,7 +79,11 @@ impl RateLimiter {
         let bucket = buckets.entry(key.id.clone()).or_insert(Bucket {
             tokens: capacity,
             at: now,
+            requests: 0,
+            last_used: None,
         });
+        bucket.requests += 1;
+        bucket.last_used = Some(chrono::Utc::now());
         let elapsed = now.duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.at = now;
@@ -83,6 +99,20 @@ impl RateLimiter {
             reset_in: ((capacity - bucket.tokens) / per_second).ceil() as u64,
             retry_after,
         }
+    }
+}
+
+impl RateLimiter {
+    /// How much a key has been used since the server started.
+    pub fn usage(&self, key_id: &str) -> Usage {
+        self.buckets
+            .lock()
+            .get(key_id)
+            .map(|b| Usage {
+                requests: b.requests,
+                last_used: b.last_used,
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -9,6 +9,7 @@ mod auth;
 mod error;
 mod extract;
 mod idempotency;
+mod observe;
 mod routes;
 mod wire;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub sb: StateBase<Arc<dyn Store>>,
     /// The per-key rate limits.
     pub limiter: Arc<RateLimiter>,
+    /// Request counters and latencies for `/metrics`.
+    pub metrics: Arc<observe::Metrics>,
     /// Responses kept for `Idempotency-Key` retries.
     pub idempotency: Arc<idempotency::Idempotency>,
     /// When the server started.
@@ -45,6 +48,7 @@ impl AppState {
             sb,
             limiter: Arc::new(RateLimiter::new(limit, burst)),
             idempotency: Arc::default(),
+            metrics: Arc::default(),
             started: Instant::now(),
         }
     }
@@ -102,6 +106,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_memory),
         )
         .route("/memory/{id}/history", get(memory_history))
+        .route("/dashboard/keys", get(list_keys).post(create_key))
+        .route("/dashboard/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/dashboard/stats", get(stats))
         .route("/traces", get(list_traces))
         .route("/traces/{id}", get(get_trace))
         .route("/traces/sessions/{id}/traces", get(session_traces))
@@ -120,10 +127,19 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(health))
         .route("/health/ready", get(health))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            observe::observe,
+        ))
         .with_state(state)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    state.metrics.render()
 }
 
 async fn no_route() -> ApiError {

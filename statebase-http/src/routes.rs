@@ -685,6 +685,151 @@ pub async fn get_trace(
     ok(wire::trace(&scoped(&app, &caller).get_trace(&id).await?))
 }
 
+// ----- dashboard -----
+
+fn api_key(app: &AppState, k: &ApiKey, secret: Option<&str>) -> Value {
+    let usage = app.limiter.usage(&k.id);
+    json!({
+        "id": k.id,
+        "key_prefix": k.key_prefix,
+        "name": k.name,
+        "is_active": k.is_active,
+        "rate_limit": k.rate_limit,
+        "created_at": k.created_at,
+        "expires_at": k.expires_at,
+        "last_used_at": usage.last_used,
+        "total_requests": usage.requests,
+        "full_key": secret,
+    })
+}
+
+/// The caller's tenant's keys, as a bare array (as the dashboard API returns them).
+pub async fn list_keys(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Reply {
+    let keys = app.sb.list_api_keys(Some(&caller.key.tenant)).await?;
+    ok(json!(keys
+        .iter()
+        .map(|k| api_key(&app, k, None))
+        .collect::<Vec<_>>()))
+}
+
+#[derive(Deserialize)]
+pub struct KeyBody {
+    name: String,
+    rate_limit: Option<u32>,
+    expires_days: Option<i64>,
+}
+
+/// A new key for the caller's tenant; its secret is in `full_key`, this once.
+pub async fn create_key(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<KeyBody>,
+) -> Reply {
+    let expires_at = match b.expires_days {
+        None => None,
+        Some(d @ 1..=3650) => Some(chrono::Utc::now() + chrono::Duration::days(d)),
+        Some(d) => {
+            return Err(ApiError::validation(
+                "expires_days",
+                "body",
+                format!("{d} is outside 1..=3650"),
+            ))
+        }
+    };
+    let (key, secret) = app
+        .sb
+        .create_api_key(&caller.key.tenant, &b.name, b.rate_limit, expires_at)
+        .await?;
+    ok(api_key(&app, &key, Some(&secret)))
+}
+
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    app.sb.revoke_api_key(&id, Some(&caller.key.tenant)).await?;
+    no_content()
+}
+
+/// Totals of the caller's tenant, and its changes per hour over the last 24 hours.
+pub async fn stats(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Reply {
+    let sb = scoped(&app, &caller);
+    let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
+    let (mut sessions, mut turns, mut active) = (0u64, 0u64, 0u64);
+    let mut cursor = None;
+    loop {
+        let page = sb
+            .list_sessions(ListSessions {
+                limit: Some(100),
+                starting_after: cursor,
+                ..Default::default()
+            })
+            .await?;
+        for s in &page.data {
+            sessions += 1;
+            turns += s.turn_count;
+            active += u64::from(s.updated_at > day_ago);
+        }
+        if !page.has_more {
+            break;
+        }
+        cursor = page.last_id;
+    }
+    let mut hours: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut cursor = None;
+    loop {
+        let page = sb
+            .list_traces(ListTraces {
+                limit: Some(100),
+                starting_after: cursor,
+                created_after: Some(day_ago),
+                ..Default::default()
+            })
+            .await?;
+        for t in &page.data {
+            let hour = t.timestamp.format("%Y-%m-%dT%H:00:00Z").to_string();
+            *hours.entry(hour).or_default() += 1;
+        }
+        if !page.has_more {
+            break;
+        }
+        cursor = page.last_id;
+    }
+    // Every memory, user-level ones included (session counts miss those).
+    let mut memories = 0u64;
+    let mut cursor = None;
+    loop {
+        let page = sb
+            .list_memories(ListMemories {
+                limit: Some(100),
+                starting_after: cursor,
+                ..Default::default()
+            })
+            .await?;
+        memories += page.data.len() as u64;
+        if !page.has_more {
+            break;
+        }
+        cursor = page.last_id;
+    }
+    ok(json!({
+        "stats": {
+            "total_sessions": sessions,
+            "total_turns": turns,
+            "total_memories": memories,
+            "total_entities": 0,
+            "active_sessions_24h": active,
+            // Not measured per tenant.
+            "storage_usage_bytes": null,
+        },
+        "recent_activity": hours
+            .into_iter()
+            .map(|(timestamp, count)| json!({"timestamp": timestamp, "count": count}))
+            .collect::<Vec<_>>(),
+    }))
+}
+
 // ----- service -----
 
 pub async fn health(State(app): State<AppState>) -> Reply {

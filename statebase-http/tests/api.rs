@@ -855,3 +855,122 @@ async fn if_match_and_idempotency_keys() {
     assert_eq!(b.status(), StatusCode::CREATED);
     assert_ne!(b.json::<Value>().await.unwrap()["id"], first["id"]);
 }
+
+#[tokio::test]
+async fn dashboard_keys_stats_metrics_and_request_ids() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot", "user_id": "u"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    srv.a(
+        Method::POST,
+        &format!("/v1/sessions/{id}/turns"),
+        Some(json!({"input": "a", "output": "b"})),
+    )
+    .await;
+    srv.a(
+        Method::POST,
+        "/v1/memories",
+        Some(json!({"content": "user-level", "user_id": "u"})),
+    )
+    .await;
+    let (st, made) = srv
+        .a(
+            Method::POST,
+            "/v1/dashboard/keys",
+            Some(json!({"name": "ci", "rate_limit": 50, "expires_days": 30})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let secret = made["full_key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("sb_") && made["expires_at"].is_string());
+    let (st, keys) = srv.a(Method::GET, "/v1/dashboard/keys", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 3, "tenant a's keys only");
+    assert!(keys.iter().all(|k| k["full_key"].is_null()));
+    let mine = keys.iter().find(|k| k["key_prefix"] == "sb_tena").unwrap();
+    assert!(mine["total_requests"].as_u64().unwrap() >= 4);
+    // The new key works, and is revoked by its id; tenant b can't revoke it.
+    assert_eq!(
+        srv.call(Some(&secret), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let kid = made["id"].as_str().unwrap();
+    let (st, _, _) = srv
+        .call(
+            Some(KEY_B),
+            Method::DELETE,
+            &format!("/v1/dashboard/keys/{kid}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(
+        srv.a(Method::DELETE, &format!("/v1/dashboard/keys/{kid}"), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        srv.call(Some(&secret), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (_, stats) = srv.a(Method::GET, "/v1/dashboard/stats", None).await;
+    assert_eq!(stats["stats"]["total_sessions"], 1);
+    assert_eq!(stats["stats"]["total_turns"], 1);
+    assert_eq!(stats["stats"]["total_memories"], 1);
+    assert_eq!(stats["stats"]["active_sessions_24h"], 1);
+    let activity: u64 = stats["recent_activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(activity, 3, "session.created, turn.added, memory.created");
+    let (_, b_stats, _) = srv
+        .call(Some(KEY_B), Method::GET, "/v1/dashboard/stats", None)
+        .await;
+    assert_eq!(b_stats["stats"]["total_sessions"], 0);
+
+    let r = srv
+        .http
+        .get(format!("{}/health", srv.url))
+        .header("x-request-id", "req_from_client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req_from_client");
+    let r = srv
+        .http
+        .get(format!("{}/health", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    let metrics = srv
+        .http
+        .get(format!("{}/metrics", srv.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("statebase_http_requests_total{route=\"/v1/sessions\",method=\"POST\",status=\"201\"} 1"), "{metrics}");
+    assert!(metrics.contains("statebase_http_request_duration_seconds_count{route=\"/v1/sessions/{id}/turns\",method=\"POST\"} 1"), "{metrics}");
+    assert!(metrics.contains("statebase_rate_limited_total 0"));
+}
