@@ -172,19 +172,7 @@ impl<S: Store> StateBase<S> {
         let metadata = self.document("metadata", req.metadata)?;
         let ttl = ttl_seconds(req.ttl_seconds)?;
         let now = self.now();
-        let session = Session {
-            id: self.new_id("sess_"),
-            agent_id,
-            user_id,
-            state,
-            version: 0,
-            metadata,
-            memory_count: 0,
-            turn_count: 0,
-            ttl_expires_at: now + Duration::seconds(ttl),
-            created_at: now,
-            updated_at: now,
-        };
+        let session = self.new_session(agent_id, user_id, state, metadata, ttl, now);
         let details = json!({
             "agent_id": session.agent_id,
             "user_id": session.user_id,
@@ -463,19 +451,7 @@ impl<S: Store> StateBase<S> {
         self.check_size("metadata", &metadata)?;
         let ttl = ttl_seconds(req.ttl_seconds)?;
         let now = self.now();
-        let session = Session {
-            id: self.new_id("sess_"),
-            agent_id,
-            user_id,
-            state,
-            version: 0,
-            metadata,
-            memory_count: 0,
-            turn_count: 0,
-            ttl_expires_at: now + Duration::seconds(ttl),
-            created_at: now,
-            updated_at: now,
-        };
+        let session = self.new_session(agent_id, user_id, state, metadata, ttl, now);
         let details = json!({
             "source_session_id": source.id,
             "source_session": source.id,
@@ -570,6 +546,31 @@ impl<S: Store> StateBase<S> {
             actor: self.actor.to_string(),
             timestamp: now,
             details,
+        }
+    }
+
+    /// A session at version 0, made now, with a fresh id.
+    fn new_session(
+        &self,
+        agent_id: String,
+        user_id: Option<String>,
+        state: Object,
+        metadata: Object,
+        ttl_seconds: i64,
+        now: Timestamp,
+    ) -> Session {
+        Session {
+            id: self.new_id("sess_"),
+            agent_id,
+            user_id,
+            state,
+            version: 0,
+            metadata,
+            memory_count: 0,
+            turn_count: 0,
+            ttl_expires_at: now + Duration::seconds(ttl_seconds),
+            created_at: now,
+            updated_at: now,
         }
     }
 
