@@ -34,4 +34,4 @@ pub use search::IndexFactory;
 pub use statebase::{
     Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
-pub use store::Store;
+pub use store::{ObservedStore, Store, StoreObserver};

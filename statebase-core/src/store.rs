@@ -346,142 +346,90 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
 }
 
-macro_rules! forward_store {
-    ($ty:ty) => {
-        #[async_trait]
-        impl<S: Store + ?Sized> Store for $ty {
-            async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
-                (**self).create_session(tenant, new).await
-            }
-            async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
-                (**self).session(tenant, id).await
-            }
-            async fn list_sessions(
-                &self,
-                tenant: &str,
-                query: &SessionQuery,
-            ) -> Result<Vec<SessionRecord>> {
-                (**self).list_sessions(tenant, query).await
-            }
-            async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
-                (**self).update_session(tenant, update).await
-            }
-            async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
-                (**self).append_version(tenant, append).await
-            }
-            async fn versions(
-                &self,
-                tenant: &str,
-                session_id: &str,
-                range: Range<u64>,
-            ) -> Result<Vec<VersionRecord>> {
-                (**self).versions(tenant, session_id, range).await
-            }
-            async fn delete_session(
-                &self,
-                tenant: &str,
-                id: &str,
-                trace: Trace,
-            ) -> Result<SessionRecord> {
-                (**self).delete_session(tenant, id, trace).await
-            }
-            async fn expired_sessions(
-                &self,
-                now: Timestamp,
-                limit: usize,
-            ) -> Result<Vec<(String, SessionRecord)>> {
-                (**self).expired_sessions(now, limit).await
-            }
-            async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
-                (**self).append_turn(tenant, append).await
-            }
-            async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
-                (**self).turn(tenant, id).await
-            }
-            async fn list_turns(
-                &self,
-                tenant: &str,
-                session_id: &str,
-                query: &TurnQuery,
-            ) -> Result<Vec<Turn>> {
-                (**self).list_turns(tenant, session_id, query).await
-            }
-            async fn insert_memory(
-                &self,
-                tenant: &str,
-                new: NewMemory,
-            ) -> Result<Option<MemoryRecord>> {
-                (**self).insert_memory(tenant, new).await
-            }
-            async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
-                (**self).memory(tenant, id).await
-            }
-            async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
-                (**self).memories(tenant, ids).await
-            }
-            async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
-                (**self).update_memory(tenant, update).await
-            }
-            async fn set_embedding(
-                &self,
-                tenant: &str,
-                id: &str,
-                version: u64,
-                model: &str,
-                vector: Vec<f32>,
-            ) -> Result<()> {
-                (**self)
-                    .set_embedding(tenant, id, version, model, vector)
-                    .await
-            }
-            async fn delete_memory(
-                &self,
-                tenant: &str,
-                id: &str,
-                trace: Trace,
-            ) -> Result<MemoryRecord> {
-                (**self).delete_memory(tenant, id, trace).await
-            }
-            async fn list_memories(
-                &self,
-                tenant: &str,
-                query: &MemoryQuery,
-            ) -> Result<Vec<MemoryRecord>> {
-                (**self).list_memories(tenant, query).await
-            }
-            async fn memory_revisions(
-                &self,
-                tenant: &str,
-                id: &str,
-            ) -> Result<Vec<MemoryRevision>> {
-                (**self).memory_revisions(tenant, id).await
-            }
-            async fn scan_memories(
-                &self,
-                tenant: &str,
-                after_id: Option<&str>,
-                limit: usize,
-            ) -> Result<Vec<MemoryRecord>> {
-                (**self).scan_memories(tenant, after_id, limit).await
-            }
-            async fn put_api_key(&self, key: ApiKey) -> Result<()> {
-                (**self).put_api_key(key).await
-            }
-            async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-                (**self).api_key_by_hash(hash).await
-            }
-            async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
-                (**self).list_api_keys(tenant).await
-            }
-            async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
-                (**self).trace(tenant, id).await
-            }
-            async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
-                (**self).list_traces(tenant, query).await
-            }
+/// Calls `$callback!` with every `Store` method's signature, so that the forwarding and
+/// observing impls below list them once.
+macro_rules! store_methods {
+    ($callback:ident { $($prefix:tt)* }) => {
+        $callback! { $($prefix)* ;
+            fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
+            fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
+            fn list_sessions(&self, tenant: &str, query: &SessionQuery) -> Result<Vec<SessionRecord>>;
+            fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
+            fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()>;
+            fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
+            fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
+            fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
+            fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
+            fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
+            fn list_turns(&self, tenant: &str, session_id: &str, query: &TurnQuery) -> Result<Vec<Turn>>;
+            fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
+            fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
+            fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
+            fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
+            fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
+            fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
+            fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
+            fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
+            fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
+            fn put_api_key(&self, key: ApiKey) -> Result<()>;
+            fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+            fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
+            fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
+            fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
         }
     };
 }
 
-forward_store!(Arc<S>);
-forward_store!(Box<S>);
+macro_rules! forward_store {
+    ($ty:ty ; $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl<S: Store + ?Sized> Store for $ty {
+            $(
+                async fn $name(&$s $(, $arg: $argty)*) -> $ret {
+                    (**$s).$name($($arg),*).await
+                }
+            )*
+        }
+    };
+}
+
+store_methods!(forward_store { Arc<S> });
+store_methods!(forward_store { Box<S> });
+
+/// Told how long each store call took, by [`ObservedStore`].
+pub trait StoreObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// `operation` (a [`Store`] method name) took `elapsed` and succeeded if `ok`.
+    fn observe(&self, operation: &'static str, elapsed: std::time::Duration, ok: bool);
+}
+
+/// A store that times every call of the store it wraps, for metrics.
+#[derive(Debug)]
+pub struct ObservedStore<S> {
+    inner: S,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl<S> ObservedStore<S> {
+    /// Wraps `inner`, reporting to `observer`.
+    pub fn new(inner: S, observer: Arc<dyn StoreObserver>) -> Self {
+        Self { inner, observer }
+    }
+}
+
+macro_rules! observe_store {
+    (; $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl<S: Store> Store for ObservedStore<S> {
+            $(
+                async fn $name(&$s $(, $arg: $argty)*) -> $ret {
+                    let started = std::time::Instant::now();
+                    let result = $s.inner.$name($($arg),*).await;
+                    $s.observer.observe(stringify!($name), started.elapsed(), result.is_ok());
+                    result
+                }
+            )*
+        }
+    };
+}
+
+store_methods!(observe_store {});

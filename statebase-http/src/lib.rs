@@ -19,7 +19,7 @@ pub use error::ApiError;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use statebase_core::{StateBase, Store};
+use statebase_core::{ObservedStore, StateBase, Store};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,13 +42,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `sb` with `limit` requests a minute per key and bursts of `burst`.
-    pub fn new(sb: StateBase<Arc<dyn Store>>, limit: u32, burst: u32) -> Self {
+    /// State over `store` (timed for `/metrics`) with `limit` requests a minute per key and
+    /// bursts of `burst`.
+    pub fn new(store: Arc<dyn Store>, limit: u32, burst: u32) -> Self {
+        let metrics: Arc<observe::Metrics> = Arc::default();
+        let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self {
-            sb,
+            sb: StateBase::new(observed),
             limiter: Arc::new(RateLimiter::new(limit, burst)),
             idempotency: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             started: Instant::now(),
         }
     }

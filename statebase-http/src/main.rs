@@ -116,7 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate_limit,
             burst,
         } => {
-            let sb = StateBase::new(open(&db)?);
+            let state = AppState::new(open(&db)?, rate_limit, burst);
+            let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));
                 sb.import_api_key(tenant, "provisioned", secret, None, None)
@@ -130,7 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
-            let app = router(AppState::new(sb, rate_limit, burst));
+            let app = router(state.clone());
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown())
                 .await?;

@@ -46,7 +46,34 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     /// (route, method) -> latency
     latency: BTreeMap<(String, String), Histogram>,
+    /// store operation -> latency
+    store: BTreeMap<&'static str, Histogram>,
+    /// store operation -> failures
+    store_errors: BTreeMap<&'static str, u64>,
     rate_limited: u64,
+}
+
+impl statebase_core::StoreObserver for Metrics {
+    fn observe(&self, operation: &'static str, elapsed: std::time::Duration, ok: bool) {
+        let mut m = self.inner.lock();
+        m.store
+            .entry(operation)
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            *m.store_errors.entry(operation).or_default() += 1;
+        }
+    }
+}
+
+/// Writes one histogram with the given labels.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    for (bound, count) in BUCKETS.iter().zip(h.counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
 }
 
 impl Metrics {
@@ -84,26 +111,32 @@ impl Metrics {
         out.push_str("# TYPE statebase_http_request_duration_seconds histogram\n");
         for ((route, method), h) in &m.latency {
             let labels = format!("route=\"{route}\",method=\"{method}\"");
-            for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "statebase_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "statebase_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
+            histogram(
+                &mut out,
+                "statebase_http_request_duration_seconds",
+                &labels,
+                h,
             );
-            let _ = writeln!(
-                out,
-                "statebase_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
+        }
+        out.push_str(
+            "# HELP statebase_store_operation_duration_seconds Store call latency by operation.\n",
+        );
+        out.push_str("# TYPE statebase_store_operation_duration_seconds histogram\n");
+        for (op, h) in &m.store {
+            let labels = format!("operation=\"{op}\"");
+            histogram(
+                &mut out,
+                "statebase_store_operation_duration_seconds",
+                &labels,
+                h,
             );
+        }
+        out.push_str("# HELP statebase_store_errors_total Failed store calls by operation.\n");
+        out.push_str("# TYPE statebase_store_errors_total counter\n");
+        for (op, n) in &m.store_errors {
             let _ = writeln!(
                 out,
-                "statebase_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
+                "statebase_store_errors_total{{operation=\"{op}\"}} {n}"
             );
         }
         out.push_str("# HELP statebase_rate_limited_total Requests refused by a rate limit.\n");

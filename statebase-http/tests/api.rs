@@ -21,7 +21,8 @@ async fn start(limit: u32, burst: u32) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
-    let sb = StateBase::new(store);
+    let state = AppState::new(store, limit, burst);
+    let sb = state.sb.clone();
     for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
         sb.import_api_key(tenant, "test", key, None, None)
             .await
@@ -29,7 +30,7 @@ async fn start(limit: u32, burst: u32) -> Server {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(AppState::new(sb.clone(), limit, burst));
+    let app = router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Server {
         url,
@@ -973,4 +974,20 @@ async fn dashboard_keys_stats_metrics_and_request_ids() {
     assert!(metrics.contains("statebase_http_requests_total{route=\"/v1/sessions\",method=\"POST\",status=\"201\"} 1"), "{metrics}");
     assert!(metrics.contains("statebase_http_request_duration_seconds_count{route=\"/v1/sessions/{id}/turns\",method=\"POST\"} 1"), "{metrics}");
     assert!(metrics.contains("statebase_rate_limited_total 0"));
+    assert!(
+        metrics.contains(
+            "statebase_store_operation_duration_seconds_count{operation=\"create_session\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "statebase_store_operation_duration_seconds_bucket{operation=\"api_key_by_hash\",le=\"+Inf\"}"
+    ));
+    assert!(
+        metrics.contains(
+            "statebase_store_operation_duration_seconds_count{operation=\"create_session\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("statebase_store_operation_duration_seconds_bucket{operation=\"api_key_by_hash\",le=\"+Inf\"}"));
 }
