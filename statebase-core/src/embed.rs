@@ -59,14 +59,26 @@ impl HashEmbedder {
             let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
             v[dim] += sign * weight;
         };
+        let mut pair = String::new();
+        let mut padded = Vec::new();
+        let mut tri = String::new();
         for (i, w) in words.iter().enumerate() {
             add(w, 1, 1.0);
             if let Some(next) = words.get(i + 1) {
-                add(&format!("{w} {next}"), 2, 0.5);
+                pair.clear();
+                pair.push_str(w);
+                pair.push(' ');
+                pair.push_str(next);
+                add(&pair, 2, 0.5);
             }
-            let padded: Vec<char> = format!("#{w}#").chars().collect();
-            for tri in padded.windows(3) {
-                add(&tri.iter().collect::<String>(), 3, 0.4);
+            padded.clear();
+            padded.push('#');
+            padded.extend(w.chars());
+            padded.push('#');
+            for window in padded.windows(3) {
+                tri.clear();
+                tri.extend(window);
+                add(&tri, 3, 0.4);
             }
         }
         // Damp repeated features, then normalise.

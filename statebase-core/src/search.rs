@@ -197,23 +197,22 @@ impl TenantIndex {
         }
     }
 
-    /// The candidate keys of a scope; `None` for the whole tenant.
-    fn candidates(&self, scope: Scope<'_>) -> Option<HashSet<u64>> {
-        let get = |map: &HashMap<String, HashSet<u64>>, name: &str| {
-            map.get(name).cloned().unwrap_or_default()
-        };
-        match scope {
-            Scope::Tenant => None,
-            Scope::Session(s) => Some(get(&self.by_session, s)),
-            Scope::User(u) => Some(get(&self.by_user, u)),
+    /// The candidate keys of a scope, as disjoint sets borrowed from the postings (no copy
+    /// on the query path); `None` for the whole tenant.
+    fn candidates(&self, scope: Scope<'_>) -> Option<Candidates<'_>> {
+        let sets = match scope {
+            Scope::Tenant => return None,
+            Scope::Session(s) => vec![self.by_session.get(s)],
+            Scope::User(u) => vec![self.by_user.get(u)],
+            // A session's memories and user-level ones (no session) never overlap.
             Scope::SessionAndUserLevel(s, user) => {
-                let mut set = get(&self.by_session, s);
-                if let Some(u) = user {
-                    set.extend(get(&self.user_level, u));
-                }
-                Some(set)
+                vec![
+                    self.by_session.get(s),
+                    user.and_then(|u| self.user_level.get(u)),
+                ]
             }
-        }
+        };
+        Some(Candidates(sets.into_iter().flatten().collect()))
     }
 
     fn search(&self, q: &Query<'_>) -> Vec<Hit> {
@@ -253,12 +252,28 @@ impl TenantIndex {
                     *counts.entry(*key).or_default() += 1;
                 }
             }
+            let share = |n: usize| n as f32 / words.len() as f32;
+            for (key, slot) in scores.iter_mut() {
+                slot.1 = counts.get(key).map_or(0.0, |&n| share(n));
+            }
+            // The rest, most keywords first. A memory outside the vector top-`limit` has a
+            // vector score no higher than those, so it can only get in on its keyword
+            // share: stop once the share can't beat the current `limit`-th best score.
+            let mut by_count: Vec<Vec<u64>> = vec![Vec::new(); words.len() + 1];
             for (key, n) in counts {
-                if !accept(key) {
-                    continue;
+                if !scores.contains_key(&key) {
+                    by_count[n].push(key);
                 }
-                let share = n as f32 / words.len() as f32;
-                let slot = scores.entry(key).or_insert_with(|| {
+            }
+            for n in (1..=words.len()).rev() {
+                let s = share(n);
+                if s < q.threshold || s <= limit_th_best(&scores, q.limit) {
+                    break;
+                }
+                for &key in &by_count[n] {
+                    if !accept(key) {
+                        continue;
+                    }
                     let vs = match (
                         &q.vector,
                         self.entries.get(&key).and_then(|e| e.vector.as_ref()),
@@ -266,9 +281,8 @@ impl TenantIndex {
                         (Some(qv), Some(v)) => dot(qv, v),
                         _ => 0.0,
                     };
-                    (vs, 0.0)
-                });
-                slot.1 = share;
+                    scores.insert(key, (vs, s));
+                }
             }
         }
         let mut hits: Vec<Hit> = scores
@@ -292,6 +306,33 @@ impl TenantIndex {
         });
         hits.truncate(q.limit);
         hits
+    }
+}
+
+/// The `limit`-th best score (higher of vector and keyword) so far; -∞ while fewer.
+fn limit_th_best(scores: &HashMap<u64, (f32, f32)>, limit: usize) -> f32 {
+    if scores.len() < limit || limit == 0 {
+        return f32::NEG_INFINITY;
+    }
+    let mut best: Vec<f32> = scores.values().map(|(v, k)| v.max(*k)).collect();
+    best.select_nth_unstable_by(limit - 1, |a, b| b.total_cmp(a));
+    best[limit - 1]
+}
+
+/// Disjoint key sets whose union is a query's candidates.
+struct Candidates<'a>(Vec<&'a HashSet<u64>>);
+
+impl Candidates<'_> {
+    fn contains(&self, key: &u64) -> bool {
+        self.0.iter().any(|s| s.contains(key))
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|s| s.len()).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &u64> {
+        self.0.iter().flat_map(|s| s.iter())
     }
 }
 
