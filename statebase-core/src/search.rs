@@ -217,23 +217,24 @@ impl TenantIndex {
 
     fn search(&self, q: &Query<'_>) -> Vec<Hit> {
         let candidates = self.candidates(q.scope);
+        let filters = |e: &Entry| {
+            (q.types.is_empty() || q.types.contains(&e.memory_type))
+                && (q.tags.is_empty() || q.tags.iter().any(|t| e.tags.contains(t)))
+        };
         let accept = |key: u64| {
             candidates.as_ref().is_none_or(|c| c.contains(&key))
-                && self.entries.get(&key).is_some_and(|e| {
-                    (q.types.is_empty() || q.types.contains(&e.memory_type))
-                        && (q.tags.is_empty() || q.tags.iter().any(|t| e.tags.contains(t)))
-                })
+                && self.entries.get(&key).is_some_and(filters)
         };
         let mut scores: HashMap<u64, (f32, f32)> = HashMap::new();
         if let Some(qv) = &q.vector {
             let vector_hits = match &candidates {
                 Some(c) if c.len() <= EXACT_SCOPE_LIMIT => {
+                    // Walking the candidates themselves: one lookup each.
                     let hits = c
                         .iter()
-                        .filter(|k| accept(**k))
                         .filter_map(|k| {
-                            let v = self.entries.get(k)?.vector.as_ref()?;
-                            Some((*k, dot(qv, v)))
+                            let e = self.entries.get(k).filter(|e| filters(e))?;
+                            Some((*k, dot(qv, e.vector.as_ref()?)))
                         })
                         .collect();
                     top(hits, q.limit)
