@@ -17,8 +17,8 @@
 //! transaction.
 //!
 //! **Durability** is chosen with [`Durability`]: `Flush` (the default) flushes before a
-//! write is acknowledged, so it survives a killed process; concurrent writers share the
-//! flushes. `Background` leaves flushing to sled's background flusher (every 500 ms by
+//! write is acknowledged, so it survives a killed process; concurrent writers share
+//! flushes (group flush: one flush serves every write made before it began). `Background` leaves flushing to sled's background flusher (every 500 ms by
 //! default): faster, and the last writes before a crash may be lost.
 //!
 //! **Format.** A format version key is written on creation; data of a newer format is
@@ -35,6 +35,8 @@ use statebase_core::store::*;
 use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,6 +82,42 @@ pub enum SledError {
 pub struct SledStore {
     trees: Trees,
     options: SledOptions,
+    flushes: Arc<GroupFlush>,
+}
+
+/// Group flushing: a write waits for one flush that started after it, and one flush serves
+/// every write made before it began, so concurrent writers share flushes.
+#[derive(Debug, Default)]
+struct GroupFlush {
+    /// Writes done (in sled's memory).
+    written: AtomicU64,
+    /// Writes known to be on disk.
+    flushed: AtomicU64,
+    /// Held by the one flush under way.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl GroupFlush {
+    /// Returns once the write just done (and every one before it) is on disk.
+    async fn after_write(&self, db: &sled::Db) -> Result<()> {
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.flushed.load(Ordering::SeqCst) >= mine {
+            // A flush that began after this write covered it.
+            return Ok(());
+        }
+        // Every write counted so far is in memory, so this flush makes them all durable.
+        let covers = self.written.load(Ordering::SeqCst);
+        // A blocking flush on tokio's blocking pool: sled's own `flush_async` runs on
+        // sled's small global thread pool, which deadlocks under many concurrent stores.
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(statebase_core::Error::backend)?
+            .map_err(statebase_core::Error::backend)?;
+        self.flushed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl SledStore {
@@ -118,6 +156,7 @@ impl SledStore {
         Ok(Self {
             trees: Trees::open(db)?,
             options,
+            flushes: Arc::default(),
         })
     }
 
@@ -125,15 +164,7 @@ impl SledStore {
     async fn durable<T>(&self, result: Result<T>) -> Result<T> {
         let value = result?;
         if self.options.durability == Durability::Flush {
-            // A blocking flush on tokio's blocking pool: sled's own `flush_async` runs on
-            // sled's small global thread pool, which deadlocks under many concurrent
-            // stores. Concurrent flushes still share the work: each writes out everything
-            // dirty so far.
-            let db = self.trees.db.clone();
-            tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(statebase_core::Error::backend)?
-                .map_err(statebase_core::Error::backend)?;
+            self.flushes.after_write(&self.trees.db).await?;
         }
         Ok(value)
     }
