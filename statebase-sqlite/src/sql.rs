@@ -216,8 +216,38 @@ fn list_sessions_sql(tenant: &str, q: &SessionQuery) -> Res<(String, Vec<Sql>)> 
     Ok((sql, args))
 }
 
+/// The numbers the write preconditions check, without parsing the session's JSON.
+struct Counters {
+    version: u64,
+    turn_count: u64,
+    revision: u64,
+}
+
+/// A session's counters, or `NotFound`.
+fn counters(conn: &Connection, tenant: &str, id: &str) -> Res<Counters> {
+    first(
+        conn,
+        "SELECT version, turn_count, revision FROM sessions WHERE tenant = ?1 AND id = ?2",
+        params![tenant, id],
+        |r| {
+            Ok(Counters {
+                version: uint(r.get(0)?)?,
+                turn_count: uint(r.get(1)?)?,
+                revision: uint(r.get(2)?)?,
+            })
+        },
+    )?
+    .ok_or_else(|| {
+        Error::NotFound {
+            kind: ResourceKind::Session,
+            id: id.to_owned(),
+        }
+        .into()
+    })
+}
+
 pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<()> {
-    let current = existing_session(conn, tenant, &u.session_id)?;
+    let current = counters(conn, tenant, &u.session_id)?;
     if current.revision != u.expected_revision {
         return Err(Error::Conflict {
             expected: u.expected_revision,
@@ -240,17 +270,17 @@ pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res
     insert_trace(conn, tenant, &u.trace)
 }
 
-/// Checks that `a` appends the next version of `current`, then writes it.
+/// Checks that `a` appends the version after `current_version`, then writes it.
 fn append_checked(
     conn: &Connection,
     tenant: &str,
-    current: &Session,
+    current_version: u64,
     a: &AppendVersion,
 ) -> Res<()> {
-    if current.version != a.expected_version {
+    if current_version != a.expected_version {
         return Err(Error::Conflict {
             expected: a.expected_version,
-            actual: current.version,
+            actual: current_version,
         }
         .into());
     }
@@ -270,8 +300,8 @@ fn append_checked(
 }
 
 pub fn append_version(conn: &Connection, tenant: &str, a: &AppendVersion) -> Res<()> {
-    let current = existing_session(conn, tenant, &a.session_id)?;
-    append_checked(conn, tenant, &current.session, a)
+    let current = counters(conn, tenant, &a.session_id)?;
+    append_checked(conn, tenant, current.version, a)
 }
 
 pub fn versions(
@@ -430,7 +460,7 @@ fn read_turn(r: &Row<'_>) -> Res<Turn> {
 }
 
 pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
-    let current = existing_session(conn, tenant, &a.turn.session_id)?.session;
+    let current = counters(conn, tenant, &a.turn.session_id)?;
     if a.turn.turn_number != current.turn_count + 1 {
         return Err(Error::Conflict {
             expected: a.turn.turn_number.saturating_sub(1),
@@ -439,7 +469,7 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
         .into());
     }
     if let Some(state) = &a.state {
-        append_checked(conn, tenant, &current, state)?;
+        append_checked(conn, tenant, current.version, state)?;
     }
     conn.prepare_cached(
         "INSERT INTO turns (tenant, id, session_id, turn_number, body) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -579,7 +609,7 @@ pub fn insert_memory(
     }
     let m = &new.record.memory;
     if let Some(sid) = &m.session_id {
-        existing_session(conn, tenant, sid)?;
+        counters(conn, tenant, sid)?;
         conn.prepare_cached(
             "UPDATE sessions SET memory_count = memory_count + 1, revision = revision + 1
              WHERE tenant = ?1 AND id = ?2",
