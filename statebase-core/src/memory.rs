@@ -3,9 +3,8 @@
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::json;
 use crate::keys::ApiKey;
-use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
+use crate::model::{MemoryRevision, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -60,18 +59,6 @@ struct StoredSession {
 struct StoredMemory {
     record: MemoryRecord,
     revisions: Vec<MemoryRevision>,
-}
-
-fn revision(m: &Memory) -> MemoryRevision {
-    MemoryRevision {
-        memory_id: m.id.clone(),
-        version: m.version,
-        content: m.content.clone(),
-        memory_type: m.memory_type.clone(),
-        tags: m.tags.clone(),
-        metadata: m.metadata.clone(),
-        updated_at: m.updated_at,
-    }
 }
 
 fn key(tenant: &str, id: &str) -> Key {
@@ -149,44 +136,6 @@ impl Inner {
     }
 }
 
-fn session_matches(s: &Session, q: &SessionQuery) -> bool {
-    q.live_at.is_none_or(|now| !s.is_expired_at(now))
-        && q.agent_id.as_ref().is_none_or(|a| *a == s.agent_id)
-        && q.user_id
-            .as_ref()
-            .is_none_or(|u| Some(u) == s.user_id.as_ref())
-        && q.created_after.is_none_or(|t| s.created_at > t)
-        && q.created_before.is_none_or(|t| s.created_at < t)
-        && q.metadata
-            .as_ref()
-            .is_none_or(|m| json::contains(&s.metadata, m))
-}
-
-fn memory_matches(m: &Memory, q: &MemoryQuery) -> bool {
-    q.session_id
-        .as_ref()
-        .is_none_or(|s| Some(s) == m.session_id.as_ref())
-        && q.user_id
-            .as_ref()
-            .is_none_or(|u| Some(u) == m.user_id.as_ref())
-        && (!q.user_level_only || m.session_id.is_none())
-        && q.memory_type.as_ref().is_none_or(|t| *t == m.memory_type)
-        && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)))
-}
-
-fn trace_matches(t: &Trace, q: &TraceQuery) -> bool {
-    q.session_id
-        .as_ref()
-        .is_none_or(|s| Some(s) == t.session_id.as_ref())
-        && q.action.as_ref().is_none_or(|a| *a == t.action)
-        && q.resource_type
-            .as_ref()
-            .is_none_or(|r| *r == t.resource_type)
-        && q.resource_id.as_ref().is_none_or(|r| *r == t.resource_id)
-        && q.created_after.is_none_or(|c| t.timestamp > c)
-        && q.created_before.is_none_or(|c| t.timestamp < c)
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
@@ -231,7 +180,7 @@ impl Store for MemoryStore {
         Ok(
             Inner::newest_first(&inner.session_order, tenant, query.after.as_ref())
                 .filter_map(|(t, _, id)| inner.sessions.get(&key(t, id)))
-                .filter(|s| session_matches(&s.record.session, query))
+                .filter(|s| query.matches(&s.record.session))
                 .take(query.limit)
                 .map(|s| s.record.clone())
                 .collect(),
@@ -409,7 +358,7 @@ impl Store for MemoryStore {
             .dedupe
             .insert(key(tenant, &new.record.dedupe_key), m.id.clone());
         let stored = StoredMemory {
-            revisions: vec![revision(m)],
+            revisions: vec![MemoryRevision::of(m)],
             record: new.record,
         };
         inner
@@ -460,7 +409,9 @@ impl Store for MemoryStore {
             });
         }
         let old_key = key(tenant, &stored.record.dedupe_key);
-        stored.revisions.push(revision(&update.record.memory));
+        stored
+            .revisions
+            .push(MemoryRevision::of(&update.record.memory));
         stored.record = update.record;
         inner.dedupe.remove(&old_key);
         inner.dedupe.insert(new_key, id);
@@ -505,7 +456,7 @@ impl Store for MemoryStore {
         Ok(
             Inner::newest_first(&inner.memory_order, tenant, query.after.as_ref())
                 .filter_map(|(t, _, id)| inner.memories.get(&key(t, id)))
-                .filter(|m| memory_matches(&m.record.memory, query))
+                .filter(|m| query.matches(&m.record.memory))
                 .take(query.limit)
                 .map(|m| m.record.clone())
                 .collect(),
@@ -575,7 +526,7 @@ impl Store for MemoryStore {
         Ok(
             Inner::newest_first(&inner.trace_order, tenant, query.after.as_ref())
                 .filter_map(|(t, _, id)| inner.traces.get(&key(t, id)))
-                .filter(|t| trace_matches(t, query))
+                .filter(|t| query.matches(t))
                 .take(query.limit)
                 .cloned()
                 .collect(),

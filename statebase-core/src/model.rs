@@ -436,6 +436,21 @@ pub struct MemoryRevision {
     pub updated_at: Timestamp,
 }
 
+impl MemoryRevision {
+    /// The revision a memory is at.
+    pub fn of(m: &Memory) -> Self {
+        Self {
+            memory_id: m.id.clone(),
+            version: m.version,
+            content: m.content.clone(),
+            memory_type: m.memory_type.clone(),
+            tags: m.tags.clone(),
+            metadata: m.metadata.clone(),
+            updated_at: m.updated_at,
+        }
+    }
+}
+
 /// Input of [`StateBase::add_memory`](crate::StateBase::add_memory).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AddMemory {

@@ -145,6 +145,25 @@ pub struct MemoryQuery {
     pub tags: Vec<String>,
 }
 
+impl MemoryQuery {
+    /// True if `m` passes every filter (the cursor and limit aside).
+    pub fn matches(&self, m: &Memory) -> bool {
+        self.session_id
+            .as_ref()
+            .is_none_or(|s| Some(s) == m.session_id.as_ref())
+            && self
+                .user_id
+                .as_ref()
+                .is_none_or(|u| Some(u) == m.user_id.as_ref())
+            && (!self.user_level_only || m.session_id.is_none())
+            && self
+                .memory_type
+                .as_ref()
+                .is_none_or(|t| *t == m.memory_type)
+            && (self.tags.is_empty() || self.tags.iter().any(|t| m.tags.contains(t)))
+    }
+}
+
 /// Filters of [`Store::list_turns`].
 #[derive(Debug, Clone, Default)]
 pub struct TurnQuery {
@@ -186,6 +205,24 @@ pub struct SessionQuery {
     pub metadata: Option<Object>,
 }
 
+impl SessionQuery {
+    /// True if `s` passes every filter (the cursor and limit aside).
+    pub fn matches(&self, s: &Session) -> bool {
+        self.live_at.is_none_or(|now| !s.is_expired_at(now))
+            && self.agent_id.as_ref().is_none_or(|a| *a == s.agent_id)
+            && self
+                .user_id
+                .as_ref()
+                .is_none_or(|u| Some(u) == s.user_id.as_ref())
+            && self.created_after.is_none_or(|t| s.created_at > t)
+            && self.created_before.is_none_or(|t| s.created_at < t)
+            && self
+                .metadata
+                .as_ref()
+                .is_none_or(|m| crate::json::contains(&s.metadata, m))
+    }
+}
+
 /// Filters of [`Store::list_traces`]. Order: newest first, by `(timestamp, id)` descending.
 #[derive(Debug, Clone, Default)]
 pub struct TraceQuery {
@@ -205,6 +242,26 @@ pub struct TraceQuery {
     pub created_after: Option<Timestamp>,
     /// `timestamp` strictly before.
     pub created_before: Option<Timestamp>,
+}
+
+impl TraceQuery {
+    /// True if `t` passes every filter (the cursor and limit aside).
+    pub fn matches(&self, t: &Trace) -> bool {
+        self.session_id
+            .as_ref()
+            .is_none_or(|s| Some(s) == t.session_id.as_ref())
+            && self.action.as_ref().is_none_or(|a| *a == t.action)
+            && self
+                .resource_type
+                .as_ref()
+                .is_none_or(|r| *r == t.resource_type)
+            && self
+                .resource_id
+                .as_ref()
+                .is_none_or(|r| *r == t.resource_id)
+            && self.created_after.is_none_or(|c| t.timestamp > c)
+            && self.created_before.is_none_or(|c| t.timestamp < c)
+    }
 }
 
 /// Storage for sessions, their state versions and their audit traces.

@@ -395,16 +395,7 @@ impl Trees {
             let Some(rec) = self.session(tenant, &id)? else {
                 return Ok(None);
             };
-            let s = &rec.session;
-            let keep = q.live_at.is_none_or(|now| !s.is_expired_at(now))
-                && q.agent_id.as_ref().is_none_or(|a| *a == s.agent_id)
-                && q.user_id
-                    .as_ref()
-                    .is_none_or(|u| Some(u) == s.user_id.as_ref())
-                && q.metadata
-                    .as_ref()
-                    .is_none_or(|m| statebase_core::json::contains(&s.metadata, m));
-            Ok(keep.then_some(rec))
+            Ok(q.matches(&rec.session).then_some(rec))
         })
     }
 
@@ -652,7 +643,7 @@ impl Trees {
     pub fn insert_memory(&self, tenant: &str, new: &NewMemory) -> Result<Option<MemoryRecord>> {
         let m = &new.record.memory;
         let value = encode_memory(&new.record)?;
-        let revision = to_json(&revision_of(m))?;
+        let revision = to_json(&MemoryRevision::of(m))?;
         self.transact(|r, l, i| {
             if let Some(existing) = r.get(dedupe_key(tenant, &new.record.dedupe_key))? {
                 let id = std::str::from_utf8(&existing).map_err(|e| abort_now(storage(e)))?;
@@ -681,7 +672,7 @@ impl Trees {
     pub fn update_memory(&self, tenant: &str, u: &MemoryUpdate) -> Result<()> {
         let m = &u.record.memory;
         let value = encode_memory(&u.record)?;
-        let revision = to_json(&revision_of(m))?;
+        let revision = to_json(&MemoryRevision::of(m))?;
         self.transact(|r, l, i| {
             let old = match r.get(memory_key(tenant, &m.id))? {
                 Some(v) => decode_memory(&v).map_err(abort_now)?,
@@ -811,18 +802,7 @@ impl Trees {
             let Some(rec) = self.memory(tenant, &id)? else {
                 return Ok(None);
             };
-            let m = &rec.memory;
-            let keep = q
-                .session_id
-                .as_ref()
-                .is_none_or(|s| Some(s) == m.session_id.as_ref())
-                && q.user_id
-                    .as_ref()
-                    .is_none_or(|u| Some(u) == m.user_id.as_ref())
-                && (!q.user_level_only || m.session_id.is_none())
-                && q.memory_type.as_ref().is_none_or(|t| *t == m.memory_type)
-                && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)));
-            Ok(keep.then_some(rec))
+            Ok(q.matches(&rec.memory).then_some(rec))
         })
     }
 
@@ -917,16 +897,7 @@ impl Trees {
             let Some(t) = self.trace(tenant, &id)? else {
                 return Ok(None);
             };
-            let keep = q
-                .session_id
-                .as_ref()
-                .is_none_or(|s| Some(s) == t.session_id.as_ref())
-                && q.action.as_ref().is_none_or(|a| *a == t.action)
-                && q.resource_type
-                    .as_ref()
-                    .is_none_or(|r| *r == t.resource_type)
-                && q.resource_id.as_ref().is_none_or(|r| *r == t.resource_id);
-            Ok(keep.then_some(t))
+            Ok(q.matches(&t).then_some(t))
         })
     }
 }
@@ -940,18 +911,6 @@ fn not_found(kind: ResourceKind, id: &str) -> Error {
 
 fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(e)
-}
-
-fn revision_of(m: &Memory) -> MemoryRevision {
-    MemoryRevision {
-        memory_id: m.id.clone(),
-        version: m.version,
-        content: m.content.clone(),
-        memory_type: m.memory_type.clone(),
-        tags: m.tags.clone(),
-        metadata: m.metadata.clone(),
-        updated_at: m.updated_at,
-    }
 }
 
 /// The session inside a transaction, or an abort with `NotFound`.

@@ -583,15 +583,7 @@ fn write_memory_details(conn: &Connection, tenant: &str, m: &Memory) -> Res<()> 
         )?
         .execute(params![tenant, m.id, tag])?;
     }
-    let revision = MemoryRevision {
-        memory_id: m.id.clone(),
-        version: m.version,
-        content: m.content.clone(),
-        memory_type: m.memory_type.clone(),
-        tags: m.tags.clone(),
-        metadata: m.metadata.clone(),
-        updated_at: m.updated_at,
-    };
+    let revision = MemoryRevision::of(m);
     conn.prepare_cached(
         "INSERT INTO memory_revisions (tenant, memory_id, version, body) VALUES (?1, ?2, ?3, ?4)",
     )?
