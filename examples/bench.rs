@@ -280,6 +280,130 @@ async fn bench_backend<S: Store>(
     }
 }
 
+/// `connections` clients each sending `n` requests made by `request`, per round.
+async fn http_load(
+    rounds: usize,
+    connections: usize,
+    n: usize,
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Clone + Send + 'static,
+) -> (f64, f64, f64) {
+    let mut rates = Vec::new();
+    let mut latencies = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|_| {
+                let request = request.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut lat = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        let r = request(&client).send().await.unwrap();
+                        assert!(r.status().is_success(), "{}", r.status());
+                        r.bytes().await.unwrap();
+                        lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        for t in tasks {
+            latencies.extend(t.await.unwrap());
+        }
+        rates.push((connections * n) as f64 / start.elapsed().as_secs_f64());
+    }
+    summarize(rates, latencies)
+}
+
+/// The HTTP server on loopback over SQLite: GET state, PATCH state and POST context from 32
+/// connections, next to a trivial JSON endpoint of the same server.
+async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
+    let store: Arc<dyn Store> =
+        Arc::new(statebase_sqlite::SqliteStore::open(dir.join("http.db")).unwrap());
+    let state = statebase_http::AppState::new(store, u32::MAX / 2, u32::MAX / 2);
+    let key = "sb_benchbenchbenchbench00001";
+    state
+        .sb
+        .import_api_key("bench", "bench", key, Some(u32::MAX / 2), None)
+        .await
+        .unwrap();
+    let sb = state.sb.tenant("bench");
+    let s = sb
+        .create_session(CreateSession::new("bench"))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        sb.add_memory(AddMemory::new(
+            &s.id,
+            &format!("fact number {i} about the user"),
+        ))
+        .await
+        .unwrap();
+        sb.add_turn(&s.id, AddTurn::text("question", "answer"))
+            .await
+            .unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = statebase_http::router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let n = sizes.reads / 32 + 1;
+    let url = base.clone();
+    let baseline = http_load(sizes.rounds, 32, n, move |c| {
+        c.get(format!("{url}/health/live"))
+    })
+    .await;
+    out.push(Figure {
+        backend: "http",
+        case: "GET /health/live (trivial JSON)".into(),
+        ops_per_sec: baseline.0,
+        p50_us: baseline.1,
+        p99_us: baseline.2,
+        baseline: None,
+    });
+    let trivial = Some(("trivial JSON endpoint".to_owned(), baseline.0));
+    let state_url = format!("{base}/v1/sessions/{}/state", s.id);
+    let context_url = format!("{base}/v1/sessions/{}/context", s.id);
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
+    )> = vec![
+        (
+            "GET state",
+            Box::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
+        ),
+        ("PATCH state", {
+            let url = format!("{base}/v1/sessions/{}/state", s.id);
+            Box::new(move |c: &reqwest::Client| {
+                c.patch(&url)
+                    .header("X-API-Key", key)
+                    .json(&json!({"state": {"n": 1}}))
+            })
+        }),
+        (
+            "POST context",
+            Box::new(move |c: &reqwest::Client| {
+                c.post(&context_url).header("X-API-Key", key).json(
+                    &json!({"query": "what about the user", "memory_limit": 5, "turn_limit": 10}),
+                )
+            }),
+        ),
+    ];
+    for (name, request) in cases {
+        let request = Arc::new(request);
+        let r = http_load(sizes.rounds, 32, n, move |c| request(c)).await;
+        out.push(Figure {
+            backend: "http",
+            case: format!("{name}, 32 connections"),
+            ops_per_sec: r.0,
+            p50_us: r.1,
+            p99_us: r.2,
+            baseline: trivial.clone(),
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -332,6 +456,7 @@ async fn main() {
         &mut figures,
     )
     .await;
+    bench_http(dir.path(), &sizes, &mut figures).await;
     if as_json {
         let rows: Vec<_> = figures
             .iter()
