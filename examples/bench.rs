@@ -280,6 +280,9 @@ async fn bench_backend<S: Store>(
     }
 }
 
+/// Builds one request of a load case.
+type MakeRequest = Box<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// `connections` clients each sending `n` requests made by `request`, per round.
 async fn http_load(
     rounds: usize,
@@ -365,10 +368,7 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let trivial = Some(("trivial JSON endpoint".to_owned(), baseline.0));
     let state_url = format!("{base}/v1/sessions/{}/state", s.id);
     let context_url = format!("{base}/v1/sessions/{}/context", s.id);
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
-    )> = vec![
+    let cases: Vec<(&str, MakeRequest)> = vec![
         (
             "GET state",
             Box::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
