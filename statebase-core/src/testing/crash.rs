@@ -4,9 +4,9 @@
 //! in the reopened store and that no session has a gap in its versions or turn numbers.
 //!
 //! A backend's test file holds both sides: a `#[test] fn crash_child()` that calls
-//! [`child`] when [`PATH_ENV`] is set (and does nothing otherwise), and a test that runs
-//! its own binary as that child through [`kill_once`], then reopens the store and calls
-//! [`verify`].
+//! [`child`] when [`PATH_ENV`] is set (and does nothing otherwise), and a multi-threaded
+//! tokio test that calls [`kill_and_verify`], which runs the test binary itself as that
+//! child.
 
 use crate::store::{Store, TurnQuery};
 use crate::{AddTurn, CreateSession, ListSessions, StateBase, StateWrite};
@@ -159,6 +159,34 @@ pub fn kill_once(mut child: Command, acks: &mut Acks) {
     while let Ok(line) = rx.try_recv() {
         acks.record(&line);
     }
+}
+
+/// Kills the child (this test binary's `crash_child` test) five times, reopening the store
+/// with `open` after each kill, checking it with [`verify`] and then with `check` (for
+/// backend-specific checks such as SQLite's integrity check). Needs a multi-threaded
+/// runtime.
+pub async fn kill_and_verify<S, F>(
+    path: &std::path::Path,
+    open: impl Fn(&std::path::Path) -> S,
+    check: impl Fn(S) -> F,
+) where
+    S: Store,
+    F: std::future::Future<Output = ()>,
+{
+    let mut acks = Acks::default();
+    for round in 0..5 {
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"));
+        child
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(PATH_ENV, path);
+        let before = acks.count;
+        tokio::task::block_in_place(|| kill_once(child, &mut acks));
+        assert!(acks.count > before, "round {round}: no acknowledged write");
+        let store = open(path);
+        verify(&store, &acks).await;
+        check(store).await;
+    }
+    assert_eq!(acks.sessions.len(), SESSIONS);
 }
 
 /// Checks a reopened store after kills: every acknowledged write is there, and versions and
