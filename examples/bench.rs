@@ -374,11 +374,21 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
             Box::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
         ),
         ("PATCH state", {
-            let url = format!("{base}/v1/sessions/{}/state", s.id);
+            // Agents write their own sessions: spread the writes over 32 of them.
+            let mut urls = Vec::new();
+            for _ in 0..32 {
+                let own = sb
+                    .create_session(CreateSession::new("bench"))
+                    .await
+                    .unwrap();
+                urls.push(format!("{base}/v1/sessions/{}/state", own.id));
+            }
+            let next = std::sync::atomic::AtomicUsize::new(0);
             Box::new(move |c: &reqwest::Client| {
-                c.patch(&url)
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.patch(&urls[i % urls.len()])
                     .header("X-API-Key", key)
-                    .json(&json!({"state": {"n": 1}}))
+                    .json(&json!({"state": {"n": i}}))
             })
         }),
         (
