@@ -20,8 +20,8 @@ pub struct ApiKey {
     pub key_prefix: String,
     /// SHA-256 of the secret, hex.
     pub key_hash: String,
-    /// Requests per minute.
-    pub rate_limit: u32,
+    /// Requests per minute; `None` follows the server's setting.
+    pub rate_limit: Option<u32>,
     /// False once revoked.
     pub is_active: bool,
     /// When it was made.
@@ -44,9 +44,6 @@ pub fn hash_secret(secret: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-
-/// The rate limit of a key made without one: 100 requests per minute (the free tier's).
-pub const DEFAULT_RATE_LIMIT: u32 = 100;
 
 impl<S: Store> StateBase<S> {
     /// Makes a key for `tenant` and returns it with its secret, which is shown only now.
@@ -95,7 +92,7 @@ impl<S: Store> StateBase<S> {
             name: name.to_owned(),
             key_prefix: secret.chars().take(7).collect(),
             key_hash: hash,
-            rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT).max(1),
+            rate_limit: rate_limit.map(|r| r.max(1)),
             is_active: true,
             created_at: self.now(),
             expires_at,

@@ -66,12 +66,7 @@ impl RateLimiter {
 
     /// Takes a token from the key's bucket, if there is one.
     pub fn check(&self, key: &ApiKey) -> Decision {
-        // A key made with the default limit follows the server's setting.
-        let limit = if key.rate_limit == statebase_core::keys::DEFAULT_RATE_LIMIT {
-            self.default_limit
-        } else {
-            key.rate_limit
-        };
+        let limit = self.limit_of(key);
         let per_second = f64::from(limit) / 60.0;
         let capacity = f64::from(self.burst);
         let now = Instant::now();
@@ -103,6 +98,11 @@ impl RateLimiter {
 }
 
 impl RateLimiter {
+    /// Requests per minute for `key`: its own limit, or the server's.
+    pub fn limit_of(&self, key: &ApiKey) -> u32 {
+        key.rate_limit.unwrap_or(self.default_limit)
+    }
+
     /// How much a key has been used since the server started.
     pub fn usage(&self, key_id: &str) -> Usage {
         self.buckets

@@ -694,7 +694,7 @@ fn api_key(app: &AppState, k: &ApiKey, secret: Option<&str>) -> Value {
         "key_prefix": k.key_prefix,
         "name": k.name,
         "is_active": k.is_active,
-        "rate_limit": k.rate_limit,
+        "rate_limit": app.limiter.limit_of(k),
         "created_at": k.created_at,
         "expires_at": k.expires_at,
         "last_used_at": usage.last_used,

@@ -659,6 +659,14 @@ async fn rate_limits_answer_429_with_headers_per_key() {
             .0,
         StatusCode::OK
     );
+    // A key with its own limit keeps it, even one equal to the usual 100.
+    let own = "sb_ownlimitownlimitownlim001";
+    srv.sb
+        .import_api_key("a", "own", own, Some(100), None)
+        .await
+        .unwrap();
+    let (_, _, h) = srv.call(Some(own), Method::GET, "/v1/sessions", None).await;
+    assert_eq!(h["x-ratelimit-limit"], "100");
     // One token a second comes back.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
@@ -751,6 +759,47 @@ async fn bad_requests_get_json_errors_never_500() {
     );
     let (s, _) = srv.a(Method::GET, "/v1/sessions?limit=500", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The metadata filter is a JSON object in the query string.
+    let (s, v) = srv
+        .a(Method::GET, "/v1/sessions?metadata=not-json", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata"))
+    );
+    let (s, v) = srv
+        .a(Method::GET, "/v1/sessions?created_after=yesterday", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("created_after"))
+    );
+    srv.a(
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({"agent_id": "m", "metadata": {"env": "prod"}})),
+    )
+    .await;
+    srv.a(
+        Method::POST,
+        "/v1/sessions",
+        Some(json!({"agent_id": "m", "metadata": {"env": "dev"}})),
+    )
+    .await;
+    let (_, v) = srv
+        .a(
+            Method::GET,
+            "/v1/sessions?metadata=%7B%22env%22%3A%22prod%22%7D",
+            None,
+        )
+        .await;
+    let envs: Vec<&Value> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["metadata"]["env"])
+        .collect();
+    assert_eq!(envs, vec![&json!("prod")]);
 }
 
 /// The official Python SDK (statebase 0.4.1), sync and async clients, against this server.

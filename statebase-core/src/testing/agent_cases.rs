@@ -1020,7 +1020,7 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         assert_eq!(
             (a.tenant.as_str(), a.rate_limit, a.is_active),
-            ("acme", 10, true)
+            ("acme", Some(10), true)
         );
         assert!(!a.key_hash.contains(&secret[3..]));
         assert_eq!(sb.authenticate(&secret).await.unwrap(), Some(a.clone()));
@@ -1035,7 +1035,10 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
             .create_api_key("other", "short", None, Some(expires))
             .await
             .unwrap();
-        assert_eq!(b.rate_limit, crate::keys::DEFAULT_RATE_LIMIT);
+        assert_eq!(
+            b.rate_limit, None,
+            "no limit of its own: the server's applies"
+        );
         env.advance(1);
         let imported = sb
             .import_api_key(
