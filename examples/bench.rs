@@ -16,6 +16,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+// Many small allocations from many threads: mimalloc serves them with less contention than
+// the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One measured case.
 struct Figure {
     backend: &'static str,
@@ -419,6 +424,12 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let as_json = args.iter().any(|a| a == "--json");
+    // `--only sqlite` (or memory, sled, http) runs one group of cases.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let runs = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let sizes = if quick {
         Sizes {
             rounds: 3,
@@ -438,35 +449,26 @@ async fn main() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut figures = Vec::new();
-    let sqlite_raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes);
-    let sled_raw = raw_sled(dir.path(), sizes.rounds, sizes.writes);
-    bench_backend(
-        "memory",
-        StateBase::new(MemoryStore::new()),
-        &sizes,
-        None,
-        &mut figures,
-    )
-    .await;
-    let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("bench.db")).unwrap();
-    bench_backend(
-        "sqlite",
-        StateBase::new(Arc::new(sqlite) as Arc<dyn Store>),
-        &sizes,
-        Some(("raw rusqlite 1-row tx".into(), sqlite_raw)),
-        &mut figures,
-    )
-    .await;
-    let sled = statebase_sled::SledStore::open(dir.path().join("bench.sled")).unwrap();
-    bench_backend(
-        "sled",
-        StateBase::new(sled),
-        &sizes,
-        Some(("raw sled insert+flush".into(), sled_raw)),
-        &mut figures,
-    )
-    .await;
-    bench_http(dir.path(), &sizes, &mut figures).await;
+    if runs("memory") {
+        let sb = StateBase::new(MemoryStore::new());
+        bench_backend("memory", sb, &sizes, None, &mut figures).await;
+    }
+    if runs("sqlite") {
+        let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes);
+        let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("bench.db")).unwrap();
+        let sb = StateBase::new(Arc::new(sqlite) as Arc<dyn Store>);
+        let baseline = Some(("raw rusqlite 1-row tx".into(), raw));
+        bench_backend("sqlite", sb, &sizes, baseline, &mut figures).await;
+    }
+    if runs("sled") {
+        let raw = raw_sled(dir.path(), sizes.rounds, sizes.writes);
+        let sled = statebase_sled::SledStore::open(dir.path().join("bench.sled")).unwrap();
+        let baseline = Some(("raw sled insert+flush".into(), raw));
+        bench_backend("sled", StateBase::new(sled), &sizes, baseline, &mut figures).await;
+    }
+    if runs("http") {
+        bench_http(dir.path(), &sizes, &mut figures).await;
+    }
     if as_json {
         let rows: Vec<_> = figures
             .iter()

@@ -510,7 +510,8 @@ impl<S: Store> StateBase<S> {
 
     // ----- internals -----
 
-    pub(crate) fn now(&self) -> Timestamp {
+    /// Now, by the configured clock, at the precision timestamps are stored with.
+    pub fn now(&self) -> Timestamp {
         clock::truncate(self.config().clock.now())
     }
 

@@ -7,8 +7,9 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use statebase_core::ApiKey;
+use statebase_core::{hash_secret, ApiKey, StateBase, Store};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The tenant and key of an authenticated request.
@@ -116,6 +117,53 @@ impl RateLimiter {
     }
 }
 
+/// Keys recently found by their secret's hash, so that a request does not read the store
+/// to authenticate. A key revoked through this server stops working at once; one revoked
+/// by another process (`statebase keys revoke`) within [`KeyCache::TTL`].
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
+}
+
+impl KeyCache {
+    /// How long a key read from the store is trusted without reading it again.
+    pub const TTL: Duration = Duration::from_secs(5);
+    /// Entries kept at most; past it the cache starts over.
+    const CAPACITY: usize = 10_000;
+
+    /// The usable key `secret` belongs to, if any.
+    pub async fn authenticate(
+        &self,
+        sb: &StateBase<Arc<dyn Store>>,
+        secret: &str,
+    ) -> statebase_core::Result<Option<ApiKey>> {
+        let hash = hash_secret(secret);
+        let cached = self
+            .entries
+            .lock()
+            .get(&hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(key, _)| key.clone());
+        if let Some(key) = cached {
+            return Ok(key.is_usable_at(sb.now()).then_some(key));
+        }
+        let key = sb.authenticate(secret).await?;
+        if let Some(key) = &key {
+            let mut entries = self.entries.lock();
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+            entries.insert(hash, (key.clone(), Instant::now()));
+        }
+        Ok(key)
+    }
+
+    /// Drops the key `id`, so that its next use reads the store.
+    pub fn forget(&self, id: &str) {
+        self.entries.lock().retain(|_, (key, _)| key.id != id);
+    }
+}
+
 fn secret(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim());
@@ -141,7 +189,7 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
     let Some(secret) = secret(req.headers()) else {
         return ApiError::unauthenticated().into_response();
     };
-    let key = match app.sb.authenticate(secret).await {
+    let key = match app.keys.authenticate(&app.sb, secret).await {
         Ok(Some(key)) => key,
         Ok(None) => return ApiError::unauthenticated().into_response(),
         Err(e) => return ApiError::from(e).into_response(),

@@ -13,7 +13,7 @@ mod observe;
 mod routes;
 mod wire;
 
-pub use auth::RateLimiter;
+pub use auth::{KeyCache, RateLimiter};
 pub use error::ApiError;
 
 use axum::extract::DefaultBodyLimit;
@@ -31,6 +31,8 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 pub struct AppState {
     /// Statebase over the server's store.
     pub sb: StateBase<Arc<dyn Store>>,
+    /// Keys recently authenticated.
+    pub keys: Arc<auth::KeyCache>,
     /// The per-key rate limits.
     pub limiter: Arc<RateLimiter>,
     /// Request counters and latencies for `/metrics`.
@@ -49,6 +51,7 @@ impl AppState {
         let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self {
             sb: StateBase::new(observed),
+            keys: Arc::default(),
             limiter: Arc::new(RateLimiter::new(limit, burst)),
             idempotency: Arc::default(),
             metrics,

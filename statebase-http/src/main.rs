@@ -5,6 +5,11 @@ use statebase_core::{StateBase, Store};
 use statebase_http::{router, AppState};
 use std::sync::Arc;
 
+// Many small allocations from many threads: mimalloc serves them with less contention than
+// the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "statebase",

@@ -749,6 +749,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Reply {
     app.sb.revoke_api_key(&id, Some(&caller.key.tenant)).await?;
+    app.keys.forget(&id);
     no_content()
 }
 
