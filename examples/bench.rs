@@ -7,9 +7,11 @@
 //! every round.
 
 use serde_json::json;
+use statebase_core::index::Vector;
 use statebase_core::{
-    AddMemory, AddTurn, CreateSession, HistoryQuery, ListTurns, MemoryStore, SearchMemories,
-    StateBase, StateWrite, Store,
+    AddMemory, AddTurn, Config, ContextRequest, CreateSession, ForkFrom, HistoryQuery, HnswConfig,
+    HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, StateBase,
+    StateWrite, Store, VectorIndex,
 };
 use std::future::Future;
 use std::path::Path;
@@ -21,14 +23,37 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// One measured case.
+/// One measured case: a rate (with latencies) or a size, and its baseline in the same unit.
 struct Figure {
     backend: &'static str,
     case: String,
-    ops_per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
+    /// `ops/s` or `bytes`.
+    unit: &'static str,
+    value: f64,
+    /// Latencies, for rates.
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
     baseline: Option<(String, f64)>,
+}
+
+impl Figure {
+    /// A throughput with its latencies, as `sequential` and friends return them.
+    fn rate(
+        backend: &'static str,
+        case: impl Into<String>,
+        (rate, p50, p99): (f64, f64, f64),
+        baseline: Option<(String, f64)>,
+    ) -> Self {
+        Self {
+            backend,
+            case: case.into(),
+            unit: "ops/s",
+            value: rate,
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            baseline,
+        }
+    }
 }
 
 struct Sizes {
@@ -36,7 +61,14 @@ struct Sizes {
     writes: usize,
     concurrent: usize,
     reads: usize,
-    memories: Vec<usize>,
+    /// Memories in one session for each backend's search and context cases.
+    memories: usize,
+    /// Turns of the session whose last 10 are listed.
+    turns: usize,
+    /// Memories of a tenant for the search scaling cases (memory backend).
+    search_scale: Vec<usize>,
+    /// Small edits for the storage case.
+    edits: usize,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -177,17 +209,9 @@ async fn bench_backend<S: Store>(
     write_baseline: Option<(String, f64)>,
     out: &mut Vec<Figure>,
 ) {
-    let mut push =
-        |case: &str, (rate, p50, p99): (f64, f64, f64), baseline: Option<(String, f64)>| {
-            out.push(Figure {
-                backend,
-                case: case.to_owned(),
-                ops_per_sec: rate,
-                p50_us: p50,
-                p99_us: p99,
-                baseline,
-            })
-        };
+    let mut push = |case: &str, r: (f64, f64, f64), baseline: Option<(String, f64)>| {
+        out.push(Figure::rate(backend, case, r, baseline))
+    };
     let s = sb
         .create_session(CreateSession::new("bench"))
         .await
@@ -217,6 +241,14 @@ async fn bench_backend<S: Store>(
     })
     .await;
     push("read current state", r, None);
+    let r = sequential(sizes.rounds, sizes.reads, |i| {
+        let (sb, id) = (sb.clone(), id.clone());
+        async move {
+            sb.state_at(&id, 1 + (i % 50) as i64).await.unwrap();
+        }
+    })
+    .await;
+    push("read an old version", r, None);
     let r = sequential(sizes.rounds, sizes.reads / 4, |_| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -229,8 +261,47 @@ async fn bench_backend<S: Store>(
     })
     .await;
     push("history of 100 versions", r, None);
-    let r = sequential(sizes.rounds, sizes.writes / 4 + 1, |_| {
+    let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
         let (sb, id) = (sb.clone(), id.clone());
+        async move {
+            sb.diff(&id, 1 + (i % 50) as i64, 100).await.unwrap();
+        }
+    })
+    .await;
+    push("diff of two versions", r, None);
+    let r = sequential(sizes.rounds, sizes.writes / 4 + 1, |i| {
+        let (sb, id) = (sb.clone(), id.clone());
+        async move {
+            let to = RollbackTo {
+                version: 1 + (i % 50) as i64,
+                reason: None,
+                expected_version: None,
+            };
+            sb.rollback(&id, to).await.unwrap();
+        }
+    })
+    .await;
+    push("rollback", r, None);
+    let r = sequential(sizes.rounds, sizes.writes / 4 + 1, |i| {
+        let (sb, id) = (sb.clone(), id.clone());
+        async move {
+            let from = ForkFrom {
+                version: Some(1 + (i % 50) as i64),
+                ..Default::default()
+            };
+            sb.fork(&id, from).await.unwrap();
+        }
+    })
+    .await;
+    push("fork", r, None);
+
+    let talk = sb
+        .create_session(CreateSession::new("bench"))
+        .await
+        .unwrap();
+    let per_round = sizes.turns / sizes.rounds;
+    let r = sequential(sizes.rounds, per_round, |_| {
+        let (sb, id) = (sb.clone(), talk.id.clone());
         async move {
             sb.add_turn(&id, AddTurn::text("question", "answer"))
                 .await
@@ -239,50 +310,311 @@ async fn bench_backend<S: Store>(
     })
     .await;
     push("add a turn", r, None);
+    let turns = per_round * sizes.rounds;
     let r = sequential(sizes.rounds, sizes.reads / 4, |_| {
-        let (sb, id) = (sb.clone(), id.clone());
+        let (sb, id) = (sb.clone(), talk.id.clone());
         async move {
             let q = ListTurns {
                 limit: Some(10),
                 ..Default::default()
             };
-            sb.list_turns(&id, q).await.unwrap();
+            assert_eq!(sb.list_turns(&id, q).await.unwrap().data.len(), 10);
         }
     })
     .await;
-    push("last 10 turns", r, None);
-    for &n in &sizes.memories {
-        let s = sb
-            .create_session(CreateSession::new("bench"))
+    push(&format!("last 10 turns of a session of {turns}"), r, None);
+
+    let s = sb
+        .create_session(CreateSession::new("bench"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        sb.add_turn(&s.id, AddTurn::text("question", "answer"))
             .await
             .unwrap();
-        for i in 0..n {
+    }
+    let n = sizes.memories;
+    let r = sequential(sizes.rounds, n / sizes.rounds, |i| {
+        let (sb, sid) = (sb.clone(), s.id.clone());
+        async move {
             let content = format!("memory {i} about topic {} and item {}", i % 97, i % 13);
-            sb.add_memory(AddMemory {
-                embed: Some(true),
-                ..AddMemory::new(&s.id, &content)
-            })
-            .await
-            .unwrap();
+            sb.add_memory(AddMemory::new(&sid, &content)).await.unwrap();
         }
-        let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
-            let (sb, sid) = (sb.clone(), s.id.clone());
+    })
+    .await;
+    push("add a memory", r, None);
+    let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
+        let (sb, sid) = (sb.clone(), s.id.clone());
+        async move {
+            let q = SearchMemories {
+                session_id: Some(sid),
+                threshold: Some(0.0),
+                ..SearchMemories::new(&format!("topic {} item {}", i % 97, i % 13))
+            };
+            assert_eq!(sb.search_memories(q).await.unwrap().len(), 10);
+        }
+    })
+    .await;
+    push(
+        &format!("search top-10 in a session of {n} memories"),
+        r,
+        None,
+    );
+    let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
+        let (sb, sid) = (sb.clone(), s.id.clone());
+        async move {
+            let q = ContextRequest {
+                query: Some(format!("topic {} item {}", i % 97, i % 13)),
+                memory_limit: Some(5),
+                turn_limit: Some(10),
+            };
+            let c = sb.context(&sid, q).await.unwrap();
+            assert_eq!((c.memories.len(), c.recent_turns.len()), (5, 10));
+        }
+    })
+    .await;
+    push(
+        &format!("context: state + 5 of {n} memories + 10 turns"),
+        r,
+        None,
+    );
+}
+
+/// A sentence of the memory corpus: a few of 40 words, deterministic in `i`.
+fn sentence(i: usize) -> String {
+    const WORDS: [&str; 40] = [
+        "flight",
+        "hotel",
+        "refund",
+        "invoice",
+        "window",
+        "seat",
+        "meal",
+        "vegetarian",
+        "lisbon",
+        "march",
+        "password",
+        "reset",
+        "account",
+        "premium",
+        "upgrade",
+        "cancel",
+        "delivery",
+        "address",
+        "london",
+        "parcel",
+        "late",
+        "support",
+        "email",
+        "phone",
+        "prefers",
+        "dark",
+        "mode",
+        "editor",
+        "budget",
+        "quarterly",
+        "report",
+        "meeting",
+        "monday",
+        "allergy",
+        "peanuts",
+        "birthday",
+        "july",
+        "spanish",
+        "answers",
+        "cats",
+    ];
+    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as usize
+    };
+    let n = 6 + next() % 7;
+    (0..n)
+        .map(|_| WORDS[next() % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An [`HnswIndex`] the benchmark keeps a handle on, to build its graph before measuring.
+#[derive(Debug, Clone)]
+struct SharedIndex(Arc<HnswIndex>);
+
+impl VectorIndex for SharedIndex {
+    fn insert(&self, key: u64, vector: Vector) {
+        self.0.insert(key, vector);
+    }
+    fn insert_many(&self, vectors: Vec<(u64, Vector)>) {
+        self.0.insert_many(vectors);
+    }
+    fn remove(&self, key: u64) {
+        self.0.remove(key);
+    }
+    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+        self.0.search(query, k, accept)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Search top-10 over a tenant of `n` memories on the memory backend, once by exact scan
+/// and once through the HNSW graph (its recall@10 measured against the exact results).
+async fn bench_search_scale(sizes: &Sizes, out: &mut Vec<Figure>) {
+    for &n in &sizes.search_scale {
+        let store = MemoryStore::new();
+        let exact = StateBase::with_config(
+            store.clone(),
+            Config {
+                vector_index: IndexFactory::new(|| {
+                    Box::new(HnswIndex::new(HnswConfig {
+                        exact_limit: usize::MAX,
+                        ..HnswConfig::default()
+                    }))
+                }),
+                ..Config::default()
+            },
+        );
+        let graph = SharedIndex(Arc::new(HnswIndex::new(HnswConfig {
+            exact_limit: 0,
+            ..HnswConfig::default()
+        })));
+        let handle = graph.clone();
+        let indexed = StateBase::with_config(
+            store,
+            Config {
+                vector_index: IndexFactory::new(move || Box::new(graph.clone())),
+                ..Config::default()
+            },
+        );
+        for i in 0..n {
+            let m = AddMemory {
+                user_id: Some("u".into()),
+                content: format!("{} (note {i})", sentence(i)),
+                ..AddMemory::default()
+            };
+            exact.add_memory(m).await.unwrap();
+        }
+        let query = |i: usize| SearchMemories {
+            threshold: Some(0.0),
+            ..SearchMemories::new(&sentence(1_000_000 + i))
+        };
+        // Load both tenants' indexes, then build the graph fully before timing.
+        exact.search_memories(query(0)).await.unwrap();
+        indexed.search_memories(query(0)).await.unwrap();
+        let built = Instant::now();
+        handle.0.rebuild_now();
+        let build_s = built.elapsed().as_secs_f64();
+        // Exact scans of 100k vectors take tens of milliseconds: a bounded number of queries.
+        let queries = (sizes.reads / 4).min(200);
+        let mut found = 0usize;
+        let mut relevant = 0usize;
+        for i in 0..queries {
+            let want: Vec<String> = exact
+                .search_memories(query(i))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect();
+            let got = indexed.search_memories(query(i)).await.unwrap();
+            relevant += want.len();
+            found += got.iter().filter(|h| want.contains(&h.id)).count();
+        }
+        let recall = found as f64 / relevant.max(1) as f64;
+        let e = sequential(sizes.rounds, queries, |i| {
+            let sb = exact.clone();
             async move {
-                let q = SearchMemories {
-                    session_id: Some(sid),
-                    threshold: Some(0.0),
-                    ..SearchMemories::new(&format!("topic {} item {}", i % 97, i % 13))
-                };
-                assert_eq!(sb.search_memories(q).await.unwrap().len(), 10);
+                assert_eq!(sb.search_memories(query(i)).await.unwrap().len(), 10);
             }
         })
         .await;
-        push(
-            &format!("search top-10 in a session of {n} memories"),
-            r,
-            None,
-        );
+        let g = sequential(sizes.rounds, queries, |i| {
+            let sb = indexed.clone();
+            async move {
+                assert_eq!(sb.search_memories(query(i)).await.unwrap().len(), 10);
+            }
+        })
+        .await;
+        let case = format!("search top-10 of {n}, exact scan");
+        out.push(Figure::rate("memory", case, e, None));
+        let case =
+            format!("search top-10 of {n}, HNSW: recall@10 {recall:.3}, built in {build_s:.0} s");
+        out.push(Figure::rate(
+            "memory",
+            case,
+            g,
+            Some(("exact scan".into(), e.0)),
+        ));
     }
+}
+
+/// Bytes on disk per version after `edits` one-key edits of a 10 KiB state, next to the
+/// size of one full snapshot of that state.
+async fn bench_storage<S: Store>(
+    backend: &'static str,
+    open: impl Fn() -> StateBase<S>,
+    size: impl Fn() -> u64,
+    edits: usize,
+    out: &mut Vec<Figure>,
+) {
+    let sb = open();
+    let state: serde_json::Map<String, serde_json::Value> = (0..100)
+        .map(|i| (format!("key_{i:03}"), json!("x".repeat(90))))
+        .collect();
+    let snapshot = serde_json::to_vec(&state).unwrap().len();
+    let s = sb
+        .create_session(CreateSession {
+            initial_state: Some(state.into()),
+            ..CreateSession::new("bench")
+        })
+        .await
+        .unwrap();
+    drop(sb);
+    let before = size();
+    let sb = open();
+    for i in 0..edits {
+        sb.merge_state(&s.id, StateWrite::new(json!({ "key_000": i })))
+            .await
+            .unwrap();
+    }
+    drop(sb);
+    let per_version = size().saturating_sub(before) as f64 / edits as f64;
+    out.push(Figure {
+        backend,
+        case: format!("disk per version, {edits} one-key edits of a 10 KiB state"),
+        unit: "bytes",
+        value: per_version,
+        p50_us: None,
+        p99_us: None,
+        baseline: Some(("one full snapshot".into(), snapshot as f64)),
+    });
+}
+
+/// The size of a SQLite file with its write-ahead log checkpointed into it.
+fn sqlite_bytes(file: &Path) -> u64 {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    std::fs::metadata(file).unwrap().len()
+}
+
+/// Total size of the files under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Builds one request of a load case.
@@ -362,14 +694,12 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
         c.get(format!("{url}/health/live"))
     })
     .await;
-    out.push(Figure {
-        backend: "http",
-        case: "GET /health/live (trivial JSON)".into(),
-        ops_per_sec: baseline.0,
-        p50_us: baseline.1,
-        p99_us: baseline.2,
-        baseline: None,
-    });
+    out.push(Figure::rate(
+        "http",
+        "GET /health/live (trivial JSON)",
+        baseline,
+        None,
+    ));
     let trivial = Some(("trivial JSON endpoint".to_owned(), baseline.0));
     let state_url = format!("{base}/v1/sessions/{}/state", s.id);
     let context_url = format!("{base}/v1/sessions/{}/context", s.id);
@@ -408,14 +738,8 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     for (name, request) in cases {
         let request = Arc::new(request);
         let r = http_load(sizes.rounds, 32, n, move |c| request(c)).await;
-        out.push(Figure {
-            backend: "http",
-            case: format!("{name}, 32 connections"),
-            ops_per_sec: r.0,
-            p50_us: r.1,
-            p99_us: r.2,
-            baseline: trivial.clone(),
-        });
+        let case = format!("{name}, 32 connections");
+        out.push(Figure::rate("http", case, r, trivial.clone()));
     }
 }
 
@@ -436,7 +760,10 @@ async fn main() {
             writes: 200,
             concurrent: 64,
             reads: 400,
-            memories: vec![1_000],
+            memories: 1_000,
+            turns: 1_000,
+            search_scale: vec![1_000, 10_000],
+            edits: 200,
         }
     } else {
         Sizes {
@@ -444,7 +771,10 @@ async fn main() {
             writes: 1_000,
             concurrent: 64,
             reads: 4_000,
-            memories: vec![1_000, 10_000],
+            memories: 10_000,
+            turns: 10_000,
+            search_scale: vec![1_000, 10_000, 100_000],
+            edits: 1_000,
         }
     };
     let dir = tempfile::tempdir().unwrap();
@@ -452,6 +782,19 @@ async fn main() {
     if runs("memory") {
         let sb = StateBase::new(MemoryStore::new());
         bench_backend("memory", sb, &sizes, None, &mut figures).await;
+    }
+    if runs("search") {
+        bench_search_scale(&sizes, &mut figures).await;
+    }
+    if runs("storage") {
+        let file = dir.path().join("storage.db");
+        let open = || StateBase::new(statebase_sqlite::SqliteStore::open(&file).unwrap());
+        let size = || sqlite_bytes(&file);
+        bench_storage("sqlite", open, size, sizes.edits, &mut figures).await;
+        let at = dir.path().join("storage.sled");
+        let open = || StateBase::new(statebase_sled::SledStore::open(&at).unwrap());
+        let size = || disk_bytes(&at);
+        bench_storage("sled", open, size, sizes.edits, &mut figures).await;
     }
     if runs("sqlite") {
         let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes);
@@ -476,11 +819,12 @@ async fn main() {
                 json!({
                     "backend": f.backend,
                     "case": f.case,
-                    "ops_per_sec": f.ops_per_sec,
+                    "unit": f.unit,
+                    "value": f.value,
                     "p50_us": f.p50_us,
                     "p99_us": f.p99_us,
-                    "baseline": f.baseline.as_ref().map(|(name, rate)| json!({
-                        "name": name, "ops_per_sec": rate, "ratio": f.ops_per_sec / rate,
+                    "baseline": f.baseline.as_ref().map(|(name, value)| json!({
+                        "name": name, "value": value, "ratio": f.value / value,
                     })),
                 })
             })
@@ -492,18 +836,24 @@ async fn main() {
         return;
     }
     println!(
-        "{:<8} {:<44} {:>10} {:>9} {:>9}  baseline (ops/s, ratio)",
-        "backend", "case", "ops/s", "p50 µs", "p99 µs"
+        "{:<8} {:<58} {:>16} {:>9} {:>9}  baseline (same unit), ratio",
+        "backend", "case", "value", "p50 µs", "p99 µs"
     );
+    let micros = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     for f in &figures {
         let baseline = f
             .baseline
             .as_ref()
-            .map(|(name, rate)| format!("{name}: {rate:.0}/s, {:.2}x", f.ops_per_sec / rate))
+            .map(|(name, v)| format!("{name}: {v:.0}, {:.2}x", f.value / v))
             .unwrap_or_default();
         println!(
-            "{:<8} {:<44} {:>10.0} {:>9.1} {:>9.1}  {baseline}",
-            f.backend, f.case, f.ops_per_sec, f.p50_us, f.p99_us
+            "{:<8} {:<58} {:>10.0} {:<5} {:>9} {:>9}  {baseline}",
+            f.backend,
+            f.case,
+            f.value,
+            f.unit,
+            micros(f.p50_us),
+            micros(f.p99_us)
         );
     }
 }

@@ -8,7 +8,7 @@ use crate::model::{MemoryRevision, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -45,6 +45,10 @@ struct Inner {
     dedupe: HashMap<Key, String>,
     /// Keys in creation order.
     api_keys: Vec<ApiKey>,
+    /// (tenant, trace id) in commit order: position n is at index n - 1.
+    feed: Vec<Key>,
+    /// (space, key) -> value
+    meta: BTreeMap<Key, Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -116,6 +120,7 @@ impl Inner {
     fn insert_trace(&mut self, tenant: &str, trace: Trace) {
         self.trace_order
             .insert((tenant.to_owned(), trace.timestamp, trace.id.clone()));
+        self.feed.push(key(tenant, &trace.id));
         self.traces.insert(key(tenant, &trace.id), trace);
     }
 
@@ -531,5 +536,58 @@ impl Store for MemoryStore {
                 .cloned()
                 .collect(),
         )
+    }
+
+    async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        let inner = self.inner.lock();
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(inner
+            .feed
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(limit)
+            .filter_map(|(i, k)| {
+                Some(FeedEntry {
+                    position: i as u64 + 1,
+                    tenant: k.0.clone(),
+                    trace: inner.traces.get(k)?.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.lock().meta.get(&self::key(space, key)).cloned())
+    }
+
+    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
+        let mut inner = self.inner.lock();
+        for (k, value) in writes {
+            match value {
+                Some(v) => inner.meta.insert((space.to_owned(), k), v),
+                None => inner.meta.remove(&(space.to_owned(), k)),
+            };
+        }
+        Ok(())
+    }
+
+    async fn scan_meta(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let inner = self.inner.lock();
+        let from = key(space, after.filter(|a| *a > prefix).unwrap_or(prefix));
+        Ok(inner
+            .meta
+            .range(from..)
+            .filter(|((_, k), _)| Some(k.as_str()) != after)
+            .take_while(|((s, k), _)| s == space && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
     }
 }

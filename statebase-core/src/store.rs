@@ -264,6 +264,17 @@ impl TraceQuery {
     }
 }
 
+/// A trace with its place in the commit order of every tenant's traces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEntry {
+    /// Grows with commit order; never reused.
+    pub position: u64,
+    /// The tenant the trace belongs to.
+    pub tenant: String,
+    /// The trace.
+    pub trace: Trace,
+}
+
 /// Storage for sessions, their state versions and their audit traces.
 ///
 /// Contract for every implementation:
@@ -401,6 +412,29 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Traces matching the query, newest first, at most `query.limit`.
     async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+
+    /// Every tenant's traces in commit order, those after `position`, at most `limit`. A
+    /// trace is written in the same transaction as its change, so this is an outbox: a
+    /// reader that remembers the last position it handled misses nothing and, after a
+    /// crash, resumes where it stopped.
+    async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
+
+    /// A record of the server's own bookkeeping (webhook endpoints, deliveries, cursors):
+    /// the value under `key` in `space`, or `None`.
+    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Writes (`Some`) or deletes (`None`) records of `space`, all or none.
+    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
+
+    /// Records of `space` whose keys start with `prefix` and sort after `after`, by key, at
+    /// most `limit`.
+    async fn scan_meta(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
 /// Calls `$callback!` with every `Store` method's signature, so that the forwarding and
@@ -433,6 +467,10 @@ macro_rules! store_methods {
             fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
             fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
             fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+            fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
+            fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
+            fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
+            fn scan_meta(&self, space: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;
         }
     };
 }

@@ -17,6 +17,8 @@
 //! - `U` str(tenant) turn id → `u64`(turn number) session id
 //! - `K` key id → API key (JSON)
 //! - `H` key hash → key id
+//! - `P` → the last trace feed position given out (`u64`)
+//! - `Q` str(space) key → a record of the server's own (webhooks, deliveries, cursors)
 //!
 //! `log` (ordered per owner):
 //! - `V` str(tenant) str(session) `u64`(version) → time(created) body
@@ -36,6 +38,7 @@
 //! - `t` str(tenant) time(timestamp) id — traces
 //! - `x` str(tenant) str(session) time(timestamp) id — traces by session
 //! - `c` str(tenant) str(action) time(timestamp) id — traces by action
+//! - `p` `u64`(position) str(tenant) id — every tenant's traces in commit order
 
 //!
 //! A list walks the most selective index its filters allow (agent or user for sessions;

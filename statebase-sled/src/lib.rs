@@ -313,4 +313,26 @@ impl Store for SledStore {
     async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
         self.trees.list_traces(tenant, query)
     }
+
+    async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        self.trees.trace_feed(after, limit)
+    }
+
+    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.trees.get_meta(space, key)
+    }
+
+    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
+        self.durable(self.trees.put_meta(space, &writes)).await
+    }
+
+    async fn scan_meta(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.trees.scan_meta(space, prefix, after, limit)
+    }
 }

@@ -111,6 +111,9 @@ fn dedupe_key(tenant: &str, key: &str) -> Vec<u8> {
     Key::new(b'D').str(tenant).raw(key).done()
 }
 
+/// The last feed position given out.
+const FEED_COUNTER: &[u8] = b"P";
+
 fn trace_key(tenant: &str, id: &str) -> Vec<u8> {
     Key::new(b'T').str(tenant).raw(id).done()
 }
@@ -881,6 +884,72 @@ impl Trees {
             .transpose()
     }
 
+    pub fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        let from = Key::new(b'p').num(after.saturating_add(1)).done();
+        let to = Key::new(b'q').done();
+        let mut out = Vec::new();
+        for entry in self.index.range(from..to) {
+            if out.len() == limit {
+                break;
+            }
+            let (key, _) = entry.map_err(storage)?;
+            let (position, tenant, id) =
+                feed_key_parts(&key).ok_or_else(|| Error::backend("a malformed feed key"))?;
+            if let Some(trace) = self.trace(&tenant, &id)? {
+                out.push(FeedEntry {
+                    position,
+                    tenant,
+                    trace,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- the server's records -----
+
+    pub fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .records
+            .get(meta_key(space, key))
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn put_meta(&self, space: &str, writes: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        self.transact(|r, _, _| {
+            for (key, value) in writes {
+                match value {
+                    Some(v) => r.insert(meta_key(space, key), v.as_slice())?,
+                    None => r.remove(meta_key(space, key))?,
+                };
+            }
+            Ok(())
+        })
+    }
+
+    pub fn scan_meta(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let space_len = Key::new(b'Q').str(space).done().len();
+        let mut out = Vec::new();
+        for entry in self.records.scan_prefix(meta_key(space, prefix)) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = entry.map_err(storage)?;
+            let key = String::from_utf8(k[space_len..].to_vec()).map_err(storage)?;
+            if after.is_none_or(|a| key.as_str() > a) {
+                out.push((key, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_traces(&self, tenant: &str, q: &TraceQuery) -> Result<Vec<Trace>> {
         let prefix = match (&q.session_id, &q.action) {
             (Some(s), _) => Key::new(b'x').str(tenant).str(s).done(),
@@ -900,6 +969,19 @@ impl Trees {
             Ok(q.matches(&t).then_some(t))
         })
     }
+}
+
+fn meta_key(space: &str, key: &str) -> Vec<u8> {
+    Key::new(b'Q').str(space).raw(key).done()
+}
+
+/// (position, tenant, trace id) of a `p` index key.
+fn feed_key_parts(key: &[u8]) -> Option<(u64, String, String)> {
+    let position = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let len = u32::from_be_bytes(key.get(9..13)?.try_into().ok()?) as usize;
+    let tenant = String::from_utf8(key.get(13..13 + len)?.to_vec()).ok()?;
+    let id = String::from_utf8(key.get(13 + len..)?.to_vec()).ok()?;
+    Some((position, tenant, id))
 }
 
 fn not_found(kind: ResourceKind, id: &str) -> Error {
@@ -970,6 +1052,19 @@ fn put_trace(
 ) -> TxResult<()> {
     let value = to_json(t).map_err(abort_now)?;
     r.insert(trace_key(tenant, &t.id), value)?;
+    // Every trace-writing transaction reads and writes the feed counter, so they conflict
+    // and commit one at a time: positions follow commit order.
+    let position = r
+        .get(FEED_COUNTER)?
+        .as_deref()
+        .and_then(trailing_num)
+        .unwrap_or(0)
+        + 1;
+    r.insert(FEED_COUNTER, &position.to_be_bytes())?;
+    i.insert(
+        Key::new(b'p').num(position).str(tenant).raw(&t.id).done(),
+        &[],
+    )?;
     for k in trace_index(tenant, t) {
         i.insert(k, &[])?;
     }

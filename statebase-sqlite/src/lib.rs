@@ -367,4 +367,34 @@ impl Store for SqliteStore {
             .read(move |c| sql::list_traces(c, &tenant, &query))
             .await?)
     }
+
+    async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        Ok(self.read(move |c| sql::trace_feed(c, after, limit)).await?)
+    }
+
+    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let (space, key) = (space.to_owned(), key.to_owned());
+        Ok(self.read(move |c| sql::get_meta(c, &space, &key)).await?)
+    }
+
+    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
+        let space = space.to_owned();
+        Ok(self
+            .write(move |c| sql::put_meta(c, &space, &writes))
+            .await?)
+    }
+
+    async fn scan_meta(
+        &self,
+        space: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let (space, prefix) = (space.to_owned(), prefix.to_owned());
+        let after = after.map(str::to_owned);
+        Ok(self
+            .read(move |c| sql::scan_meta(c, &space, &prefix, after.as_deref(), limit))
+            .await?)
+    }
 }

@@ -123,6 +123,19 @@ CREATE TABLE api_keys (
 ) STRICT;
 CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at, id);
 "#,
+    // The commit order of traces (the webhook outbox), explicit so that VACUUM keeps it;
+    // the server's own records.
+    r#"
+ALTER TABLE traces ADD COLUMN position INTEGER;
+UPDATE traces SET position = rowid;
+CREATE UNIQUE INDEX traces_by_position ON traces (position);
+CREATE TABLE meta (
+    space  TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  BLOB NOT NULL,
+    PRIMARY KEY (space, key)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this code writes.

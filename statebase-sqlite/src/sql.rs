@@ -403,7 +403,8 @@ fn read_trace(r: &Row<'_>) -> Res<Trace> {
 
 fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO traces (tenant, {TRACE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, (SELECT coalesce(max(position), 0) + 1 FROM traces))"
     ))?
     .execute(params![
         tenant,
@@ -425,6 +426,68 @@ pub fn trace(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Trace>> {
         &format!("SELECT {TRACE_COLUMNS} FROM traces WHERE tenant = ?1 AND id = ?2"),
         params![tenant, id],
         read_trace,
+    )
+}
+
+pub fn trace_feed(conn: &Connection, after: u64, limit: usize) -> Res<Vec<FeedEntry>> {
+    collect(
+        conn,
+        &format!(
+            "SELECT {TRACE_COLUMNS}, position, tenant FROM traces \
+             WHERE position > ?1 ORDER BY position LIMIT ?2"
+        ),
+        params![int(after)?, limit as i64],
+        |r| {
+            Ok(FeedEntry {
+                trace: read_trace(r)?,
+                position: uint(r.get(8)?)?,
+                tenant: r.get(9)?,
+            })
+        },
+    )
+}
+
+// ----- the server's records -----
+
+pub fn get_meta(conn: &Connection, space: &str, key: &str) -> Res<Option<Vec<u8>>> {
+    first(
+        conn,
+        "SELECT value FROM meta WHERE space = ?1 AND key = ?2",
+        params![space, key],
+        |r| Ok(r.get(0)?),
+    )
+}
+
+pub fn put_meta(conn: &Connection, space: &str, writes: &[(String, Option<Vec<u8>>)]) -> Res<()> {
+    for (key, value) in writes {
+        match value {
+            Some(v) => conn
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meta (space, key, value) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![space, key, v])?,
+            None => conn
+                .prepare_cached("DELETE FROM meta WHERE space = ?1 AND key = ?2")?
+                .execute(params![space, key])?,
+        };
+    }
+    Ok(())
+}
+
+pub fn scan_meta(
+    conn: &Connection,
+    space: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Res<Vec<(String, Vec<u8>)>> {
+    // `key >= prefix` and a prefix test on the keys that follow: the primary key serves it.
+    collect(
+        conn,
+        "SELECT key, value FROM meta WHERE space = ?1 AND key >= ?2 AND key > ?3 \
+         AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?4",
+        params![space, prefix, after.unwrap_or(""), limit as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
 }
 

@@ -155,6 +155,8 @@ macro_rules! conformance_suite {
             concurrent_expected_version_has_one_winner,
             concurrent_updates_lose_nothing,
             reopen_keeps_every_acknowledged_write,
+            trace_feed_is_every_trace_in_commit_order,
+            meta_records_round_trip,
         );
         $crate::conformance_suite!(@cases $factory; agent_cases;
             turns_are_numbered_and_keep_their_input,
