@@ -17,6 +17,10 @@ pub enum ResourceKind {
     Memory,
     /// An API key.
     ApiKey,
+    /// A webhook endpoint.
+    Webhook,
+    /// A webhook event (of one endpoint's deliveries).
+    Event,
 }
 
 impl ResourceKind {
@@ -29,6 +33,8 @@ impl ResourceKind {
             ResourceKind::Turn => "turn_not_found",
             ResourceKind::Memory => "memory_not_found",
             ResourceKind::ApiKey => "key_not_found",
+            ResourceKind::Webhook => "webhook_not_found",
+            ResourceKind::Event => "event_not_found",
         }
     }
 }
@@ -42,6 +48,8 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Turn => "turn",
             ResourceKind::Memory => "memory",
             ResourceKind::ApiKey => "API key",
+            ResourceKind::Webhook => "webhook",
+            ResourceKind::Event => "event",
         })
     }
 }
@@ -116,7 +124,8 @@ impl Error {
         Error::Backend(err.into())
     }
 
-    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    /// Bad input in `param`.
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidInput {
             param,
             message: message.into(),
@@ -130,7 +139,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn not_found(kind: ResourceKind, id: &str) -> Self {
+    /// No such record.
+    pub fn not_found(kind: ResourceKind, id: &str) -> Self {
         Error::NotFound {
             kind,
             id: id.to_owned(),

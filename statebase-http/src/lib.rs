@@ -11,6 +11,7 @@ mod extract;
 mod idempotency;
 mod observe;
 mod routes;
+pub mod webhooks;
 mod wire;
 
 pub use auth::{KeyCache, RateLimiter};
@@ -118,6 +119,13 @@ pub fn router(state: AppState) -> Router {
         .route("/traces", get(list_traces))
         .route("/traces/{id}", get(get_trace))
         .route("/traces/sessions/{id}/traces", get(session_traces))
+        .route("/webhooks", post(create_webhook).get(list_webhooks))
+        .route("/webhooks/{id}", axum::routing::delete(delete_webhook))
+        .route("/webhooks/{id}/deliveries", get(webhook_deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{event_id}/retry",
+            post(retry_delivery),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.idempotency.clone(),

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use statebase_core::{StateBase, Store};
-use statebase_http::{router, AppState};
+use statebase_http::{router, webhooks, AppState};
 use std::sync::Arc;
 
 // Many small allocations from many threads: mimalloc serves them with less contention than
@@ -40,6 +40,20 @@ enum Command {
         /// The most requests a key may make at once before the per-minute rate applies.
         #[arg(long, default_value_t = 200)]
         burst: u32,
+        /// Seconds between two sweeps of expired sessions.
+        #[arg(long, default_value_t = 60)]
+        sweep_interval: u64,
+        /// Milliseconds between two rounds of webhook deliveries.
+        #[arg(long, default_value_t = 500)]
+        webhook_interval_ms: u64,
+    },
+    /// Manage webhook endpoints in the database.
+    Webhooks {
+        /// `sqlite:PATH` or `sled:DIR`.
+        #[arg(long, default_value = "sqlite:./statebase.db")]
+        db: String,
+        #[command(subcommand)]
+        action: WebhookAction,
     },
     /// Manage API keys in the database.
     Keys {
@@ -74,6 +88,39 @@ enum KeyAction {
     /// Revoke a key by id.
     Revoke {
         /// The key id (`key_…`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// Add an endpoint and print it with its signing secret.
+    Create {
+        /// The tenant whose events it receives.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Where events are POSTed.
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// The signing secret (default: a new `whsec_…`).
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// List endpoints.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete an endpoint.
+    Delete {
+        /// Its tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The endpoint id (`wh_…`).
         id: String,
     },
 }
@@ -120,6 +167,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             api_keys,
             rate_limit,
             burst,
+            sweep_interval,
+            webhook_interval_ms,
         } => {
             let state = AppState::new(open(&db)?, rate_limit, burst);
             let sb = &state.sb;
@@ -136,10 +185,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
+            let every = std::time::Duration::from_millis(webhook_interval_ms.max(10));
+            let dispatcher = webhooks::Dispatcher::new(state.sb.clone()).spawn(every);
+            let every = std::time::Duration::from_secs(sweep_interval.max(1));
+            let sweeper = webhooks::spawn_sweeper(state.sb.clone(), every);
             let app = router(state.clone());
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown())
                 .await?;
+            // What they have not finished stays owed in the store for the next start.
+            dispatcher.abort();
+            sweeper.abort();
+        }
+        Command::Webhooks { db, action } => {
+            let sb = StateBase::new(open(&db)?);
+            match action {
+                WebhookAction::Create {
+                    tenant,
+                    url,
+                    events,
+                    secret,
+                } => {
+                    let e = webhooks::create(&sb, &tenant, &url, events, secret).await?;
+                    println!("{} {} {} {}", e.id, e.tenant, e.url, e.secret);
+                }
+                WebhookAction::List { tenant } => {
+                    for e in webhooks::list(&sb, tenant.as_deref()).await? {
+                        let events = if e.events.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            e.events.join(",")
+                        };
+                        println!("{} {} {} {events}", e.id, e.tenant, e.url);
+                    }
+                }
+                WebhookAction::Delete { tenant, id } => {
+                    webhooks::delete(&sb, &tenant, &id).await?;
+                    println!("deleted {id}");
+                }
+            }
         }
         Command::Keys { db, action } => {
             let sb = StateBase::new(open(&db)?);

@@ -3,7 +3,7 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{Body, Query};
-use crate::{wire, AppState};
+use crate::{webhooks, wire, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -850,4 +850,60 @@ pub async fn root() -> Reply {
         "api": "/v1",
         "health": "/health",
     }))
+}
+
+// ----- webhooks (an extension: the hosted service configures them in its dashboard) -----
+
+#[derive(Deserialize)]
+pub struct WebhookBody {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+    secret: Option<String>,
+}
+
+pub async fn create_webhook(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<WebhookBody>,
+) -> Reply {
+    let e = webhooks::create(&app.sb, &caller.key.tenant, &b.url, b.events, b.secret).await?;
+    created(e.to_json())
+}
+
+pub async fn list_webhooks(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Reply {
+    let all = webhooks::list(&app.sb, Some(&caller.key.tenant)).await?;
+    let data: Vec<Value> = all.iter().map(webhooks::Endpoint::to_json).collect();
+    ok(json!({"object": "list", "data": data, "has_more": false}))
+}
+
+pub async fn delete_webhook(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    webhooks::delete(&app.sb, &caller.key.tenant, &id).await?;
+    no_content()
+}
+
+pub async fn webhook_deliveries(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply {
+    let all = webhooks::deliveries(&app.sb, &caller.key.tenant, &id).await?;
+    let data: Vec<Value> = all.iter().map(webhooks::Delivery::to_json).collect();
+    ok(json!({"object": "list", "data": data, "has_more": false}))
+}
+
+pub async fn retry_delivery(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, event_id)): Path<(String, String)>,
+) -> Reply {
+    let d = webhooks::redeliver(&app.sb, &caller.key.tenant, &id, &event_id).await?;
+    ok(d.to_json())
 }

@@ -1,0 +1,503 @@
+//! Webhooks: endpoints per tenant, events read from the store's trace feed (written in the
+//! same transaction as each change, so none is lost to a crash), and a dispatcher that
+//! signs and delivers them at least once, in order per session, retrying with backoff.
+//!
+//! Everything it keeps is in the store's `webhooks` meta space:
+//! - `endpoint/{tenant}/{id}`: an endpoint;
+//! - `pending/{endpoint}/{position}` and `done/{endpoint}/{position}`: one delivery of one
+//!   event to one endpoint, while it is owed and once it is delivered or given up;
+//! - `cursor`: the last feed position turned into deliveries (written with them).
+
+use crate::wire;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use statebase_core::store::FeedEntry;
+use statebase_core::{action, Error, ResourceKind, Result, StateBase, Store};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+const SPACE: &str = "webhooks";
+const CURSOR: &str = "cursor";
+/// Events an endpoint can ask for.
+pub const EVENTS: [&str; 7] = [
+    "session.created",
+    "session.updated",
+    "session.deleted",
+    "session.expired",
+    "turn.added",
+    "memory.created",
+    "state.rolled_back",
+];
+/// How long a failing delivery is retried before it is given up.
+const RETRY_WINDOW: Duration = Duration::hours(24);
+/// The longest wait between two attempts.
+const MAX_BACKOFF_SECONDS: i64 = 3600;
+
+type Sb = StateBase<Arc<dyn Store>>;
+
+/// A webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `wh_` + 12 random characters.
+    pub id: String,
+    /// The tenant whose events it receives.
+    pub tenant: String,
+    /// Where events are POSTed (`http` or `https`).
+    pub url: String,
+    /// The event types it receives; empty means all.
+    pub events: Vec<String>,
+    /// The HMAC key of its signatures, `whsec_…`.
+    pub secret: String,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Endpoint {
+    fn wants(&self, event_type: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event_type || e == "*")
+    }
+
+    /// The API shape.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "object": "webhook_endpoint",
+            "id": self.id,
+            "url": self.url,
+            "events": self.events,
+            "secret": self.secret,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+/// One event owed to (or delivered to) one endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The event body, exactly as it is sent.
+    pub event: Value,
+    /// The session the event concerns: events of a session go out in order.
+    pub session_id: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the first attempt was made.
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: DateTime<Utc>,
+    /// The HTTP status of the last attempt, if it got one.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    /// The API shape.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "object": "webhook_delivery",
+            "event_id": self.event["id"],
+            "type": self.event["type"],
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": (self.status == "pending").then_some(self.next_attempt_at),
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "delivered_at": self.delivered_at,
+            "event": self.event,
+        })
+    }
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    hex(&buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, keyed with the whole secret.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any size");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("t={timestamp},v1={}", hex(&mac.finalize().into_bytes()))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(Error::backend)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(Error::backend)
+}
+
+/// Every record of the space under `prefix`.
+async fn scan(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let page = store
+            .scan_meta(SPACE, prefix, after.as_deref(), 500)
+            .await?;
+        let done = page.len() < 500;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Makes an endpoint of `tenant`.
+pub async fn create(
+    sb: &Sb,
+    tenant: &str,
+    url: &str,
+    events: Vec<String>,
+    secret: Option<String>,
+) -> Result<Endpoint> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid("url", e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(Error::invalid("url", "must be an http or https URL"));
+    }
+    if let Some(bad) = events
+        .iter()
+        .find(|e| *e != "*" && !EVENTS.contains(&e.as_str()))
+    {
+        return Err(Error::invalid(
+            "events",
+            format!("unknown event {bad:?}; known: {}", EVENTS.join(", ")),
+        ));
+    }
+    let secret = match secret {
+        Some(s) if s.len() < 16 => {
+            return Err(Error::invalid("secret", "must be at least 16 characters"))
+        }
+        Some(s) => s,
+        None => format!("whsec_{}", random_token(24)),
+    };
+    let endpoint = Endpoint {
+        id: format!("wh_{}", &random_token(6)),
+        tenant: tenant.to_owned(),
+        url: url.to_owned(),
+        events,
+        secret,
+        created_at: Utc::now(),
+    };
+    let key = format!("endpoint/{tenant}/{}", endpoint.id);
+    sb.store()
+        .put_meta(SPACE, vec![(key, Some(encode(&endpoint)?))])
+        .await?;
+    Ok(endpoint)
+}
+
+/// The endpoints of `tenant`, or of every tenant.
+pub async fn list(sb: &Sb, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
+    let prefix = match tenant {
+        Some(t) => format!("endpoint/{t}/"),
+        None => "endpoint/".to_owned(),
+    };
+    let mut out: Vec<Endpoint> = Vec::new();
+    for (_, v) in scan(sb.store().as_ref(), &prefix).await? {
+        out.push(decode(&v)?);
+    }
+    out.sort_by_key(|e| e.created_at);
+    Ok(out)
+}
+
+async fn get(sb: &Sb, tenant: &str, id: &str) -> Result<Endpoint> {
+    let key = format!("endpoint/{tenant}/{id}");
+    match sb.store().get_meta(SPACE, &key).await? {
+        Some(v) => decode(&v),
+        None => Err(Error::not_found(ResourceKind::Webhook, id)),
+    }
+}
+
+/// Deletes an endpoint of `tenant` and what it was still owed.
+pub async fn delete(sb: &Sb, tenant: &str, id: &str) -> Result<()> {
+    get(sb, tenant, id).await?;
+    let mut writes = vec![(format!("endpoint/{tenant}/{id}"), None)];
+    for (k, _) in scan(sb.store().as_ref(), &format!("pending/{id}/")).await? {
+        writes.push((k, None));
+    }
+    sb.store().put_meta(SPACE, writes).await
+}
+
+/// An endpoint's deliveries, newest event first.
+pub async fn deliveries(sb: &Sb, tenant: &str, id: &str) -> Result<Vec<Delivery>> {
+    get(sb, tenant, id).await?;
+    let store = sb.store().as_ref();
+    let mut rows = scan(store, &format!("pending/{id}/")).await?;
+    rows.extend(scan(store, &format!("done/{id}/")).await?);
+    // Keys end in the zero-padded feed position: newest first by that.
+    rows.sort_by(|a, b| b.0.rsplit('/').next().cmp(&a.0.rsplit('/').next()));
+    rows.iter().map(|(_, v)| decode(v)).collect()
+}
+
+/// Owes the event `event_id` to the endpoint again, now, whatever became of it.
+pub async fn redeliver(sb: &Sb, tenant: &str, id: &str, event_id: &str) -> Result<Delivery> {
+    get(sb, tenant, id).await?;
+    let store = sb.store().as_ref();
+    for (key, v) in scan(store, &format!("done/{id}/")).await? {
+        let mut d: Delivery = decode(&v)?;
+        if d.event["id"] != event_id {
+            continue;
+        }
+        d.status = "pending".into();
+        d.attempts = 0;
+        d.first_attempt_at = None;
+        d.next_attempt_at = Utc::now();
+        d.delivered_at = None;
+        let pending = key.replacen("done/", "pending/", 1);
+        store
+            .put_meta(SPACE, vec![(key, None), (pending, Some(encode(&d)?))])
+            .await?;
+        return Ok(d);
+    }
+    Err(Error::not_found(ResourceKind::Event, event_id))
+}
+
+/// The webhook event type of a trace's action, if it has one.
+fn event_type(trace_action: &str) -> Option<&'static str> {
+    Some(match trace_action {
+        action::SESSION_CREATED | action::SESSION_FORKED => "session.created",
+        action::SESSION_UPDATED | action::STATE_UPDATED => "session.updated",
+        action::SESSION_DELETED => "session.deleted",
+        action::SESSION_EXPIRED => "session.expired",
+        action::STATE_ROLLED_BACK => "state.rolled_back",
+        action::TURN_ADDED => "turn.added",
+        action::MEMORY_CREATED => "memory.created",
+        _ => return None,
+    })
+}
+
+/// The resource as the API returns it, read now; a gone resource is its id and the trace's
+/// details.
+async fn resource(sb: &Sb, entry: &FeedEntry) -> Value {
+    let t = &entry.trace;
+    let sb = sb.tenant(&entry.tenant);
+    let found = match t.resource_type.as_str() {
+        "session" => sb
+            .get_session(&t.resource_id)
+            .await
+            .map(|s| wire::session(&s)),
+        "turn" => match &t.session_id {
+            Some(s) => sb.get_turn(s, &t.resource_id).await.map(|x| wire::turn(&x)),
+            None => Err(Error::not_found(ResourceKind::Turn, &t.resource_id)),
+        },
+        "memory" => sb
+            .get_memory(&t.resource_id)
+            .await
+            .map(|m| wire::memory(&m)),
+        _ => Err(Error::not_found(ResourceKind::Trace, &t.id)),
+    };
+    found.unwrap_or_else(|_| {
+        json!({
+            "object": t.resource_type,
+            "id": t.resource_id,
+            "session_id": t.session_id,
+            "deleted": true,
+            "details": t.details,
+        })
+    })
+}
+
+/// Delivers events: turns the feed into deliveries and sends what is due.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    sb: Sb,
+    http: reqwest::Client,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the server's statebase.
+    pub fn new(sb: Sb) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a default HTTP client builds");
+        Self { sb, http }
+    }
+
+    /// Runs [`Dispatcher::step`] every `interval`, forever.
+    pub fn spawn(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = self.step().await {
+                    tracing::warn!(error = %e, "webhook dispatch failed; retrying");
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    /// One round: plan deliveries for new events, then make every due attempt.
+    pub async fn step(&self) -> Result<()> {
+        while self.plan().await? {}
+        self.deliver_due().await
+    }
+
+    /// Turns the next feed entries into deliveries; true if there may be more.
+    async fn plan(&self) -> Result<bool> {
+        let store = self.sb.store();
+        let cursor: u64 = match store.get_meta(SPACE, CURSOR).await? {
+            Some(v) => decode(&v)?,
+            None => 0,
+        };
+        let feed = store.trace_feed(cursor, 200).await?;
+        let Some(last) = feed.last().map(|e| e.position) else {
+            return Ok(false);
+        };
+        let mut writes = Vec::new();
+        let mut endpoints: Option<Vec<Endpoint>> = None;
+        for entry in &feed {
+            let Some(kind) = event_type(&entry.trace.action) else {
+                continue;
+            };
+            let all = match &endpoints {
+                Some(all) => all,
+                None => endpoints.insert(list(&self.sb, None).await?),
+            };
+            let targets: Vec<&Endpoint> = all
+                .iter()
+                .filter(|e| e.tenant == entry.tenant && e.wants(kind))
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let t = &entry.trace;
+            let event = json!({
+                "id": format!("evt_{}", t.id.trim_start_matches("trace_")),
+                "object": "event",
+                "type": kind,
+                "created_at": t.timestamp,
+                "data": resource(&self.sb, entry).await,
+            });
+            for e in targets {
+                let d = Delivery {
+                    event: event.clone(),
+                    session_id: t.session_id.clone(),
+                    status: "pending".into(),
+                    attempts: 0,
+                    first_attempt_at: None,
+                    next_attempt_at: Utc::now(),
+                    last_status: None,
+                    last_error: None,
+                    delivered_at: None,
+                };
+                let key = format!("pending/{}/{:020}", e.id, entry.position);
+                writes.push((key, Some(encode(&d)?)));
+            }
+        }
+        writes.push((CURSOR.to_owned(), Some(encode(&last)?)));
+        store.put_meta(SPACE, writes).await?;
+        Ok(feed.len() == 200)
+    }
+
+    /// Attempts the first owed event of each (endpoint, session) that is due, all at once.
+    async fn deliver_due(&self) -> Result<()> {
+        let pending = scan(self.sb.store().as_ref(), "pending/").await?;
+        let endpoints = list(&self.sb, None).await?;
+        let now = Utc::now();
+        let mut heads = HashSet::new();
+        let mut attempts = tokio::task::JoinSet::new();
+        // Keys sort by endpoint, then position: the first of each session is its oldest.
+        for (key, v) in pending {
+            let d: Delivery = decode(&v)?;
+            let endpoint_id = key.split('/').nth(1).unwrap_or_default().to_owned();
+            if !heads.insert((endpoint_id.clone(), d.session_id.clone())) || d.next_attempt_at > now
+            {
+                continue;
+            }
+            let Some(endpoint) = endpoints.iter().find(|e| e.id == endpoint_id).cloned() else {
+                self.sb.store().put_meta(SPACE, vec![(key, None)]).await?;
+                continue;
+            };
+            let this = self.clone();
+            attempts.spawn(async move { this.attempt(&endpoint, key, d).await });
+        }
+        while let Some(done) = attempts.join_next().await {
+            done.map_err(Error::backend)??;
+        }
+        Ok(())
+    }
+
+    /// One attempt, and its outcome recorded.
+    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<()> {
+        let body = encode(&d.event)?;
+        let now = Utc::now();
+        let result = self
+            .http
+            .post(&endpoint.url)
+            .header("content-type", "application/json")
+            .header("user-agent", "statebase-webhooks")
+            .header(
+                "x-statebase-signature",
+                signature(&endpoint.secret, now.timestamp(), &body),
+            )
+            .header("x-statebase-event-id", d.event["id"].as_str().unwrap_or(""))
+            .header(
+                "x-statebase-event-type",
+                d.event["type"].as_str().unwrap_or(""),
+            )
+            .body(body)
+            .send()
+            .await;
+        d.attempts += 1;
+        let first = *d.first_attempt_at.get_or_insert(now);
+        let (ok, status, error) = match result {
+            Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
+            Ok(r) => (
+                false,
+                Some(r.status().as_u16()),
+                Some(format!("HTTP {}", r.status())),
+            ),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        d.last_status = status;
+        d.last_error = error;
+        let done_key = key.replacen("pending/", "done/", 1);
+        let writes = if ok {
+            d.status = "delivered".into();
+            d.delivered_at = Some(now);
+            vec![(key, None), (done_key, Some(encode(&d)?))]
+        } else if now - first >= RETRY_WINDOW {
+            d.status = "failed".into();
+            vec![(key, None), (done_key, Some(encode(&d)?))]
+        } else {
+            let wait = 1i64
+                .checked_shl(d.attempts.saturating_sub(1).min(30))
+                .unwrap_or(i64::MAX)
+                .min(MAX_BACKOFF_SECONDS);
+            d.next_attempt_at = now + Duration::seconds(wait);
+            vec![(key, Some(encode(&d)?))]
+        };
+        self.sb.store().put_meta(SPACE, writes).await
+    }
+}
+
+/// Deletes expired sessions every `interval` (each emits `session.expired`), forever.
+pub fn spawn_sweeper(sb: Sb, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            match sb.sweep_expired().await {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(count = gone.len(), "expired sessions deleted")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "TTL sweep failed; retrying"),
+            }
+        }
+    })
+}

@@ -1,0 +1,473 @@
+//! Webhooks against real receivers on loopback: signed events of each tenant's changes,
+//! retried until received, kept across a killed server, and one `session.expired` per
+//! expired session.
+
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use statebase_core::Store;
+use statebase_http::{router, webhooks, AppState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEY_A: &str = "sb_tenantakeytenantakey0001";
+const KEY_B: &str = "sb_tenantbkeytenantbkey0001";
+
+/// What a receiver got: the signature header, the event id header and the raw body.
+type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback that answers 500 to its first `fail_first` requests.
+async fn receiver(fail_first: usize) -> (String, Received) {
+    receiver_at("127.0.0.1:0", fail_first).await
+}
+
+/// [`receiver`] on a given address.
+async fn receiver_at(addr: &str, fail_first: usize) -> (String, Received) {
+    let got: Received = Arc::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (store, calls) = (store.clone(), calls.clone());
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) < fail_first {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let header = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                store.lock().push((
+                    header("x-statebase-signature"),
+                    header("x-statebase-event-id"),
+                    body.to_vec(),
+                ));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+/// Checks `t=…,v1=…` the way a receiver would, with nothing from statebase.
+fn verifies(secret: &str, header: &str, body: &[u8]) -> bool {
+    let Some((t, v1)) = header
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    want == v1
+}
+
+fn events(got: &Received) -> Vec<Value> {
+    got.lock()
+        .iter()
+        .map(|(_, _, body)| serde_json::from_slice(body).unwrap())
+        .collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A server over a SQLite file with its dispatcher every 50 ms and a sweep every second.
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("hooks.db")).unwrap());
+    let state = AppState::new(store, 10_000, 10_000);
+    for (tenant, key) in [("a", KEY_A), ("b", KEY_B)] {
+        state
+            .sb
+            .import_api_key(tenant, "test", key, None, None)
+            .await
+            .unwrap();
+    }
+    webhooks::Dispatcher::new(state.sb.clone()).spawn(Duration::from_millis(50));
+    webhooks::spawn_sweeper(state.sb.clone(), Duration::from_secs(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        url,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn call(&self, key: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("X-API-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value) -> Value {
+        self.call(key, reqwest::Method::POST, path, body).await
+    }
+}
+
+#[tokio::test]
+async fn signed_events_of_each_tenant_in_order() {
+    let srv = start().await;
+    let (url_a, got_a) = receiver(0).await;
+    let (url_b, got_b) = receiver(0).await;
+    let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": url_a})).await;
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_") && hook["id"].as_str().unwrap().starts_with("wh_"));
+    srv.post(
+        KEY_B,
+        "/v1/webhooks",
+        json!({"url": url_b, "events": ["session.created"], "secret": "whsec_tenant_b_secret"}),
+    )
+    .await;
+
+    let s = srv
+        .post(KEY_A, "/v1/sessions", json!({"agent_id": "bot"}))
+        .await;
+    let sid = s["id"].as_str().unwrap();
+    let state = format!("/v1/sessions/{sid}/state");
+    srv.call(
+        KEY_A,
+        reqwest::Method::PATCH,
+        &state,
+        json!({"state": {"n": 1}}),
+    )
+    .await;
+    srv.post(
+        KEY_A,
+        &format!("/v1/sessions/{sid}/turns"),
+        json!({"input": "hi", "output": "hello"}),
+    )
+    .await;
+    let memory = srv
+        .post(
+            KEY_A,
+            "/v1/memories",
+            json!({"content": "likes tea", "session_id": sid}),
+        )
+        .await;
+    srv.post(
+        KEY_A,
+        &format!("/v1/sessions/{sid}/rollback"),
+        json!({"version": 0}),
+    )
+    .await;
+    srv.call(
+        KEY_A,
+        reqwest::Method::DELETE,
+        &format!("/v1/sessions/{sid}"),
+        json!({}),
+    )
+    .await;
+    let b = srv
+        .post(KEY_B, "/v1/sessions", json!({"agent_id": "other"}))
+        .await;
+
+    wait_until("tenant a's 6 events", Duration::from_secs(20), || {
+        got_a.lock().len() >= 6
+    })
+    .await;
+    wait_until("tenant b's event", Duration::from_secs(20), || {
+        !got_b.lock().is_empty()
+    })
+    .await;
+    let a = events(&got_a);
+    let kinds: Vec<&str> = a.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.created",
+            "session.updated",
+            "turn.added",
+            "memory.created",
+            "state.rolled_back",
+            "session.deleted"
+        ]
+    );
+    for (signature, event_id, body) in got_a.lock().iter() {
+        assert!(verifies(&secret, signature, body), "{signature}");
+        assert!(!verifies("whsec_another_secret", signature, body));
+        let e: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(e["id"], event_id.as_str());
+        assert!(event_id.starts_with("evt_") && e["created_at"].is_string());
+    }
+    assert_eq!(a[0]["data"]["object"], "session");
+    assert_eq!(a[0]["data"]["id"], sid);
+    assert_eq!(a[2]["data"]["object"], "turn");
+    // Data is the resource when the event goes out; one deleted by then (the memory went
+    // with its session) is its id, marked deleted.
+    assert_eq!(a[3]["data"]["object"], "memory");
+    assert_eq!(a[3]["data"]["id"], memory["id"]);
+    let m = &a[3]["data"];
+    assert!(m["content"] == "likes tea" || m["deleted"] == true, "{m}");
+    assert_eq!(a[5]["data"]["id"], sid);
+    // Tenant b got its own session only; tenant a's never reach it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bs = events(&got_b);
+    assert_eq!(bs.len(), 1);
+    assert_eq!(bs[0]["data"]["id"], b["id"]);
+    let (sig, _, body) = got_b.lock()[0].clone();
+    assert!(verifies("whsec_tenant_b_secret", &sig, &body));
+
+    // Endpoints are per tenant; bad URLs and events are refused.
+    let list = srv
+        .call(KEY_B, reqwest::Method::GET, "/v1/webhooks", json!({}))
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert_eq!(list["data"][0]["url"], url_b);
+    for bad in [
+        json!({"url": "ftp://example.com/hook"}),
+        json!({"url": "not a url"}),
+        json!({"url": url_a, "events": ["session.exploded"]}),
+    ] {
+        let r = srv
+            .http
+            .post(format!("{}/v1/webhooks", srv.url))
+            .header("X-API-Key", KEY_A)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let a_id = hook["id"].as_str().unwrap();
+    let r = srv
+        .http
+        .delete(format!("{}/v1/webhooks/{a_id}", srv.url))
+        .header("X-API-Key", KEY_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "another tenant's endpoint"
+    );
+}
+
+#[tokio::test]
+async fn failing_receiver_gets_every_event_and_can_be_sent_one_again() {
+    let srv = start().await;
+    let (url, got) = receiver(2).await;
+    let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": url})).await;
+    let id = hook["id"].as_str().unwrap();
+    let s = srv
+        .post(KEY_A, "/v1/sessions", json!({"agent_id": "bot"}))
+        .await;
+    let sid = s["id"].as_str().unwrap();
+    for n in 0..3 {
+        srv.call(
+            KEY_A,
+            reqwest::Method::PATCH,
+            &format!("/v1/sessions/{sid}/state"),
+            json!({"state": {"n": n}}),
+        )
+        .await;
+    }
+    // Two failures: retried after about 1 s and then 2 s.
+    wait_until("4 events past 2 failures", Duration::from_secs(30), || {
+        got.lock().len() >= 4
+    })
+    .await;
+    let kinds: Vec<String> = events(&got)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.created",
+            "session.updated",
+            "session.updated",
+            "session.updated"
+        ],
+        "in order despite the failures"
+    );
+    let deliveries = srv
+        .call(
+            KEY_A,
+            reqwest::Method::GET,
+            &format!("/v1/webhooks/{id}/deliveries"),
+            json!({}),
+        )
+        .await;
+    let data = deliveries["data"].as_array().unwrap();
+    assert_eq!(data.len(), 4);
+    assert!(data.iter().all(|d| d["status"] == "delivered"));
+    let first = data.last().unwrap();
+    assert_eq!(first["type"], "session.created");
+    assert_eq!(first["attempts"], 3);
+    // Sent again on request, with the same event id.
+    let event_id = first["event_id"].as_str().unwrap();
+    srv.post(
+        KEY_A,
+        &format!("/v1/webhooks/{id}/deliveries/{event_id}/retry"),
+        json!({}),
+    )
+    .await;
+    wait_until("the redelivery", Duration::from_secs(10), || {
+        got.lock().len() >= 5
+    })
+    .await;
+    assert_eq!(got.lock()[4].1, event_id);
+}
+
+#[tokio::test]
+async fn an_expired_session_gives_exactly_one_session_expired() {
+    let srv = start().await;
+    let (url, got) = receiver(0).await;
+    srv.post(
+        KEY_A,
+        "/v1/webhooks",
+        json!({"url": url, "events": ["session.expired"]}),
+    )
+    .await;
+    let s = srv
+        .post(
+            KEY_A,
+            "/v1/sessions",
+            json!({"agent_id": "bot", "ttl_seconds": 1}),
+        )
+        .await;
+    wait_until("session.expired", Duration::from_secs(20), || {
+        !got.lock().is_empty()
+    })
+    .await;
+    // More sweeps run; still one event.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let all = events(&got);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["type"], "session.expired");
+    assert_eq!(all[0]["data"]["id"], s["id"]);
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `statebase serve` on `db`, answering on the returned base URL.
+async fn serve(db: &str) -> (std::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_statebase"))
+        .args([
+            "serve",
+            "--db",
+            db,
+            "--addr",
+            &addr,
+            "--webhook-interval-ms",
+            "50",
+        ])
+        .args(["--api-key", &format!("default:{KEY_A}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{url}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the server never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, url)
+}
+
+#[tokio::test]
+async fn events_written_before_a_kill_are_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("kill.db").display());
+    // The receiver is down until after the kill, so nothing can be delivered before it.
+    let receiver_addr = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statebase"))
+        .args(["webhooks", "--db", &db, "create", "--url"])
+        .arg(format!("http://{receiver_addr}/hook"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let secret = line.split_whitespace().last().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{line}");
+
+    let (mut child, url) = serve(&db).await;
+    let http = reqwest::Client::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{url}/v1/sessions"))
+            .header("X-API-Key", KEY_A)
+            .json(&json!({"agent_id": "bot"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let s: Value = r.json().await.unwrap();
+        ids.insert(s["id"].as_str().unwrap().to_owned());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (_, got) = receiver_at(&receiver_addr, 0).await;
+    let (mut child, _) = serve(&db).await;
+    wait_until(
+        "5 events after the restart",
+        Duration::from_secs(30),
+        || got.lock().len() >= 5,
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let delivered: std::collections::BTreeSet<String> = events(&got)
+        .iter()
+        .filter(|e| e["type"] == "session.created")
+        .map(|e| e["data"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered, ids);
+    for (signature, _, body) in got.lock().iter() {
+        assert!(verifies(&secret, signature, body));
+    }
+}
