@@ -1,7 +1,8 @@
 //! `statebase-bench`: measures statebase on each backend next to baselines measured in the
 //! same run (the machines are small and noisy, so ratios mean more than absolute figures).
 //!
-//! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick] [--json]`.
+//! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick]
+//! [--full] [--json] [--only GROUP]` (groups: memory, search, storage, sqlite, sled, http).
 //!
 //! Every figure is the median over rounds; latencies are p50/p99 over every operation of
 //! every round.
@@ -17,6 +18,10 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+
+#[path = "corpus.rs"]
+mod corpus;
+use corpus::sentence;
 
 // Many small allocations from many threads: mimalloc serves them with less contention than
 // the system allocator.
@@ -380,64 +385,6 @@ async fn bench_backend<S: Store>(
     );
 }
 
-/// A sentence of the memory corpus: a few of 40 words, deterministic in `i`.
-fn sentence(i: usize) -> String {
-    const WORDS: [&str; 40] = [
-        "flight",
-        "hotel",
-        "refund",
-        "invoice",
-        "window",
-        "seat",
-        "meal",
-        "vegetarian",
-        "lisbon",
-        "march",
-        "password",
-        "reset",
-        "account",
-        "premium",
-        "upgrade",
-        "cancel",
-        "delivery",
-        "address",
-        "london",
-        "parcel",
-        "late",
-        "support",
-        "email",
-        "phone",
-        "prefers",
-        "dark",
-        "mode",
-        "editor",
-        "budget",
-        "quarterly",
-        "report",
-        "meeting",
-        "monday",
-        "allergy",
-        "peanuts",
-        "birthday",
-        "july",
-        "spanish",
-        "answers",
-        "cats",
-    ];
-    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as usize
-    };
-    let n = 6 + next() % 7;
-    (0..n)
-        .map(|_| WORDS[next() % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// An [`HnswIndex`] the benchmark keeps a handle on, to build its graph before measuring.
 #[derive(Debug, Clone)]
 struct SharedIndex(Arc<HnswIndex>);
@@ -492,20 +439,27 @@ async fn bench_search_scale(sizes: &Sizes, out: &mut Vec<Figure>) {
         for i in 0..n {
             let m = AddMemory {
                 user_id: Some("u".into()),
-                content: format!("{} (note {i})", sentence(i)),
+                content: format!("{} (note {i})", sentence(i as u64)),
                 ..AddMemory::default()
             };
             exact.add_memory(m).await.unwrap();
         }
         let query = |i: usize| SearchMemories {
             threshold: Some(0.0),
-            ..SearchMemories::new(&sentence(1_000_000 + i))
+            ..SearchMemories::new(&sentence(1_000_000 + i as u64))
         };
         // Load both tenants' indexes, then build the graph fully before timing.
         exact.search_memories(query(0)).await.unwrap();
         indexed.search_memories(query(0)).await.unwrap();
+        // Loading started a background build of the graph: wait for it (building a second
+        // one beside it would halve the speed of both).
         let built = Instant::now();
-        handle.0.rebuild_now();
+        while handle.0.is_building() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if handle.0.snapshot_len() < n {
+            handle.0.rebuild_now();
+        }
         let build_s = built.elapsed().as_secs_f64();
         // Exact scans of 100k vectors take tens of milliseconds: a bounded number of queries.
         let queries = (sizes.reads / 4).min(200);
@@ -773,7 +727,12 @@ async fn main() {
             reads: 4_000,
             memories: 10_000,
             turns: 10_000,
-            search_scale: vec![1_000, 10_000, 100_000],
+            // `--full` adds 100k, whose graph takes minutes to build on 2 cores.
+            search_scale: if args.iter().any(|a| a == "--full") {
+                vec![1_000, 10_000, 100_000]
+            } else {
+                vec![1_000, 10_000]
+            },
             edits: 1_000,
         }
     };

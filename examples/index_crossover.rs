@@ -7,64 +7,9 @@ use statebase_core::{HashEmbedder, HnswConfig, HnswIndex, VectorIndex};
 use std::sync::Arc;
 use std::time::Instant;
 
-const WORDS: &[&str] = &[
-    "flight",
-    "hotel",
-    "refund",
-    "invoice",
-    "window",
-    "seat",
-    "meal",
-    "vegetarian",
-    "lisbon",
-    "march",
-    "password",
-    "reset",
-    "account",
-    "premium",
-    "upgrade",
-    "cancel",
-    "delivery",
-    "address",
-    "london",
-    "parcel",
-    "late",
-    "support",
-    "email",
-    "phone",
-    "prefers",
-    "dark",
-    "mode",
-    "editor",
-    "budget",
-    "quarterly",
-    "report",
-    "meeting",
-    "monday",
-    "allergy",
-    "peanuts",
-    "birthday",
-    "july",
-    "spanish",
-    "answers",
-    "cats",
-];
-
-/// A deterministic pseudo-random sentence of 6 to 12 words.
-fn sentence(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let n = 6 + next() % 7;
-    (0..n)
-        .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+#[path = "corpus.rs"]
+mod corpus;
+use corpus::sentence;
 
 fn median_micros(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
