@@ -404,7 +404,7 @@ fn read_trace(r: &Row<'_>) -> Res<Trace> {
 fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
     conn.prepare_cached(&format!(
         "INSERT INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, (SELECT coalesce(max(position), 0) + 1 FROM traces))"
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, coalesce((SELECT max(position) FROM traces), 0) + 1)"
     ))?
     .execute(params![
         tenant,
