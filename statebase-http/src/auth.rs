@@ -2,7 +2,8 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct Caller {
     /// The key.
     pub key: ApiKey,
+}
+
+/// The caller's tenant's statebase, recording the calling key as the actor: what most
+/// handlers work with.
+pub struct Tenant(pub StateBase<Arc<dyn Store>>);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        // Set by `authenticate`, which runs before every `/v1` handler.
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .ok_or_else(ApiError::unauthenticated)?;
+        let key = &caller.key;
+        let actor = format!("api_key_{}", key.key_prefix);
+        Ok(Tenant(app.sb.tenant(&key.tenant).actor(&actor)))
+    }
 }
 
 /// Token buckets per key: `limit` tokens a minute, holding at most `burst`.

@@ -64,6 +64,11 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     use routes::*;
+    // Both memory families (`/v1/memories` and `/v1/memory`) serve one item the same way.
+    let memory = get(get_memory)
+        .put(update_memory)
+        .patch(update_memory)
+        .delete(delete_memory);
     let v1 = Router::new()
         .route("/sessions", post(create_session).get(list_sessions))
         .route(
@@ -95,23 +100,11 @@ pub fn router(state: AppState) -> Router {
         .route("/sessions/{id}/traces", get(session_traces))
         .route("/memories", post(add_memory).get(search_or_list_memories))
         .route("/memories/search", get(search_or_list_memories))
-        .route(
-            "/memories/{id}",
-            get(get_memory)
-                .put(update_memory)
-                .patch(update_memory)
-                .delete(delete_memory),
-        )
+        .route("/memories/{id}", memory.clone())
         .route("/memories/{id}/history", get(memory_history))
         .route("/memory", post(add_memory).get(search_or_list_memories))
         .route("/memory/search", post(search_memories))
-        .route(
-            "/memory/{id}",
-            get(get_memory)
-                .put(update_memory)
-                .patch(update_memory)
-                .delete(delete_memory),
-        )
+        .route("/memory/{id}", memory)
         .route("/memory/{id}/history", get(memory_history))
         .route("/dashboard/keys", get(list_keys).post(create_key))
         .route("/dashboard/keys/{id}", axum::routing::delete(revoke_key))

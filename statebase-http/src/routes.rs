@@ -1,6 +1,6 @@
 //! The `/v1` handlers: parse, call core, shape the answer. No domain logic lives here.
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Tenant};
 use crate::error::ApiError;
 use crate::extract::{Body, Query};
 use crate::{webhooks, wire, AppState};
@@ -14,13 +14,6 @@ use statebase_core::*;
 
 type Sb = StateBase<std::sync::Arc<dyn Store>>;
 type Reply = Result<Response, ApiError>;
-
-/// Statebase scoped to the caller's tenant, recording the key as the actor.
-fn scoped(app: &AppState, caller: &Caller) -> Sb {
-    app.sb
-        .tenant(&caller.key.tenant)
-        .actor(&format!("api_key_{}", caller.key.key_prefix))
-}
 
 fn ok(v: Value) -> Reply {
     Ok(Json(v).into_response())
@@ -57,23 +50,13 @@ fn timestamp(param: &'static str, v: Option<String>) -> Result<Option<Timestamp>
 
 // ----- sessions -----
 
-pub async fn create_session(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Body(req): Body<CreateSession>,
-) -> Reply {
-    let s = scoped(&app, &caller).create_session(req).await?;
+pub async fn create_session(Tenant(sb): Tenant, Body(req): Body<CreateSession>) -> Reply {
+    let s = sb.create_session(req).await?;
     created(wire::session(&s))
 }
 
-pub async fn get_session(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    ok(wire::session(
-        &scoped(&app, &caller).get_session(&id).await?,
-    ))
+pub async fn get_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    ok(wire::session(&sb.get_session(&id).await?))
 }
 
 #[derive(Deserialize)]
@@ -88,11 +71,7 @@ pub struct SessionListQuery {
     metadata: Option<String>,
 }
 
-pub async fn list_sessions(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<SessionListQuery>,
-) -> Reply {
+pub async fn list_sessions(Tenant(sb): Tenant, Query(q): Query<SessionListQuery>) -> Reply {
     let metadata = match q.metadata {
         None => None,
         Some(m) => Some(
@@ -110,27 +89,20 @@ pub async fn list_sessions(
         created_before: timestamp("created_before", q.created_before)?,
         metadata,
     };
-    let page = scoped(&app, &caller).list_sessions(req).await?;
+    let page = sb.list_sessions(req).await?;
     ok(wire::page(&page, wire::session))
 }
 
 pub async fn update_session(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(req): Body<UpdateSession>,
 ) -> Reply {
-    ok(wire::session(
-        &scoped(&app, &caller).update_session(&id, req).await?,
-    ))
+    ok(wire::session(&sb.update_session(&id, req).await?))
 }
 
-pub async fn delete_session(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    scoped(&app, &caller).delete_session(&id).await?;
+pub async fn delete_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    sb.delete_session(&id).await?;
     no_content()
 }
 
@@ -171,54 +143,41 @@ impl StateBody {
     }
 }
 
-pub async fn get_state(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    ok(wire::state(&scoped(&app, &caller).get_session(&id).await?))
+pub async fn get_state(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    ok(wire::state(&sb.get_session(&id).await?))
 }
 
 /// PATCH: an RFC 7386 merge.
 pub async fn merge_state(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
-    let s = scoped(&app, &caller)
-        .merge_state(&id, body.write(&headers)?)
-        .await?;
+    let s = sb.merge_state(&id, body.write(&headers)?).await?;
     ok(wire::state(&s))
 }
 
 /// PUT: a full replace.
 pub async fn replace_state(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
-    let s = scoped(&app, &caller)
-        .replace_state(&id, body.write(&headers)?)
-        .await?;
+    let s = sb.replace_state(&id, body.write(&headers)?).await?;
     ok(wire::state(&s))
 }
 
 /// POST (the seed page): a full replace that answers with the session, plus the state
 /// fields.
 pub async fn post_state(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body<StateBody>,
 ) -> Reply {
-    let s = scoped(&app, &caller)
-        .replace_state(&id, body.write(&headers)?)
-        .await?;
+    let s = sb.replace_state(&id, body.write(&headers)?).await?;
     let mut v = wire::session(&s);
     v["session_id"] = json!(s.id);
     v["data"] = json!(s.state);
@@ -232,12 +191,11 @@ pub struct HistoryParams {
 }
 
 pub async fn state_history(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Query(q): Query<HistoryParams>,
 ) -> Reply {
-    let h = scoped(&app, &caller)
+    let h = sb
         .history(
             &id,
             HistoryQuery {
@@ -274,13 +232,12 @@ pub struct RollbackBody {
 }
 
 pub async fn rollback(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(b): Body<RollbackBody>,
 ) -> Reply {
-    let r = scoped(&app, &caller)
+    let r = sb
         .rollback(
             &id,
             RollbackTo {
@@ -303,13 +260,8 @@ pub struct ForkBody {
     ttl_seconds: Option<i64>,
 }
 
-pub async fn fork(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Body(b): Body<ForkBody>,
-) -> Reply {
-    let s = scoped(&app, &caller)
+pub async fn fork(Tenant(sb): Tenant, Path(id): Path<String>, Body(b): Body<ForkBody>) -> Reply {
+    let s = sb
         .fork(
             &id,
             ForkFrom {
@@ -334,13 +286,12 @@ pub struct ContextBody {
 }
 
 pub async fn context(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(b): Body<ContextBody>,
 ) -> Reply {
     let started = std::time::Instant::now();
-    let c = scoped(&app, &caller)
+    let c = sb
         .context(
             &id,
             ContextRequest {
@@ -373,12 +324,11 @@ pub async fn context(
 // ----- turns -----
 
 pub async fn add_turn(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(req): Body<AddTurn>,
 ) -> Reply {
-    created(wire::turn(&scoped(&app, &caller).add_turn(&id, req).await?))
+    created(wire::turn(&sb.add_turn(&id, req).await?))
 }
 
 #[derive(Deserialize)]
@@ -389,12 +339,11 @@ pub struct TurnListQuery {
 }
 
 pub async fn list_turns(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Query(q): Query<TurnListQuery>,
 ) -> Reply {
-    let page = scoped(&app, &caller)
+    let page = sb
         .list_turns(
             &id,
             ListTurns {
@@ -407,14 +356,8 @@ pub async fn list_turns(
     ok(wire::page(&page, wire::turn))
 }
 
-pub async fn get_turn(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((id, turn_id)): Path<(String, String)>,
-) -> Reply {
-    ok(wire::turn(
-        &scoped(&app, &caller).get_turn(&id, &turn_id).await?,
-    ))
+pub async fn get_turn(Tenant(sb): Tenant, Path((id, turn_id)): Path<(String, String)>) -> Reply {
+    ok(wire::turn(&sb.get_turn(&id, &turn_id).await?))
 }
 
 // ----- memories -----
@@ -431,8 +374,8 @@ pub struct MemoryBody {
     embed: Option<bool>,
 }
 
-async fn add_memory_from(app: &AppState, caller: &Caller, b: MemoryBody) -> Reply {
-    let m = scoped(app, caller)
+async fn add_memory_from(sb: &Sb, b: MemoryBody) -> Reply {
+    let m = sb
         .add_memory(AddMemory {
             session_id: b.session_id,
             user_id: b.user_id,
@@ -446,31 +389,22 @@ async fn add_memory_from(app: &AppState, caller: &Caller, b: MemoryBody) -> Repl
     created(wire::memory(&m))
 }
 
-pub async fn add_memory(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Body(b): Body<MemoryBody>,
-) -> Reply {
-    add_memory_from(&app, &caller, b).await
+pub async fn add_memory(Tenant(sb): Tenant, Body(b): Body<MemoryBody>) -> Reply {
+    add_memory_from(&sb, b).await
 }
 
 /// `POST /v1/sessions/{id}/memories`: the session comes from the path.
 pub async fn add_session_memory(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(mut b): Body<MemoryBody>,
 ) -> Reply {
     b.session_id = Some(id);
-    add_memory_from(&app, &caller, b).await
+    add_memory_from(&sb, b).await
 }
 
-pub async fn get_memory(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    ok(wire::memory(&scoped(&app, &caller).get_memory(&id).await?))
+pub async fn get_memory(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    ok(wire::memory(&sb.get_memory(&id).await?))
 }
 
 #[derive(Deserialize)]
@@ -483,12 +417,11 @@ pub struct MemoryUpdateBody {
 }
 
 pub async fn update_memory(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(b): Body<MemoryUpdateBody>,
 ) -> Reply {
-    let m = scoped(&app, &caller)
+    let m = sb
         .update_memory(
             &id,
             UpdateMemory {
@@ -502,21 +435,13 @@ pub async fn update_memory(
     ok(wire::memory(&m))
 }
 
-pub async fn delete_memory(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    scoped(&app, &caller).delete_memory(&id).await?;
+pub async fn delete_memory(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    sb.delete_memory(&id).await?;
     no_content()
 }
 
-pub async fn memory_history(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    let revisions = scoped(&app, &caller).memory_history(&id).await?;
+pub async fn memory_history(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    let revisions = sb.memory_history(&id).await?;
     ok(json!({"object": "list", "data": revisions, "has_more": false}))
 }
 
@@ -536,9 +461,9 @@ pub struct MemoryQueryParams {
     starting_after: Option<String>,
 }
 
-async fn search(app: &AppState, caller: &Caller, req: SearchMemories) -> Reply {
+async fn search(sb: &Sb, req: SearchMemories) -> Reply {
     let query = req.query.clone();
-    let hits = scoped(app, caller).search_memories(req).await?;
+    let hits = sb.search_memories(req).await?;
     ok(json!({
         "object": "list",
         "query": query,
@@ -549,8 +474,7 @@ async fn search(app: &AppState, caller: &Caller, req: SearchMemories) -> Reply {
 
 /// `GET /v1/memories`: a search with `query`, a list without one.
 pub async fn search_or_list_memories(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Query(q): Query<MemoryQueryParams>,
 ) -> Reply {
     match q.query {
@@ -566,7 +490,7 @@ pub async fn search_or_list_memories(
                 limit: q.top_k.or(q.limit),
                 threshold: q.threshold,
             };
-            search(&app, &caller, req).await
+            search(&sb, req).await
         }
         None => {
             let req = ListMemories {
@@ -577,7 +501,7 @@ pub async fn search_or_list_memories(
                 memory_type: q.r#type.or_else(|| csv(q.types).into_iter().next()),
                 tags: csv(q.tags),
             };
-            let page = scoped(&app, &caller).list_memories(req).await?;
+            let page = sb.list_memories(req).await?;
             ok(wire::page(&page, wire::memory))
         }
     }
@@ -598,11 +522,7 @@ pub struct SearchBody {
     threshold: Option<f64>,
 }
 
-pub async fn search_memories(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Body(b): Body<SearchBody>,
-) -> Reply {
+pub async fn search_memories(Tenant(sb): Tenant, Body(b): Body<SearchBody>) -> Reply {
     let mut types = b.types.unwrap_or_default();
     types.extend(b.r#type);
     let req = SearchMemories {
@@ -614,18 +534,17 @@ pub async fn search_memories(
         limit: b.limit,
         threshold: b.threshold,
     };
-    search(&app, &caller, req).await
+    search(&sb, req).await
 }
 
 /// `POST /v1/sessions/{id}/memories/search`.
 pub async fn search_session_memories(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    tenant: Tenant,
     Path(id): Path<String>,
     Body(mut b): Body<SearchBody>,
 ) -> Reply {
     b.session_id = Some(id);
-    search_memories(State(app), Extension(caller), Body(b)).await
+    search_memories(tenant, Body(b)).await
 }
 
 // ----- traces -----
@@ -644,7 +563,7 @@ pub struct TraceListQuery {
     created_before: Option<String>,
 }
 
-async fn traces(app: &AppState, caller: &Caller, q: TraceListQuery) -> Reply {
+async fn traces(sb: &Sb, q: TraceListQuery) -> Reply {
     let req = ListTraces {
         limit: q.limit,
         starting_after: q.starting_after,
@@ -655,34 +574,25 @@ async fn traces(app: &AppState, caller: &Caller, q: TraceListQuery) -> Reply {
         created_after: timestamp("created_after", q.created_after)?,
         created_before: timestamp("created_before", q.created_before)?,
     };
-    let page = scoped(app, caller).list_traces(req).await?;
+    let page = sb.list_traces(req).await?;
     ok(wire::page(&page, wire::trace))
 }
 
-pub async fn list_traces(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<TraceListQuery>,
-) -> Reply {
-    traces(&app, &caller, q).await
+pub async fn list_traces(Tenant(sb): Tenant, Query(q): Query<TraceListQuery>) -> Reply {
+    traces(&sb, q).await
 }
 
 pub async fn session_traces(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path(id): Path<String>,
     Query(mut q): Query<TraceListQuery>,
 ) -> Reply {
     q.session_id = Some(id);
-    traces(&app, &caller, q).await
+    traces(&sb, q).await
 }
 
-pub async fn get_trace(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    ok(wire::trace(&scoped(&app, &caller).get_trace(&id).await?))
+pub async fn get_trace(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    ok(wire::trace(&sb.get_trace(&id).await?))
 }
 
 // ----- dashboard -----
@@ -754,8 +664,7 @@ pub async fn revoke_key(
 }
 
 /// Totals of the caller's tenant, and its changes per hour over the last 24 hours.
-pub async fn stats(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Reply {
-    let sb = scoped(&app, &caller);
+pub async fn stats(Tenant(sb): Tenant) -> Reply {
     let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
     let (mut sessions, mut turns, mut active) = (0u64, 0u64, 0u64);
     let mut cursor = None;
@@ -862,48 +771,32 @@ pub struct WebhookBody {
     secret: Option<String>,
 }
 
-pub async fn create_webhook(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Body(b): Body<WebhookBody>,
-) -> Reply {
-    let e = webhooks::create(&app.sb, &caller.key.tenant, &b.url, b.events, b.secret).await?;
+pub async fn create_webhook(Tenant(sb): Tenant, Body(b): Body<WebhookBody>) -> Reply {
+    let e = webhooks::create(&sb, sb.tenant_id(), &b.url, b.events, b.secret).await?;
     created(e.to_json())
 }
 
-pub async fn list_webhooks(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> Reply {
-    let all = webhooks::list(&app.sb, Some(&caller.key.tenant)).await?;
+pub async fn list_webhooks(Tenant(sb): Tenant) -> Reply {
+    let all = webhooks::list(&sb, Some(sb.tenant_id())).await?;
     let data: Vec<Value> = all.iter().map(webhooks::Endpoint::to_json).collect();
     ok(json!({"object": "list", "data": data, "has_more": false}))
 }
 
-pub async fn delete_webhook(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    webhooks::delete(&app.sb, &caller.key.tenant, &id).await?;
+pub async fn delete_webhook(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    webhooks::delete(&sb, sb.tenant_id(), &id).await?;
     no_content()
 }
 
-pub async fn webhook_deliveries(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Reply {
-    let all = webhooks::deliveries(&app.sb, &caller.key.tenant, &id).await?;
+pub async fn webhook_deliveries(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
+    let all = webhooks::deliveries(&sb, sb.tenant_id(), &id).await?;
     let data: Vec<Value> = all.iter().map(webhooks::Delivery::to_json).collect();
     ok(json!({"object": "list", "data": data, "has_more": false}))
 }
 
 pub async fn retry_delivery(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Tenant(sb): Tenant,
     Path((id, event_id)): Path<(String, String)>,
 ) -> Reply {
-    let d = webhooks::redeliver(&app.sb, &caller.key.tenant, &id, &event_id).await?;
+    let d = webhooks::redeliver(&sb, sb.tenant_id(), &id, &event_id).await?;
     ok(d.to_json())
 }
