@@ -481,14 +481,36 @@ pub fn scan_meta(
     after: Option<&str>,
     limit: usize,
 ) -> Res<Vec<(String, Vec<u8>)>> {
-    // `key >= prefix` and a prefix test on the keys that follow: the primary key serves it.
-    collect(
-        conn,
-        "SELECT key, value FROM meta WHERE space = ?1 AND key >= ?2 AND key > ?3 \
-         AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT ?4",
-        params![space, prefix, after.unwrap_or(""), limit as i64],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
+    // Keys with the prefix are exactly those in [prefix, prefix with its last character
+    // bumped): a range the primary key walks and stops at.
+    let select = "SELECT key, value FROM meta WHERE space = ?1 AND key >= ?2 AND key > ?3";
+    let read = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    let (after, limit) = (after.unwrap_or(""), limit as i64);
+    match prefix_end(prefix) {
+        Some(end) => collect(
+            conn,
+            &format!("{select} AND key < ?4 ORDER BY key LIMIT ?5"),
+            params![space, prefix, after, end, limit],
+            read,
+        ),
+        None => collect(
+            conn,
+            &format!("{select} ORDER BY key LIMIT ?4"),
+            params![space, prefix, after, limit],
+            read,
+        ),
+    }
+}
+
+/// The least string after every string that starts with `prefix`; `None` if there is none
+/// to name (an empty prefix, or one ending in the last character).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    // Skip the surrogate gap; past the last character there is no bound.
+    let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32)?;
+    chars.push(next);
+    Some(chars.into_iter().collect())
 }
 
 pub fn list_traces(conn: &Connection, tenant: &str, q: &TraceQuery) -> Res<Vec<Trace>> {
@@ -892,6 +914,14 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_keys_with_the_prefix() {
+        assert_eq!(prefix_end("t1/").as_deref(), Some("t10"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("a\u{10FFFF}"), None);
+    }
 
     fn plan(conn: &Connection, sql: &str, args: Vec<Sql>) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();

@@ -1315,7 +1315,12 @@ pub async fn meta_records_round_trip<F: StoreFactory>(factory: F) {
     store
         .put_meta(
             "hooks",
-            vec![put("t1/b", "2"), put("t1/a", "1"), put("t2/a", "3")],
+            vec![
+                put("t1/b", "2"),
+                put("t1/a", "1"),
+                put("t10", "x"),
+                put("t2/a", "3"),
+            ],
         )
         .await
         .unwrap();
@@ -1346,6 +1351,16 @@ pub async fn meta_records_round_trip<F: StoreFactory>(factory: F) {
         keys(store.scan_meta("hooks", "", None, 2).await.unwrap()),
         ["t1/a", "t1/b"]
     );
+    // "t10" sorts right after the "t1/" range (the scan above left it out) and within "t1".
+    assert_eq!(
+        keys(
+            store
+                .scan_meta("hooks", "t1", Some("t1/b"), 10)
+                .await
+                .unwrap()
+        ),
+        ["t10"]
+    );
     assert_eq!(
         keys(
             store
@@ -1356,7 +1371,14 @@ pub async fn meta_records_round_trip<F: StoreFactory>(factory: F) {
         ["t2/a"]
     );
     store
-        .put_meta("hooks", vec![("t1/a".to_owned(), None), put("t1/b", "22")])
+        .put_meta(
+            "hooks",
+            vec![
+                ("t1/a".to_owned(), None),
+                ("t10".to_owned(), None),
+                put("t1/b", "22"),
+            ],
+        )
         .await
         .unwrap();
     env.reopen().await;
