@@ -39,10 +39,18 @@ impl ApiKey {
 
 /// SHA-256 of a secret, hex.
 pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Lowercase hex of `bytes` (runs on every authenticated request: one allocation).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 impl<S: Store> StateBase<S> {
@@ -122,5 +130,20 @@ impl<S: Store> StateBase<S> {
         key.is_active = false;
         self.store().put_api_key(key.clone()).await?;
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_lowercase_sha256_hex_as_stored() {
+        // Stored hashes must stay comparable: the FIPS 180-2 "abc" vector.
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0x00, 0x0f, 0xf0, 0xff]), "000ff0ff");
     }
 }

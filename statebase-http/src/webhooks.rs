@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use statebase_core::keys::hex;
 use statebase_core::store::FeedEntry;
 use statebase_core::{action, Error, ResourceKind, Result, StateBase, Store};
 use std::collections::HashSet;
@@ -114,16 +115,6 @@ impl Delivery {
     }
 }
 
-fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the operating system's random source failed");
-    hex(&buf)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, keyed with the whole secret.
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac =
@@ -183,10 +174,13 @@ pub async fn create(
             return Err(Error::invalid("secret", "must be at least 16 characters"))
         }
         Some(s) => s,
-        None => format!("whsec_{}", random_token(24)),
+        None => {
+            let ids = &sb.config().ids;
+            format!("whsec_{}{}", ids.new_id(""), ids.new_id(""))
+        }
     };
     let endpoint = Endpoint {
-        id: format!("wh_{}", &random_token(6)),
+        id: sb.config().ids.new_id("wh_"),
         tenant: tenant.to_owned(),
         url: url.to_owned(),
         events,
