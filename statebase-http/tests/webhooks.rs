@@ -385,19 +385,14 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// `statebase serve` on `db`, answering on the returned base URL.
-async fn serve(db: &str) -> (std::process::Child, String) {
+/// `statebase serve` on `db` with a dispatch round every `interval_ms`, answering on the
+/// returned base URL.
+async fn serve(db: &str, interval_ms: u32) -> (std::process::Child, String) {
     let addr = format!("127.0.0.1:{}", free_port());
+    let interval = interval_ms.to_string();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_statebase"))
-        .args([
-            "serve",
-            "--db",
-            db,
-            "--addr",
-            &addr,
-            "--webhook-interval-ms",
-            "50",
-        ])
+        .args(["serve", "--db", db, "--addr", &addr])
+        .args(["--webhook-interval-ms", &interval])
         .args(["--api-key", &format!("default:{KEY_A}")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -433,7 +428,9 @@ async fn events_written_before_a_kill_are_delivered_after_the_restart() {
     let secret = line.split_whitespace().last().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"), "{line}");
 
-    let (mut child, url) = serve(&db).await;
+    // Its first dispatch round runs at start, the next in a minute: when it is killed, the
+    // events exist only in the trace feed written with the changes.
+    let (mut child, url) = serve(&db, 60_000).await;
     let http = reqwest::Client::new();
     let mut ids = std::collections::BTreeSet::new();
     for _ in 0..5 {
@@ -452,7 +449,7 @@ async fn events_written_before_a_kill_are_delivered_after_the_restart() {
     child.wait().unwrap();
 
     let (_, got) = receiver_at(&receiver_addr, 0).await;
-    let (mut child, _) = serve(&db).await;
+    let (mut child, _) = serve(&db, 50).await;
     wait_until(
         "5 events after the restart",
         Duration::from_secs(30),
@@ -469,5 +466,64 @@ async fn events_written_before_a_kill_are_delivered_after_the_restart() {
     assert_eq!(delivered, ids);
     for (signature, _, body) in got.lock().iter() {
         assert!(verifies(&secret, signature, body));
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
+    let srv = start().await;
+    let (hook_url, got) = receiver(0).await;
+    // A receiver that only redirects to the real one.
+    let app = axum::Router::new().route(
+        "/moved",
+        axum::routing::post(move || {
+            let to = hook_url.clone();
+            async move { (StatusCode::FOUND, [(axum::http::header::LOCATION, to)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let moved = format!("http://{}/moved", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": moved})).await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    srv.post(KEY_A, "/v1/sessions", json!({"agent_id": "bot"}))
+        .await;
+    let deliveries = format!("/v1/webhooks/{id}/deliveries");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let list = srv
+            .call(KEY_A, reqwest::Method::GET, &deliveries, json!({}))
+            .await;
+        if list["data"][0]["attempts"].as_u64().unwrap_or(0) >= 1 {
+            break list["data"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "no attempt was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first["status"], "pending", "a redirect is not a delivery");
+    assert_eq!(first["last_status"], 302);
+    assert!(first["next_attempt_at"].is_string());
+    assert!(got.lock().is_empty(), "the redirect was followed");
+
+    // Another tenant can't see or resend this endpoint's deliveries.
+    let event_id = first["event_id"].as_str().unwrap();
+    for (method, path) in [
+        (reqwest::Method::GET, deliveries.clone()),
+        (
+            reqwest::Method::POST,
+            format!("{deliveries}/{event_id}/retry"),
+        ),
+    ] {
+        let r = srv
+            .http
+            .request(method, format!("{}{path}", srv.url))
+            .header("X-API-Key", KEY_B)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "webhook_not_found");
     }
 }
