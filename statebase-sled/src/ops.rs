@@ -134,32 +134,26 @@ fn revision_key(tenant: &str, memory: &str, version: u64) -> Vec<u8> {
     Key::new(b'R').str(tenant).str(memory).num(version).done()
 }
 
+/// An index key: its kind, the tenant, the owner it is listed under (agent, user, session,
+/// type, tag or action; none for the tenant-wide lists), the time, the id.
+fn index_key(kind: u8, tenant: &str, owner: Option<&str>, at: Timestamp, id: &str) -> Vec<u8> {
+    let key = Key::new(kind).str(tenant);
+    let key = match owner {
+        Some(o) => key.str(o),
+        None => key,
+    };
+    key.time(at).raw(id).done()
+}
+
 /// The index keys of a session.
 fn session_index(tenant: &str, s: &Session) -> Vec<Vec<u8>> {
+    let key = |kind, owner| index_key(kind, tenant, owner, s.created_at, &s.id);
     let mut keys = vec![
-        Key::new(b's')
-            .str(tenant)
-            .time(s.created_at)
-            .raw(&s.id)
-            .done(),
-        Key::new(b'a')
-            .str(tenant)
-            .str(&s.agent_id)
-            .time(s.created_at)
-            .raw(&s.id)
-            .done(),
+        key(b's', None),
+        key(b'a', Some(&s.agent_id)),
         expiry_key(tenant, s),
     ];
-    if let Some(u) = &s.user_id {
-        keys.push(
-            Key::new(b'u')
-                .str(tenant)
-                .str(u)
-                .time(s.created_at)
-                .raw(&s.id)
-                .done(),
-        );
-    }
+    keys.extend(s.user_id.as_deref().map(|u| key(b'u', Some(u))));
     keys
 }
 
@@ -173,77 +167,19 @@ fn expiry_key(tenant: &str, s: &Session) -> Vec<u8> {
 
 /// The index keys of a memory.
 fn memory_index(tenant: &str, m: &Memory) -> Vec<Vec<u8>> {
-    let mut keys = vec![
-        Key::new(b'm')
-            .str(tenant)
-            .time(m.created_at)
-            .raw(&m.id)
-            .done(),
-        Key::new(b'y')
-            .str(tenant)
-            .str(&m.memory_type)
-            .time(m.created_at)
-            .raw(&m.id)
-            .done(),
-    ];
-    if let Some(s) = &m.session_id {
-        keys.push(
-            Key::new(b'n')
-                .str(tenant)
-                .str(s)
-                .time(m.created_at)
-                .raw(&m.id)
-                .done(),
-        );
-    }
-    if let Some(u) = &m.user_id {
-        keys.push(
-            Key::new(b'o')
-                .str(tenant)
-                .str(u)
-                .time(m.created_at)
-                .raw(&m.id)
-                .done(),
-        );
-    }
-    for tag in &m.tags {
-        keys.push(
-            Key::new(b'g')
-                .str(tenant)
-                .str(tag)
-                .time(m.created_at)
-                .raw(&m.id)
-                .done(),
-        );
-    }
+    let key = |kind, owner| index_key(kind, tenant, owner, m.created_at, &m.id);
+    let mut keys = vec![key(b'm', None), key(b'y', Some(&m.memory_type))];
+    keys.extend(m.session_id.as_deref().map(|s| key(b'n', Some(s))));
+    keys.extend(m.user_id.as_deref().map(|u| key(b'o', Some(u))));
+    keys.extend(m.tags.iter().map(|t| key(b'g', Some(t))));
     keys
 }
 
 /// The index keys of a trace.
 fn trace_index(tenant: &str, t: &Trace) -> Vec<Vec<u8>> {
-    let mut keys = vec![
-        Key::new(b't')
-            .str(tenant)
-            .time(t.timestamp)
-            .raw(&t.id)
-            .done(),
-        Key::new(b'c')
-            .str(tenant)
-            .str(&t.action)
-            .time(t.timestamp)
-            .raw(&t.id)
-            .done(),
-    ];
-    if let Some(s) = &t.session_id {
-        keys.push(
-            Key::new(b'x')
-                .str(tenant)
-                .str(s)
-                .time(t.timestamp)
-                .raw(&t.id)
-                .done(),
-        );
-    }
+    let key = |kind, owner| index_key(kind, tenant, owner, t.timestamp, &t.id);
+    let mut keys = vec![key(b't', None), key(b'c', Some(&t.action))];
+    keys.extend(t.session_id.as_deref().map(|s| key(b'x', Some(s))));
     keys
 }
 
