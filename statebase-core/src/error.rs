@@ -133,10 +133,7 @@ impl Error {
     }
 
     pub(crate) fn session_not_found(id: &str) -> Self {
-        Error::NotFound {
-            kind: ResourceKind::Session,
-            id: id.to_owned(),
-        }
+        Self::not_found(ResourceKind::Session, id)
     }
 
     /// No such record.

@@ -472,10 +472,7 @@ impl<S: Store> StateBase<S> {
         self.store()
             .trace(&self.tenant, id)
             .await?
-            .ok_or_else(|| Error::NotFound {
-                kind: ResourceKind::Trace,
-                id: id.to_owned(),
-            })
+            .ok_or_else(|| Error::not_found(ResourceKind::Trace, id))
     }
 
     /// Audit traces newest first, filtered, one page at a time. Traces outlive their

@@ -396,7 +396,7 @@ impl Trees {
             // write that adds keys under a session bumps its record, so an unchanged record
             // means the gathered keys are all there are.
             let Some(before) = self.records.get(session_key(tenant, id)).map_err(storage)? else {
-                return Err(not_found(ResourceKind::Session, id));
+                return Err(Error::not_found(ResourceKind::Session, id));
             };
             let rec = decode_session(&before)?;
             let mut log_keys = Vec::new();
@@ -615,7 +615,7 @@ impl Trees {
         self.transact(|r, l, i| {
             let old = match r.get(memory_key(tenant, &m.id))? {
                 Some(v) => decode_memory(&v).map_err(abort_now)?,
-                None => return abort(not_found(ResourceKind::Memory, &m.id)),
+                None => return abort(Error::not_found(ResourceKind::Memory, &m.id)),
             };
             if old.memory.version != u.expected_version {
                 return abort(Error::Conflict {
@@ -680,7 +680,7 @@ impl Trees {
     pub fn delete_memory(&self, tenant: &str, id: &str, trace: &Trace) -> Result<MemoryRecord> {
         loop {
             let Some(before) = self.memory(tenant, id)? else {
-                return Err(not_found(ResourceKind::Memory, id));
+                return Err(Error::not_found(ResourceKind::Memory, id));
             };
             let revisions: Vec<Vec<u8>> = self
                 .log
@@ -691,7 +691,7 @@ impl Trees {
             let result = self.transact(|r, l, i| {
                 let current = match r.get(memory_key(tenant, id))? {
                     Some(v) => decode_memory(&v).map_err(abort_now)?,
-                    None => return abort(not_found(ResourceKind::Memory, id)),
+                    None => return abort(Error::not_found(ResourceKind::Memory, id)),
                 };
                 // Updated since the scan: it may have a revision we did not gather.
                 if current.memory.version != before.memory.version {
@@ -920,13 +920,6 @@ fn feed_key_parts(key: &[u8]) -> Option<(u64, String, String)> {
     Some((position, tenant, id))
 }
 
-fn not_found(kind: ResourceKind, id: &str) -> Error {
-    Error::NotFound {
-        kind,
-        id: id.to_owned(),
-    }
-}
-
 fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(e)
 }
@@ -935,7 +928,7 @@ fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
 fn tx_session(r: &TransactionalTree, tenant: &str, id: &str) -> TxResult<SessionRecord> {
     match r.get(session_key(tenant, id))? {
         Some(v) => decode_session(&v).map_err(abort_now),
-        None => abort(not_found(ResourceKind::Session, id)),
+        None => abort(Error::not_found(ResourceKind::Session, id)),
     }
 }
 

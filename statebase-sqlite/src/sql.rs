@@ -133,13 +133,7 @@ pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionR
 
 /// The session, or `NotFound`.
 fn existing_session(conn: &Connection, tenant: &str, id: &str) -> Res<SessionRecord> {
-    session(conn, tenant, id)?.ok_or_else(|| {
-        Error::NotFound {
-            kind: ResourceKind::Session,
-            id: id.to_owned(),
-        }
-        .into()
-    })
+    session(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Session, id).into())
 }
 
 pub fn create_session(conn: &Connection, tenant: &str, new: &NewSession) -> Res<()> {
@@ -237,13 +231,7 @@ fn counters(conn: &Connection, tenant: &str, id: &str) -> Res<Counters> {
             })
         },
     )?
-    .ok_or_else(|| {
-        Error::NotFound {
-            kind: ResourceKind::Session,
-            id: id.to_owned(),
-        }
-        .into()
-    })
+    .ok_or_else(|| Error::not_found(ResourceKind::Session, id).into())
 }
 
 pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<()> {
@@ -798,10 +786,8 @@ pub fn delete_memory(
     id: &str,
     trace: &Trace,
 ) -> Res<MemoryRecord> {
-    let record = memory(conn, tenant, id)?.ok_or_else(|| Error::NotFound {
-        kind: ResourceKind::Memory,
-        id: id.to_owned(),
-    })?;
+    let record =
+        memory(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Memory, id))?;
     conn.prepare_cached("DELETE FROM memories WHERE tenant = ?1 AND id = ?2")?
         .execute(params![tenant, id])?;
     if let Some(sid) = &record.memory.session_id {
