@@ -36,6 +36,8 @@ pub const EVENTS: [&str; 7] = [
 const RETRY_WINDOW: Duration = Duration::hours(24);
 /// The longest wait between two attempts.
 const MAX_BACKOFF_SECONDS: i64 = 3600;
+/// How long delivered and given-up deliveries stay listable.
+pub const KEEP_DONE: Duration = Duration::days(7);
 
 type Sb = StateBase<Arc<dyn Store>>;
 
@@ -326,13 +328,38 @@ impl Dispatcher {
     /// Runs [`Dispatcher::step`] every `interval`, forever.
     pub fn spawn(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
+            let mut pruned: Option<std::time::Instant> = None;
             loop {
                 if let Err(e) = self.step().await {
                     tracing::warn!(error = %e, "webhook dispatch failed; retrying");
                 }
+                if pruned.is_none_or(|at| at.elapsed().as_secs() >= 3600) {
+                    match self.prune(KEEP_DONE).await {
+                        Ok(_) => pruned = Some(std::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "pruning deliveries failed"),
+                    }
+                }
                 tokio::time::sleep(interval).await;
             }
         })
+    }
+
+    /// Forgets delivered and given-up deliveries older than `keep`; returns how many.
+    pub async fn prune(&self, keep: Duration) -> Result<usize> {
+        let cutoff = Utc::now() - keep;
+        let mut gone = Vec::new();
+        for (key, v) in scan(self.sb.store().as_ref(), "done/").await? {
+            let d: Delivery = decode(&v)?;
+            // A given-up delivery's last attempt was the one due at `next_attempt_at`.
+            if d.delivered_at.unwrap_or(d.next_attempt_at) < cutoff {
+                gone.push((key, None));
+            }
+        }
+        let count = gone.len();
+        if count > 0 {
+            self.sb.store().put_meta(SPACE, gone).await?;
+        }
+        Ok(count)
     }
 
     /// One round: plan deliveries for new events, then make every due attempt.

@@ -97,6 +97,7 @@ async fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
 struct Server {
     url: String,
     http: reqwest::Client,
+    sb: statebase_core::StateBase<Arc<dyn Store>>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,11 +118,13 @@ async fn start() -> Server {
     webhooks::spawn_sweeper(state.sb.clone(), Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let sb = state.sb.clone();
     let app = router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Server {
         url,
         http: reqwest::Client::new(),
+        sb,
         _dir: dir,
     }
 }
@@ -142,6 +145,24 @@ impl Server {
 
     async fn post(&self, key: &str, path: &str, body: Value) -> Value {
         self.call(key, reqwest::Method::POST, path, body).await
+    }
+
+    /// Tenant a's deliveries to `endpoint` once every one is delivered. A receiver has an
+    /// event before the dispatcher records its delivery, so this waits for the records.
+    async fn settled_deliveries(&self, endpoint: &str) -> Vec<Value> {
+        let path = format!("/v1/webhooks/{endpoint}/deliveries");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = self
+                .call(KEY_A, reqwest::Method::GET, &path, json!({}))
+                .await;
+            let data = list["data"].as_array().unwrap().clone();
+            if data.iter().all(|d| d["status"] == "delivered") {
+                return data;
+            }
+            assert!(Instant::now() < deadline, "deliveries never all delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -322,17 +343,8 @@ async fn failing_receiver_gets_every_event_and_can_be_sent_one_again() {
         ],
         "in order despite the failures"
     );
-    let deliveries = srv
-        .call(
-            KEY_A,
-            reqwest::Method::GET,
-            &format!("/v1/webhooks/{id}/deliveries"),
-            json!({}),
-        )
-        .await;
-    let data = deliveries["data"].as_array().unwrap();
+    let data = srv.settled_deliveries(id).await;
     assert_eq!(data.len(), 4);
-    assert!(data.iter().all(|d| d["status"] == "delivered"));
     let first = data.last().unwrap();
     assert_eq!(first["type"], "session.created");
     assert_eq!(first["attempts"], 3);
@@ -349,6 +361,13 @@ async fn failing_receiver_gets_every_event_and_can_be_sent_one_again() {
     })
     .await;
     assert_eq!(got.lock()[4].1, event_id);
+
+    // Done deliveries are kept for a while, then forgotten.
+    assert_eq!(srv.settled_deliveries(id).await.len(), 4);
+    let dispatcher = webhooks::Dispatcher::new(srv.sb.clone());
+    assert_eq!(dispatcher.prune(webhooks::KEEP_DONE).await.unwrap(), 0);
+    assert_eq!(dispatcher.prune(chrono::Duration::zero()).await.unwrap(), 4);
+    assert!(srv.settled_deliveries(id).await.is_empty());
 }
 
 #[tokio::test]
