@@ -17,7 +17,7 @@ use sha2::Sha256;
 use statebase_core::keys::hex;
 use statebase_core::store::FeedEntry;
 use statebase_core::{action, Error, ResourceKind, Result, StateBase, Store};
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const SPACE: &str = "webhooks";
@@ -40,6 +40,8 @@ const MAX_BACKOFF_SECONDS: i64 = 3600;
 pub const KEEP_DONE: Duration = Duration::days(7);
 
 type Sb = StateBase<Arc<dyn Store>>;
+/// A pending delivery and its key.
+type Owed = (String, Delivery);
 
 /// A webhook endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +78,18 @@ impl Endpoint {
     }
 }
 
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Owed: its next attempt is due at `next_attempt_at`.
+    Pending,
+    /// A 2xx came back.
+    Delivered,
+    /// Given up after a day of failed attempts.
+    Failed,
+}
+
 /// One event owed to (or delivered to) one endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
@@ -83,8 +97,8 @@ pub struct Delivery {
     pub event: Value,
     /// The session the event concerns: events of a session go out in order.
     pub session_id: Option<String>,
-    /// `pending`, `delivered` or `failed`.
-    pub status: String,
+    /// Where it stands.
+    pub status: Status,
     /// Attempts made.
     pub attempts: u32,
     /// When the first attempt was made.
@@ -108,7 +122,7 @@ impl Delivery {
             "type": self.event["type"],
             "status": self.status,
             "attempts": self.attempts,
-            "next_attempt_at": (self.status == "pending").then_some(self.next_attempt_at),
+            "next_attempt_at": (self.status == Status::Pending).then_some(self.next_attempt_at),
             "last_status": self.last_status,
             "last_error": self.last_error,
             "delivered_at": self.delivered_at,
@@ -248,7 +262,7 @@ pub async fn redeliver(sb: &Sb, tenant: &str, id: &str, event_id: &str) -> Resul
         if d.event["id"] != event_id {
             continue;
         }
-        d.status = "pending".into();
+        d.status = Status::Pending;
         d.attempts = 0;
         d.first_attempt_at = None;
         d.next_attempt_at = Utc::now();
@@ -408,7 +422,7 @@ impl Dispatcher {
                 let d = Delivery {
                     event: event.clone(),
                     session_id: t.session_id.clone(),
-                    status: "pending".into(),
+                    status: Status::Pending,
                     attempts: 0,
                     first_attempt_at: None,
                     next_attempt_at: Utc::now(),
@@ -425,36 +439,47 @@ impl Dispatcher {
         Ok(feed.len() == 200)
     }
 
-    /// Attempts the first owed event of each (endpoint, session) that is due, all at once.
+    /// Works through what each endpoint is owed for each session, the sessions at once: the
+    /// events of one session go out in order, each after the one before it is done with.
     async fn deliver_due(&self) -> Result<()> {
-        let pending = scan(self.sb.store().as_ref(), "pending/").await?;
         let endpoints = list(&self.sb, None).await?;
-        let now = Utc::now();
-        let mut heads = HashSet::new();
-        let mut attempts = tokio::task::JoinSet::new();
-        // Keys sort by endpoint, then position: the first of each session is its oldest.
-        for (key, v) in pending {
+        // Keys sort by endpoint, then feed position: each chain is in event order.
+        // (endpoint id, session id) -> the owed deliveries, by key.
+        let mut chains: BTreeMap<(String, Option<String>), Vec<Owed>> = BTreeMap::new();
+        for (key, v) in scan(self.sb.store().as_ref(), "pending/").await? {
             let d: Delivery = decode(&v)?;
             let endpoint_id = key.split('/').nth(1).unwrap_or_default().to_owned();
-            if !heads.insert((endpoint_id.clone(), d.session_id.clone())) || d.next_attempt_at > now
-            {
-                continue;
-            }
+            chains
+                .entry((endpoint_id, d.session_id.clone()))
+                .or_default()
+                .push((key, d));
+        }
+        let mut sending = tokio::task::JoinSet::new();
+        for ((endpoint_id, _), chain) in chains {
             let Some(endpoint) = endpoints.iter().find(|e| e.id == endpoint_id).cloned() else {
-                self.sb.store().put_meta(SPACE, vec![(key, None)]).await?;
+                let gone = chain.into_iter().map(|(key, _)| (key, None)).collect();
+                self.sb.store().put_meta(SPACE, gone).await?;
                 continue;
             };
             let this = self.clone();
-            attempts.spawn(async move { this.attempt(&endpoint, key, d).await });
+            sending.spawn(async move {
+                for (key, d) in chain {
+                    if d.next_attempt_at > Utc::now() || !this.attempt(&endpoint, key, d).await? {
+                        break;
+                    }
+                }
+                Ok::<_, Error>(())
+            });
         }
-        while let Some(done) = attempts.join_next().await {
+        while let Some(done) = sending.join_next().await {
             done.map_err(Error::backend)??;
         }
         Ok(())
     }
 
-    /// One attempt, and its outcome recorded.
-    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<()> {
+    /// One attempt, and its outcome recorded; true once the delivery is done with (delivered
+    /// or given up), so that the session's next event may go.
+    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<bool> {
         let body = encode(&d.event)?;
         let now = Utc::now();
         let result = self
@@ -487,23 +512,28 @@ impl Dispatcher {
         };
         d.last_status = status;
         d.last_error = error;
-        let done_key = key.replacen("pending/", "done/", 1);
-        let writes = if ok {
-            d.status = "delivered".into();
+        d.status = if ok {
             d.delivered_at = Some(now);
-            vec![(key, None), (done_key, Some(encode(&d)?))]
+            Status::Delivered
         } else if now - first >= RETRY_WINDOW {
-            d.status = "failed".into();
-            vec![(key, None), (done_key, Some(encode(&d)?))]
+            Status::Failed
         } else {
             let wait = 1i64
                 .checked_shl(d.attempts.saturating_sub(1).min(30))
                 .unwrap_or(i64::MAX)
                 .min(MAX_BACKOFF_SECONDS);
             d.next_attempt_at = now + Duration::seconds(wait);
+            Status::Pending
+        };
+        let done = d.status != Status::Pending;
+        let writes = if done {
+            let done_key = key.replacen("pending/", "done/", 1);
+            vec![(key, None), (done_key, Some(encode(&d)?))]
+        } else {
             vec![(key, Some(encode(&d)?))]
         };
-        self.sb.store().put_meta(SPACE, writes).await
+        self.sb.store().put_meta(SPACE, writes).await?;
+        Ok(done)
     }
 }
 
