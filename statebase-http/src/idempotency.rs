@@ -1,106 +1,232 @@
-//! `Idempotency-Key` on POST and PATCH: the first response to a key is kept for 24 hours
-//! and replayed to retries with the same key and body, which then create nothing. The same
+//! `Idempotency-Key` on POST and PATCH: the first successful response to a key is kept for
+//! 24 hours, in the store (so a retry after a restart is still answered from it), and
+//! replayed to retries with the same key and request, which then create nothing. The same
 //! key with another request is refused. Keys are per API key; a retry that arrives while
 //! the first request runs waits for it.
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::{to_bytes, Body};
 use axum::extract::Request;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use statebase_core::keys::hex;
+use statebase_core::Store;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-const KEEP: Duration = Duration::from_secs(24 * 3600);
+/// How long a response is kept.
+pub const KEEP: chrono::Duration = chrono::Duration::hours(24);
+/// The longest idempotency key accepted.
+const MAX_KEY_CHARS: usize = 255;
+const SPACE: &str = "idempotency";
 
-/// One idempotency key's response, once there is one; locked while its first request runs.
-type Slot = Arc<tokio::sync::Mutex<Option<Stored>>>;
+/// Held while the first request with a key runs, so that a concurrent retry waits for it.
+type Slot = Arc<tokio::sync::Mutex<()>>;
 
-/// Stored responses, by (API key id, idempotency key).
-#[derive(Debug, Default)]
+/// Responses by (API key id, idempotency key), kept in the store's `idempotency` space.
+#[derive(Debug)]
 pub struct Idempotency {
-    entries: Mutex<HashMap<(String, String), Slot>>,
+    store: Arc<dyn Store>,
+    running: Mutex<HashMap<String, Slot>>,
 }
 
-#[derive(Debug)]
+/// A kept response, and a digest of the request it answered.
+#[derive(Debug, Serialize, Deserialize)]
 struct Stored {
-    fingerprint: (Method, String, Bytes),
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
+    request: String,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    at: DateTime<Utc>,
 }
 
 impl Idempotency {
-    fn slot(&self, key: (String, String)) -> Slot {
-        let mut entries = self.entries.lock();
-        if entries.len() > 10_000 {
-            // Forget expired responses (and slots nobody holds) now and then.
-            entries.retain(|_, slot| match slot.try_lock() {
-                Ok(stored) => stored.as_ref().is_some_and(|s| s.at.elapsed() < KEEP),
-                Err(_) => true,
-            });
+    /// Responses kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            running: Mutex::default(),
         }
-        entries.entry(key).or_default().clone()
     }
+
+    fn slot(&self, key: &str) -> Slot {
+        let mut running = self.running.lock();
+        // Slots nobody holds are dropped now and then; the responses are in the store.
+        if running.len() > 1_000 {
+            running.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        running.entry(key.to_owned()).or_default().clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Stored>, ApiError> {
+        let Some(bytes) = self.store.get_meta(SPACE, key).await? else {
+            return Ok(None);
+        };
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(statebase_core::Error::backend)?;
+        Ok((Utc::now() - stored.at < KEEP).then_some(stored))
+    }
+
+    async fn put(&self, key: &str, stored: &Stored) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(stored).map_err(statebase_core::Error::backend)?;
+        Ok(self
+            .store
+            .put_meta(SPACE, vec![(key.to_owned(), Some(bytes))])
+            .await?)
+    }
+
+    /// Forgets responses older than [`KEEP`]; returns how many.
+    pub async fn prune(&self) -> statebase_core::Result<usize> {
+        let mut gone = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .scan_meta(SPACE, "", after.as_deref(), 500)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, bytes) in page {
+                let fresh = serde_json::from_slice::<Stored>(&bytes)
+                    .is_ok_and(|s| Utc::now() - s.at < KEEP);
+                if !fresh {
+                    gone.push((key, None));
+                }
+            }
+        }
+        let count = gone.len();
+        if count > 0 {
+            self.store.put_meta(SPACE, gone).await?;
+        }
+        Ok(count)
+    }
+}
+
+fn replay(stored: Stored) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, stored.body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in stored.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(n, v);
+        }
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 /// The middleware.
 pub async fn idempotent(
-    axum::extract::State(store): axum::extract::State<Arc<Idempotency>>,
+    axum::extract::State(keep): axum::extract::State<Arc<Idempotency>>,
     req: Request,
     next: Next,
 ) -> Response {
+    match run(&keep, req, next).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(keep: &Idempotency, req: Request, next: Next) -> Result<Response, ApiError> {
     let key = req
         .headers()
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| v.to_str().map(str::to_owned));
     let (Some(key), true) = (key, matches!(*req.method(), Method::POST | Method::PATCH)) else {
-        return next.run(req).await;
+        return Ok(next.run(req).await);
+    };
+    let key = match key {
+        Ok(k) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => k,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"
+            )))
+        }
     };
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
-        return next.run(req).await;
+        return Ok(next.run(req).await);
     };
     let (parts, body) = req.into_parts();
-    let body = match to_bytes(body, crate::MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::too_large(crate::MAX_BODY_BYTES).into_response(),
-    };
-    let fingerprint = (parts.method.clone(), parts.uri.to_string(), body.clone());
-    let slot = store.slot((caller.key.id.clone(), key));
-    let mut stored = slot.lock().await;
-    if let Some(s) = stored.as_ref().filter(|s| s.at.elapsed() < KEEP) {
-        if s.fingerprint != fingerprint {
-            return ApiError::idempotency_key_reused().into_response();
+    let body = to_bytes(body, crate::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large(crate::MAX_BODY_BYTES))?;
+    let mut digest = Sha256::new();
+    digest.update(parts.method.as_str());
+    digest.update([0]);
+    digest.update(parts.uri.to_string());
+    digest.update([0]);
+    digest.update(&body);
+    let request = hex(&digest.finalize());
+    let key = format!("{}/{key}", caller.key.id);
+    let slot = keep.slot(&key);
+    let _running = slot.lock().await;
+    if let Some(stored) = keep.get(&key).await? {
+        if stored.request != request {
+            return Err(ApiError::idempotency_key_reused());
         }
-        let mut response = (s.status, s.body.clone()).into_response();
-        *response.headers_mut() = s.headers.clone();
-        response.headers_mut().insert(
-            "idempotent-replayed",
-            "true".parse().expect("static header"),
-        );
-        return response;
+        return Ok(replay(stored));
     }
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     // Errors are not kept: a retry after one should really retry.
     if !response.status().is_success() {
-        return response;
+        return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    let bytes = to_bytes(body, usize::MAX)
+        .await
+        .map_err(statebase_core::Error::backend)?;
+    let stored = Stored {
+        request,
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        at: Utc::now(),
     };
-    *stored = Some(Stored {
-        fingerprint,
-        status: parts.status,
-        headers: parts.headers.clone(),
-        body: bytes.clone(),
-        at: Instant::now(),
-    });
-    Response::from_parts(parts, Body::from(bytes))
+    // The change is made; if keeping its response fails, the client still gets it.
+    if let Err(e) = keep.put(&key, &stored).await {
+        tracing::warn!(error = ?e, "could not keep an idempotent response");
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prune_forgets_only_responses_past_their_day() {
+        let keep = Idempotency::new(Arc::new(statebase_core::MemoryStore::new()));
+        let stored = |age: chrono::Duration| Stored {
+            request: "r".into(),
+            status: 201,
+            headers: vec![],
+            body: "{}".into(),
+            at: Utc::now() - age,
+        };
+        keep.put("key_1/old", &stored(KEEP + chrono::Duration::minutes(1)))
+            .await
+            .unwrap();
+        keep.put("key_1/new", &stored(KEEP - chrono::Duration::minutes(1)))
+            .await
+            .unwrap();
+        assert!(keep.get("key_1/old").await.unwrap().is_none(), "expired");
+        assert_eq!(keep.prune().await.unwrap(), 1);
+        assert!(keep
+            .store
+            .get_meta(SPACE, "key_1/old")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(keep.get("key_1/new").await.unwrap().is_some());
+    }
 }

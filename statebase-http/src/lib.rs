@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use statebase_core::{ObservedStore, StateBase, Store};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest request body accepted, in bytes (a state of 1 MiB plus its envelope).
 pub const MAX_BODY_BYTES: usize = 2 << 20;
@@ -51,14 +51,35 @@ impl AppState {
         let metrics: Arc<observe::Metrics> = Arc::default();
         let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self {
+            idempotency: Arc::new(idempotency::Idempotency::new(observed.clone())),
             sb: StateBase::new(observed),
             keys: Arc::default(),
             limiter: Arc::new(RateLimiter::new(limit, burst)),
-            idempotency: Arc::default(),
             metrics,
             started: Instant::now(),
         }
     }
+}
+
+/// Every `interval`, forever: deletes expired sessions (each emits `session.expired`) and
+/// forgets idempotent responses past their 24 hours.
+pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {
+    let (sb, idempotency) = (state.sb.clone(), state.idempotency.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            match sb.sweep_expired().await {
+                Ok(gone) if !gone.is_empty() => {
+                    tracing::info!(count = gone.len(), "expired sessions deleted")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "TTL sweep failed; retrying"),
+            }
+            if let Err(e) = idempotency.prune().await {
+                tracing::warn!(error = %e, "pruning idempotent responses failed; retrying");
+            }
+        }
+    })
 }
 
 /// The whole API.

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use statebase_core::{StateBase, Store};
-use statebase_http::{router, webhooks, AppState};
+use statebase_http::{router, spawn_maintenance, webhooks, AppState};
 use std::sync::Arc;
 
 // Many small allocations from many threads: mimalloc serves them with less contention than
@@ -40,7 +40,7 @@ enum Command {
         /// The most requests a key may make at once before the per-minute rate applies.
         #[arg(long, default_value_t = 200)]
         burst: u32,
-        /// Seconds between two sweeps of expired sessions.
+        /// Seconds between two sweeps of expired sessions (and old idempotent responses).
         #[arg(long, default_value_t = 60)]
         sweep_interval: u64,
         /// Milliseconds between two rounds of webhook deliveries.
@@ -188,14 +188,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let every = std::time::Duration::from_millis(webhook_interval_ms.max(10));
             let dispatcher = webhooks::Dispatcher::new(state.sb.clone()).spawn(every);
             let every = std::time::Duration::from_secs(sweep_interval.max(1));
-            let sweeper = webhooks::spawn_sweeper(state.sb.clone(), every);
+            let maintenance = spawn_maintenance(&state, every);
             let app = router(state.clone());
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown())
                 .await?;
             // What they have not finished stays owed in the store for the next start.
             dispatcher.abort();
-            sweeper.abort();
+            maintenance.abort();
         }
         Command::Webhooks { db, action } => {
             let sb = StateBase::new(open(&db)?);

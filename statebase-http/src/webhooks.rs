@@ -536,19 +536,3 @@ impl Dispatcher {
         Ok(done)
     }
 }
-
-/// Deletes expired sessions every `interval` (each emits `session.expired`), forever.
-pub fn spawn_sweeper(sb: Sb, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(interval).await;
-            match sb.sweep_expired().await {
-                Ok(gone) if !gone.is_empty() => {
-                    tracing::info!(count = gone.len(), "expired sessions deleted")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "TTL sweep failed; retrying"),
-            }
-        }
-    })
-}

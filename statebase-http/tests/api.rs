@@ -14,20 +14,26 @@ struct Server {
     url: String,
     http: reqwest::Client,
     sb: StateBase<Arc<dyn Store>>,
-    _dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
 }
 
 async fn start(limit: u32, burst: u32) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(Arc::new(tempfile::tempdir().unwrap()), limit, burst).await;
+    for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
+        srv.sb
+            .import_api_key(tenant, "test", key, None, None)
+            .await
+            .unwrap();
+    }
+    srv
+}
+
+/// A server (with nothing of its own in memory) over the SQLite file in `dir`.
+async fn serve(dir: Arc<tempfile::TempDir>, limit: u32, burst: u32) -> Server {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
     let state = AppState::new(store, limit, burst);
     let sb = state.sb.clone();
-    for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
-        sb.import_api_key(tenant, "test", key, None, None)
-            .await
-            .unwrap();
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state);
@@ -36,7 +42,7 @@ async fn start(limit: u32, burst: u32) -> Server {
         url,
         http: reqwest::Client::new(),
         sb,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -906,6 +912,40 @@ async fn if_match_and_idempotency_keys() {
         .unwrap();
     assert_eq!(b.status(), StatusCode::CREATED);
     assert_ne!(b.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // Kept in the store: a server started afresh on the same file still replays it.
+    let again = serve(srv.dir.clone(), 1000, 1000).await;
+    let replayed = again
+        .http
+        .post(format!("{}/v1/sessions", again.url))
+        .header("X-API-Key", KEY_A)
+        .header("Idempotency-Key", "retry-1")
+        .json(&json!({"agent_id": "idem"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), StatusCode::CREATED);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.unwrap()["id"], first["id"]);
+    let (_, list) = again
+        .a(Method::GET, "/v1/sessions?agent_id=idem", None)
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    // An oversized key is refused, and nothing is created.
+    let long = srv
+        .http
+        .post(format!("{}/v1/sessions", srv.url))
+        .header("X-API-Key", KEY_A)
+        .header("Idempotency-Key", "k".repeat(256))
+        .json(&json!({"agent_id": "long-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
+    let (_, list) = srv
+        .a(Method::GET, "/v1/sessions?agent_id=long-key", None)
+        .await;
+    assert_eq!(list["data"], json!([]));
 }
 
 #[tokio::test]

@@ -122,7 +122,7 @@ async fn start_with(dispatch: bool) -> Server {
     if dispatch {
         webhooks::Dispatcher::new(state.sb.clone()).spawn(Duration::from_millis(50));
     }
-    webhooks::spawn_sweeper(state.sb.clone(), Duration::from_secs(1));
+    statebase_http::spawn_maintenance(&state, Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let sb = state.sb.clone();
