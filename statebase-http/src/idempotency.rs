@@ -83,23 +83,15 @@ impl Idempotency {
 
     /// Forgets responses older than [`KEEP`]; returns how many.
     pub async fn prune(&self) -> statebase_core::Result<usize> {
-        let mut gone = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .scan_meta(SPACE, "", after.as_deref(), 500)
-                .await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (key, bytes) in page {
-                let fresh = serde_json::from_slice::<Stored>(&bytes)
-                    .is_ok_and(|s| Utc::now() - s.at < KEEP);
-                if !fresh {
-                    gone.push((key, None));
-                }
-            }
-        }
+        let now = Utc::now();
+        let gone: Vec<_> = crate::scan_all_meta(self.store.as_ref(), SPACE, "")
+            .await?
+            .into_iter()
+            .filter(|(_, bytes)| {
+                serde_json::from_slice::<Stored>(bytes).map_or(true, |s| now - s.at >= KEEP)
+            })
+            .map(|(key, _)| (key, None))
+            .collect();
         let count = gone.len();
         if count > 0 {
             self.store.put_meta(SPACE, gone).await?;

@@ -150,18 +150,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
 
 /// Every record of the space under `prefix`.
 async fn scan(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    loop {
-        let after = out.last().map(|(k, _)| k.clone());
-        let page = store
-            .scan_meta(SPACE, prefix, after.as_deref(), 500)
-            .await?;
-        let done = page.len() < 500;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
+    crate::scan_all_meta(store, SPACE, prefix).await
 }
 
 /// Makes an endpoint of `tenant`.
