@@ -198,3 +198,48 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SqliteError> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written before the trace feed existed: its traces enter the feed in the order
+    /// they were written (not, say, by id).
+    #[test]
+    fn migration_3_puts_existing_traces_in_the_feed_in_write_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL) STRICT;",
+        )
+        .unwrap();
+        for (i, script) in MIGRATIONS[..2].iter().enumerate() {
+            conn.execute_batch(script).unwrap();
+            conn.execute("INSERT INTO schema_version VALUES (?1, 0)", [i as i64 + 1])
+                .unwrap();
+        }
+        for (id, tenant) in [("trace_b", "t1"), ("trace_a", "t2"), ("trace_c", "t1")] {
+            conn.execute(
+                "INSERT INTO traces (tenant, id, session_id, action, resource_type, resource_id,
+                 actor, timestamp, details) VALUES (?1, ?2, NULL, 'session.created', 'session',
+                 'sess_x', 'system', 0, '{}')",
+                [tenant, id],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let feed = crate::sql::trace_feed(&conn, 0, 10).unwrap();
+        let seen: Vec<(u64, &str, &str)> = feed
+            .iter()
+            .map(|e| (e.position, e.tenant.as_str(), e.trace.id.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, "t1", "trace_b"),
+                (2, "t2", "trace_a"),
+                (3, "t1", "trace_c")
+            ]
+        );
+        assert_eq!(crate::sql::trace_feed(&conn, 2, 10).unwrap().len(), 1);
+    }
+}
