@@ -3,7 +3,8 @@
 //! signs and delivers them at least once, in order per session, retrying with backoff.
 //!
 //! Everything it keeps is in the store's `webhooks` meta space:
-//! - `endpoint/{tenant}/{id}`: an endpoint;
+//! - `endpoint/{tenant length}:{tenant}/{id}`: an endpoint (the length keeps tenant `a` from
+//!   reading `a/b`'s);
 //! - `pending/{endpoint}/{position}` and `done/{endpoint}/{position}`: one delivery of one
 //!   event to one endpoint, while it is owed and once it is delivered or given up;
 //! - `cursor`: the last feed position turned into deliveries (written with them).
@@ -192,7 +193,7 @@ pub async fn create(
         secret,
         created_at: Utc::now(),
     };
-    let key = format!("endpoint/{tenant}/{}", endpoint.id);
+    let key = endpoint_key(tenant, &endpoint.id);
     sb.store()
         .put_meta(SPACE, vec![(key, Some(encode(&endpoint)?))])
         .await?;
@@ -202,7 +203,7 @@ pub async fn create(
 /// The endpoints of `tenant`, or of every tenant.
 pub async fn list(sb: &Sb, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
     let prefix = match tenant {
-        Some(t) => format!("endpoint/{t}/"),
+        Some(t) => endpoint_key(t, ""),
         None => "endpoint/".to_owned(),
     };
     let mut out: Vec<Endpoint> = Vec::new();
@@ -213,9 +214,21 @@ pub async fn list(sb: &Sb, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
     Ok(out)
 }
 
+/// The key of an endpoint; with an empty `id`, the prefix of the tenant's endpoints.
+fn endpoint_key(tenant: &str, id: &str) -> String {
+    format!("endpoint/{}:{tenant}/{id}", tenant.len())
+}
+
 async fn get(sb: &Sb, tenant: &str, id: &str) -> Result<Endpoint> {
-    let key = format!("endpoint/{tenant}/{id}");
-    match sb.store().get_meta(SPACE, &key).await? {
+    // Ids are ours (`wh_` and alphanumerics): anything else, a `/` above all, names none.
+    if !id.starts_with("wh_") || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::not_found(ResourceKind::Webhook, id));
+    }
+    match sb
+        .store()
+        .get_meta(SPACE, &endpoint_key(tenant, id))
+        .await?
+    {
         Some(v) => decode(&v),
         None => Err(Error::not_found(ResourceKind::Webhook, id)),
     }
@@ -224,7 +237,7 @@ async fn get(sb: &Sb, tenant: &str, id: &str) -> Result<Endpoint> {
 /// Deletes an endpoint of `tenant` and what it was still owed.
 pub async fn delete(sb: &Sb, tenant: &str, id: &str) -> Result<()> {
     get(sb, tenant, id).await?;
-    let mut writes = vec![(format!("endpoint/{tenant}/{id}"), None)];
+    let mut writes = vec![(endpoint_key(tenant, id), None)];
     for (k, _) in scan(sb.store().as_ref(), &format!("pending/{id}/")).await? {
         writes.push((k, None));
     }

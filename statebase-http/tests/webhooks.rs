@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 const KEY_A: &str = "sb_tenantakeytenantakey0001";
 const KEY_B: &str = "sb_tenantbkeytenantbkey0001";
+/// Tenant `a/b`, whose name starts with tenant `a`'s.
+const KEY_AB: &str = "sb_tenantabkeytenantabkey01";
 
 /// What a receiver got: the signature header, the event id header and the raw body.
 type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
@@ -112,7 +114,7 @@ async fn start_with(dispatch: bool) -> Server {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("hooks.db")).unwrap());
     let state = AppState::new(store, 10_000, 10_000);
-    for (tenant, key) in [("a", KEY_A), ("b", KEY_B)] {
+    for (tenant, key) in [("a", KEY_A), ("b", KEY_B), ("a/b", KEY_AB)] {
         state
             .sb
             .import_api_key(tenant, "test", key, None, None)
@@ -536,6 +538,30 @@ async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
     assert_eq!(first["last_status"], 302);
     assert!(first["next_attempt_at"].is_string());
     assert!(got.lock().is_empty(), "the redirect was followed");
+
+    // Tenant a/b's endpoint is not tenant a's, whatever a names it.
+    let nested = srv
+        .post(KEY_AB, "/v1/webhooks", json!({"url": moved}))
+        .await;
+    let nested_id = nested["id"].as_str().unwrap();
+    let mine = srv
+        .call(KEY_A, reqwest::Method::GET, "/v1/webhooks", json!({}))
+        .await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["data"][0]["id"], id.as_str());
+    for path in [
+        format!("/v1/webhooks/b%2F{nested_id}/deliveries"),
+        format!("/v1/webhooks/{nested_id}/deliveries"),
+    ] {
+        let r = srv
+            .http
+            .get(format!("{}{path}", srv.url))
+            .header("X-API-Key", KEY_A)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 
     // Another tenant can't see or resend this endpoint's deliveries.
     let event_id = first["event_id"].as_str().unwrap();
