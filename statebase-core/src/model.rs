@@ -40,6 +40,7 @@ impl Session {
 }
 
 /// How a state version came to be.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VersionChange {
@@ -158,6 +159,7 @@ pub struct Page<T> {
 }
 
 /// Input of [`StateBase::create_session`](crate::StateBase::create_session).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateSession {
     /// Required, non-empty.
@@ -183,6 +185,7 @@ impl CreateSession {
 }
 
 /// Input of [`StateBase::update_session`](crate::StateBase::update_session).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdateSession {
     /// An RFC 7386 merge patch applied to the metadata (`null` values remove keys).
@@ -337,6 +340,7 @@ pub struct Turn {
 }
 
 /// Input of [`StateBase::add_turn`](crate::StateBase::add_turn).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AddTurn {
     /// An object with `type` and `content` (other keys are kept), or a plain string, taken as
@@ -367,6 +371,7 @@ impl AddTurn {
 }
 
 /// List order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
@@ -417,6 +422,7 @@ pub struct Memory {
 }
 
 /// One revision of a memory, as it was after an add or an update.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRevision {
     /// The memory.
@@ -431,8 +437,10 @@ pub struct MemoryRevision {
     /// The tags then.
     pub tags: Vec<String>,
     /// The metadata then.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Object,
     /// When the revision was made.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 

@@ -3,8 +3,10 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Value};
 use statebase_core::Error;
+use utoipa::ToSchema;
 
 /// An error as the API returns it.
 #[derive(Debug)]
@@ -131,6 +133,30 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+    /// A 422's list of `{"loc": [where, field…], "msg", "type"}`; else the message again.
+    detail: Value,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorFields<'a> {
+    /// Stable: `authentication_failed`, `rate_limit_exceeded`, `invalid_request`,
+    /// `resource_not_found`, `version_conflict`, `payload_too_large`, …
+    code: &'a str,
+    message: &'a str,
+    /// `authentication_error`, `rate_limit_error`, `invalid_request_error` or `api_error`.
+    r#type: &'a str,
+    /// The field or parameter at fault.
+    param: Option<&'a str>,
+    /// Seconds to wait (429 only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let kind = match self.status.as_u16() {
@@ -139,19 +165,16 @@ impl IntoResponse for ApiError {
             500..=599 => "api_error",
             _ => "invalid_request_error",
         };
-        let mut error = json!({
-            "code": self.code,
-            "message": self.message,
-            "type": kind,
-            "param": self.param,
-        });
-        if let Some(seconds) = self.retry_after {
-            error["retry_after"] = json!(seconds);
-        }
-        let body = json!({
-            "error": error,
-            "detail": self.detail.unwrap_or_else(|| json!(self.message)),
-        });
+        let body = ErrorBody {
+            error: ErrorFields {
+                code: self.code,
+                message: &self.message,
+                r#type: kind,
+                param: self.param.as_deref(),
+                retry_after: self.retry_after,
+            },
+            detail: self.detail.unwrap_or_else(|| json!(self.message)),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response

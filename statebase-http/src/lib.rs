@@ -10,6 +10,7 @@ mod error;
 mod extract;
 mod idempotency;
 mod observe;
+mod openapi;
 mod routes;
 pub mod webhooks;
 mod wire;
@@ -17,12 +18,17 @@ mod wire;
 pub use auth::{KeyCache, RateLimiter};
 pub use error::ApiError;
 
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::{Extension, Router};
 use statebase_core::{ObservedStore, StateBase, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 /// The largest request body accepted, in bytes (a state of 1 MiB plus its envelope).
 pub const MAX_BODY_BYTES: usize = 2 << 20;
@@ -103,65 +109,54 @@ pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::J
     })
 }
 
-/// The whole API.
+/// The whole API, and `/openapi.json` describing it.
 pub fn router(state: AppState) -> Router {
     use routes::*;
-    // Both memory families (`/v1/memories` and `/v1/memory`) serve one item the same way.
-    let memory = get(get_memory)
-        .put(update_memory)
-        .patch(update_memory)
-        .delete(delete_memory);
-    let v1 = Router::new()
-        .route("/sessions", post(create_session).get(list_sessions))
-        .route(
-            "/sessions/{id}",
-            get(get_session)
-                .patch(update_session)
-                .delete(delete_session),
-        )
-        .route("/sessions/{id}/context", post(context))
-        .route("/sessions/{id}/fork", post(fork))
-        .route("/sessions/{id}/history", get(state_history))
-        .route("/sessions/{id}/rollback", post(rollback))
-        .route(
-            "/sessions/{id}/state",
-            get(get_state)
-                .patch(merge_state)
-                .put(replace_state)
-                .post(post_state),
-        )
-        .route("/sessions/{id}/state/history", get(state_history))
-        .route("/sessions/{id}/state/rollback", post(rollback))
-        .route("/sessions/{id}/turns", post(add_turn).get(list_turns))
-        .route("/sessions/{id}/turns/{turn_id}", get(get_turn))
-        .route("/sessions/{id}/memories", post(add_session_memory))
-        .route(
-            "/sessions/{id}/memories/search",
-            post(search_session_memories),
-        )
-        .route("/sessions/{id}/traces", get(session_traces))
-        .route("/memories", post(add_memory).get(search_or_list_memories))
-        .route("/memories/search", get(search_or_list_memories))
-        .route("/memories/{id}", memory.clone())
-        .route("/memories/{id}/history", get(memory_history))
-        .route("/memory", post(add_memory).get(search_or_list_memories))
-        .route("/memory/search", post(search_memories))
-        .route("/memory/{id}", memory)
-        .route("/memory/{id}/history", get(memory_history))
-        .route("/dashboard/keys", get(list_keys).post(create_key))
-        .route("/dashboard/keys/{id}", axum::routing::delete(revoke_key))
-        .route("/dashboard/stats", get(stats))
-        .route("/traces", get(list_traces))
-        .route("/traces/{id}", get(get_trace))
-        .route("/traces/sessions/{id}/traces", get(session_traces))
-        .route("/webhooks", post(create_webhook).get(list_webhooks))
-        .route("/webhooks/{id}", axum::routing::delete(delete_webhook))
-        .route("/webhooks/{id}/deliveries", get(webhook_deliveries))
-        .route(
-            "/webhooks/{id}/deliveries/{event_id}/retry",
-            post(retry_delivery),
-        )
-        .method_not_allowed_fallback(method_not_allowed)
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(create_session, list_sessions))
+        .routes(routes!(get_session, update_session, delete_session))
+        .routes(routes!(context))
+        .routes(routes!(fork))
+        .routes(routes!(get_state, merge_state, replace_state, post_state))
+        .routes(routes!(add_turn, list_turns))
+        .routes(routes!(get_turn))
+        .routes(routes!(add_session_memory))
+        .routes(routes!(search_session_memories))
+        .routes(routes!(search_memories))
+        .routes(routes!(list_traces))
+        .routes(routes!(get_trace))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(stats))
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(webhook_deliveries))
+        .routes(routes!(retry_delivery));
+    // The spec's second spellings of the same routes.
+    let v1 = also_at(
+        v1,
+        routes!(state_history),
+        &["/sessions/{id}/state/history"],
+    );
+    let v1 = also_at(v1, routes!(rollback), &["/sessions/{id}/state/rollback"]);
+    let v1 = also_at(
+        v1,
+        routes!(session_traces),
+        &["/traces/sessions/{id}/traces"],
+    );
+    let v1 = also_at(v1, routes!(add_memory), &["/memory"]);
+    let v1 = also_at(
+        v1,
+        routes!(search_or_list_memories),
+        &["/memory", "/memories/search"],
+    );
+    let v1 = also_at(
+        v1,
+        routes!(get_memory, update_memory, delete_memory),
+        &["/memory/{id}"],
+    );
+    let v1 = also_at(v1, routes!(memory_history), &["/memory/{id}/history"]);
+    let v1 = v1
         .layer(axum::middleware::from_fn_with_state(
             state.idempotency.clone(),
             idempotency::idempotent,
@@ -170,13 +165,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
-    Router::new()
+    let service = OpenApiRouter::with_openapi(openapi::Base::openapi())
         .nest("/v1", v1)
-        .route("/", get(root))
-        .route("/health", get(health))
-        .route("/health/live", get(health))
-        .route("/health/ready", get(health))
-        .route("/metrics", get(metrics))
+        .routes(routes!(root))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json));
+    let service = also_at(service, routes!(health), &["/health/live", "/health/ready"]);
+    let (router, doc) = service.split_for_parts();
+    let doc = OpenApiJson(Bytes::from(openapi::finish(doc).to_string()));
+    router
+        .layer(Extension(doc))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -187,6 +185,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `routes` at their documented path and at each of `aliases`, documented there too.
+fn also_at(
+    router: OpenApiRouter<AppState>,
+    routes: UtoipaMethodRouter<AppState>,
+    aliases: &[&str],
+) -> OpenApiRouter<AppState> {
+    let (_, paths, method_router) = &routes;
+    let item = paths.paths.values().next().cloned().unwrap_or_default();
+    let method_router = method_router.clone();
+    let mut router = router.routes(routes);
+    for alias in aliases {
+        router = router.route(alias, method_router.clone());
+        let documented = &mut router.get_openapi_mut().paths.paths;
+        match documented.get_mut(*alias) {
+            Some(existing) => existing.merge_operations(item.clone()),
+            None => {
+                documented.insert((*alias).to_owned(), item.clone());
+            }
+        }
+    }
+    router
+}
+
+/// The finished `/openapi.json`.
+#[derive(Clone)]
+struct OpenApiJson(Bytes);
+
+/// This document (no key needed).
+#[utoipa::path(get, path = "/openapi.json", security(()),
+    responses((status = 200, body = serde_json::Value, description = "OpenAPI 3.1")))]
+async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], doc.0)
+}
+
+/// The Prometheus text format: requests by route and status, latencies, store operations,
+/// rate-limit rejections.
+#[utoipa::path(get, path = "/metrics", security(()),
+    responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
     state.metrics.render()
 }

@@ -1,4 +1,7 @@
 //! The `/v1` handlers: parse, call core, shape the answer. No domain logic lives here.
+//!
+//! Each handler's `#[utoipa::path]` names its route, what it takes and what it answers;
+//! [`crate::router`] serves the handlers from those and `/openapi.json` documents them.
 
 use crate::auth::{Caller, Tenant};
 use crate::error::ApiError;
@@ -8,18 +11,21 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use statebase_core::*;
+use utoipa::{IntoParams, ToSchema};
+use webhooks::{DeliveryOut, EndpointOut};
+use wire::*;
 
 type Sb = StateBase<std::sync::Arc<dyn Store>>;
 type Reply = Result<Response, ApiError>;
 
-fn ok(v: Value) -> Reply {
+fn ok(v: impl Serialize) -> Reply {
     Ok(Json(v).into_response())
 }
 
-fn created(v: Value) -> Reply {
+fn created(v: impl Serialize) -> Reply {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -50,27 +56,40 @@ fn timestamp(param: &'static str, v: Option<String>) -> Result<Option<Timestamp>
 
 // ----- sessions -----
 
+/// Create a session.
+#[utoipa::path(post, path = "/sessions", request_body = CreateSession,
+    responses((status = 201, body = SessionOut)))]
 pub async fn create_session(Tenant(sb): Tenant, Body(req): Body<CreateSession>) -> Reply {
     let s = sb.create_session(req).await?;
-    created(wire::session(&s))
+    created(SessionOut::from(&s))
 }
 
+/// A session, with its current state.
+#[utoipa::path(get, path = "/sessions/{id}", responses((status = 200, body = SessionOut)))]
 pub async fn get_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
-    ok(wire::session(&sb.get_session(&id).await?))
+    ok(SessionOut::from(&sb.get_session(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionListQuery {
+    /// Page size, 1..=100 (default 20).
     limit: Option<i64>,
+    /// The `last_id` of the previous page.
     starting_after: Option<String>,
     agent_id: Option<String>,
     user_id: Option<String>,
+    /// ISO 8601.
     created_after: Option<String>,
+    /// ISO 8601.
     created_before: Option<String>,
-    /// A JSON object, as a string.
+    /// A JSON object the metadata must contain, as a string.
     metadata: Option<String>,
 }
 
+/// The tenant's sessions, newest first.
+#[utoipa::path(get, path = "/sessions", params(SessionListQuery),
+    responses((status = 200, body = ListOut<SessionOut>)))]
 pub async fn list_sessions(Tenant(sb): Tenant, Query(q): Query<SessionListQuery>) -> Reply {
     let metadata = match q.metadata {
         None => None,
@@ -90,17 +109,22 @@ pub async fn list_sessions(Tenant(sb): Tenant, Query(q): Query<SessionListQuery>
         metadata,
     };
     let page = sb.list_sessions(req).await?;
-    ok(wire::page(&page, wire::session))
+    ok(ListOut::<SessionOut>::page(&page))
 }
 
+/// Merge-patch a session's metadata, or give it a new lifetime.
+#[utoipa::path(patch, path = "/sessions/{id}", request_body = UpdateSession,
+    responses((status = 200, body = SessionOut)))]
 pub async fn update_session(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(req): Body<UpdateSession>,
 ) -> Reply {
-    ok(wire::session(&sb.update_session(&id, req).await?))
+    ok(SessionOut::from(&sb.update_session(&id, req).await?))
 }
 
+/// Delete a session with its versions, turns and memories.
+#[utoipa::path(delete, path = "/sessions/{id}", responses((status = 204)))]
 pub async fn delete_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     sb.delete_session(&id).await?;
     no_content()
@@ -108,15 +132,29 @@ pub async fn delete_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply
 
 // ----- state -----
 
-#[derive(Deserialize)]
+/// A state write.
+#[derive(Deserialize, ToSchema)]
 pub struct StateBody {
-    #[serde(alias = "updates")]
-    state: Value,
+    /// The new state (PUT, POST) or an RFC 7386 merge patch (PATCH). Required, here or as
+    /// `updates`.
+    #[schema(value_type = Option<Object>)]
+    state: Option<Value>,
+    /// The same as `state`.
+    #[schema(value_type = Option<Object>)]
+    updates: Option<Value>,
+    /// Why, kept on the version and in the audit trail.
     reasoning: Option<String>,
+    /// Write only if this is still the current version (else 409 `version_conflict`).
     expected_version: Option<u64>,
 }
 
-/// `If-Match: <version>` (quotes and a `W/` prefix allowed) as an expected version.
+/// The `If-Match` header of state writes: write only if the session is still at this
+/// version (quotes and a `W/` prefix allowed).
+#[derive(IntoParams)]
+#[into_params(names("If-Match"), parameter_in = Header)]
+pub struct IfMatch(#[allow(dead_code)] Option<String>);
+
+/// `If-Match: <version>` as an expected version.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get("if-match") else {
         return Ok(None);
@@ -135,19 +173,27 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 impl StateBody {
     /// The write, with the body's `expected_version` or else the `If-Match` header's.
     fn write(self, headers: &HeaderMap) -> Result<StateWrite, ApiError> {
+        let state = self
+            .state
+            .or(self.updates)
+            .ok_or_else(|| ApiError::validation("state", "body", "missing field `state`".into()))?;
         Ok(StateWrite {
             expected_version: self.expected_version.or(if_match(headers)?),
-            state: self.state,
+            state,
             reasoning: self.reasoning,
         })
     }
 }
 
+/// A session's current state.
+#[utoipa::path(get, path = "/sessions/{id}/state", responses((status = 200, body = StateOut)))]
 pub async fn get_state(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
-    ok(wire::state(&sb.get_session(&id).await?))
+    ok(StateOut::from(&sb.get_session(&id).await?))
 }
 
-/// PATCH: an RFC 7386 merge.
+/// Merge a patch into the state (RFC 7386): a new version.
+#[utoipa::path(patch, path = "/sessions/{id}/state", params(IfMatch), request_body = StateBody,
+    responses((status = 200, body = StateOut)))]
 pub async fn merge_state(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -155,10 +201,12 @@ pub async fn merge_state(
     Body(body): Body<StateBody>,
 ) -> Reply {
     let s = sb.merge_state(&id, body.write(&headers)?).await?;
-    ok(wire::state(&s))
+    ok(StateOut::from(&s))
 }
 
-/// PUT: a full replace.
+/// Replace the whole state: a new version.
+#[utoipa::path(put, path = "/sessions/{id}/state", params(IfMatch), request_body = StateBody,
+    responses((status = 200, body = StateOut)))]
 pub async fn replace_state(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -166,11 +214,12 @@ pub async fn replace_state(
     Body(body): Body<StateBody>,
 ) -> Reply {
     let s = sb.replace_state(&id, body.write(&headers)?).await?;
-    ok(wire::state(&s))
+    ok(StateOut::from(&s))
 }
 
-/// POST (the seed page): a full replace that answers with the session, plus the state
-/// fields.
+/// Replace the whole state (the seed page's form): answers with the session.
+#[utoipa::path(post, path = "/sessions/{id}/state", params(IfMatch), request_body = StateBody,
+    responses((status = 200, body = StateReplaced)))]
 pub async fn post_state(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -178,18 +227,21 @@ pub async fn post_state(
     Body(body): Body<StateBody>,
 ) -> Reply {
     let s = sb.replace_state(&id, body.write(&headers)?).await?;
-    let mut v = wire::session(&s);
-    v["session_id"] = json!(s.id);
-    v["data"] = json!(s.state);
-    ok(v)
+    ok(StateReplaced::from(&s))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// How many versions, 1..=1000 (default 50).
     limit: Option<i64>,
+    /// Only the versions after this one; without it, the latest.
     since_version: Option<u64>,
 }
 
+/// A window of the state's versions, oldest first. Also at `/sessions/{id}/state/history`.
+#[utoipa::path(get, path = "/sessions/{id}/history", params(HistoryParams),
+    responses((status = 200, body = HistoryOut)))]
 pub async fn state_history(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -204,33 +256,25 @@ pub async fn state_history(
             },
         )
         .await?;
-    let data: Vec<Value> = h
-        .versions
-        .iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "state": v.state,
-                "created_at": v.created_at,
-                "updated_by": v.updated_by,
-                "reasoning": v.reasoning,
-                "change": v.change,
-            })
-        })
-        .collect();
-    ok(
-        json!({"object": "list", "data": data, "current_version": h.current_version, "session_id": id}),
-    )
+    ok(HistoryOut::new(&id, &h))
 }
 
-#[derive(Deserialize)]
+/// A rollback.
+#[derive(Deserialize, ToSchema)]
 pub struct RollbackBody {
+    /// The version to restore; negative counts back from the current one.
     version: i64,
+    /// Why. Alias: `reasoning`.
     #[serde(alias = "reasoning")]
     reason: Option<String>,
+    /// Roll back only if this is still the current version.
     expected_version: Option<u64>,
 }
 
+/// Restore an earlier version as a new version (history is kept). Also at
+/// `/sessions/{id}/state/rollback`.
+#[utoipa::path(post, path = "/sessions/{id}/rollback", params(IfMatch), request_body = RollbackBody,
+    responses((status = 200, body = RollbackOut)))]
 pub async fn rollback(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -247,19 +291,26 @@ pub async fn rollback(
             },
         )
         .await?;
-    ok(wire::rollback(&r))
+    ok(RollbackOut::from(&r))
 }
 
-#[derive(Deserialize)]
+/// A fork.
+#[derive(Deserialize, ToSchema)]
 pub struct ForkBody {
+    /// The version to copy (default the latest; negative counts back).
     version: Option<i64>,
+    /// The new session's agent (default the source's). Alias: `new_agent_id`.
     #[serde(alias = "new_agent_id")]
     agent_id: Option<String>,
     user_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     ttl_seconds: Option<i64>,
 }
 
+/// A new session whose initial state is a version of this one.
+#[utoipa::path(post, path = "/sessions/{id}/fork", request_body = ForkBody,
+    responses((status = 201, body = Forked)))]
 pub async fn fork(Tenant(sb): Tenant, Path(id): Path<String>, Body(b): Body<ForkBody>) -> Reply {
     let s = sb
         .fork(
@@ -273,18 +324,23 @@ pub async fn fork(Tenant(sb): Tenant, Path(id): Path<String>, Body(b): Body<Fork
             },
         )
         .await?;
-    let mut v = wire::session(&s);
-    v["new_session_id"] = json!(s.id);
-    created(v)
+    created(Forked::from(&s))
 }
 
-#[derive(Deserialize)]
+/// What to gather for the next prompt.
+#[derive(Deserialize, ToSchema)]
 pub struct ContextBody {
+    /// Memories are ranked against it; without it, the most recent.
     query: Option<String>,
+    /// 1..=20 (default 5).
     memory_limit: Option<i64>,
+    /// 1..=50 (default 10).
     turn_limit: Option<i64>,
 }
 
+/// The state, the memories most relevant to a query and the latest turns, in one call.
+#[utoipa::path(post, path = "/sessions/{id}/context", request_body = ContextBody,
+    responses((status = 200, body = ContextOut)))]
 pub async fn context(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -301,19 +357,7 @@ pub async fn context(
             },
         )
         .await?;
-    let turns: Vec<Value> = c.recent_turns.iter().map(wire::turn).collect();
-    let body = json!({
-        "object": "context",
-        "session_id": c.session.id,
-        "version": c.session.version,
-        "state": c.session.state,
-        "memories": c.memories.iter().map(wire::hit).collect::<Vec<_>>(),
-        "recent_turns": turns,
-        "turns": turns,
-        "average_relevance": c.average_relevance,
-        "drift_warning": c.drift_warning,
-    });
-    let mut response = Json(body).into_response();
+    let mut response = Json(ContextOut::from(&c)).into_response();
     let latency = format!("{:.3}", started.elapsed().as_secs_f64() * 1e3);
     if let Ok(v) = latency.parse() {
         response.headers_mut().insert("x-statebase-latency", v);
@@ -323,21 +367,31 @@ pub async fn context(
 
 // ----- turns -----
 
+/// Log a turn; a `state_after` that differs from the state becomes a new version with it.
+#[utoipa::path(post, path = "/sessions/{id}/turns", request_body = AddTurn,
+    responses((status = 201, body = TurnOut)))]
 pub async fn add_turn(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
     Body(req): Body<AddTurn>,
 ) -> Reply {
-    created(wire::turn(&sb.add_turn(&id, req).await?))
+    created(TurnOut::from(&sb.add_turn(&id, req).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TurnListQuery {
+    /// Page size, 1..=100 (default 20).
     limit: Option<i64>,
+    /// The `last_id` of the previous page.
     starting_after: Option<String>,
+    /// `desc` (newest first, the default) or `asc`.
     order: Option<Order>,
 }
 
+/// A session's turns.
+#[utoipa::path(get, path = "/sessions/{id}/turns", params(TurnListQuery),
+    responses((status = 200, body = ListOut<TurnOut>)))]
 pub async fn list_turns(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -353,24 +407,33 @@ pub async fn list_turns(
             },
         )
         .await?;
-    ok(wire::page(&page, wire::turn))
+    ok(ListOut::<TurnOut>::page(&page))
 }
 
+/// One turn.
+#[utoipa::path(get, path = "/sessions/{id}/turns/{turn_id}",
+    responses((status = 200, body = TurnOut)))]
 pub async fn get_turn(Tenant(sb): Tenant, Path((id, turn_id)): Path<(String, String)>) -> Reply {
-    ok(wire::turn(&sb.get_turn(&id, &turn_id).await?))
+    ok(TurnOut::from(&sb.get_turn(&id, &turn_id).await?))
 }
 
 // ----- memories -----
 
-#[derive(Deserialize)]
+/// A new memory.
+#[derive(Deserialize, ToSchema)]
 pub struct MemoryBody {
+    /// The session it belongs to; without one, `user_id` makes it a user-level memory.
     session_id: Option<String>,
     user_id: Option<String>,
+    /// 1..=10,000 characters.
     content: String,
+    /// Default `general`. Alias: `memory_type`.
     #[serde(alias = "memory_type")]
     r#type: Option<String>,
     tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// Embed it for semantic search now (default true).
     embed: Option<bool>,
 }
 
@@ -386,14 +449,19 @@ async fn add_memory_from(sb: &Sb, b: MemoryBody) -> Reply {
             embed: b.embed,
         })
         .await?;
-    created(wire::memory(&m))
+    created(MemoryOut::from(&m))
 }
 
+/// Add a memory. Also at `/memory`.
+#[utoipa::path(post, path = "/memories", request_body = MemoryBody,
+    responses((status = 201, body = MemoryOut)))]
 pub async fn add_memory(Tenant(sb): Tenant, Body(b): Body<MemoryBody>) -> Reply {
     add_memory_from(&sb, b).await
 }
 
-/// `POST /v1/sessions/{id}/memories`: the session comes from the path.
+/// Add a memory to a session.
+#[utoipa::path(post, path = "/sessions/{id}/memories", request_body = MemoryBody,
+    responses((status = 201, body = MemoryOut)))]
 pub async fn add_session_memory(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -403,19 +471,30 @@ pub async fn add_session_memory(
     add_memory_from(&sb, b).await
 }
 
+/// One memory. Also at `/memory/{id}`.
+#[utoipa::path(get, path = "/memories/{id}", responses((status = 200, body = MemoryOut)))]
 pub async fn get_memory(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
-    ok(wire::memory(&sb.get_memory(&id).await?))
+    ok(MemoryOut::from(&sb.get_memory(&id).await?))
 }
 
-#[derive(Deserialize)]
+/// A change to a memory; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
 pub struct MemoryUpdateBody {
+    /// New content (re-embedded).
     content: Option<String>,
+    /// Alias: `memory_type`.
     #[serde(alias = "memory_type")]
     r#type: Option<String>,
+    /// New tags: they replace the old ones.
     tags: Option<Vec<String>>,
+    /// An RFC 7386 merge patch for the metadata.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
 }
 
+/// Change a memory (PUT and PATCH alike). Also at `/memory/{id}`.
+#[utoipa::path(method(put, patch), path = "/memories/{id}", request_body = MemoryUpdateBody,
+    responses((status = 200, body = MemoryOut)))]
 pub async fn update_memory(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -432,47 +511,59 @@ pub async fn update_memory(
             },
         )
         .await?;
-    ok(wire::memory(&m))
+    ok(MemoryOut::from(&m))
 }
 
+/// Delete a memory. Also at `/memory/{id}`.
+#[utoipa::path(delete, path = "/memories/{id}", responses((status = 204)))]
 pub async fn delete_memory(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     sb.delete_memory(&id).await?;
     no_content()
 }
 
+/// A memory's revisions, oldest first. Also at `/memory/{id}/history`.
+#[utoipa::path(get, path = "/memories/{id}/history",
+    responses((status = 200, body = RevisionsOut)))]
 pub async fn memory_history(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     let revisions = sb.memory_history(&id).await?;
-    ok(json!({"object": "list", "data": revisions, "has_more": false}))
+    ok(RevisionsOut::from(&revisions[..]))
 }
 
 /// Query of the search and list routes: every spelling the clients use.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MemoryQueryParams {
+    /// With it, a semantic search; without it, a list, newest first.
     query: Option<String>,
     session_id: Option<String>,
     user_id: Option<String>,
+    /// Comma-separated types (any of them).
     types: Option<String>,
+    /// One type. Alias: `memory_type`.
     #[serde(alias = "memory_type")]
     r#type: Option<String>,
+    /// Comma-separated tags (any of them).
     tags: Option<String>,
+    /// Results of a search, 1..=50 (default 10).
     top_k: Option<i64>,
+    /// The same as `top_k`; for a list, its page size.
     limit: Option<i64>,
+    /// Minimum score of a search, 0..=1 (default 0.7).
     threshold: Option<f64>,
+    /// The `last_id` of a list's previous page.
     starting_after: Option<String>,
 }
 
 async fn search(sb: &Sb, req: SearchMemories) -> Reply {
     let query = req.query.clone();
     let hits = sb.search_memories(req).await?;
-    ok(json!({
-        "object": "list",
-        "query": query,
-        "data": hits.iter().map(wire::hit).collect::<Vec<_>>(),
-        "has_more": false,
-    }))
+    ok(SearchOut::new(&query, &hits))
 }
 
-/// `GET /v1/memories`: a search with `query`, a list without one.
+/// Search memories with `query`, or list them without one. Also at `/memory` and
+/// `/memories/search`.
+#[utoipa::path(get, path = "/memories", params(MemoryQueryParams),
+    responses((status = 200, body = SearchOrList)))]
 pub async fn search_or_list_memories(
     Tenant(sb): Tenant,
     Query(q): Query<MemoryQueryParams>,
@@ -482,7 +573,7 @@ pub async fn search_or_list_memories(
             let mut types = csv(q.types);
             types.extend(q.r#type);
             let req = SearchMemories {
-                query,
+                query: query.clone(),
                 session_id: q.session_id,
                 user_id: q.user_id,
                 types,
@@ -490,7 +581,8 @@ pub async fn search_or_list_memories(
                 limit: q.top_k.or(q.limit),
                 threshold: q.threshold,
             };
-            search(&sb, req).await
+            let hits = sb.search_memories(req).await?;
+            ok(SearchOrList::Search(SearchOut::new(&query, &hits)))
         }
         None => {
             let req = ListMemories {
@@ -502,26 +594,34 @@ pub async fn search_or_list_memories(
                 tags: csv(q.tags),
             };
             let page = sb.list_memories(req).await?;
-            ok(wire::page(&page, wire::memory))
+            ok(SearchOrList::List(ListOut::page(&page)))
         }
     }
 }
 
-/// Body of `POST /v1/memory/search`.
-#[derive(Deserialize)]
+/// A semantic search.
+#[derive(Deserialize, ToSchema)]
 pub struct SearchBody {
     query: String,
     session_id: Option<String>,
     user_id: Option<String>,
+    /// One type. Alias: `memory_type`.
     #[serde(alias = "memory_type")]
     r#type: Option<String>,
+    /// Any of these types.
     types: Option<Vec<String>>,
+    /// Any of these tags.
     tags: Option<Vec<String>>,
+    /// 1..=50 (default 10). Alias: `top_k`.
     #[serde(alias = "top_k")]
     limit: Option<i64>,
+    /// Minimum score, 0..=1 (default 0.7).
     threshold: Option<f64>,
 }
 
+/// Search memories.
+#[utoipa::path(post, path = "/memory/search", request_body = SearchBody,
+    responses((status = 200, body = SearchOut)))]
 pub async fn search_memories(Tenant(sb): Tenant, Body(b): Body<SearchBody>) -> Reply {
     let mut types = b.types.unwrap_or_default();
     types.extend(b.r#type);
@@ -537,7 +637,9 @@ pub async fn search_memories(Tenant(sb): Tenant, Body(b): Body<SearchBody>) -> R
     search(&sb, req).await
 }
 
-/// `POST /v1/sessions/{id}/memories/search`.
+/// Search a session's memories.
+#[utoipa::path(post, path = "/sessions/{id}/memories/search", request_body = SearchBody,
+    responses((status = 200, body = SearchOut)))]
 pub async fn search_session_memories(
     tenant: Tenant,
     Path(id): Path<String>,
@@ -549,16 +651,22 @@ pub async fn search_session_memories(
 
 // ----- traces -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TraceListQuery {
+    /// Page size, 1..=100 (default 50).
     limit: Option<i64>,
+    /// The `last_id` of the previous page.
     starting_after: Option<String>,
     session_id: Option<String>,
+    /// E.g. `state.updated`.
     action: Option<String>,
     resource_type: Option<String>,
     resource_id: Option<String>,
+    /// ISO 8601. Alias: `start_time`.
     #[serde(alias = "start_time")]
     created_after: Option<String>,
+    /// ISO 8601. Alias: `end_time`.
     #[serde(alias = "end_time")]
     created_before: Option<String>,
 }
@@ -575,13 +683,19 @@ async fn traces(sb: &Sb, q: TraceListQuery) -> Reply {
         created_before: timestamp("created_before", q.created_before)?,
     };
     let page = sb.list_traces(req).await?;
-    ok(wire::page(&page, wire::trace))
+    ok(ListOut::<TraceOut>::page(&page))
 }
 
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/traces", params(TraceListQuery),
+    responses((status = 200, body = ListOut<TraceOut>)))]
 pub async fn list_traces(Tenant(sb): Tenant, Query(q): Query<TraceListQuery>) -> Reply {
     traces(&sb, q).await
 }
 
+/// A session's audit trail. Also at `/traces/sessions/{id}/traces`.
+#[utoipa::path(get, path = "/sessions/{id}/traces", params(TraceListQuery),
+    responses((status = 200, body = ListOut<TraceOut>)))]
 pub async fn session_traces(
     Tenant(sb): Tenant,
     Path(id): Path<String>,
@@ -591,45 +705,75 @@ pub async fn session_traces(
     traces(&sb, q).await
 }
 
+/// One audit record.
+#[utoipa::path(get, path = "/traces/{id}", responses((status = 200, body = TraceOut)))]
 pub async fn get_trace(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
-    ok(wire::trace(&sb.get_trace(&id).await?))
+    ok(TraceOut::from(&sb.get_trace(&id).await?))
 }
 
 // ----- dashboard -----
 
-fn api_key(app: &AppState, k: &ApiKey, secret: Option<&str>) -> Value {
-    let usage = app.limiter.usage(&k.id);
-    json!({
-        "id": k.id,
-        "key_prefix": k.key_prefix,
-        "name": k.name,
-        "is_active": k.is_active,
-        "rate_limit": app.limiter.limit_of(k),
-        "created_at": k.created_at,
-        "expires_at": k.expires_at,
-        "last_used_at": usage.last_used,
-        "total_requests": usage.requests,
-        "full_key": secret,
-    })
+/// An API key (never its secret, but once at creation).
+#[derive(Serialize, ToSchema)]
+pub struct KeyOut<'a> {
+    id: &'a str,
+    /// The first characters of the key, to recognise it.
+    key_prefix: &'a str,
+    name: &'a str,
+    is_active: bool,
+    /// Requests a minute.
+    rate_limit: u32,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last request with it since the server started.
+    last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Requests made with it since the server started.
+    total_requests: u64,
+    /// The whole key: in the answer that creates it, and never again.
+    full_key: Option<&'a str>,
+}
+
+impl<'a> KeyOut<'a> {
+    fn new(app: &AppState, k: &'a ApiKey, full_key: Option<&'a str>) -> Self {
+        let usage = app.limiter.usage(&k.id);
+        Self {
+            id: &k.id,
+            key_prefix: &k.key_prefix,
+            name: &k.name,
+            is_active: k.is_active,
+            rate_limit: app.limiter.limit_of(k),
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: usage.last_used,
+            total_requests: usage.requests,
+            full_key,
+        }
+    }
 }
 
 /// The caller's tenant's keys, as a bare array (as the dashboard API returns them).
+#[utoipa::path(get, path = "/dashboard/keys", responses((status = 200, body = Vec<KeyOut>)))]
 pub async fn list_keys(State(app): State<AppState>, Extension(caller): Extension<Caller>) -> Reply {
     let keys = app.sb.list_api_keys(Some(&caller.key.tenant)).await?;
-    ok(json!(keys
+    ok(keys
         .iter()
-        .map(|k| api_key(&app, k, None))
-        .collect::<Vec<_>>()))
+        .map(|k| KeyOut::new(&app, k, None))
+        .collect::<Vec<_>>())
 }
 
-#[derive(Deserialize)]
+/// A new key.
+#[derive(Deserialize, ToSchema)]
 pub struct KeyBody {
     name: String,
+    /// Requests a minute (default the server's).
     rate_limit: Option<u32>,
+    /// Days until it expires, 1..=3650 (default never).
     expires_days: Option<i64>,
 }
 
 /// A new key for the caller's tenant; its secret is in `full_key`, this once.
+#[utoipa::path(post, path = "/dashboard/keys", request_body = KeyBody,
+    responses((status = 200, body = KeyOut)))]
 pub async fn create_key(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -650,9 +794,11 @@ pub async fn create_key(
         .sb
         .create_api_key(&caller.key.tenant, &b.name, b.rate_limit, expires_at)
         .await?;
-    ok(api_key(&app, &key, Some(&secret)))
+    ok(KeyOut::new(&app, &key, Some(&secret)))
 }
 
+/// Revoke a key of the caller's tenant.
+#[utoipa::path(delete, path = "/dashboard/keys/{id}", responses((status = 204)))]
 pub async fn revoke_key(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -663,7 +809,38 @@ pub async fn revoke_key(
     no_content()
 }
 
+/// A tenant's totals.
+#[derive(Serialize, ToSchema)]
+pub struct Totals {
+    total_sessions: u64,
+    total_turns: u64,
+    total_memories: u64,
+    /// Always 0.
+    total_entities: u64,
+    /// Sessions changed in the last 24 hours.
+    active_sessions_24h: u64,
+    /// Not measured per tenant: always null.
+    storage_usage_bytes: Option<u64>,
+}
+
+/// Changes in one hour.
+#[derive(Serialize, ToSchema)]
+pub struct HourOfActivity {
+    /// The hour's start, ISO 8601.
+    timestamp: String,
+    count: u64,
+}
+
+/// The dashboard's numbers.
+#[derive(Serialize, ToSchema)]
+pub struct StatsOut {
+    stats: Totals,
+    /// Changes per hour over the last 24 hours, oldest first.
+    recent_activity: Vec<HourOfActivity>,
+}
+
 /// Totals of the caller's tenant, and its changes per hour over the last 24 hours.
+#[utoipa::path(get, path = "/dashboard/stats", responses((status = 200, body = StatsOut)))]
 pub async fn stats(Tenant(sb): Tenant) -> Reply {
     let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
     let (mut sessions, mut turns, mut active) = (0u64, 0u64, 0u64);
@@ -723,80 +900,126 @@ pub async fn stats(Tenant(sb): Tenant) -> Reply {
         }
         cursor = page.last_id;
     }
-    ok(json!({
-        "stats": {
-            "total_sessions": sessions,
-            "total_turns": turns,
-            "total_memories": memories,
-            "total_entities": 0,
-            "active_sessions_24h": active,
-            // Not measured per tenant.
-            "storage_usage_bytes": null,
+    ok(StatsOut {
+        stats: Totals {
+            total_sessions: sessions,
+            total_turns: turns,
+            total_memories: memories,
+            total_entities: 0,
+            active_sessions_24h: active,
+            storage_usage_bytes: None,
         },
-        "recent_activity": hours
+        recent_activity: hours
             .into_iter()
-            .map(|(timestamp, count)| json!({"timestamp": timestamp, "count": count}))
-            .collect::<Vec<_>>(),
-    }))
+            .map(|(timestamp, count)| HourOfActivity { timestamp, count })
+            .collect(),
+    })
 }
 
 // ----- service -----
 
-pub async fn health(State(app): State<AppState>) -> Reply {
-    ok(json!({
-        "status": "healthy",
-        "timestamp": chrono::Utc::now(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "services": {"store": {"status": "healthy"}},
-    }))
+/// The server's health.
+#[derive(Serialize, ToSchema)]
+pub struct HealthOut {
+    /// `healthy`.
+    #[schema(example = "healthy")]
+    status: &'static str,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    /// The server's version.
+    version: &'static str,
+    uptime_seconds: f64,
+    /// `{"store": {"status": "healthy"}}`.
+    #[schema(value_type = Object)]
+    services: Value,
 }
 
+/// Whether the server is up (no key needed). Also at `/health/live` and `/health/ready`.
+#[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = HealthOut)))]
+pub async fn health(State(app): State<AppState>) -> Reply {
+    ok(HealthOut {
+        status: "healthy",
+        timestamp: chrono::Utc::now(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: app.started.elapsed().as_secs_f64(),
+        services: json!({"store": {"status": "healthy"}}),
+    })
+}
+
+/// What this server is.
+#[derive(Serialize, ToSchema)]
+pub struct RootOut {
+    name: &'static str,
+    version: &'static str,
+    /// The API's prefix, `/v1`.
+    api: &'static str,
+    health: &'static str,
+    /// This server's OpenAPI document.
+    openapi: &'static str,
+}
+
+/// The server's name and where its API is (no key needed).
+#[utoipa::path(get, path = "/", security(()), responses((status = 200, body = RootOut)))]
 pub async fn root() -> Reply {
-    ok(json!({
-        "name": "statebase",
-        "version": env!("CARGO_PKG_VERSION"),
-        "api": "/v1",
-        "health": "/health",
-    }))
+    ok(RootOut {
+        name: "statebase",
+        version: env!("CARGO_PKG_VERSION"),
+        api: "/v1",
+        health: "/health",
+        openapi: "/openapi.json",
+    })
 }
 
 // ----- webhooks (an extension: the hosted service configures them in its dashboard) -----
 
-#[derive(Deserialize)]
+/// A new webhook endpoint.
+#[derive(Deserialize, ToSchema)]
 pub struct WebhookBody {
+    /// Where events are POSTed: `http` or `https`.
     url: String,
+    /// The event types it receives (empty: all).
     #[serde(default)]
     events: Vec<String>,
+    /// The HMAC key of the signatures (default a new `whsec_…`).
     secret: Option<String>,
 }
 
+/// Send the tenant's events to a URL, signed.
+#[utoipa::path(post, path = "/webhooks", request_body = WebhookBody,
+    responses((status = 201, body = EndpointOut)))]
 pub async fn create_webhook(Tenant(sb): Tenant, Body(b): Body<WebhookBody>) -> Reply {
     let e = webhooks::create(&sb, sb.tenant_id(), &b.url, b.events, b.secret).await?;
-    created(e.to_json())
+    created(EndpointOut::from(&e))
 }
 
+/// The tenant's webhook endpoints.
+#[utoipa::path(get, path = "/webhooks", responses((status = 200, body = ListOut<EndpointOut>)))]
 pub async fn list_webhooks(Tenant(sb): Tenant) -> Reply {
     let all = webhooks::list(&sb, Some(sb.tenant_id())).await?;
-    let data: Vec<Value> = all.iter().map(webhooks::Endpoint::to_json).collect();
-    ok(json!({"object": "list", "data": data, "has_more": false}))
+    ok(ListOut::all(all.iter().map(EndpointOut::from).collect()))
 }
 
+/// Stop sending events to an endpoint.
+#[utoipa::path(delete, path = "/webhooks/{id}", responses((status = 204)))]
 pub async fn delete_webhook(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     webhooks::delete(&sb, sb.tenant_id(), &id).await?;
     no_content()
 }
 
+/// An endpoint's deliveries: pending, delivered and failed.
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries",
+    responses((status = 200, body = ListOut<DeliveryOut>)))]
 pub async fn webhook_deliveries(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     let all = webhooks::deliveries(&sb, sb.tenant_id(), &id).await?;
-    let data: Vec<Value> = all.iter().map(webhooks::Delivery::to_json).collect();
-    ok(json!({"object": "list", "data": data, "has_more": false}))
+    ok(ListOut::all(all.iter().map(DeliveryOut::from).collect()))
 }
 
+/// Send a delivery again now.
+#[utoipa::path(post, path = "/webhooks/{id}/deliveries/{event_id}/retry",
+    responses((status = 200, body = DeliveryOut)))]
 pub async fn retry_delivery(
     Tenant(sb): Tenant,
     Path((id, event_id)): Path<(String, String)>,
 ) -> Reply {
     let d = webhooks::redeliver(&sb, sb.tenant_id(), &id, &event_id).await?;
-    ok(d.to_json())
+    ok(DeliveryOut::from(&d))
 }

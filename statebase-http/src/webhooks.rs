@@ -20,6 +20,7 @@ use statebase_core::store::FeedEntry;
 use statebase_core::{action, Error, ResourceKind, Result, StateBase, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 const SPACE: &str = "webhooks";
 const CURSOR: &str = "cursor";
@@ -65,22 +66,38 @@ impl Endpoint {
     fn wants(&self, event_type: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|e| e == event_type || e == "*")
     }
+}
 
-    /// The API shape.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "object": "webhook_endpoint",
-            "id": self.id,
-            "url": self.url,
-            "events": self.events,
-            "secret": self.secret,
-            "created_at": self.created_at,
-        })
+/// An endpoint as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct EndpointOut<'a> {
+    /// `webhook_endpoint`.
+    #[schema(example = "webhook_endpoint")]
+    object: &'static str,
+    id: &'a str,
+    url: &'a str,
+    /// The event types it receives; empty means all.
+    events: &'a [String],
+    /// The HMAC key of its signatures.
+    secret: &'a str,
+    created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Endpoint> for EndpointOut<'a> {
+    fn from(e: &'a Endpoint) -> Self {
+        Self {
+            object: "webhook_endpoint",
+            id: &e.id,
+            url: &e.url,
+            events: &e.events,
+            secret: &e.secret,
+            created_at: e.created_at,
+        }
     }
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Owed: its next attempt is due at `next_attempt_at`.
@@ -114,21 +131,44 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-impl Delivery {
-    /// The API shape.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "object": "webhook_delivery",
-            "event_id": self.event["id"],
-            "type": self.event["type"],
-            "status": self.status,
-            "attempts": self.attempts,
-            "next_attempt_at": (self.status == Status::Pending).then_some(self.next_attempt_at),
-            "last_status": self.last_status,
-            "last_error": self.last_error,
-            "delivered_at": self.delivered_at,
-            "event": self.event,
-        })
+/// A delivery as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryOut<'a> {
+    /// `webhook_delivery`.
+    #[schema(example = "webhook_delivery")]
+    object: &'static str,
+    /// The event's `id` (also sent as `X-StateBase-Event-Id`).
+    #[schema(value_type = String)]
+    event_id: &'a Value,
+    /// The event's type, e.g. `session.updated`.
+    #[schema(value_type = String)]
+    r#type: &'a Value,
+    status: Status,
+    attempts: u32,
+    /// While pending.
+    next_attempt_at: Option<DateTime<Utc>>,
+    last_status: Option<u16>,
+    last_error: Option<&'a str>,
+    delivered_at: Option<DateTime<Utc>>,
+    /// The event body, exactly as it is sent.
+    #[schema(value_type = Object)]
+    event: &'a Value,
+}
+
+impl<'a> From<&'a Delivery> for DeliveryOut<'a> {
+    fn from(d: &'a Delivery) -> Self {
+        Self {
+            object: "webhook_delivery",
+            event_id: &d.event["id"],
+            r#type: &d.event["type"],
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: (d.status == Status::Pending).then_some(d.next_attempt_at),
+            last_status: d.last_status,
+            last_error: d.last_error.as_deref(),
+            delivered_at: d.delivered_at,
+            event: &d.event,
+        }
     }
 }
 
@@ -301,15 +341,18 @@ async fn resource(sb: &Sb, entry: &FeedEntry) -> Value {
         "session" => sb
             .get_session(&t.resource_id)
             .await
-            .map(|s| wire::session(&s)),
+            .map(|s| json!(wire::SessionOut::from(&s))),
         "turn" => match &t.session_id {
-            Some(s) => sb.get_turn(s, &t.resource_id).await.map(|x| wire::turn(&x)),
+            Some(s) => sb
+                .get_turn(s, &t.resource_id)
+                .await
+                .map(|x| json!(wire::TurnOut::from(&x))),
             None => Err(Error::not_found(ResourceKind::Turn, &t.resource_id)),
         },
         "memory" => sb
             .get_memory(&t.resource_id)
             .await
-            .map(|m| wire::memory(&m)),
+            .map(|m| json!(wire::MemoryOut::from(&m))),
         _ => Err(Error::not_found(ResourceKind::Trace, &t.id)),
     };
     found.unwrap_or_else(|_| {

@@ -1,144 +1,513 @@
-//! Response shapes: the superset every published client parses (spec §5).
+//! Response shapes: the superset every published client parses (spec §5). Each is a type
+//! that borrows the record it shows, so what is sent and what `/openapi.json` describes
+//! come from one definition.
 
-use serde_json::{json, Value};
-use statebase_core::{Memory, MemoryHit, Page, Rollback, Session, Trace, Turn};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use statebase_core::{Memory, MemoryHit, MemoryRevision, Page, Rollback, Session, Trace, Turn};
+use utoipa::ToSchema;
+
+type Object = Map<String, Value>;
 
 /// A session: `object`, the documented fields, and its `version`.
-pub fn session(s: &Session) -> Value {
-    json!({
-        "object": "session",
-        "id": s.id,
-        "agent_id": s.agent_id,
-        "user_id": s.user_id,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-        "metadata": s.metadata,
-        "state": s.state,
-        "version": s.version,
-        "memory_count": s.memory_count,
-        "turn_count": s.turn_count,
-        "ttl_expires_at": s.ttl_expires_at,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct SessionOut<'a> {
+    /// `session`.
+    #[schema(example = "session")]
+    object: &'static str,
+    id: &'a str,
+    agent_id: &'a str,
+    user_id: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    metadata: &'a Object,
+    /// The current state.
+    state: &'a Object,
+    /// The current state version; 0 is the initial state.
+    version: u64,
+    memory_count: u64,
+    turn_count: u64,
+    /// From this instant on the session is gone.
+    ttl_expires_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Session> for SessionOut<'a> {
+    fn from(s: &'a Session) -> Self {
+        Self {
+            object: "session",
+            id: &s.id,
+            agent_id: &s.agent_id,
+            user_id: s.user_id.as_deref(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            metadata: &s.metadata,
+            state: &s.state,
+            version: s.version,
+            memory_count: s.memory_count,
+            turn_count: s.turn_count,
+            ttl_expires_at: s.ttl_expires_at,
+        }
+    }
 }
 
 /// A state read or write: `data` and `state` both hold the state.
-pub fn state(s: &Session) -> Value {
-    json!({
-        "object": "state",
-        "session_id": s.id,
-        "version": s.version,
-        "state": s.state,
-        "data": s.state,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct StateOut<'a> {
+    /// `state`.
+    #[schema(example = "state")]
+    object: &'static str,
+    session_id: &'a str,
+    version: u64,
+    state: &'a Object,
+    /// The same as `state`.
+    data: &'a Object,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Session> for StateOut<'a> {
+    fn from(s: &'a Session) -> Self {
+        Self {
+            object: "state",
+            session_id: &s.id,
+            version: s.version,
+            state: &s.state,
+            data: &s.state,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// The answer of `POST /v1/sessions/{id}/state` (the seed page): the session, plus the
+/// state fields.
+#[derive(Serialize, ToSchema)]
+pub struct StateReplaced<'a> {
+    #[serde(flatten)]
+    session: SessionOut<'a>,
+    session_id: &'a str,
+    /// The same as `state`.
+    data: &'a Object,
+}
+
+impl<'a> From<&'a Session> for StateReplaced<'a> {
+    fn from(s: &'a Session) -> Self {
+        Self {
+            session: s.into(),
+            session_id: &s.id,
+            data: &s.state,
+        }
+    }
 }
 
 /// A rollback: the OpenAPI shape and the state shape the SDKs parse, together.
-pub fn rollback(r: &Rollback) -> Value {
-    let mut v = state(&r.session);
-    v["success"] = json!(true);
-    v["new_version"] = json!(r.session.version);
-    v["restored_from_version"] = json!(r.restored_from_version);
-    v["trace_id"] = json!(r.trace_id);
-    v
+#[derive(Serialize, ToSchema)]
+pub struct RollbackOut<'a> {
+    #[serde(flatten)]
+    state: StateOut<'a>,
+    success: bool,
+    new_version: u64,
+    restored_from_version: u64,
+    trace_id: &'a str,
 }
 
-fn preview(io: &statebase_core::Object) -> String {
-    let text = match io.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+impl<'a> From<&'a Rollback> for RollbackOut<'a> {
+    fn from(r: &'a Rollback) -> Self {
+        Self {
+            state: (&r.session).into(),
+            success: true,
+            new_version: r.session.version,
+            restored_from_version: r.restored_from_version,
+            trace_id: &r.trace_id,
+        }
+    }
+}
+
+/// A new session forked from another: the session, and its id again as `new_session_id`.
+#[derive(Serialize, ToSchema)]
+pub struct Forked<'a> {
+    #[serde(flatten)]
+    session: SessionOut<'a>,
+    new_session_id: &'a str,
+}
+
+impl<'a> From<&'a Session> for Forked<'a> {
+    fn from(s: &'a Session) -> Self {
+        Self {
+            session: s.into(),
+            new_session_id: &s.id,
+        }
+    }
+}
+
+/// One version of a session's state.
+#[derive(Serialize, ToSchema)]
+pub struct VersionOut<'a> {
+    version: u64,
+    state: &'a Object,
+    created_at: DateTime<Utc>,
+    updated_by: &'a str,
+    reasoning: Option<&'a str>,
+    /// How the version came to be: `{"kind": "created" | "replaced" | "merged" |
+    /// "rolled_back" | "turn" | "forked", …}`.
+    #[schema(value_type = statebase_core::VersionChange)]
+    change: &'a statebase_core::VersionChange,
+}
+
+/// A window of a session's version history, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryOut<'a> {
+    /// `list`.
+    #[schema(example = "list")]
+    object: &'static str,
+    data: Vec<VersionOut<'a>>,
+    current_version: u64,
+    session_id: &'a str,
+}
+
+impl<'a> HistoryOut<'a> {
+    pub fn new(session_id: &'a str, h: &'a statebase_core::History) -> Self {
+        Self {
+            object: "list",
+            data: h
+                .versions
+                .iter()
+                .map(|v| VersionOut {
+                    version: v.version,
+                    state: &v.state,
+                    created_at: v.created_at,
+                    updated_by: &v.updated_by,
+                    reasoning: v.reasoning.as_deref(),
+                    change: &v.change,
+                })
+                .collect(),
+            current_version: h.current_version,
+            session_id,
+        }
+    }
+}
+
+/// The first 100 characters of a turn's input or output `content`.
+fn preview(io: &Object) -> String {
+    match io.get("content") {
+        Some(Value::String(s)) => s.chars().take(100).collect(),
+        Some(other) => other.to_string().chars().take(100).collect(),
         None => String::new(),
-    };
-    text.chars().take(100).collect()
+    }
 }
 
 /// A turn, with the list previews of the OpenAPI list item.
-pub fn turn(t: &Turn) -> Value {
-    json!({
-        "object": "turn",
-        "id": t.id,
-        "session_id": t.session_id,
-        "turn_number": t.turn_number,
-        "input": t.input,
-        "output": t.output,
-        "input_preview": preview(&t.input),
-        "output_preview": preview(&t.output),
-        "reasoning": t.reasoning,
-        "metadata": t.metadata,
-        "state_before": t.state_before,
-        "state_after": t.state_after,
-        "state_version": t.state_version,
-        "created_at": t.created_at,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct TurnOut<'a> {
+    /// `turn`.
+    #[schema(example = "turn")]
+    object: &'static str,
+    id: &'a str,
+    session_id: &'a str,
+    turn_number: u64,
+    /// `type`, `content` and any other keys as given.
+    input: &'a Object,
+    /// `type`, `content` and any other keys as given.
+    output: &'a Object,
+    input_preview: String,
+    output_preview: String,
+    reasoning: Option<&'a str>,
+    metadata: &'a Object,
+    state_before: Option<&'a Object>,
+    state_after: Option<&'a Object>,
+    /// The state version the turn wrote, when its `state_after` changed the state.
+    state_version: Option<u64>,
+    created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Turn> for TurnOut<'a> {
+    fn from(t: &'a Turn) -> Self {
+        Self {
+            object: "turn",
+            id: &t.id,
+            session_id: &t.session_id,
+            turn_number: t.turn_number,
+            input: &t.input,
+            output: &t.output,
+            input_preview: preview(&t.input),
+            output_preview: preview(&t.output),
+            reasoning: t.reasoning.as_deref(),
+            metadata: &t.metadata,
+            state_before: t.state_before.as_ref(),
+            state_after: t.state_after.as_ref(),
+            state_version: t.state_version,
+            created_at: t.created_at,
+        }
+    }
 }
 
 /// A memory.
-pub fn memory(m: &Memory) -> Value {
-    json!({
-        "object": "memory",
-        "id": m.id,
-        "session_id": m.session_id,
-        "user_id": m.user_id,
-        "content": m.content,
-        "type": m.memory_type,
-        "memory_type": m.memory_type,
-        "tags": m.tags,
-        "metadata": m.metadata,
-        "version": m.version,
-        "embedding_id": m.embedding_model.as_ref().map(|_| format!("vec_{}", &m.id[4..])),
-        "embedding_model": m.embedding_model,
-        "vector_available": m.embedding_model.is_some(),
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+#[derive(Serialize, ToSchema)]
+pub struct MemoryOut<'a> {
+    /// `memory`.
+    #[schema(example = "memory")]
+    object: &'static str,
+    id: &'a str,
+    session_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    content: &'a str,
+    r#type: &'a str,
+    /// The same as `type`.
+    memory_type: &'a str,
+    tags: &'a [String],
+    metadata: &'a Object,
+    /// 1 at creation, +1 per update.
+    version: u64,
+    embedding_id: Option<String>,
+    embedding_model: Option<&'a str>,
+    vector_available: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
-/// A search result or a context memory.
-pub fn hit(h: &MemoryHit) -> Value {
-    json!({
-        "object": "memory",
-        "id": h.id,
-        "session_id": h.session_id,
-        "user_id": h.user_id,
-        "content": h.content,
-        "type": h.memory_type,
-        "tags": h.tags,
-        "metadata": h.metadata,
-        "score": h.score,
-        "vector_score": h.vector_score,
-        "keyword_score": h.keyword_score,
-        "created_at": h.created_at,
-    })
+impl<'a> From<&'a Memory> for MemoryOut<'a> {
+    fn from(m: &'a Memory) -> Self {
+        Self {
+            object: "memory",
+            id: &m.id,
+            session_id: m.session_id.as_deref(),
+            user_id: m.user_id.as_deref(),
+            content: &m.content,
+            r#type: &m.memory_type,
+            memory_type: &m.memory_type,
+            tags: &m.tags,
+            metadata: &m.metadata,
+            version: m.version,
+            embedding_id: m
+                .embedding_model
+                .as_ref()
+                .map(|_| format!("vec_{}", m.id.trim_start_matches("mem_"))),
+            embedding_model: m.embedding_model.as_deref(),
+            vector_available: m.embedding_model.is_some(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
 }
 
-/// A trace: the OpenAPI fields and the documented ones.
-pub fn trace(t: &Trace) -> Value {
-    json!({
-        "object": "trace",
-        "id": t.id,
-        "session_id": t.session_id,
-        "action": t.action,
-        "resource_type": t.resource_type,
-        "resource_id": t.resource_id,
-        "actor": t.actor,
-        "actor_id": t.actor,
-        "timestamp": t.timestamp,
-        "created_at": t.timestamp,
-        "details": t.details,
-        "metadata": {},
-        "context": null,
-        "ip_address": null,
-    })
+/// A search result or a context memory, with its relevance.
+#[derive(Serialize, ToSchema)]
+pub struct HitOut<'a> {
+    /// `memory`.
+    #[schema(example = "memory")]
+    object: &'static str,
+    id: &'a str,
+    session_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    content: &'a str,
+    r#type: &'a str,
+    tags: &'a [String],
+    metadata: &'a Object,
+    /// 0..=1: the higher of `vector_score` and `keyword_score`.
+    score: f32,
+    vector_score: f32,
+    keyword_score: f32,
+    created_at: DateTime<Utc>,
 }
 
-/// A list page: `object`, `data`, `has_more`, `first_id`, `last_id`.
-pub fn page<T>(p: &Page<T>, item: impl Fn(&T) -> Value) -> Value {
-    json!({
-        "object": "list",
-        "data": p.data.iter().map(item).collect::<Vec<_>>(),
-        "has_more": p.has_more,
-        "first_id": p.first_id,
-        "last_id": p.last_id,
-    })
+impl<'a> From<&'a MemoryHit> for HitOut<'a> {
+    fn from(h: &'a MemoryHit) -> Self {
+        Self {
+            object: "memory",
+            id: &h.id,
+            session_id: h.session_id.as_deref(),
+            user_id: h.user_id.as_deref(),
+            content: &h.content,
+            r#type: &h.memory_type,
+            tags: &h.tags,
+            metadata: &h.metadata,
+            score: h.score,
+            vector_score: h.vector_score,
+            keyword_score: h.keyword_score,
+            created_at: h.created_at,
+        }
+    }
+}
+
+/// Search results, best first.
+#[derive(Serialize, ToSchema)]
+pub struct SearchOut<'a> {
+    /// `list`.
+    #[schema(example = "list")]
+    object: &'static str,
+    query: &'a str,
+    data: Vec<HitOut<'a>>,
+    /// Always false: a search answers in one page.
+    has_more: bool,
+}
+
+impl<'a> SearchOut<'a> {
+    pub fn new(query: &'a str, hits: &'a [MemoryHit]) -> Self {
+        Self {
+            object: "list",
+            query,
+            data: hits.iter().map(HitOut::from).collect(),
+            has_more: false,
+        }
+    }
+}
+
+/// `GET /v1/memories`: a search's results with a `query`, a page of memories without.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SearchOrList<'a> {
+    /// With a query.
+    Search(SearchOut<'a>),
+    /// Without one.
+    List(ListOut<MemoryOut<'a>>),
+}
+
+/// What an agent puts in its next prompt.
+#[derive(Serialize, ToSchema)]
+pub struct ContextOut<'a> {
+    /// `context`.
+    #[schema(example = "context")]
+    object: &'static str,
+    session_id: &'a str,
+    version: u64,
+    state: &'a Object,
+    /// The most relevant memories, best first.
+    memories: Vec<HitOut<'a>>,
+    /// The latest turns, newest first.
+    recent_turns: Vec<TurnOut<'a>>,
+    /// The same as `recent_turns`.
+    turns: Vec<TurnOut<'a>>,
+    average_relevance: f32,
+    drift_warning: bool,
+}
+
+impl<'a> From<&'a statebase_core::Context> for ContextOut<'a> {
+    fn from(c: &'a statebase_core::Context) -> Self {
+        Self {
+            object: "context",
+            session_id: &c.session.id,
+            version: c.session.version,
+            state: &c.session.state,
+            memories: c.memories.iter().map(HitOut::from).collect(),
+            recent_turns: c.recent_turns.iter().map(TurnOut::from).collect(),
+            turns: c.recent_turns.iter().map(TurnOut::from).collect(),
+            average_relevance: c.average_relevance,
+            drift_warning: c.drift_warning,
+        }
+    }
+}
+
+/// An audit record: the OpenAPI fields and the documented ones.
+#[derive(Serialize, ToSchema)]
+pub struct TraceOut<'a> {
+    /// `trace`.
+    #[schema(example = "trace")]
+    object: &'static str,
+    id: &'a str,
+    session_id: Option<&'a str>,
+    /// What happened, e.g. `state.updated`.
+    action: &'a str,
+    resource_type: &'a str,
+    resource_id: &'a str,
+    actor: &'a str,
+    /// The same as `actor`.
+    actor_id: &'a str,
+    timestamp: DateTime<Utc>,
+    /// The same as `timestamp`.
+    created_at: DateTime<Utc>,
+    /// Action-specific details: reasoning, version, diff, …
+    details: &'a Value,
+    /// Always `{}`.
+    metadata: Object,
+    /// Always null.
+    context: Option<Value>,
+    /// Always null.
+    ip_address: Option<String>,
+}
+
+impl<'a> From<&'a Trace> for TraceOut<'a> {
+    fn from(t: &'a Trace) -> Self {
+        Self {
+            object: "trace",
+            id: &t.id,
+            session_id: t.session_id.as_deref(),
+            action: &t.action,
+            resource_type: &t.resource_type,
+            resource_id: &t.resource_id,
+            actor: &t.actor,
+            actor_id: &t.actor,
+            timestamp: t.timestamp,
+            created_at: t.timestamp,
+            details: &t.details,
+            metadata: Object::new(),
+            context: None,
+            ip_address: None,
+        }
+    }
+}
+
+/// A memory's revisions, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct RevisionsOut<'a> {
+    /// `list`.
+    #[schema(example = "list")]
+    object: &'static str,
+    data: &'a [MemoryRevision],
+    /// Always false.
+    has_more: bool,
+}
+
+impl<'a> From<&'a [MemoryRevision]> for RevisionsOut<'a> {
+    fn from(data: &'a [MemoryRevision]) -> Self {
+        Self {
+            object: "list",
+            data,
+            has_more: false,
+        }
+    }
+}
+
+/// One page of a list: `object`, `data`, `has_more`, `first_id`, `last_id`.
+#[derive(Serialize, ToSchema)]
+pub struct ListOut<T> {
+    /// `list`.
+    #[schema(example = "list")]
+    object: &'static str,
+    data: Vec<T>,
+    /// True when more items follow: pass `last_id` as `starting_after`.
+    has_more: bool,
+    /// The first item's id.
+    #[schema(required)]
+    first_id: Option<String>,
+    /// The last item's id: the next page's `starting_after`.
+    #[schema(required)]
+    last_id: Option<String>,
+}
+
+impl<T> ListOut<T> {
+    /// The page `p`, each item shown as a `T`.
+    pub fn page<'a, R>(p: &'a Page<R>) -> Self
+    where
+        T: From<&'a R>,
+    {
+        Self {
+            object: "list",
+            data: p.data.iter().map(T::from).collect(),
+            has_more: p.has_more,
+            first_id: p.first_id.clone(),
+            last_id: p.last_id.clone(),
+        }
+    }
+
+    /// A whole list in one page.
+    pub fn all(data: Vec<T>) -> Self {
+        Self {
+            object: "list",
+            data,
+            has_more: false,
+            first_id: None,
+            last_id: None,
+        }
+    }
 }

@@ -15,6 +15,8 @@ struct Server {
     http: reqwest::Client,
     sb: StateBase<Arc<dyn Store>>,
     dir: Arc<tempfile::TempDir>,
+    /// The server's `/openapi.json`: every call is checked against it.
+    doc: OpenApi,
 }
 
 async fn start(limit: u32, burst: u32) -> Server {
@@ -38,11 +40,137 @@ async fn serve(dir: Arc<tempfile::TempDir>, limit: u32, burst: u32) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let doc = http
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    let doc = OpenApi::new(doc.json().await.unwrap());
     Server {
         url,
-        http: reqwest::Client::new(),
+        http,
         sb,
         dir,
+        doc,
+    }
+}
+
+/// An OpenAPI document, and what it says of a request and its answer.
+struct OpenApi {
+    doc: Value,
+    validators: std::sync::Mutex<std::collections::HashMap<String, Arc<jsonschema::Validator>>>,
+}
+
+impl OpenApi {
+    fn new(doc: Value) -> Self {
+        assert_eq!(doc["openapi"], "3.1.0");
+        Self {
+            doc,
+            validators: Default::default(),
+        }
+    }
+
+    /// The operation serving `method` on `path` (ids filled in, query stripped): the
+    /// documented path whose segments match, literal segments preferred (as the router
+    /// prefers them).
+    fn operation(&self, method: &Method, path: &str) -> Option<(&str, &Value)> {
+        let path = path.split('?').next().unwrap_or_default();
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut found: Vec<(&str, &Value)> = self.doc["paths"]
+            .as_object()?
+            .iter()
+            .filter(|(template, _)| {
+                let t: Vec<&str> = template.split('/').collect();
+                t.len() == segments.len()
+                    && t.iter()
+                        .zip(&segments)
+                        .all(|(t, p)| t.starts_with('{') || t == p)
+            })
+            .map(|(template, item)| (template.as_str(), item))
+            .collect();
+        found.sort_by_key(|(template, _)| template.matches('{').count());
+        let (template, item) = found.first()?;
+        Some((template, item.get(method.as_str().to_lowercase())?))
+    }
+
+    /// Errors of `instance` against `schema` (its `$ref`s point into the document).
+    fn violations(&self, schema: &Value, instance: &Value) -> Vec<String> {
+        let key = schema.to_string();
+        let validator = self
+            .validators
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert_with(|| {
+                let mut root = schema.clone();
+                root["components"] = self.doc["components"].clone();
+                Arc::new(
+                    jsonschema::draft202012::options()
+                        .should_validate_formats(true)
+                        .build(&root)
+                        .expect("the document's schemas compile"),
+                )
+            })
+            .clone();
+        validator
+            .iter_errors(instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect()
+    }
+
+    /// Panics unless the document describes this exchange: the route and method exist
+    /// (unless the server said the route does not), a body the server accepted matches the
+    /// request schema, and the answer matches the schema of its status (or `default`).
+    fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        sent: Option<&Value>,
+        status: StatusCode,
+        got: &Value,
+    ) {
+        let Some((template, op)) = self.operation(method, path) else {
+            assert!(
+                matches!(status.as_u16(), 404 | 405) && code(got) != "<no error code>",
+                "{method} {path} answered {status} but is not in /openapi.json"
+            );
+            return;
+        };
+        let what = format!("{method} {template} ({status})");
+        if let (Some(sent), true) = (sent, status.is_success()) {
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            assert!(
+                !schema.is_null(),
+                "{what}: accepted a body it does not document"
+            );
+            let errors = self.violations(schema, sent);
+            assert!(
+                errors.is_empty(),
+                "{what}: accepted {sent} against its schema: {errors:?}"
+            );
+        }
+        let answers = &op["responses"];
+        let answer = answers
+            .get(status.as_str())
+            .unwrap_or_else(|| &answers["default"]);
+        assert!(!answer.is_null(), "{what}: status not documented");
+        match answer["content"].get("application/json") {
+            Some(json) => {
+                let errors = self.violations(&json["schema"], got);
+                assert!(
+                    errors.is_empty(),
+                    "{what}: answered {got} against its schema: {errors:?}"
+                );
+            }
+            None if answer.get("content").is_none() => {
+                assert!(
+                    got.is_null(),
+                    "{what}: documented without a body, answered {got}"
+                )
+            }
+            None => {}
+        }
     }
 }
 
@@ -54,12 +182,14 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
         if let Some(k) = key {
             req = req.header("X-API-Key", k);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
+        if let Some(b) = &body {
+            req = req.json(b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
@@ -70,6 +200,7 @@ impl Server {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
+        self.doc.check(&method, path, body.as_ref(), status, &value);
         (status, value, headers)
     }
 
@@ -1081,4 +1212,55 @@ async fn dashboard_keys_stats_metrics_and_request_ids() {
         "{metrics}"
     );
     assert!(metrics.contains("statebase_store_operation_duration_seconds_bucket{operation=\"api_key_by_hash\",le=\"+Inf\"}"));
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_its_schemas_bite() {
+    let srv = start(10_000, 10_000).await;
+    // Served without a key.
+    let (s, doc, headers) = srv.call(None, Method::GET, "/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    // Every documented route and method is served: ids that do not exist are a 404 of the
+    // resource, never "no such route" or 405.
+    let mut operations = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .split('/')
+            .map(|s| if s.starts_with('{') { "nope" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().unwrap() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let body = op.get("requestBody").map(|_| json!({}));
+            let (s, v, _) = srv.call(Some(KEY_A), method.clone(), &path, body).await;
+            assert!(
+                s != StatusCode::METHOD_NOT_ALLOWED && v["error"]["message"] != "no such route",
+                "{method} {template} is documented but not served: {s} {v}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 55, "{operations} operations documented");
+    // The checker every call goes through rejects what the document does not allow.
+    let session = json!({"$ref": "#/components/schemas/SessionOut"});
+    let (_, real) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    assert!(srv.doc.violations(&session, &real).is_empty());
+    let mut wrong = real;
+    wrong["version"] = json!("1");
+    assert!(!srv.doc.violations(&session, &wrong).is_empty());
+    wrong.as_object_mut().unwrap().remove("version");
+    assert!(!srv.doc.violations(&session, &wrong).is_empty());
+    wrong["created_at"] = json!("yesterday");
+    assert!(!srv.doc.violations(&session, &wrong).is_empty());
 }

@@ -1,0 +1,115 @@
+//! `/openapi.json`: the OpenAPI 3.1 document of the routes [`crate::router`] serves, built
+//! from the handlers' `#[utoipa::path]` attributes and the types they take and answer, plus
+//! what every route shares (authentication, the error envelope, `Idempotency-Key`).
+
+use crate::error::ErrorBody;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+
+/// The parts no handler states.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "statebase",
+        description = "The StateBase `/v1` API: versioned session state, turns, memories and \
+            context for AI agents. Errors of every route are the `ErrorBody` envelope.",
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Keys),
+    security(("api_key" = []), ("bearer" = [])),
+)]
+pub struct Base;
+
+/// The two ways to send a key.
+struct Keys;
+
+impl utoipa::Modify for Keys {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// The finished document: each operation gets a tag (its first path segment after `/v1`),
+/// the error envelope as its `default` answer, the `Idempotency-Key` header when it is a
+/// `/v1` POST or PATCH, and an `operationId` no other has (a handler served at several
+/// paths is numbered). A body whose fields are all optional is optional: an empty body
+/// is `{}`.
+pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(doc).expect("an OpenAPI document is JSON");
+    let schemas = doc["components"]["schemas"].clone();
+    let all_optional = |body: &Value| {
+        let schema = &body["content"]["application/json"]["schema"];
+        let name = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next());
+        name.is_some_and(|n| schemas[n]["required"].as_array().is_none_or(Vec::is_empty))
+    };
+    let error = json!({
+        "description": "An error: `{\"error\": {code, message, type, param}, \"detail\"}`",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    });
+    let idempotency_key = json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": "A retry with the same key and body returns the first answer and \
+            changes nothing; the same key with another body is refused (409).",
+        "schema": {"type": "string", "maxLength": 255},
+    });
+    let mut ids = HashSet::new();
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut() {
+        let v1 = path.strip_prefix("/v1/");
+        for method in METHODS {
+            let Some(op) = item.get_mut(method) else {
+                continue;
+            };
+            let tag = v1.and_then(|p| p.split('/').next()).unwrap_or("service");
+            op["tags"] = json!([tag]);
+            op["responses"]["default"] = error.clone();
+            for (status, answer) in op["responses"].as_object_mut().into_iter().flatten() {
+                if answer["description"] == "" {
+                    let reason = status
+                        .parse()
+                        .ok()
+                        .and_then(|s| axum::http::StatusCode::from_u16(s).ok()?.canonical_reason());
+                    answer["description"] = json!(reason.unwrap_or_default());
+                }
+            }
+            if op.get("requestBody").is_some_and(all_optional) {
+                op["requestBody"]["required"] = json!(false);
+            }
+            if v1.is_some() && matches!(method, "post" | "patch") {
+                let params = op["parameters"].as_array_mut();
+                match params {
+                    Some(params) => params.push(idempotency_key.clone()),
+                    None => op["parameters"] = json!([idempotency_key]),
+                }
+            }
+            let base = op["operationId"].as_str().unwrap_or(method).to_owned();
+            let mut id = base.clone();
+            for n in 2.. {
+                if ids.insert(id.clone()) {
+                    break;
+                }
+                id = format!("{base}_{n}");
+            }
+            op["operationId"] = json!(id);
+        }
+    }
+    doc
+}
