@@ -13,11 +13,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The tenant and key of an authenticated request.
+/// The key of an authenticated request, and its tenant's statebase recording the key as
+/// the actor. Made once per key (and kept by [`KeyCache`]); cloning it is cheap.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key.
-    pub key: ApiKey,
+    pub key: Arc<ApiKey>,
+    /// Its tenant's statebase.
+    pub sb: StateBase<Arc<dyn Store>>,
+}
+
+impl Caller {
+    fn new(sb: &StateBase<Arc<dyn Store>>, key: ApiKey) -> Self {
+        let actor = format!("api_key_{}", key.key_prefix);
+        Self {
+            sb: sb.tenant(&key.tenant).actor(&actor),
+            key: Arc::new(key),
+        }
+    }
 }
 
 /// The caller's tenant's statebase, recording the calling key as the actor: what most
@@ -27,15 +40,13 @@ pub struct Tenant(pub StateBase<Arc<dyn Store>>);
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
         // Set by `authenticate`, which runs before every `/v1` handler.
         let caller = parts
             .extensions
             .get::<Caller>()
             .ok_or_else(ApiError::unauthenticated)?;
-        let key = &caller.key;
-        let actor = format!("api_key_{}", key.key_prefix);
-        Ok(Tenant(app.sb.tenant(&key.tenant).actor(&actor)))
+        Ok(Tenant(caller.sb.clone()))
     }
 }
 
@@ -142,7 +153,7 @@ impl RateLimiter {
 /// by another process (`statebase keys revoke`) within [`KeyCache::TTL`].
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    entries: Mutex<HashMap<String, (Caller, Instant)>>,
 }
 
 impl KeyCache {
@@ -151,36 +162,39 @@ impl KeyCache {
     /// Entries kept at most; past it the cache starts over.
     const CAPACITY: usize = 10_000;
 
-    /// The usable key `secret` belongs to, if any.
+    /// The caller whose usable key `secret` is, if any.
     pub async fn authenticate(
         &self,
         sb: &StateBase<Arc<dyn Store>>,
         secret: &str,
-    ) -> statebase_core::Result<Option<ApiKey>> {
+    ) -> statebase_core::Result<Option<Caller>> {
         let hash = hash_secret(secret);
         let cached = self
             .entries
             .lock()
             .get(&hash)
             .filter(|(_, at)| at.elapsed() < Self::TTL)
-            .map(|(key, _)| key.clone());
-        if let Some(key) = cached {
-            return Ok(key.is_usable_at(sb.now()).then_some(key));
+            .map(|(caller, _)| caller.clone());
+        if let Some(caller) = cached {
+            return Ok(caller.key.is_usable_at(sb.now()).then_some(caller));
         }
-        let key = sb.authenticate(secret).await?;
-        if let Some(key) = &key {
-            let mut entries = self.entries.lock();
-            if entries.len() >= Self::CAPACITY {
-                entries.clear();
-            }
-            entries.insert(hash, (key.clone(), Instant::now()));
+        let Some(key) = sb.authenticate(secret).await? else {
+            return Ok(None);
+        };
+        let caller = Caller::new(sb, key);
+        let mut entries = self.entries.lock();
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
         }
-        Ok(key)
+        entries.insert(hash, (caller.clone(), Instant::now()));
+        Ok(Some(caller))
     }
 
     /// Drops the key `id`, so that its next use reads the store.
     pub fn forget(&self, id: &str) {
-        self.entries.lock().retain(|_, (key, _)| key.id != id);
+        self.entries
+            .lock()
+            .retain(|_, (caller, _)| caller.key.id != id);
     }
 }
 
@@ -209,16 +223,16 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
     let Some(secret) = secret(req.headers()) else {
         return ApiError::unauthenticated().into_response();
     };
-    let key = match app.keys.authenticate(&app.sb, secret).await {
-        Ok(Some(key)) => key,
+    let caller = match app.keys.authenticate(&app.sb, secret).await {
+        Ok(Some(caller)) => caller,
         Ok(None) => return ApiError::unauthenticated().into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let decision = app.limiter.check(&key);
+    let decision = app.limiter.check(&caller.key);
     let mut response = match decision.retry_after {
         Some(seconds) => ApiError::rate_limited(seconds).into_response(),
         None => {
-            req.extensions_mut().insert(Caller { key });
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
     };

@@ -33,15 +33,19 @@ use utoipa_axum::routes;
 /// The largest request body accepted, in bytes (a state of 1 MiB plus its envelope).
 pub const MAX_BODY_BYTES: usize = 2 << 20;
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the clone each request makes is one counter.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// Statebase over the server's store.
     pub sb: StateBase<Arc<dyn Store>>,
     /// Keys recently authenticated.
-    pub keys: Arc<auth::KeyCache>,
+    pub keys: auth::KeyCache,
     /// The per-key rate limits.
-    pub limiter: Arc<RateLimiter>,
+    pub limiter: RateLimiter,
     /// Request counters and latencies for `/metrics`.
     pub metrics: Arc<observe::Metrics>,
     /// Responses kept for `Idempotency-Key` retries.
@@ -50,20 +54,28 @@ pub struct AppState {
     pub started: Instant,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     /// State over `store` (timed for `/metrics`) with `limit` requests a minute per key and
     /// bursts of `burst`.
     pub fn new(store: Arc<dyn Store>, limit: u32, burst: u32) -> Self {
         let metrics: Arc<observe::Metrics> = Arc::default();
         let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
-        Self {
+        Self(Arc::new(Shared {
             idempotency: Arc::new(idempotency::Idempotency::new(observed.clone())),
             sb: StateBase::new(observed),
-            keys: Arc::default(),
-            limiter: Arc::new(RateLimiter::new(limit, burst)),
+            keys: auth::KeyCache::default(),
+            limiter: RateLimiter::new(limit, burst),
             metrics,
             started: Instant::now(),
-        }
+        }))
     }
 }
 
