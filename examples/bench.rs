@@ -76,6 +76,16 @@ struct Sizes {
     edits: usize,
 }
 
+/// `x` with two significant digits (0.0042, 0.42, 4.2), so small ratios are not all 0.00.
+fn two_digits(x: f64) -> String {
+    let decimals = if x > 0.0 {
+        (1.0 - x.log10().floor()).max(0.0)
+    } else {
+        2.0
+    };
+    format!("{x:.*}", decimals as usize)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -158,48 +168,32 @@ async fn concurrent_writes<S: Store>(
     summarize(rates, latencies)
 }
 
-/// Raw rusqlite: one row per transaction, with the pragmas the SQLite backend uses.
-fn raw_sqlite(dir: &Path, rounds: usize, n: usize) -> f64 {
-    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
-        .unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT")
-        .unwrap();
-    let body = vec![7u8; 200];
-    let mut rates = Vec::new();
-    let mut k = 0i64;
-    for _ in 0..rounds {
-        let start = Instant::now();
-        for _ in 0..n {
-            k += 1;
-            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, &body))
-                .unwrap();
-            conn.execute_batch("COMMIT").unwrap();
-        }
-        rates.push(n as f64 / start.elapsed().as_secs_f64());
-    }
-    rates.sort_by(f64::total_cmp);
-    percentile(&rates, 0.5)
+/// A backend's raw primitives, measured in the same run: every write case is shown next to
+/// `write`, every read case next to `read`.
+struct Raw {
+    write: (String, f64),
+    read: (String, f64),
 }
 
-/// Raw sled: insert + flush.
-fn raw_sled(dir: &Path, rounds: usize, n: usize) -> f64 {
-    let db = sled::Config::new()
-        .path(dir.join("raw.sled"))
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
-    let body = vec![7u8; 200];
+impl Raw {
+    fn write(&self) -> Option<(String, f64)> {
+        Some(self.write.clone())
+    }
+
+    fn read(&self) -> Option<(String, f64)> {
+        Some(self.read.clone())
+    }
+}
+
+/// The median of `rounds` rates of `n` calls of `op(k)`, `k` counting on across rounds.
+fn raw_rate(rounds: usize, n: usize, mut op: impl FnMut(u64)) -> f64 {
     let mut rates = Vec::new();
     let mut k = 0u64;
     for _ in 0..rounds {
         let start = Instant::now();
         for _ in 0..n {
             k += 1;
-            db.insert(k.to_be_bytes(), body.as_slice()).unwrap();
-            db.flush().unwrap();
+            op(k);
         }
         rates.push(n as f64 / start.elapsed().as_secs_f64());
     }
@@ -207,11 +201,85 @@ fn raw_sled(dir: &Path, rounds: usize, n: usize) -> f64 {
     percentile(&rates, 0.5)
 }
 
+/// About the size of one version row of the benchmark's small states.
+const RAW_VALUE: [u8; 200] = [7u8; 200];
+
+/// Raw rusqlite with the pragmas the SQLite backend uses: one row per transaction, and a
+/// point read by primary key on one open connection.
+fn raw_sqlite(dir: &Path, rounds: usize, writes: usize, reads: usize) -> Raw {
+    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+        .unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT")
+        .unwrap();
+    let write = raw_rate(rounds, writes, |k| {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn.prepare_cached("INSERT INTO t (k, v) VALUES (?1, ?2)")
+            .unwrap()
+            .execute((k as i64, &RAW_VALUE[..]))
+            .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    let rows = (rounds * writes) as u64;
+    let read = raw_rate(rounds, reads, |k| {
+        let v: Vec<u8> = conn
+            .prepare_cached("SELECT v FROM t WHERE k = ?1")
+            .unwrap()
+            .query_row([(1 + k % rows) as i64], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v.len(), RAW_VALUE.len());
+    });
+    Raw {
+        write: ("raw rusqlite 1-row tx".into(), write),
+        read: ("raw rusqlite point read".into(), read),
+    }
+}
+
+/// Raw sled: insert + flush, and get.
+fn raw_sled(dir: &Path, rounds: usize, writes: usize, reads: usize) -> Raw {
+    let db = sled::Config::new()
+        .path(dir.join("raw.sled"))
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let write = raw_rate(rounds, writes, |k| {
+        db.insert(k.to_be_bytes(), &RAW_VALUE[..]).unwrap();
+        db.flush().unwrap();
+    });
+    let rows = (rounds * writes) as u64;
+    let read = raw_rate(rounds, reads, |k| {
+        let v = db.get((1 + k % rows).to_be_bytes()).unwrap().unwrap();
+        assert_eq!(v.len(), RAW_VALUE.len());
+    });
+    Raw {
+        write: ("raw sled insert+flush".into(), write),
+        read: ("raw sled get".into(), read),
+    }
+}
+
+/// A locked `HashMap` of byte values: what the memory backend is at its simplest.
+fn raw_memory(rounds: usize, writes: usize, reads: usize) -> Raw {
+    let map = std::sync::Mutex::new(std::collections::HashMap::new());
+    let write = raw_rate(rounds, writes, |k| {
+        map.lock().unwrap().insert(k, RAW_VALUE.to_vec());
+    });
+    let rows = (rounds * writes) as u64;
+    let read = raw_rate(rounds, reads, |k| {
+        let v = map.lock().unwrap().get(&(1 + k % rows)).cloned().unwrap();
+        assert_eq!(v.len(), RAW_VALUE.len());
+    });
+    Raw {
+        write: ("raw HashMap insert".into(), write),
+        read: ("raw HashMap get".into(), read),
+    }
+}
+
 async fn bench_backend<S: Store>(
     backend: &'static str,
     sb: StateBase<S>,
     sizes: &Sizes,
-    write_baseline: Option<(String, f64)>,
+    raw: Raw,
     out: &mut Vec<Figure>,
 ) {
     let mut push = |case: &str, r: (f64, f64, f64), baseline: Option<(String, f64)>| {
@@ -231,12 +299,12 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("state update, 1 task", one, write_baseline.clone());
+    push("state update, 1 task", one, raw.write());
     let many = concurrent_writes(&sb, sizes.rounds, sizes.concurrent, sizes.writes / 4 + 1).await;
     push(
         &format!("state update, {} tasks", sizes.concurrent),
         many,
-        write_baseline,
+        raw.write(),
     );
     let r = sequential(sizes.rounds, sizes.reads, |_| {
         let (sb, id) = (sb.clone(), id.clone());
@@ -245,7 +313,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("read current state", r, None);
+    push("read current state", r, raw.read());
     let r = sequential(sizes.rounds, sizes.reads, |i| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -253,7 +321,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("read an old version", r, None);
+    push("read an old version", r, raw.read());
     let r = sequential(sizes.rounds, sizes.reads / 4, |_| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -265,7 +333,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("history of 100 versions", r, None);
+    push("history of 100 versions", r, raw.read());
     let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -273,7 +341,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("diff of two versions", r, None);
+    push("diff of two versions", r, raw.read());
     let r = sequential(sizes.rounds, sizes.writes / 4 + 1, |i| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -286,7 +354,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("rollback", r, None);
+    push("rollback", r, raw.write());
     let r = sequential(sizes.rounds, sizes.writes / 4 + 1, |i| {
         let (sb, id) = (sb.clone(), id.clone());
         async move {
@@ -298,7 +366,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("fork", r, None);
+    push("fork", r, raw.write());
 
     let talk = sb
         .create_session(CreateSession::new("bench"))
@@ -314,7 +382,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("add a turn", r, None);
+    push("add a turn", r, raw.write());
     let turns = per_round * sizes.rounds;
     let r = sequential(sizes.rounds, sizes.reads / 4, |_| {
         let (sb, id) = (sb.clone(), talk.id.clone());
@@ -327,7 +395,11 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push(&format!("last 10 turns of a session of {turns}"), r, None);
+    push(
+        &format!("last 10 turns of a session of {turns}"),
+        r,
+        raw.read(),
+    );
 
     let s = sb
         .create_session(CreateSession::new("bench"))
@@ -347,7 +419,7 @@ async fn bench_backend<S: Store>(
         }
     })
     .await;
-    push("add a memory", r, None);
+    push("add a memory", r, raw.write());
     let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
         let (sb, sid) = (sb.clone(), s.id.clone());
         async move {
@@ -363,7 +435,7 @@ async fn bench_backend<S: Store>(
     push(
         &format!("search top-10 in a session of {n} memories"),
         r,
-        None,
+        raw.read(),
     );
     let r = sequential(sizes.rounds, sizes.reads / 4, |i| {
         let (sb, sid) = (sb.clone(), s.id.clone());
@@ -381,7 +453,7 @@ async fn bench_backend<S: Store>(
     push(
         &format!("context: state + 5 of {n} memories + 10 turns"),
         r,
-        None,
+        raw.read(),
     );
 }
 
@@ -739,8 +811,9 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut figures = Vec::new();
     if runs("memory") {
+        let raw = raw_memory(sizes.rounds, sizes.writes, sizes.reads);
         let sb = StateBase::new(MemoryStore::new());
-        bench_backend("memory", sb, &sizes, None, &mut figures).await;
+        bench_backend("memory", sb, &sizes, raw, &mut figures).await;
     }
     if runs("search") {
         bench_search_scale(&sizes, &mut figures).await;
@@ -756,17 +829,15 @@ async fn main() {
         bench_storage("sled", open, size, sizes.edits, &mut figures).await;
     }
     if runs("sqlite") {
-        let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes);
+        let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
         let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("bench.db")).unwrap();
         let sb = StateBase::new(Arc::new(sqlite) as Arc<dyn Store>);
-        let baseline = Some(("raw rusqlite 1-row tx".into(), raw));
-        bench_backend("sqlite", sb, &sizes, baseline, &mut figures).await;
+        bench_backend("sqlite", sb, &sizes, raw, &mut figures).await;
     }
     if runs("sled") {
-        let raw = raw_sled(dir.path(), sizes.rounds, sizes.writes);
+        let raw = raw_sled(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
         let sled = statebase_sled::SledStore::open(dir.path().join("bench.sled")).unwrap();
-        let baseline = Some(("raw sled insert+flush".into(), raw));
-        bench_backend("sled", StateBase::new(sled), &sizes, baseline, &mut figures).await;
+        bench_backend("sled", StateBase::new(sled), &sizes, raw, &mut figures).await;
     }
     if runs("http") {
         bench_http(dir.path(), &sizes, &mut figures).await;
@@ -803,7 +874,7 @@ async fn main() {
         let baseline = f
             .baseline
             .as_ref()
-            .map(|(name, v)| format!("{name}: {v:.0}, {:.2}x", f.value / v))
+            .map(|(name, v)| format!("{name}: {v:.0}, {}x", two_digits(f.value / v)))
             .unwrap_or_default();
         println!(
             "{:<8} {:<58} {:>10.0} {:<5} {:>9} {:>9}  {baseline}",
