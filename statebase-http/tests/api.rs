@@ -1264,3 +1264,44 @@ async fn openapi_document_lists_every_route_and_its_schemas_bite() {
     wrong["created_at"] = json!("yesterday");
     assert!(!srv.doc.violations(&session, &wrong).is_empty());
 }
+
+#[tokio::test]
+async fn a_store_failure_is_a_500_that_keeps_its_details_in_the_log() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap();
+    // Another process damages the row: the store fails to decode it.
+    let file = rusqlite::Connection::open(srv.dir.path().join("api.db")).unwrap();
+    let changed = file
+        .execute(
+            "UPDATE sessions SET state = '{\"unterminated' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let (s, v) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        (code(&v), v["error"]["type"].as_str()),
+        ("internal_error", Some("api_error"))
+    );
+    assert_eq!(v["error"]["message"], "internal error");
+    assert_eq!(v["detail"], "internal error");
+    // Other sessions are unaffected.
+    let (s, _) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
