@@ -644,46 +644,40 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// Builds one request of a load case.
-type MakeRequest = Box<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
+type MakeRequest = Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>;
 
-/// `connections` clients each sending `n` requests made by `request`, per round.
-async fn http_load(
-    rounds: usize,
-    connections: usize,
-    n: usize,
-    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder + Clone + Send + 'static,
-) -> (f64, f64, f64) {
-    let mut rates = Vec::new();
-    let mut latencies = Vec::new();
-    for _ in 0..rounds {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..connections)
-            .map(|_| {
-                let request = request.clone();
-                tokio::spawn(async move {
-                    let client = reqwest::Client::new();
-                    let mut lat = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let t = Instant::now();
-                        let r = request(&client).send().await.unwrap();
-                        assert!(r.status().is_success(), "{}", r.status());
-                        r.bytes().await.unwrap();
-                        lat.push(t.elapsed().as_secs_f64() * 1e6);
-                    }
-                    lat
-                })
+/// One round: `connections` clients each sending `n` requests made by `request`. The rate,
+/// and every request's latency in µs.
+async fn http_round(connections: usize, n: usize, request: &MakeRequest) -> (f64, Vec<f64>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut lat = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let r = request(&client).send().await.unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.bytes().await.unwrap();
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                lat
             })
-            .collect();
-        for t in tasks {
-            latencies.extend(t.await.unwrap());
-        }
-        rates.push((connections * n) as f64 / start.elapsed().as_secs_f64());
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
     }
-    summarize(rates, latencies)
+    let rate = (connections * n) as f64 / start.elapsed().as_secs_f64();
+    (rate, latencies)
 }
 
 /// The HTTP server on loopback over SQLite: GET state, PATCH state and POST context from 32
-/// connections, next to a trivial JSON endpoint of the same server.
+/// connections, next to a trivial JSON endpoint of the same server. Each round runs the
+/// trivial endpoint and then every case, so that the baseline is measured next to them.
 async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.join("http.db")).unwrap());
@@ -710,62 +704,65 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
             .await
             .unwrap();
     }
+    // Agents write their own sessions: PATCH spreads its writes over 32 of them.
+    let mut own = Vec::new();
+    for _ in 0..32 {
+        let s = sb
+            .create_session(CreateSession::new("bench"))
+            .await
+            .unwrap();
+        own.push(s.id);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = statebase_http::router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let n = sizes.reads / 32 + 1;
-    let url = base.clone();
-    let baseline = http_load(sizes.rounds, 32, n, move |c| {
-        c.get(format!("{url}/health/live"))
-    })
-    .await;
-    out.push(Figure::rate(
-        "http",
-        "GET /health/live (trivial JSON)",
-        baseline,
-        None,
-    ));
-    let trivial = Some(("trivial JSON endpoint".to_owned(), baseline.0));
+    let trivial_url = format!("{base}/health/live");
     let state_url = format!("{base}/v1/sessions/{}/state", s.id);
     let context_url = format!("{base}/v1/sessions/{}/context", s.id);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cases: Vec<(&str, MakeRequest)> = vec![
         (
-            "GET state",
-            Box::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
+            "GET /health/live (trivial JSON)",
+            Arc::new(move |c: &reqwest::Client| c.get(&trivial_url)),
         ),
-        ("PATCH state", {
-            // Agents write their own sessions: spread the writes over 32 of them.
-            let mut urls = Vec::new();
-            for _ in 0..32 {
-                let own = sb
-                    .create_session(CreateSession::new("bench"))
-                    .await
-                    .unwrap();
-                urls.push(format!("{base}/v1/sessions/{}/state", own.id));
-            }
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            Box::new(move |c: &reqwest::Client| {
+        (
+            "GET state, 32 connections",
+            Arc::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
+        ),
+        (
+            "PATCH state, 32 connections",
+            Arc::new(move |c: &reqwest::Client| {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                c.patch(&urls[i % urls.len()])
+                let url = format!("{base}/v1/sessions/{}/state", own[i % own.len()]);
+                c.patch(url)
                     .header("X-API-Key", key)
                     .json(&json!({"state": {"n": i}}))
-            })
-        }),
+            }),
+        ),
         (
-            "POST context",
-            Box::new(move |c: &reqwest::Client| {
+            "POST context, 32 connections",
+            Arc::new(move |c: &reqwest::Client| {
                 c.post(&context_url).header("X-API-Key", key).json(
                     &json!({"query": "what about the user", "memory_limit": 5, "turn_limit": 10}),
                 )
             }),
         ),
     ];
-    for (name, request) in cases {
-        let request = Arc::new(request);
-        let r = http_load(sizes.rounds, 32, n, move |c| request(c)).await;
-        let case = format!("{name}, 32 connections");
-        out.push(Figure::rate("http", case, r, trivial.clone()));
+    let n = sizes.reads / 32 + 1;
+    let mut measured = vec![(Vec::new(), Vec::new()); cases.len()];
+    for _ in 0..sizes.rounds {
+        for ((_, request), (rates, latencies)) in cases.iter().zip(&mut measured) {
+            let (rate, lat) = http_round(32, n, request).await;
+            rates.push(rate);
+            latencies.extend(lat);
+        }
+    }
+    let mut trivial = None;
+    for ((name, _), (rates, latencies)) in cases.iter().zip(measured) {
+        let figure = summarize(rates, latencies);
+        out.push(Figure::rate("http", *name, figure, trivial.clone()));
+        trivial = trivial.or(Some(("trivial JSON endpoint".to_owned(), figure.0)));
     }
 }
 
