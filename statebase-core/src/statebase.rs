@@ -15,6 +15,7 @@ use crate::store::*;
 use chrono::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// The tenant a [`StateBase`] works in unless told otherwise.
@@ -356,11 +357,7 @@ impl<S: Store> StateBase<S> {
             }
             None => end.saturating_sub(limit)..end,
         };
-        let records = self.store().versions(&self.tenant, id, range).await?;
-        let versions = records
-            .iter()
-            .map(|r| decode_version(id, r))
-            .collect::<Result<_>>()?;
+        let versions = self.versions(id, range).await?;
         Ok(History {
             versions,
             current_version: rec.session.version,
@@ -595,7 +592,7 @@ impl<S: Store> StateBase<S> {
         let initial = VersionRecord {
             version: 0,
             created_at: session.created_at,
-            body: codec::encode(&body)?,
+            body: codec::encode(0, None, &body)?,
         };
         let record = SessionRecord {
             session,
@@ -665,7 +662,7 @@ impl<S: Store> StateBase<S> {
             version: VersionRecord {
                 version: session.version + 1,
                 created_at: now,
-                body: codec::encode(&body)?,
+                body: codec::encode(session.version + 1, Some(&session.state), &body)?,
             },
             state: body.state,
             updated_at: now,
@@ -691,15 +688,35 @@ impl<S: Store> StateBase<S> {
     }
 
     async fn read_version(&self, session: &Session, k: u64) -> Result<StateVersion> {
-        let records = self
-            .store()
-            .versions(&self.tenant, &session.id, k..k + 1)
-            .await?;
-        match records.first() {
-            Some(r) => decode_version(&session.id, r),
+        match self.versions(&session.id, k..k + 1).await?.pop() {
+            Some(v) => Ok(v),
             // The session was deleted between our two reads.
             None => Err(Error::session_not_found(&session.id)),
         }
+    }
+
+    /// The versions in `range`, decoded from the snapshot at or before its start.
+    async fn versions(&self, id: &str, range: Range<u64>) -> Result<Vec<StateVersion>> {
+        let from = codec::chain_start(range.start);
+        let records = self
+            .store()
+            .versions(&self.tenant, id, from..range.end)
+            .await?;
+        let bodies = codec::decode_run(records.iter().map(|r| &r.body[..]))?;
+        Ok(records
+            .into_iter()
+            .zip(bodies)
+            .skip_while(|(r, _)| r.version < range.start)
+            .map(|(r, body)| StateVersion {
+                session_id: id.to_owned(),
+                version: r.version,
+                state: body.state,
+                created_at: r.created_at,
+                reasoning: body.reasoning,
+                updated_by: body.actor,
+                change: body.change,
+            })
+            .collect())
     }
 
     pub(crate) fn identifier(&self, param: &'static str, value: String) -> Result<String> {
@@ -756,19 +773,6 @@ impl<S: Store> StateBase<S> {
         }
         Ok(())
     }
-}
-
-fn decode_version(session_id: &str, record: &VersionRecord) -> Result<StateVersion> {
-    let body = codec::decode(&record.body)?;
-    Ok(StateVersion {
-        session_id: session_id.to_owned(),
-        version: record.version,
-        state: body.state,
-        created_at: record.created_at,
-        reasoning: body.reasoning,
-        updated_by: body.actor,
-        change: body.change,
-    })
 }
 
 /// `version` as an absolute version of `session`: negative counts back from the current.

@@ -575,6 +575,70 @@ pub async fn state_at_any_version<F: StoreFactory>(factory: F) {
     }
 }
 
+/// A big state edited a little at a time (stored as deltas between snapshots) reads back
+/// exactly at every version, in history windows across snapshots, through rollback, fork
+/// and diff, and after a reopen.
+pub async fn small_edits_of_a_big_state_read_back_exactly<F: StoreFactory>(factory: F) {
+    let mut env = Env::new(factory).await;
+    let big: Value = (0..40)
+        .map(|i| (format!("key_{i}"), json!(format!("{i} {}", "x".repeat(60)))))
+        .collect::<Object>()
+        .into();
+    let s = new_session(env.sb(), big.clone()).await;
+    let mut expected = vec![obj(big)];
+    for v in 1..=40u64 {
+        let patch = match v % 5 {
+            0 => json!({ format!("key_{v}"): null }),
+            1 => json!({ "nested": {"n": v, "list": [v, {"deep": null}]} }),
+            2 => json!({ "nested": {"list": null}, "arr": [1, 2, v] }),
+            3 => json!({ format!("added_{v}"): {"flag": true, "none": null} }),
+            _ => json!({ "key_0": v }),
+        };
+        let s2 = env
+            .sb()
+            .merge_state(&s.id, StateWrite::new(patch.clone()))
+            .await
+            .unwrap();
+        let mut next = expected.last().cloned().unwrap();
+        crate::json::merge_patch(&mut next, &obj(patch));
+        assert_eq!(s2.state, next, "version {v}");
+        expected.push(next);
+    }
+    env.reopen().await;
+    let sb = env.sb();
+    for (v, want) in expected.iter().enumerate() {
+        let got = sb.state_at(&s.id, v as i64).await.unwrap();
+        assert_eq!(&got.state, want, "version {v}");
+    }
+    let q = HistoryQuery {
+        limit: Some(20),
+        since_version: Some(9),
+    };
+    let h = sb.history(&s.id, q).await.unwrap();
+    let states: Vec<&Object> = h.versions.iter().map(|v| &v.state).collect();
+    assert_eq!(states, expected[10..30].iter().collect::<Vec<_>>());
+    let to = RollbackTo {
+        version: 23,
+        ..RollbackTo::default()
+    };
+    assert_eq!(
+        sb.rollback(&s.id, to).await.unwrap().session.state,
+        expected[23]
+    );
+    let from = ForkFrom {
+        version: Some(37),
+        ..ForkFrom::default()
+    };
+    let fork = sb.fork(&s.id, from).await.unwrap();
+    assert_eq!(fork.state, expected[37]);
+    let d = sb.diff(&s.id, 17, 18).await.unwrap();
+    assert_eq!(
+        d.diff,
+        crate::json::Diff::between(&expected[17], &expected[18])
+    );
+    assert!(!d.diff.is_empty());
+}
+
 /// History: the latest `limit` (default 50) oldest first, or the `limit` after
 /// `since_version`; `current_version` is the head. Bad limits are refused.
 pub async fn history_windows<F: StoreFactory>(factory: F) {

@@ -142,6 +142,7 @@ macro_rules! conformance_suite {
             merge_state_applies_rfc_7386,
             stale_expected_version_conflicts_and_writes_nothing,
             state_at_any_version,
+            small_edits_of_a_big_state_read_back_exactly,
             history_windows,
             diff_between_versions,
             rollback_appends_a_copy_and_keeps_history,
