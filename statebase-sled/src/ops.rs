@@ -10,8 +10,9 @@ use statebase_core::{
 };
 use std::ops::{Bound, Range};
 
-/// This code's on-disk format; data of a newer one is refused.
-pub const FORMAT_VERSION: u64 = 1;
+/// This code's on-disk format; data of a newer one is refused. 2: version bodies may be
+/// deltas (statebase-core's codec format 2), which format-1 code cannot read.
+pub const FORMAT_VERSION: u64 = 2;
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
@@ -266,6 +267,11 @@ impl Trees {
                         found,
                         supported: FORMAT_VERSION,
                     });
+                }
+                // Format 1 data is format 2 data without deltas yet: mark it as ours.
+                if found < FORMAT_VERSION {
+                    trees.records.insert(b"F", &FORMAT_VERSION.to_be_bytes())?;
+                    trees.db.flush()?;
                 }
             }
             None => {

@@ -136,6 +136,9 @@ CREATE TABLE meta (
     PRIMARY KEY (space, key)
 ) STRICT, WITHOUT ROWID;
 "#,
+    // No table changes: version bodies may now be deltas (statebase-core's codec format 2),
+    // which an older statebase cannot read, so it must refuse the file.
+    "SELECT 1;",
 ];
 
 /// The schema version this code writes.
