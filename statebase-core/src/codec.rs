@@ -21,6 +21,10 @@ const DELTA_JSON: u8 = 2;
 /// Every version whose number is a multiple of this is a snapshot.
 pub(crate) const SNAPSHOT_EVERY: u64 = 16;
 
+/// Snapshots smaller than this are kept as they are: a patch would save little and cost a
+/// diff on every write.
+const SMALL_SNAPSHOT: usize = 512;
+
 /// Everything a version holds besides its number and timestamp.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct VersionBody {
@@ -47,8 +51,8 @@ pub(crate) fn chain_start(version: u64) -> u64 {
 }
 
 /// `body` as version `version`, whose previous version had the state `previous`: a delta
-/// when there is a previous state, the version is not due for a snapshot, and the delta is
-/// the smaller.
+/// when there is a previous state, the version is not due for a snapshot, the snapshot is
+/// not small, and the delta is the smaller.
 pub(crate) fn encode(
     version: u64,
     previous: Option<&Object>,
@@ -57,7 +61,7 @@ pub(crate) fn encode(
     let mut snapshot = vec![SNAPSHOT_JSON];
     serde_json::to_writer(&mut snapshot, body).map_err(Error::backend)?;
     let previous = match previous {
-        Some(p) if version % SNAPSHOT_EVERY != 0 => p,
+        Some(p) if version % SNAPSHOT_EVERY != 0 && snapshot.len() >= SMALL_SNAPSHOT => p,
         _ => return Ok(snapshot),
     };
     let delta = DeltaBody {
@@ -168,21 +172,22 @@ mod tests {
     }
 
     #[test]
-    fn versions_due_for_a_snapshot_and_rewrites_are_snapshots() {
-        let text = "x".repeat(200);
+    fn versions_due_for_a_snapshot_small_states_and_rewrites_are_snapshots() {
+        let text = "x".repeat(600);
         let old = json!({"a": 1, "text": text}).as_object().cloned().unwrap();
         let b = body(json!({"a": 2, "text": text}));
-        assert_eq!(
-            encode(SNAPSHOT_EVERY, Some(&old), &b).unwrap()[0],
-            SNAPSHOT_JSON
-        );
-        assert_eq!(
-            encode(SNAPSHOT_EVERY + 1, Some(&old), &b).unwrap()[0],
-            DELTA_JSON
-        );
-        // A delta bigger than the state it makes is not kept.
-        let replaced = body(json!({"z": 1}));
-        let many: Object = (0..20).map(|i| (format!("k{i}"), json!(i))).collect();
+        let at = |version| encode(version, Some(&old), &b).unwrap()[0];
+        assert_eq!(at(SNAPSHOT_EVERY), SNAPSHOT_JSON);
+        assert_eq!(at(SNAPSHOT_EVERY + 1), DELTA_JSON);
+        // A small state is written whole.
+        let small = json!({"a": 1}).as_object().cloned().unwrap();
+        let b = body(json!({"a": 2}));
+        assert_eq!(encode(5, Some(&small), &b).unwrap()[0], SNAPSHOT_JSON);
+        // So is a rewrite whose patch would be bigger than the state it makes.
+        let many: Object = (0..40)
+            .map(|i| (format!("key_{i}"), json!("y".repeat(20))))
+            .collect();
+        let replaced = body(json!({ "z": text }));
         assert_eq!(encode(5, Some(&many), &replaced).unwrap()[0], SNAPSHOT_JSON);
         assert_eq!(
             (
