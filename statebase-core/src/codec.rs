@@ -82,13 +82,19 @@ pub(crate) fn encode(
     })
 }
 
-/// Decodes consecutive versions, the first a snapshot (as the one at [`chain_start`] is):
-/// each delta applies to the state decoded before it.
-pub(crate) fn decode_run<'a>(
-    records: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<Vec<VersionBody>> {
+/// Decodes `records[wanted..]`, consecutive versions whose first is a snapshot (as the one
+/// at [`chain_start`] is): each delta applies to the state decoded before it. Decoding
+/// starts at the last snapshot at or before `wanted`.
+pub(crate) fn decode_run(records: &[&[u8]], wanted: usize) -> Result<Vec<VersionBody>> {
+    if wanted >= records.len() {
+        return Ok(Vec::new());
+    }
+    let start = (0..=wanted)
+        .rev()
+        .find(|&i| records[i].first() == Some(&SNAPSHOT_JSON))
+        .unwrap_or(0);
     let mut out: Vec<VersionBody> = Vec::new();
-    for bytes in records {
+    for bytes in &records[start..] {
         let body = match bytes.split_first() {
             Some((&SNAPSHOT_JSON, json)) => serde_json::from_slice(json).map_err(Error::backend)?,
             Some((&DELTA_JSON, json)) => {
@@ -117,7 +123,7 @@ pub(crate) fn decode_run<'a>(
         };
         out.push(body);
     }
-    Ok(out)
+    Ok(out.split_off(wanted - start))
 }
 
 #[cfg(test)]
@@ -141,14 +147,14 @@ mod tests {
         let b = body(json!({"a": [1, {"b": null}]}));
         let bytes = encode(0, None, &b).unwrap();
         assert_eq!(bytes[0], SNAPSHOT_JSON);
-        assert_eq!(decode_run([&bytes[..]]).unwrap(), vec![b]);
+        assert_eq!(decode_run(&[&bytes[..]], 0).unwrap(), vec![b]);
         let mut future = bytes;
         future[0] = 9;
         assert_eq!(
-            decode_run([&future[..]]).unwrap_err().code(),
+            decode_run(&[&future[..]], 0).unwrap_err().code(),
             "internal_error"
         );
-        assert!(decode_run([&[][..]]).is_err());
+        assert!(decode_run(&[&[][..]], 0).is_err());
     }
 
     #[test]
@@ -166,9 +172,17 @@ mod tests {
         let v1 = encode(1, Some(&big), &second).unwrap();
         assert_eq!(v1[0], DELTA_JSON);
         assert!(v1.len() * 20 < v0.len(), "{} vs {}", v1.len(), v0.len());
-        assert_eq!(decode_run([&v0[..], &v1[..]]).unwrap(), vec![first, second]);
+        assert_eq!(
+            decode_run(&[&v0[..], &v1[..]], 0).unwrap(),
+            vec![first.clone(), second.clone()]
+        );
         // Without the version before it, a delta does not decode.
-        assert!(decode_run([&v1[..]]).is_err());
+        assert!(decode_run(&[&v1[..]], 0).is_err());
+        // Wanting only the delta still decodes from the snapshot before it; a wanted
+        // snapshot needs nothing before it (here a record that would not decode).
+        assert_eq!(decode_run(&[&v0[..], &v1[..]], 1).unwrap(), vec![second]);
+        assert_eq!(decode_run(&[&[9][..], &v0[..]], 1).unwrap(), vec![first]);
+        assert!(decode_run(&[&v0[..]], 1).unwrap().is_empty());
     }
 
     #[test]

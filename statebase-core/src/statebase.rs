@@ -702,11 +702,13 @@ impl<S: Store> StateBase<S> {
             .store()
             .versions(&self.tenant, id, from..range.end)
             .await?;
-        let bodies = codec::decode_run(records.iter().map(|r| &r.body[..]))?;
+        let bodies: Vec<&[u8]> = records.iter().map(|r| &r.body[..]).collect();
+        let wanted = records.partition_point(|r| r.version < range.start);
+        let bodies = codec::decode_run(&bodies, wanted)?;
         Ok(records
             .into_iter()
+            .skip(wanted)
             .zip(bodies)
-            .skip_while(|(r, _)| r.version < range.start)
             .map(|(r, body)| StateVersion {
                 session_id: id.to_owned(),
                 version: r.version,
