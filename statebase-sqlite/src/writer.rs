@@ -59,20 +59,34 @@ where
     }
 }
 
-/// The handle to the writer thread; dropping every handle stops it.
-#[derive(Debug, Clone)]
+/// The handle to the writer thread. Dropping it lets the thread finish the writes it has,
+/// then waits for it to close its connection, so the file is closed when the store is.
+#[derive(Debug)]
 pub struct Writer {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`.
     pub fn start(conn: Connection) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("statebase-sqlite-writer".into())
             .spawn(move || run(conn, rx))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Runs `write` in the next group commit and returns its result once committed.
@@ -83,8 +97,9 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(WriteJob { write, reply });
         self.jobs
-            .send(job)
-            .map_err(|_| SqliteError::WriterStopped)?;
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or(SqliteError::WriterStopped)?;
         rx.await.map_err(|_| SqliteError::WriterStopped)?
     }
 }
@@ -135,5 +150,33 @@ fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) {
     }
     for answer in answers {
         answer(result.as_ref().err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Dropping the writer waits for the writes it was given and for its thread, so the
+    /// connection is closed when the drop returns.
+    #[tokio::test]
+    async fn drop_waits_for_queued_writes_and_the_thread() {
+        let writer = Writer::start(Connection::open_in_memory().unwrap()).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let mut write = Box::pin(writer.write(move |_| {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        }));
+        // Long enough to hand the job over, not to finish it.
+        let pending = tokio::time::timeout(Duration::from_millis(20), &mut write).await;
+        assert!(pending.is_err());
+        drop(write);
+        drop(writer);
+        assert!(done.load(Ordering::SeqCst));
     }
 }
