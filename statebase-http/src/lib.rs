@@ -20,9 +20,10 @@ pub use error::ApiError;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::{Extension, Router};
+use axum::Router;
 use statebase_core::{ObservedStore, StateBase, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,8 @@ pub struct Shared {
     pub idempotency: Arc<idempotency::Idempotency>,
     /// When the server started.
     pub started: Instant,
+    /// `/openapi.json`, made by [`router`].
+    openapi: std::sync::OnceLock<Bytes>,
 }
 
 impl std::ops::Deref for AppState {
@@ -75,6 +78,7 @@ impl AppState {
             limiter: RateLimiter::new(limit, burst),
             metrics,
             started: Instant::now(),
+            openapi: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -184,9 +188,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(openapi_json));
     let service = also_at(service, routes!(health), &["/health/live", "/health/ready"]);
     let (router, doc) = service.split_for_parts();
-    let doc = OpenApiJson(Bytes::from(openapi::finish(doc).to_string()));
+    let doc = Bytes::from(openapi::finish(doc).to_string());
+    state.openapi.get_or_init(|| doc);
     router
-        .layer(Extension(doc))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -220,22 +224,19 @@ fn also_at(
     router
 }
 
-/// The finished `/openapi.json`.
-#[derive(Clone)]
-struct OpenApiJson(Bytes);
-
 /// This document (no key needed).
 #[utoipa::path(get, path = "/openapi.json", security(()),
     responses((status = 200, body = serde_json::Value, description = "OpenAPI 3.1")))]
-async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], doc.0)
+async fn openapi_json(State(app): State<AppState>) -> impl IntoResponse {
+    let doc = app.openapi.get().cloned().unwrap_or_default();
+    ([(CONTENT_TYPE, "application/json")], doc)
 }
 
 /// The Prometheus text format: requests by route and status, latencies, store operations,
 /// rate-limit rejections.
 #[utoipa::path(get, path = "/metrics", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+async fn metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
