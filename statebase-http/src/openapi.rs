@@ -47,9 +47,10 @@ const METHODS: [&str; 8] = [
 /// the error envelope as its `default` answer, the `Idempotency-Key` header when it is a
 /// `/v1` POST or PATCH, and an `operationId` no other has (a handler served at several
 /// paths is numbered). A body whose fields are all optional is optional: an empty body
-/// is `{}`.
+/// is `{}`. Descriptions lose their rustdoc links.
 pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(doc).expect("an OpenAPI document is JSON");
+    plain_descriptions(&mut doc);
     let schemas = doc["components"]["schemas"].clone();
     let all_optional = |body: &Value| {
         let schema = &body["content"]["application/json"]["schema"];
@@ -112,4 +113,48 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
         }
     }
     doc
+}
+
+/// Every `description` in `v` with its rustdoc links as their text.
+fn plain_descriptions(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(text) if key == "description" => *text = without_links(text),
+                    other => plain_descriptions(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(plain_descriptions),
+        _ => {}
+    }
+}
+
+/// `[text](crate::path)` as `text`: the path means nothing to a client.
+fn without_links(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(mid) = rest.find("](crate::") {
+        let (Some(open), Some(close)) = (rest[..mid].rfind('['), rest[mid..].find(')')) else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str(&rest[open + 1..mid]);
+        rest = &rest[mid + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rustdoc_links_become_their_text() {
+        let text = "Input of [`StateBase::add_turn`](crate::StateBase::add_turn), [x] (y).";
+        assert_eq!(
+            super::without_links(text),
+            "Input of `StateBase::add_turn`, [x] (y)."
+        );
+    }
 }
