@@ -1225,6 +1225,10 @@ async fn openapi_document_lists_every_route_and_its_schemas_bite() {
         doc["components"]["securitySchemes"]["api_key"]["name"],
         "X-API-Key"
     );
+    assert!(
+        !doc.to_string().contains("](crate::"),
+        "a rustdoc link in a description"
+    );
     // Every documented route and method is served: ids that do not exist are a 404 of the
     // resource, never "no such route" or 405.
     let mut operations = 0;
