@@ -74,10 +74,21 @@ fn object() -> impl Strategy<Value = Object> {
         .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
+/// An initial state, half the time with a long value that later merges keep: states big
+/// enough to be stored as deltas between snapshots.
+fn padded() -> impl Strategy<Value = Object> {
+    (object(), any::<bool>()).prop_map(|(mut state, pad)| {
+        if pad {
+            state.insert("pad".into(), json!("p".repeat(600)));
+        }
+        state
+    })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let s = 0..8usize;
     prop_oneof![
-        3 => (object(), 1..300i64).prop_map(|(state, ttl)| Op::Create { state, ttl }),
+        3 => (padded(), 1..300i64).prop_map(|(state, ttl)| Op::Create { state, ttl }),
         4 => (s.clone(), object()).prop_map(|(s, state)| Op::Replace { s, state }),
         4 => (s.clone(), object()).prop_map(|(s, patch)| Op::Merge { s, patch }),
         2 => (s.clone(), -4..6i64).prop_map(|(s, version)| Op::Rollback { s, version }),
