@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use statebase_core::keys::hex;
 use statebase_core::store::FeedEntry;
-use statebase_core::{action, Error, ResourceKind, Result, StateBase, Store};
+use statebase_core::{
+    action, Error, Memory, ResourceKind, Result, Session, StateBase, Store, Trace,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -332,14 +334,14 @@ fn event_type(trace_action: &str) -> Option<&'static str> {
     })
 }
 
-/// The resource as the API returns it, read now; a gone resource is its id and the trace's
-/// details.
+/// The resource as the API returns it, with what history keeps as of the event: a
+/// session's state at the version the change wrote, a memory's first revision for its
+/// creation. A gone resource is its id and the trace's details.
 async fn resource(sb: &Sb, entry: &FeedEntry) -> Value {
     let t = &entry.trace;
     let sb = sb.tenant(&entry.tenant);
     let found = match t.resource_type.as_str() {
-        "session" => sb
-            .get_session(&t.resource_id)
+        "session" => session_as_of(&sb, t)
             .await
             .map(|s| json!(wire::SessionOut::from(&s))),
         "turn" => match &t.session_id {
@@ -349,8 +351,7 @@ async fn resource(sb: &Sb, entry: &FeedEntry) -> Value {
                 .map(|x| json!(wire::TurnOut::from(&x))),
             None => Err(Error::not_found(ResourceKind::Turn, &t.resource_id)),
         },
-        "memory" => sb
-            .get_memory(&t.resource_id)
+        "memory" => memory_as_of(&sb, t)
             .await
             .map(|m| json!(wire::MemoryOut::from(&m))),
         _ => Err(Error::not_found(ResourceKind::Trace, &t.id)),
@@ -364,6 +365,37 @@ async fn resource(sb: &Sb, entry: &FeedEntry) -> Value {
             "details": t.details,
         })
     })
+}
+
+/// The session, with the state of the version `t` wrote (versions never change).
+async fn session_as_of(sb: &Sb, t: &Trace) -> Result<Session> {
+    let mut session = sb.get_session(&t.resource_id).await?;
+    let written = ["version", "new_version"]
+        .iter()
+        .find_map(|k| t.details[*k].as_u64());
+    if let Some(v) = written.filter(|v| *v != session.version) {
+        let at = sb.state_at(&session.id, v as i64).await?;
+        session.state = at.state;
+        session.version = at.version;
+        session.updated_at = at.created_at;
+    }
+    Ok(session)
+}
+
+/// The memory; for its creation, as its first revision had it.
+async fn memory_as_of(sb: &Sb, t: &Trace) -> Result<Memory> {
+    let mut memory = sb.get_memory(&t.resource_id).await?;
+    if t.action == action::MEMORY_CREATED && memory.version > 1 {
+        if let Some(first) = sb.memory_history(&memory.id).await?.into_iter().next() {
+            memory.version = first.version;
+            memory.content = first.content;
+            memory.memory_type = first.memory_type;
+            memory.tags = first.tags;
+            memory.metadata = first.metadata;
+            memory.updated_at = first.updated_at;
+        }
+    }
+    Ok(memory)
 }
 
 /// Delivers events: turns the feed into deliveries and sends what is due.

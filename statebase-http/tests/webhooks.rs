@@ -202,13 +202,15 @@ async fn signed_events_of_each_tenant_in_order() {
         .await;
     let sid = s["id"].as_str().unwrap();
     let state = format!("/v1/sessions/{sid}/state");
-    srv.call(
-        KEY_A,
-        reqwest::Method::PATCH,
-        &state,
-        json!({"state": {"n": 1}}),
-    )
-    .await;
+    for n in [1, 2] {
+        srv.call(
+            KEY_A,
+            reqwest::Method::PATCH,
+            &state,
+            json!({"state": {"n": n}}),
+        )
+        .await;
+    }
     srv.post(
         KEY_A,
         &format!("/v1/sessions/{sid}/turns"),
@@ -222,8 +224,12 @@ async fn signed_events_of_each_tenant_in_order() {
             json!({"content": "likes tea", "session_id": sid}),
         )
         .await;
+    let memory_path = format!("/v1/memories/{}", memory["id"].as_str().unwrap());
+    let changed = json!({"content": "likes green tea"});
+    srv.call(KEY_A, reqwest::Method::PATCH, &memory_path, changed)
+        .await;
     dispatch().await;
-    assert_eq!(got_a.lock().len(), 4, "one round delivers what is due");
+    assert_eq!(got_a.lock().len(), 5, "one round delivers what is due");
     srv.post(
         KEY_A,
         &format!("/v1/sessions/{sid}/rollback"),
@@ -248,6 +254,7 @@ async fn signed_events_of_each_tenant_in_order() {
         [
             "session.created",
             "session.updated",
+            "session.updated",
             "turn.added",
             "memory.created",
             "state.rolled_back",
@@ -261,21 +268,35 @@ async fn signed_events_of_each_tenant_in_order() {
         assert_eq!(e["id"], event_id.as_str());
         assert!(event_id.starts_with("evt_") && e["created_at"].is_string());
     }
-    // Data is the resource as the API returns it when the event goes out...
-    assert_eq!(a[0]["data"]["object"], "session");
-    assert_eq!(a[0]["data"]["id"], sid);
-    assert_eq!(a[1]["data"]["state"], json!({"n": 1}));
-    assert_eq!(a[2]["data"]["object"], "turn");
-    assert_eq!(a[2]["data"]["input"]["content"], "hi");
-    assert_eq!(a[3]["data"]["id"], memory["id"]);
-    assert_eq!(a[3]["data"]["content"], "likes tea");
+    // Data is the resource as the API returns it when the event goes out, with the state
+    // each change wrote and the memory as it was created...
+    let (data, state_of) = (|i: usize| &a[i]["data"], |i: usize| &a[i]["data"]["state"]);
+    assert_eq!(
+        (data(0)["object"].as_str(), &data(0)["id"]),
+        (Some("session"), &json!(sid))
+    );
+    assert_eq!((state_of(0), &data(0)["version"]), (&json!({}), &json!(0)));
+    assert_eq!(
+        (state_of(1), &data(1)["version"]),
+        (&json!({"n": 1}), &json!(1))
+    );
+    assert_eq!(
+        (state_of(2), &data(2)["version"]),
+        (&json!({"n": 2}), &json!(2))
+    );
+    assert_eq!(data(3)["object"], "turn");
+    assert_eq!(data(3)["input"]["content"], "hi");
+    assert_eq!(data(4)["id"], memory["id"]);
+    assert_eq!(
+        (&data(4)["content"], &data(4)["version"]),
+        (&json!("likes tea"), &json!(1))
+    );
     // ...and a resource deleted by then is its id, marked deleted, with the change's details.
-    for e in &a[4..] {
+    for e in &a[5..] {
         assert_eq!(e["data"]["object"], "session");
         assert_eq!(e["data"]["id"], sid);
         assert_eq!(e["data"]["deleted"], true, "{e}");
     }
-    assert_eq!(a[5]["data"]["id"], sid);
     // Tenant b got its own session only; tenant a's never reach it.
     let bs = events(&got_b);
     assert_eq!(bs.len(), 1);
