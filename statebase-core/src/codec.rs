@@ -164,17 +164,23 @@ mod tests {
             .collect();
         let mut edited = big.clone();
         edited.insert("key_7".into(), json!(null));
+        // Keys that JSON Pointer escapes.
+        edited.insert("a/b~c".into(), json!({"~1": [1, {"/": 2}]}));
         edited.remove("key_8");
         edited.insert("new".into(), json!({"nested": [1, 2, 3]}));
+        let mut again = edited.clone();
+        again["a/b~c"]["~1"][1]["/"] = json!(3);
         let first = body(Value::Object(big.clone()));
-        let second = body(Value::Object(edited));
+        let second = body(Value::Object(edited.clone()));
+        let third = body(Value::Object(again));
         let v0 = encode(0, None, &first).unwrap();
         let v1 = encode(1, Some(&big), &second).unwrap();
-        assert_eq!(v1[0], DELTA_JSON);
+        let v2 = encode(2, Some(&edited), &third).unwrap();
+        assert_eq!((v1[0], v2[0]), (DELTA_JSON, DELTA_JSON));
         assert!(v1.len() * 20 < v0.len(), "{} vs {}", v1.len(), v0.len());
         assert_eq!(
-            decode_run(&[&v0[..], &v1[..]], 0).unwrap(),
-            vec![first.clone(), second.clone()]
+            decode_run(&[&v0[..], &v1[..], &v2[..]], 0).unwrap(),
+            vec![first.clone(), second.clone(), third]
         );
         // Without the version before it, a delta does not decode.
         assert!(decode_run(&[&v1[..]], 0).is_err());
