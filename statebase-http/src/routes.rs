@@ -557,7 +557,7 @@ pub struct MemoryQueryParams {
 async fn search(sb: &Sb, req: SearchMemories) -> Reply {
     let query = req.query.clone();
     let hits = sb.search_memories(req).await?;
-    ok(SearchOut::new(&query, &hits))
+    ok(SearchOrList::Search(SearchOut::new(&query, &hits)))
 }
 
 /// Search memories with `query`, or list them without one. Also at `/memory` and
@@ -573,7 +573,7 @@ pub async fn search_or_list_memories(
             let mut types = csv(q.types);
             types.extend(q.r#type);
             let req = SearchMemories {
-                query: query.clone(),
+                query,
                 session_id: q.session_id,
                 user_id: q.user_id,
                 types,
@@ -581,8 +581,7 @@ pub async fn search_or_list_memories(
                 limit: q.top_k.or(q.limit),
                 threshold: q.threshold,
             };
-            let hits = sb.search_memories(req).await?;
-            ok(SearchOrList::Search(SearchOut::new(&query, &hits)))
+            search(&sb, req).await
         }
         None => {
             let req = ListMemories {
