@@ -37,6 +37,7 @@ pub use schema::SCHEMA_VERSION;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
@@ -44,6 +45,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use writer::Writer;
 
 /// When a write counts as done.
@@ -65,8 +67,9 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// How long a connection waits for a lock held by another process. Default 5 s.
     pub busy_timeout: Duration,
-    /// Read connections kept open for reuse. Default 8.
-    pub idle_readers: usize,
+    /// Read connections, opened when first needed and then kept: at most this many reads
+    /// run at once, and a read waits for a free connection rather than open one. Default 8.
+    pub readers: usize,
 }
 
 impl Default for SqliteOptions {
@@ -74,7 +77,7 @@ impl Default for SqliteOptions {
         Self {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(5),
-            idle_readers: 8,
+            readers: 8,
         }
     }
 }
@@ -89,7 +92,10 @@ struct Inner {
     path: PathBuf,
     options: SqliteOptions,
     writer: Writer,
+    /// Read connections not in use.
     readers: Mutex<Vec<Connection>>,
+    /// One per read connection (`options.readers`).
+    reader_permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -104,6 +110,11 @@ impl std::fmt::Debug for Inner {
 fn connect(path: &Path, options: &SqliteOptions) -> Result<Connection, SqliteError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(options.busy_timeout)?;
+    // Room for every statement the backend runs, so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(256);
+    // Plans that don't look at bound values: otherwise SQLite prepares a cached statement
+    // with an ORDER BY or a bound LIMIT again each time it is run with new values.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
@@ -126,14 +137,20 @@ impl SqliteStore {
             Durability::Normal => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
+        // Each write of a group commit runs in a savepoint, whose undo copies of the pages
+        // it touches need not go to a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Every write touches several tables and indexes: keep their hot pages (32 MiB).
+        conn.pragma_update(None, "cache_size", -32 * 1024)?;
         schema::migrate(&mut conn)?;
         let writer = Writer::start(conn).map_err(|e| SqliteError::Commit(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                options,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                reader_permits: Arc::new(Semaphore::new(options.readers.max(1))),
+                options,
             }),
         })
     }
@@ -153,6 +170,8 @@ impl SqliteStore {
         read: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
     ) -> Result<R, SqliteError> {
         let inner = Arc::clone(&self.inner);
+        // Held until the connection is back in the pool, even if this future is dropped.
+        let permit = Arc::clone(&inner.reader_permits).acquire_owned().await?;
         tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().pop();
             let conn = match pooled {
@@ -160,10 +179,8 @@ impl SqliteStore {
                 None => connect(&inner.path, &inner.options)?,
             };
             let result = read(&conn);
-            let mut idle = inner.readers.lock();
-            if idle.len() < inner.options.idle_readers {
-                idle.push(conn);
-            }
+            inner.readers.lock().push(conn);
+            drop(permit);
             result
         })
         .await?
@@ -396,5 +413,42 @@ impl Store for SqliteStore {
         Ok(self
             .read(move |c| sql::scan_meta(c, &space, &prefix, after.as_deref(), limit))
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Reads beyond the pool's size wait for a connection instead of opening their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_readers_reads_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            readers: 3,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(dir.path().join("r.db"), options).unwrap();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reads = (0..24).map(|_| {
+            let (store, running, most) = (store.clone(), running.clone(), most.clone());
+            tokio::spawn(async move {
+                store
+                    .read(move |conn| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)
+                    })
+                    .await
+            })
+        });
+        for read in reads.collect::<Vec<_>>() {
+            assert_eq!(read.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        assert_eq!(store.inner.readers.lock().len(), 3);
     }
 }

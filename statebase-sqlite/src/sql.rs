@@ -900,6 +900,7 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::StatementStatus;
 
     #[test]
     fn prefix_end_bounds_exactly_the_keys_with_the_prefix() {
@@ -915,6 +916,42 @@ mod tests {
             .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
             .unwrap();
         rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// A list run again takes its statement from the cache as prepared. Without the query
+    /// planner stability guarantee, SQLite prepared each of these again at every run.
+    #[test]
+    fn lists_run_again_are_not_prepared_again() {
+        let mut conn = crate::connect(":memory:".as_ref(), &Default::default()).unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let sessions = SessionQuery {
+            limit: 20,
+            agent_id: Some("a".into()),
+            ..Default::default()
+        };
+        let memories = MemoryQuery {
+            limit: 5,
+            session_id: Some("s".into()),
+            ..Default::default()
+        };
+        let traces = TraceQuery {
+            limit: 50,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            list_sessions(&conn, "t", &sessions).unwrap();
+            list_memories(&conn, "t", &memories).unwrap();
+            list_traces(&conn, "t", &traces).unwrap();
+        }
+        let statements = [
+            list_sessions_sql("t", &sessions).unwrap().0,
+            list_memories_sql("t", &memories).0,
+            list_traces_sql("t", &traces).0,
+        ];
+        for sql in statements {
+            let stmt = conn.prepare_cached(&sql).unwrap();
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
     }
 
     /// Paging, filters and history read through indexes: no query scans a whole table.

@@ -117,8 +117,13 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
+/// Runs one statement of the group commit's frame (parsed once, then cached).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         for job in batch {
             job.fail(&e);
         }
@@ -127,26 +132,26 @@ fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) {
     let mut answers = Vec::with_capacity(batch.len());
     let mut broken = None;
     for job in batch {
-        if let Err(e) = conn.execute_batch("SAVEPOINT write") {
+        if let Err(e) = exec(conn, "SAVEPOINT write") {
             broken = Some(e);
         }
         let done = job.run(conn);
-        let end = if done.ok {
-            "RELEASE write"
+        let undone = if done.ok {
+            Ok(())
         } else {
-            "ROLLBACK TO write; RELEASE write"
+            exec(conn, "ROLLBACK TO write")
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = undone.and_then(|()| exec(conn, "RELEASE write")) {
             broken = Some(e);
         }
         answers.push(done.answer);
     }
     let result = match broken {
         Some(e) => Err(e),
-        None => conn.execute_batch("COMMIT"),
+        None => exec(conn, "COMMIT"),
     };
     if result.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = exec(conn, "ROLLBACK");
     }
     for answer in answers {
         answer(result.as_ref().err());
