@@ -357,7 +357,8 @@ pub async fn context(
             },
         )
         .await?;
-    let mut response = Json(ContextOut::from(&c)).into_response();
+    let body = ContextOut::new(&c).map_err(statebase_core::Error::backend)?;
+    let mut response = Json(body).into_response();
     let latency = format!("{:.3}", started.elapsed().as_secs_f64() * 1e3);
     if let Ok(v) = latency.parse() {
         response.headers_mut().insert("x-statebase-latency", v);

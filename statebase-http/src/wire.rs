@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use statebase_core::{Memory, MemoryHit, MemoryRevision, Page, Rollback, Session, Trace, Turn};
 use utoipa::ToSchema;
@@ -375,26 +376,31 @@ pub struct ContextOut<'a> {
     /// The most relevant memories, best first.
     memories: Vec<HitOut<'a>>,
     /// The latest turns, newest first.
-    recent_turns: Vec<TurnOut<'a>>,
+    #[schema(value_type = Vec<TurnOut>)]
+    recent_turns: Box<RawValue>,
     /// The same as `recent_turns`.
-    turns: Vec<TurnOut<'a>>,
+    #[schema(value_type = Vec<TurnOut>)]
+    turns: Box<RawValue>,
     average_relevance: f32,
     drift_warning: bool,
 }
 
-impl<'a> From<&'a statebase_core::Context> for ContextOut<'a> {
-    fn from(c: &'a statebase_core::Context) -> Self {
-        Self {
+impl<'a> ContextOut<'a> {
+    /// The context as sent; its turns are serialized once for both of their keys.
+    pub fn new(c: &'a statebase_core::Context) -> serde_json::Result<Self> {
+        let turns: Vec<TurnOut> = c.recent_turns.iter().map(TurnOut::from).collect();
+        let turns = serde_json::value::to_raw_value(&turns)?;
+        Ok(Self {
             object: "context",
             session_id: &c.session.id,
             version: c.session.version,
             state: &c.session.state,
             memories: c.memories.iter().map(HitOut::from).collect(),
-            recent_turns: c.recent_turns.iter().map(TurnOut::from).collect(),
-            turns: c.recent_turns.iter().map(TurnOut::from).collect(),
+            recent_turns: turns.clone(),
+            turns,
             average_relevance: c.average_relevance,
             drift_warning: c.drift_warning,
-        }
+        })
     }
 }
 
