@@ -27,6 +27,7 @@
 //! **Schema.** Versioned migration scripts run in one transaction and are recorded in
 //! `schema_version`; a file written by a newer statebase is refused, untouched.
 
+mod cache;
 mod error;
 mod schema;
 mod sql;
@@ -36,6 +37,7 @@ pub use error::SqliteError;
 pub use schema::SCHEMA_VERSION;
 
 use async_trait::async_trait;
+use cache::SessionCache;
 use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
@@ -70,6 +72,10 @@ pub struct SqliteOptions {
     /// Read connections, opened when first needed and then kept: at most this many reads
     /// run at once, and a read waits for a free connection rather than open one. Default 8.
     pub readers: usize,
+    /// Sessions kept in memory for reads, up to this many bytes of state and metadata.
+    /// Default 64 MiB; 0 turns the cache off. It sees every write of this store, but not
+    /// the writes of another process to the same file: turn it off if one writes sessions.
+    pub session_cache_bytes: usize,
 }
 
 impl Default for SqliteOptions {
@@ -78,6 +84,7 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             busy_timeout: Duration::from_secs(5),
             readers: 8,
+            session_cache_bytes: 64 << 20,
         }
     }
 }
@@ -96,6 +103,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// One per read connection (`options.readers`).
     reader_permits: Arc<Semaphore>,
+    sessions: Option<Arc<SessionCache>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -143,13 +151,16 @@ impl SqliteStore {
         // Every write touches several tables and indexes: keep their hot pages (32 MiB).
         conn.pragma_update(None, "cache_size", -32 * 1024)?;
         schema::migrate(&mut conn)?;
-        let writer = Writer::start(conn).map_err(|e| SqliteError::Commit(e.to_string()))?;
+        let sessions = (options.session_cache_bytes > 0)
+            .then(|| Arc::new(SessionCache::new(options.session_cache_bytes)));
+        let writer = Writer::start(conn, sessions.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers: Mutex::new(Vec::new()),
                 reader_permits: Arc::new(Semaphore::new(options.readers.max(1))),
+                sessions,
                 options,
             }),
         })
@@ -192,6 +203,22 @@ impl SqliteStore {
     ) -> Result<R, SqliteError> {
         self.inner.writer.write(write).await
     }
+
+    /// A write to session `id`. One refused (a stale expected version, a session gone) may
+    /// have been checked against a cached copy that a write of another process made stale:
+    /// then the session's next read goes to the file, and a retry does not fail forever.
+    async fn write_session<R: Send + 'static>(
+        &self,
+        tenant: &str,
+        id: &str,
+        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+    ) -> Result<R, SqliteError> {
+        let result = self.write(write).await;
+        if let (Err(SqliteError::Store(_)), Some(cache)) = (&result, &self.inner.sessions) {
+            cache.forget(tenant, id);
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -204,8 +231,20 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        Ok(self.read(move |c| sql::session(c, &tenant, &id)).await?)
+        let Some(cache) = &self.inner.sessions else {
+            let (tenant, id) = (tenant.to_owned(), id.to_owned());
+            return Ok(self.read(move |c| sql::session(c, &tenant, &id)).await?);
+        };
+        let ticket = match cache.get(tenant, id) {
+            Ok(record) => return Ok(Some(record)),
+            Err(ticket) => ticket,
+        };
+        let (t, id) = (tenant.to_owned(), id.to_owned());
+        let found = self.read(move |c| sql::session_row(c, &t, &id)).await?;
+        Ok(found.map(|(row, size, record)| {
+            cache.fill(ticket, tenant, row, &record, size);
+            record
+        }))
     }
 
     async fn list_sessions(
@@ -220,16 +259,16 @@ impl Store for SqliteStore {
     }
 
     async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
-        let tenant = tenant.to_owned();
+        let (t, id) = (tenant.to_owned(), update.session_id.clone());
         Ok(self
-            .write(move |c| sql::update_session(c, &tenant, &update))
+            .write_session(tenant, &id, move |c| sql::update_session(c, &t, &update))
             .await?)
     }
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
-        let tenant = tenant.to_owned();
+        let (t, id) = (tenant.to_owned(), append.session_id.clone());
         Ok(self
-            .write(move |c| sql::append_version(c, &tenant, &append))
+            .write_session(tenant, &id, move |c| sql::append_version(c, &t, &append))
             .await?)
     }
 
@@ -263,9 +302,9 @@ impl Store for SqliteStore {
     }
 
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
-        let tenant = tenant.to_owned();
+        let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
         Ok(self
-            .write(move |c| sql::append_turn(c, &tenant, &append))
+            .write_session(tenant, &id, move |c| sql::append_turn(c, &t, &append))
             .await?)
     }
 

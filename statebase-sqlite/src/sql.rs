@@ -131,6 +131,26 @@ pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionR
     )
 }
 
+/// The session with its row id and the size of its stored state and metadata.
+pub fn session_row(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+) -> Res<Option<(i64, usize, SessionRecord)>> {
+    first(
+        conn,
+        &format!(
+            "SELECT rowid, length(state) + length(metadata), {SESSION_COLUMNS} FROM sessions
+             WHERE tenant = ?1 AND id = ?2"
+        ),
+        params![tenant, id],
+        |r| {
+            let size = uint(r.get(1)?)? as usize;
+            Ok((r.get(0)?, size, read_session_at(r, 2)?))
+        },
+    )
+}
+
 /// The session, or `NotFound`.
 fn existing_session(conn: &Connection, tenant: &str, id: &str) -> Res<SessionRecord> {
     session(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Session, id).into())

@@ -3,9 +3,10 @@
 //! alone), all under one `COMMIT`, so concurrent writers share the fsync. A write is
 //! acknowledged only after the commit that holds it returns.
 
+use crate::cache::SessionCache;
 use crate::error::SqliteError;
 use rusqlite::Connection;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 /// The most writes one commit takes.
@@ -77,12 +78,24 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
-    pub fn start(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread on `conn`, telling `sessions` which sessions each
+    /// transaction changes.
+    pub fn start(
+        mut conn: Connection,
+        sessions: Option<Arc<SessionCache>>,
+    ) -> Result<Self, SqliteError> {
+        if let Some(cache) = sessions.clone() {
+            conn.update_hook(Some(move |_, _: &str, table: &str, row| {
+                if table == "sessions" {
+                    cache.changing(row);
+                }
+            }))?;
+        }
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("statebase-sqlite-writer".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || run(conn, rx, sessions))
+            .map_err(|e| SqliteError::Commit(e.to_string()))?;
         Ok(Self {
             jobs: Some(jobs),
             thread: Some(thread),
@@ -104,7 +117,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Option<Arc<SessionCache>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -114,6 +127,9 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         commit(&conn, batch);
+        if let Some(cache) = &sessions {
+            cache.transaction_over();
+        }
     }
 }
 
@@ -169,7 +185,7 @@ mod tests {
     /// connection is closed when the drop returns.
     #[tokio::test]
     async fn drop_waits_for_queued_writes_and_the_thread() {
-        let writer = Writer::start(Connection::open_in_memory().unwrap()).unwrap();
+        let writer = Writer::start(Connection::open_in_memory().unwrap(), None).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         let mut write = Box::pin(writer.write(move |_| {

@@ -105,3 +105,108 @@ async fn many_concurrent_writers_and_readers_never_see_a_lock_error() {
         assert_eq!(history.versions.len() as u64, writes + 1);
     }
 }
+
+/// The sessions cache never hides an acknowledged write: while writers append versions to
+/// a few sessions and touch their turns and memories, every read returns at least the
+/// version last acknowledged before it began, with the turn and memory counts of then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
+    use statebase_core::{AddMemory, AddTurn};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sb = StateBase::new(SqliteStore::open(dir.path().join("cache.db")).unwrap());
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let s = sb.create_session(CreateSession::new("c")).await.unwrap();
+        // (version, turn_count + memory_count) acknowledged so far.
+        sessions.push((
+            s.id,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for (id, version, counts) in sessions.clone() {
+        let sb = sb.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60u64 {
+                let s = match i % 3 {
+                    0 => sb.add_turn(&id, AddTurn::text("q", "a")).await.map(drop),
+                    1 => sb
+                        .add_memory(AddMemory::new(&id, &format!("fact {i}")))
+                        .await
+                        .map(drop),
+                    _ => sb
+                        .merge_state(&id, StateWrite::new(json!({ "i": i })))
+                        .await
+                        .map(drop),
+                };
+                s.unwrap();
+                let s = sb.get_session(&id).await.unwrap();
+                version.store(s.version, Ordering::SeqCst);
+                counts.store(s.turn_count + s.memory_count, Ordering::SeqCst);
+            }
+        }));
+    }
+    for _ in 0..4 {
+        let (sb, sessions) = (sb.clone(), sessions.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..300 {
+                let (id, version, counts) = &sessions[round % sessions.len()];
+                let (v, n) = (
+                    version.load(Ordering::SeqCst),
+                    counts.load(Ordering::SeqCst),
+                );
+                let s = sb.get_session(id).await.unwrap();
+                assert!(s.version >= v, "read version {} after {v}", s.version);
+                assert!(s.turn_count + s.memory_count >= n);
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (id, _, _) in &sessions {
+        let s = sb.get_session(id).await.unwrap();
+        assert_eq!((s.version, s.turn_count, s.memory_count), (20, 20, 20));
+    }
+}
+
+/// A write made by another process is not seen by this store's cached reads (the documented
+/// limit), but a write here that finds its cached copy stale reads the file again and
+/// lands, instead of retrying against the stale copy forever.
+#[tokio::test]
+async fn a_write_here_after_another_process_wrote_reads_the_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.db");
+    let here = StateBase::new(SqliteStore::open(&path).unwrap());
+    let s = here.create_session(CreateSession::new("c")).await.unwrap();
+    here.get_session(&s.id).await.unwrap();
+    let other = StateBase::new(SqliteStore::open(&path).unwrap());
+    other
+        .merge_state(&s.id, StateWrite::new(json!({"other": 1})))
+        .await
+        .unwrap();
+    let write = here.merge_state(&s.id, StateWrite::new(json!({"here": 2})));
+    let s = tokio::time::timeout(std::time::Duration::from_secs(10), write)
+        .await
+        .expect("the write retried forever")
+        .unwrap();
+    assert_eq!(s.version, 2);
+    assert_eq!(
+        s.state,
+        json!({"other": 1, "here": 2}).as_object().unwrap().clone()
+    );
+    let off = SqliteOptions {
+        session_cache_bytes: 0,
+        ..SqliteOptions::default()
+    };
+    let uncached = StateBase::new(SqliteStore::open_with(&path, off).unwrap());
+    other
+        .merge_state(&s.id, StateWrite::new(json!({"other": 3})))
+        .await
+        .unwrap();
+    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 3);
+}

@@ -1,0 +1,191 @@
+//! Sessions read recently, kept in memory so that reading one again needs no read
+//! connection: agents read their session at every turn.
+//!
+//! The cache never answers with a session older than the file's. The writer connection's
+//! update hook reports every `sessions` row a transaction changes, as it changes it: the
+//! row's entry is dropped and the row is held until the transaction is over, and while it is
+//! held no read may put it back. A read puts what it found only if no transaction that
+//! changed sessions ended while it read (an epoch counts them), so it cannot put back what a
+//! commit replaced. Writes by other processes are not seen: see
+//! [`SqliteOptions::session_cache_bytes`](crate::SqliteOptions::session_cache_bytes).
+
+use parking_lot::Mutex;
+use statebase_core::store::SessionRecord;
+use std::collections::{HashMap, HashSet};
+
+/// The sessions cache of one store.
+#[derive(Debug)]
+pub struct SessionCache {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// (tenant, id) -> the session's row id, its record and the record's size.
+    entries: HashMap<(String, String), (i64, SessionRecord, usize)>,
+    /// row id -> (tenant, id), to drop an entry by the row the hook reports.
+    keys: HashMap<i64, (String, String)>,
+    /// Rows changed by the transaction in progress.
+    held: HashSet<i64>,
+    /// Transactions that changed sessions, ended so far.
+    epoch: u64,
+    bytes: usize,
+}
+
+/// Where a read that missed stands: it may fill the entry only if nothing changed since.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket(u64);
+
+impl SessionCache {
+    /// A cache of at most `budget` bytes of stored state and metadata.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The cached session, or a ticket to fill it with what the file holds.
+    pub fn get(&self, tenant: &str, id: &str) -> Result<SessionRecord, Ticket> {
+        let inner = self.inner.lock();
+        // A borrowed key would need a custom map; the clone is smaller than the record's.
+        match inner.entries.get(&(tenant.to_owned(), id.to_owned())) {
+            Some((_, record, _)) => Ok(record.clone()),
+            None => Err(Ticket(inner.epoch)),
+        }
+    }
+
+    /// Keeps `record`, read from row `row` after `ticket` was given, unless a transaction
+    /// changed sessions since or is changing this one now.
+    pub fn fill(
+        &self,
+        ticket: Ticket,
+        tenant: &str,
+        row: i64,
+        record: &SessionRecord,
+        size: usize,
+    ) {
+        let mut inner = self.inner.lock();
+        if inner.epoch != ticket.0 || inner.held.contains(&row) || size > self.budget {
+            return;
+        }
+        if inner.bytes + size > self.budget {
+            // Simpler than least-recently-used, and rare: the hot sessions come back at once.
+            let epoch = inner.epoch;
+            *inner = Inner {
+                epoch,
+                ..Inner::default()
+            };
+        }
+        let key = (tenant.to_owned(), record.session.id.clone());
+        inner.keys.insert(row, key.clone());
+        inner.bytes += size;
+        if let Some((_, _, old)) = inner.entries.insert(key, (row, record.clone(), size)) {
+            inner.bytes -= old;
+        }
+    }
+
+    /// Called by the update hook: the transaction in progress changes row `row`.
+    pub fn changing(&self, row: i64) {
+        let mut inner = self.inner.lock();
+        inner.held.insert(row);
+        if let Some(key) = inner.keys.remove(&row) {
+            if let Some((_, _, size)) = inner.entries.remove(&key) {
+                inner.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops the session's entry, if any.
+    pub fn forget(&self, tenant: &str, id: &str) {
+        let mut inner = self.inner.lock();
+        if let Some((row, _, size)) = inner.entries.remove(&(tenant.to_owned(), id.to_owned())) {
+            inner.keys.remove(&row);
+            inner.bytes -= size;
+        }
+    }
+
+    /// Called by the writer once its transaction committed or rolled back.
+    pub fn transaction_over(&self) {
+        let mut inner = self.inner.lock();
+        if !inner.held.is_empty() {
+            inner.held.clear();
+            inner.epoch += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statebase_core::Session;
+
+    fn record(id: &str, version: u64) -> SessionRecord {
+        let now = chrono::Utc::now();
+        SessionRecord {
+            session: Session {
+                id: id.into(),
+                agent_id: "a".into(),
+                user_id: None,
+                state: Default::default(),
+                version,
+                metadata: Default::default(),
+                memory_count: 0,
+                turn_count: 0,
+                ttl_expires_at: now,
+                created_at: now,
+                updated_at: now,
+            },
+            revision: version,
+        }
+    }
+
+    #[test]
+    fn a_read_that_overlaps_a_change_does_not_fill() {
+        let cache = SessionCache::new(1 << 20);
+        // Read before a transaction that changes the row: too old once it ends.
+        let Err(before) = cache.get("t", "s") else {
+            panic!("empty cache hit")
+        };
+        cache.changing(7);
+        let Err(during) = cache.get("t", "s") else {
+            panic!("held row hit")
+        };
+        cache.fill(during, "t", 7, &record("s", 1), 10);
+        assert!(cache.get("t", "s").is_err(), "filled while held");
+        cache.transaction_over();
+        cache.fill(before, "t", 7, &record("s", 1), 10);
+        cache.fill(during, "t", 7, &record("s", 1), 10);
+        assert!(cache.get("t", "s").is_err(), "filled across a commit");
+        // A read that starts after it fills, and the next change drops the entry.
+        let Err(after) = cache.get("t", "s") else {
+            panic!("empty cache hit")
+        };
+        cache.fill(after, "t", 7, &record("s", 2), 10);
+        assert_eq!(cache.get("t", "s").unwrap().session.version, 2);
+        assert!(cache.get("u", "s").is_err(), "another tenant's session");
+        cache.changing(7);
+        assert!(cache.get("t", "s").is_err());
+    }
+
+    #[test]
+    fn the_budget_is_kept() {
+        let cache = SessionCache::new(25);
+        for (row, id) in ["a", "b", "c"].iter().enumerate() {
+            let Err(ticket) = cache.get("t", id) else {
+                panic!("empty cache hit")
+            };
+            cache.fill(ticket, "t", row as i64, &record(id, 1), 10);
+        }
+        // Two fit; the third started over.
+        assert!(cache.get("t", "a").is_err());
+        assert!(cache.get("t", "c").is_ok());
+        assert!(cache.inner.lock().bytes <= 25);
+        let Err(ticket) = cache.get("t", "big") else {
+            panic!("empty cache hit")
+        };
+        cache.fill(ticket, "t", 9, &record("big", 1), 26);
+        assert!(cache.get("t", "big").is_err());
+    }
+}
