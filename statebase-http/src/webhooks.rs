@@ -36,6 +36,8 @@ pub const EVENTS: [&str; 7] = [
     "memory.created",
     "state.rolled_back",
 ];
+/// How long a receiver has to answer an attempt.
+pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a failing delivery is retried before it is given up.
 const RETRY_WINDOW: Duration = Duration::hours(24);
 /// The longest wait between two attempts.
@@ -233,7 +235,7 @@ pub async fn create(
         url: url.to_owned(),
         events,
         secret,
-        created_at: Utc::now(),
+        created_at: sb.now(),
     };
     let key = endpoint_key(tenant, &endpoint.id);
     sb.store()
@@ -309,7 +311,7 @@ pub async fn redeliver(sb: &Sb, tenant: &str, id: &str, event_id: &str) -> Resul
         d.status = Status::Pending;
         d.attempts = 0;
         d.first_attempt_at = None;
-        d.next_attempt_at = Utc::now();
+        d.next_attempt_at = sb.now();
         d.delivered_at = None;
         let pending = key.replacen("done/", "pending/", 1);
         store
@@ -398,6 +400,18 @@ async fn memory_as_of(sb: &Sb, t: &Trace) -> Result<Memory> {
     Ok(memory)
 }
 
+/// The error and what caused it ("error sending request …: operation timed out"): the
+/// first alone rarely says what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// Delivers events: turns the feed into deliveries and sends what is due.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -406,10 +420,16 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher over the server's statebase.
+    /// A dispatcher over the server's statebase (whose clock times the retries), giving
+    /// each attempt [`DELIVERY_TIMEOUT`].
     pub fn new(sb: Sb) -> Self {
+        Self::with_timeout(sb, DELIVERY_TIMEOUT)
+    }
+
+    /// [`Dispatcher::new`], giving each attempt `timeout` to be answered.
+    pub fn with_timeout(sb: Sb, timeout: std::time::Duration) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a default HTTP client builds");
@@ -437,7 +457,7 @@ impl Dispatcher {
 
     /// Forgets delivered and given-up deliveries older than `keep`; returns how many.
     pub async fn prune(&self, keep: Duration) -> Result<usize> {
-        let cutoff = Utc::now() - keep;
+        let cutoff = self.sb.now() - keep;
         let mut gone = Vec::new();
         for (key, v) in scan(self.sb.store().as_ref(), "done/").await? {
             let d: Delivery = decode(&v)?;
@@ -502,7 +522,7 @@ impl Dispatcher {
                     status: Status::Pending,
                     attempts: 0,
                     first_attempt_at: None,
-                    next_attempt_at: Utc::now(),
+                    next_attempt_at: self.sb.now(),
                     last_status: None,
                     last_error: None,
                     delivered_at: None,
@@ -541,7 +561,8 @@ impl Dispatcher {
             let this = self.clone();
             sending.spawn(async move {
                 for (key, d) in chain {
-                    if d.next_attempt_at > Utc::now() || !this.attempt(&endpoint, key, d).await? {
+                    if d.next_attempt_at > this.sb.now() || !this.attempt(&endpoint, key, d).await?
+                    {
                         break;
                     }
                 }
@@ -558,7 +579,7 @@ impl Dispatcher {
     /// or given up), so that the session's next event may go.
     async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<bool> {
         let body = encode(&d.event)?;
-        let now = Utc::now();
+        let now = self.sb.now();
         let result = self
             .http
             .post(&endpoint.url)
@@ -585,7 +606,7 @@ impl Dispatcher {
                 Some(r.status().as_u16()),
                 Some(format!("HTTP {}", r.status())),
             ),
-            Err(e) => (false, None, Some(e.to_string())),
+            Err(e) => (false, None, Some(with_causes(&e))),
         };
         d.last_status = status;
         d.last_error = error;

@@ -434,6 +434,76 @@ async fn an_expired_session_gives_exactly_one_session_expired() {
     assert_eq!(all[0]["data"]["id"], s["id"]);
 }
 
+/// A receiver that takes connections and never answers: each attempt times out, is retried
+/// with a backoff, and the delivery is given up once it has failed for 24 hours (by the
+/// dispatcher's clock, moved by hand).
+#[tokio::test]
+async fn an_unanswered_delivery_times_out_and_is_given_up_after_24_hours() {
+    let srv = start_with(false).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": url})).await;
+    srv.post(KEY_A, "/v1/sessions", json!({"agent_id": "bot"}))
+        .await;
+    let clock = Arc::new(statebase_core::ManualClock::new(chrono::Utc::now()));
+    let config = statebase_core::Config {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let sb = statebase_core::StateBase::with_config(srv.sb.store().clone(), config);
+    let dispatcher = webhooks::Dispatcher::with_timeout(sb, Duration::from_millis(300));
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let delivery = || async {
+        let list = srv
+            .call(KEY_A, reqwest::Method::GET, &path, json!({}))
+            .await;
+        list["data"][0].clone()
+    };
+    let started = Instant::now();
+    dispatcher.step().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the attempt did not time out"
+    );
+    let d = delivery().await;
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_u64()),
+        (Some("pending"), Some(1))
+    );
+    assert!(
+        d["last_error"].as_str().unwrap().contains("timed out"),
+        "{d}"
+    );
+    // Due again after its backoff, and still retried 23 hours in.
+    clock.advance(chrono::Duration::hours(23));
+    dispatcher.step().await.unwrap();
+    let d = delivery().await;
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_u64()),
+        (Some("pending"), Some(2))
+    );
+    // Not due before its next attempt time.
+    dispatcher.step().await.unwrap();
+    assert_eq!(delivery().await["attempts"], 2);
+    clock.advance(chrono::Duration::hours(1));
+    dispatcher.step().await.unwrap();
+    let d = delivery().await;
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_u64()),
+        (Some("failed"), Some(3))
+    );
+    // Given up: no more attempts.
+    clock.advance(chrono::Duration::hours(1));
+    dispatcher.step().await.unwrap();
+    assert_eq!(delivery().await["attempts"], 3);
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
