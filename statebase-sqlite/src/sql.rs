@@ -727,11 +727,21 @@ pub fn insert_memory(
 }
 
 pub fn memories(conn: &Connection, tenant: &str, ids: &[String]) -> Res<Vec<MemoryRecord>> {
+    // One statement a chunk, not one a memory: one read transaction, so the memories come
+    // from one snapshot of the file.
     let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.extend(memory(conn, tenant, id)?);
+    for chunk in ids.chunks(500) {
+        let args = std::iter::once(tenant).chain(chunk.iter().map(String::as_str));
+        let sql = memories_sql(chunk.len());
+        out.extend(collect(conn, &sql, params_from_iter(args), read_memory)?);
     }
     Ok(out)
+}
+
+/// The tenant's memories with `n` ids: the tenant, then the ids.
+fn memories_sql(n: usize) -> String {
+    let marks = vec!["?"; n].join(", ");
+    format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ? AND id IN ({marks})")
 }
 
 pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<()> {
@@ -1076,6 +1086,10 @@ mod tests {
         plans.push((
             "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number < ?3 ORDER BY turn_number DESC LIMIT ?4".into(),
             vec![Sql::Text("t".into()), Sql::Text("s".into()), Sql::Integer(9), Sql::Integer(10)],
+        ));
+        plans.push((
+            memories_sql(3),
+            ["t", "a", "b", "c"].map(|v| Sql::Text(v.into())).to_vec(),
         ));
         for (sql, args) in plans {
             let p = plan(&conn, &sql, args);
