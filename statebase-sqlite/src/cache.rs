@@ -1,16 +1,19 @@
-//! Sessions read recently, kept in memory so that reading one again needs no read
-//! connection: agents read their session at every turn.
+//! Sessions read recently, and their latest turns, kept in memory so that reading them
+//! again needs no read connection: agents read both at every turn.
 //!
 //! The cache never answers with a session older than the file's. The writer connection's
 //! update hook reports every `sessions` row a transaction changes, as it changes it: the
 //! row's entry is dropped and the row is held until the transaction is over, and while it is
 //! held no read may put it back. A read puts what it found only if no transaction that
 //! changed sessions ended while it read (an epoch counts them), so it cannot put back what a
-//! commit replaced. Writes by other processes are not seen: see
+//! commit replaced. A session's turns are kept with it: adding a turn changes the session's
+//! row (its turn count) in the same transaction, and turns never change once written.
+//! Writes by other processes are not seen: see
 //! [`SqliteOptions::session_cache_bytes`](crate::SqliteOptions::session_cache_bytes).
 
 use parking_lot::Mutex;
 use statebase_core::store::SessionRecord;
+use statebase_core::Turn;
 use std::collections::{HashMap, HashSet};
 
 /// The sessions cache of one store.
@@ -22,8 +25,7 @@ pub struct SessionCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// (tenant, id) -> the session's row id, its record and the record's size.
-    entries: HashMap<(String, String), (i64, SessionRecord, usize)>,
+    entries: HashMap<(String, String), Entry>,
     /// row id -> (tenant, id), to drop an entry by the row the hook reports.
     keys: HashMap<i64, (String, String)>,
     /// Rows changed by the transaction in progress.
@@ -31,6 +33,18 @@ struct Inner {
     /// Transactions that changed sessions, ended so far.
     epoch: u64,
     bytes: usize,
+}
+
+/// A cached session.
+#[derive(Debug)]
+struct Entry {
+    row: i64,
+    record: SessionRecord,
+    /// The latest turns, newest first, as a list of this many asked for them, and the
+    /// bytes of their stored bodies.
+    turns: Option<(usize, Vec<Turn>, usize)>,
+    /// Bytes of stored state, metadata and turns.
+    size: usize,
 }
 
 /// Where a read that missed stands: it may fill the entry only if nothing changed since.
@@ -51,9 +65,47 @@ impl SessionCache {
         let inner = self.inner.lock();
         // A borrowed key would need a custom map; the clone is smaller than the record's.
         match inner.entries.get(&(tenant.to_owned(), id.to_owned())) {
-            Some((_, record, _)) => Ok(record.clone()),
+            Some(entry) => Ok(entry.record.clone()),
             None => Err(Ticket(inner.epoch)),
         }
+    }
+
+    /// The session's latest `limit` turns, newest first, or a ticket to fill them (`None`
+    /// when the session itself is not cached: its turns are kept only with it).
+    pub fn turns(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Turn>, Option<Ticket>> {
+        let inner = self.inner.lock();
+        match inner.entries.get(&(tenant.to_owned(), id.to_owned())) {
+            Some(Entry {
+                turns: Some((n, turns, _)),
+                ..
+            }) if *n == limit => Ok(turns.clone()),
+            Some(_) => Err(Some(Ticket(inner.epoch))),
+            None => Err(None),
+        }
+    }
+
+    /// Keeps the session's latest `limit` turns, read after `ticket` was given, with the
+    /// session, if it is still cached and no transaction changed sessions since.
+    pub fn fill_turns(
+        &self,
+        ticket: Ticket,
+        tenant: &str,
+        id: &str,
+        limit: usize,
+        turns: &[Turn],
+        size: usize,
+    ) {
+        let mut inner = self.inner.lock();
+        if inner.epoch != ticket.0 || inner.bytes + size > self.budget {
+            return;
+        }
+        let Some(entry) = inner.entries.get_mut(&(tenant.to_owned(), id.to_owned())) else {
+            return;
+        };
+        let replaced = entry.turns.replace((limit, turns.to_vec(), size));
+        let freed = replaced.map_or(0, |(_, _, size)| size);
+        entry.size = entry.size - freed + size;
+        inner.bytes = inner.bytes - freed + size;
     }
 
     /// Keeps `record`, read from row `row` after `ticket` was given, unless a transaction
@@ -81,8 +133,14 @@ impl SessionCache {
         let key = (tenant.to_owned(), record.session.id.clone());
         inner.keys.insert(row, key.clone());
         inner.bytes += size;
-        if let Some((_, _, old)) = inner.entries.insert(key, (row, record.clone(), size)) {
-            inner.bytes -= old;
+        let entry = Entry {
+            row,
+            record: record.clone(),
+            turns: None,
+            size,
+        };
+        if let Some(old) = inner.entries.insert(key, entry) {
+            inner.bytes -= old.size;
         }
     }
 
@@ -91,8 +149,8 @@ impl SessionCache {
         let mut inner = self.inner.lock();
         inner.held.insert(row);
         if let Some(key) = inner.keys.remove(&row) {
-            if let Some((_, _, size)) = inner.entries.remove(&key) {
-                inner.bytes -= size;
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.bytes -= old.size;
             }
         }
     }
@@ -100,9 +158,9 @@ impl SessionCache {
     /// Drops the session's entry, if any.
     pub fn forget(&self, tenant: &str, id: &str) {
         let mut inner = self.inner.lock();
-        if let Some((row, _, size)) = inner.entries.remove(&(tenant.to_owned(), id.to_owned())) {
-            inner.keys.remove(&row);
-            inner.bytes -= size;
+        if let Some(old) = inner.entries.remove(&(tenant.to_owned(), id.to_owned())) {
+            inner.keys.remove(&old.row);
+            inner.bytes -= old.size;
         }
     }
 
@@ -167,6 +225,48 @@ mod tests {
         assert!(cache.get("u", "s").is_err(), "another tenant's session");
         cache.changing(7);
         assert!(cache.get("t", "s").is_err());
+    }
+
+    #[test]
+    fn turns_are_kept_with_their_session_until_it_changes() {
+        let cache = SessionCache::new(1 << 20);
+        assert!(
+            matches!(cache.turns("t", "s", 10), Err(None)),
+            "no session, no turns"
+        );
+        let Err(ticket) = cache.get("t", "s") else {
+            panic!("empty cache hit")
+        };
+        cache.fill(ticket, "t", 7, &record("s", 1), 10);
+        let Err(Some(ticket)) = cache.turns("t", "s", 10) else {
+            panic!("turns before they were filled")
+        };
+        cache.fill_turns(ticket, "t", "s", 10, &[], 5);
+        assert_eq!(cache.turns("t", "s", 10).unwrap(), vec![]);
+        assert!(cache.turns("t", "s", 5).is_err(), "another limit");
+        // A turn is added: the session row changes, and turns read before do not fill.
+        let Err(Some(old)) = cache.turns("t", "s", 5) else {
+            panic!("turns of another limit")
+        };
+        cache.changing(7);
+        assert!(matches!(cache.turns("t", "s", 10), Err(None)));
+        cache.transaction_over();
+        let Err(ticket) = cache.get("t", "s") else {
+            panic!("changed session hit")
+        };
+        cache.fill(ticket, "t", 7, &record("s", 2), 10);
+        cache.fill_turns(old, "t", "s", 5, &[], 5);
+        assert!(cache.turns("t", "s", 5).is_err(), "filled across a commit");
+        assert_eq!(cache.inner.lock().bytes, 10);
+        // Turns of another limit replace those kept, and their bytes.
+        for (limit, size) in [(10, 4), (5, 3)] {
+            let Err(Some(ticket)) = cache.turns("t", "s", limit) else {
+                panic!("turns before they were filled")
+            };
+            cache.fill_turns(ticket, "t", "s", limit, &[], size);
+        }
+        assert!(cache.turns("t", "s", 5).is_ok() && cache.turns("t", "s", 10).is_err());
+        assert_eq!(cache.inner.lock().bytes, 13);
     }
 
     #[test]

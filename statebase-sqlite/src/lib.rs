@@ -322,10 +322,22 @@ impl Store for SqliteStore {
         session_id: &str,
         query: &TurnQuery,
     ) -> Result<Vec<Turn>> {
-        let (tenant, id, query) = (tenant.to_owned(), session_id.to_owned(), query.clone());
-        Ok(self
-            .read(move |c| sql::list_turns(c, &tenant, &id, &query))
-            .await?)
+        let latest = query.descending && query.after_turn_number.is_none();
+        let ticket = match &self.inner.sessions {
+            Some(cache) if latest => match cache.turns(tenant, session_id, query.limit) {
+                Ok(turns) => return Ok(turns),
+                Err(ticket) => ticket,
+            },
+            _ => None,
+        };
+        let (t, id, q) = (tenant.to_owned(), session_id.to_owned(), query.clone());
+        let (turns, size) = self
+            .read(move |c| sql::list_turns_sized(c, &t, &id, &q))
+            .await?;
+        if let (Some(cache), Some(ticket)) = (&self.inner.sessions, ticket) {
+            cache.fill_turns(ticket, tenant, session_id, query.limit, &turns, size);
+        }
+        Ok(turns)
     }
 
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {

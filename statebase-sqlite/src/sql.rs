@@ -596,12 +596,13 @@ pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
     )
 }
 
-pub fn list_turns(
+/// The turns, and the bytes of their stored bodies.
+pub fn list_turns_sized(
     conn: &Connection,
     tenant: &str,
     session_id: &str,
     q: &TurnQuery,
-) -> Res<Vec<Turn>> {
+) -> Res<(Vec<Turn>, usize)> {
     let (op, order) = if q.descending {
         ("<", "DESC")
     } else {
@@ -612,15 +613,20 @@ pub fn list_turns(
         None if q.descending => i64::MAX,
         None => 0,
     };
-    collect(
+    let rows = collect(
         conn,
         &format!(
             "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number {op} ?3
              ORDER BY turn_number {order} LIMIT ?4"
         ),
         params![tenant, session_id, after, q.limit as i64],
-        read_turn,
-    )
+        |r| {
+            let body = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            Ok((serde_json::from_str::<Turn>(body)?, body.len()))
+        },
+    )?;
+    let size = rows.iter().map(|(_, n)| n).sum();
+    Ok((rows.into_iter().map(|(t, _)| t).collect(), size))
 }
 
 // ----- memories -----

@@ -107,11 +107,12 @@ async fn many_concurrent_writers_and_readers_never_see_a_lock_error() {
 }
 
 /// The sessions cache never hides an acknowledged write: while writers append versions to
-/// a few sessions and touch their turns and memories, every read returns at least the
-/// version last acknowledged before it began, with the turn and memory counts of then.
+/// a few sessions and add turns and memories, every read returns at least the version last
+/// acknowledged before it began, with the turn and memory counts of then, and the latest
+/// turns include the last turn acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
-    use statebase_core::{AddMemory, AddTurn};
+    use statebase_core::{AddMemory, AddTurn, ContextRequest};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +133,10 @@ async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
         tasks.push(tokio::spawn(async move {
             for i in 0..60u64 {
                 let s = match i % 3 {
-                    0 => sb.add_turn(&id, AddTurn::text("q", "a")).await.map(drop),
+                    0 => sb
+                        .add_turn(&id, AddTurn::text("q", "a"))
+                        .await
+                        .map(|t| assert_eq!(t.turn_number, i / 3 + 1)),
                     1 => sb
                         .add_memory(AddMemory::new(&id, &format!("fact {i}")))
                         .await
@@ -161,6 +165,10 @@ async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
                 let s = sb.get_session(id).await.unwrap();
                 assert!(s.version >= v, "read version {} after {v}", s.version);
                 assert!(s.turn_count + s.memory_count >= n);
+                let turns = s.turn_count;
+                let c = sb.context(id, ContextRequest::default()).await.unwrap();
+                let latest = c.recent_turns.first().map_or(0, |t| t.turn_number);
+                assert!(latest >= turns, "latest turn {latest} after {turns} turns");
                 tokio::task::yield_now().await;
             }
         }));
@@ -171,6 +179,9 @@ async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
     for (id, _, _) in &sessions {
         let s = sb.get_session(id).await.unwrap();
         assert_eq!((s.version, s.turn_count, s.memory_count), (20, 20, 20));
+        let c = sb.context(id, ContextRequest::default()).await.unwrap();
+        let numbers: Vec<u64> = c.recent_turns.iter().map(|t| t.turn_number).collect();
+        assert_eq!(numbers, (11..=20).rev().collect::<Vec<_>>());
     }
 }
 
