@@ -15,6 +15,10 @@
 //! locked` never reaches a caller; reads run on a pool of read connections on tokio's
 //! blocking threads and see every acknowledged write (WAL snapshots).
 //!
+//! **Sessions cache.** Recently read sessions and their latest turns are kept in memory and
+//! are never older than an acknowledged write of this store; see
+//! [`SqliteOptions::session_cache_bytes`] for writes by other processes.
+//!
 //! **Group commit.** Writes that arrive while the writer commits are applied together in
 //! the next transaction, each in its own savepoint, under one `COMMIT`: many concurrent
 //! agents share one fsync, and a failing write rolls back alone.
