@@ -32,9 +32,6 @@ pub enum SqliteError {
     /// A store precondition failed (not found, conflict, …): passed through as is.
     #[error(transparent)]
     Store(#[from] statebase_core::Error),
-    /// No read connection could be had (the store is shutting down).
-    #[error("no read connection: {0}")]
-    Readers(#[from] tokio::sync::AcquireError),
     /// A blocking task could not be run.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -107,7 +107,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// One per read connection (`options.readers`).
     reader_permits: Arc<Semaphore>,
-    sessions: Option<Arc<SessionCache>>,
+    sessions: Arc<SessionCache>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -158,8 +158,7 @@ impl SqliteStore {
         // every commit changes (sessions, index tops) are copied back once per checkpoint.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         schema::migrate(&mut conn)?;
-        let sessions = (options.session_cache_bytes > 0)
-            .then(|| Arc::new(SessionCache::new(options.session_cache_bytes)));
+        let sessions = Arc::new(SessionCache::new(options.session_cache_bytes));
         let writer = Writer::start(conn, sessions.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -189,7 +188,10 @@ impl SqliteStore {
     ) -> Result<R, SqliteError> {
         let inner = Arc::clone(&self.inner);
         // Held until the connection is back in the pool, even if this future is dropped.
-        let permit = Arc::clone(&inner.reader_permits).acquire_owned().await?;
+        let permit = Arc::clone(&inner.reader_permits)
+            .acquire_owned()
+            .await
+            .expect("the read permits are never closed");
         tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().pop();
             let conn = match pooled {
@@ -221,8 +223,8 @@ impl SqliteStore {
         write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
     ) -> Result<R, SqliteError> {
         let result = self.write(write).await;
-        if let (Err(SqliteError::Store(_)), Some(cache)) = (&result, &self.inner.sessions) {
-            cache.forget(tenant, id);
+        if let Err(SqliteError::Store(_)) = &result {
+            self.inner.sessions.forget(tenant, id);
         }
         result
     }
@@ -238,10 +240,7 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
-        let Some(cache) = &self.inner.sessions else {
-            let (tenant, id) = (tenant.to_owned(), id.to_owned());
-            return Ok(self.read(move |c| sql::session(c, &tenant, &id)).await?);
-        };
+        let cache = &self.inner.sessions;
         let ticket = match cache.get(tenant, id) {
             Ok(record) => return Ok(Some(record)),
             Err(ticket) => ticket,
@@ -327,18 +326,17 @@ impl Store for SqliteStore {
         query: &TurnQuery,
     ) -> Result<Vec<Turn>> {
         let latest = query.descending && query.after_turn_number.is_none();
-        let ticket = match &self.inner.sessions {
-            Some(cache) if latest => match cache.turns(tenant, session_id, query.limit) {
-                Ok(turns) => return Ok(turns),
-                Err(ticket) => ticket,
-            },
-            _ => None,
+        let cache = &self.inner.sessions;
+        let ticket = match latest.then(|| cache.turns(tenant, session_id, query.limit)) {
+            Some(Ok(turns)) => return Ok(turns),
+            Some(Err(ticket)) => ticket,
+            None => None,
         };
         let (t, id, q) = (tenant.to_owned(), session_id.to_owned(), query.clone());
         let (turns, size) = self
             .read(move |c| sql::list_turns_sized(c, &t, &id, &q))
             .await?;
-        if let (Some(cache), Some(ticket)) = (&self.inner.sessions, ticket) {
+        if let Some(ticket) = ticket {
             cache.fill_turns(ticket, tenant, session_id, query.limit, &turns, size);
         }
         Ok(turns)

@@ -549,7 +549,13 @@ fn list_traces_sql(tenant: &str, q: &TraceQuery) -> (String, Vec<Sql>) {
 // ----- turns -----
 
 fn read_turn(r: &Row<'_>) -> Res<Turn> {
-    Ok(serde_json::from_str(&r.get::<_, String>(0)?)?)
+    Ok(read_turn_sized(r)?.0)
+}
+
+/// The turn, and the bytes of its stored body.
+fn read_turn_sized(r: &Row<'_>) -> Res<(Turn, usize)> {
+    let body = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+    Ok((serde_json::from_str(body)?, body.len()))
 }
 
 pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
@@ -574,6 +580,8 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
         int(a.turn.turn_number)?,
         json(&a.turn)?
     ])?;
+    // The session row changes with every turn: the sessions cache drops the latest turns
+    // it keeps when that row changes (cache.rs).
     conn.prepare_cached(
         "UPDATE sessions SET turn_count = ?3, updated_at = ?4, revision = revision + 1
          WHERE tenant = ?1 AND id = ?2",
@@ -620,10 +628,7 @@ pub fn list_turns_sized(
              ORDER BY turn_number {order} LIMIT ?4"
         ),
         params![tenant, session_id, after, q.limit as i64],
-        |r| {
-            let body = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-            Ok((serde_json::from_str::<Turn>(body)?, body.len()))
-        },
+        read_turn_sized,
     )?;
     let size = rows.iter().map(|(_, n)| n).sum();
     Ok((rows.into_iter().map(|(t, _)| t).collect(), size))

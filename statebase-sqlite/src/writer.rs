@@ -80,17 +80,13 @@ impl Drop for Writer {
 impl Writer {
     /// Starts the writer thread on `conn`, telling `sessions` which sessions each
     /// transaction changes.
-    pub fn start(
-        mut conn: Connection,
-        sessions: Option<Arc<SessionCache>>,
-    ) -> Result<Self, SqliteError> {
-        if let Some(cache) = sessions.clone() {
-            conn.update_hook(Some(move |_, _: &str, table: &str, row| {
-                if table == "sessions" {
-                    cache.changing(row);
-                }
-            }))?;
-        }
+    pub fn start(mut conn: Connection, sessions: Arc<SessionCache>) -> Result<Self, SqliteError> {
+        let cache = sessions.clone();
+        conn.update_hook(Some(move |_, _: &str, table: &str, row| {
+            if table == "sessions" {
+                cache.changing(row);
+            }
+        }))?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("statebase-sqlite-writer".into())
@@ -117,7 +113,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Option<Arc<SessionCache>>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Arc<SessionCache>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -127,9 +123,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Option<Arc<
             }
         }
         commit(&conn, batch);
-        if let Some(cache) = &sessions {
-            cache.transaction_over();
-        }
+        sessions.transaction_over();
     }
 }
 
@@ -185,7 +179,8 @@ mod tests {
     /// connection is closed when the drop returns.
     #[tokio::test]
     async fn drop_waits_for_queued_writes_and_the_thread() {
-        let writer = Writer::start(Connection::open_in_memory().unwrap(), None).unwrap();
+        let cache = Arc::new(SessionCache::new(0));
+        let writer = Writer::start(Connection::open_in_memory().unwrap(), cache).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
         let mut write = Box::pin(writer.write(move |_| {

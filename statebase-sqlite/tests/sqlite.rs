@@ -214,7 +214,9 @@ async fn a_write_here_after_another_process_wrote_reads_the_file_again() {
         session_cache_bytes: 0,
         ..SqliteOptions::default()
     };
+    // With the cache off, a session read here sees another process's write at once.
     let uncached = StateBase::new(SqliteStore::open_with(&path, off).unwrap());
+    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 2);
     other
         .merge_state(&s.id, StateWrite::new(json!({"other": 3})))
         .await
