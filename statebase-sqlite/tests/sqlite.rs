@@ -223,3 +223,52 @@ async fn a_write_here_after_another_process_wrote_reads_the_file_again() {
         .unwrap();
     assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 3);
 }
+
+/// Another process holds the write lock past the busy timeout: the writes waiting for it
+/// fail with a backend error (no panic, no hang) and change nothing; once the lock is
+/// released, writing goes on from the version the file holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_blocked_by_another_process_past_the_busy_timeout_fail_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.db");
+    let options = SqliteOptions {
+        busy_timeout: std::time::Duration::from_millis(200),
+        ..SqliteOptions::default()
+    };
+    let sb = StateBase::new(SqliteStore::open_with(&path, options).unwrap());
+    let s = sb.create_session(CreateSession::new("l")).await.unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let writes: Vec<_> = (0..4)
+        .map(|i| {
+            let (sb, id) = (sb.clone(), s.id.clone());
+            tokio::spawn(async move {
+                sb.merge_state(&id, StateWrite::new(json!({ "i": i })))
+                    .await
+            })
+        })
+        .collect();
+    for w in writes {
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), w)
+            .await
+            .expect("a write waited for the lock forever")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), "internal_error", "{err}");
+        assert!(format!("{err:?}").contains("locked"), "{err:?}");
+    }
+    other.execute_batch("COMMIT").unwrap();
+    let s = sb.get_session(&s.id).await.unwrap();
+    assert_eq!((s.version, s.state.len()), (0, 0));
+    let s = sb
+        .merge_state(&s.id, StateWrite::new(json!({"after": true})))
+        .await
+        .unwrap();
+    assert_eq!(s.version, 1);
+    let reopened = StateBase::new(SqliteStore::open(&path).unwrap());
+    let history = reopened
+        .history(&s.id, HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(history.versions.len(), 2);
+}

@@ -81,7 +81,8 @@ pub struct Acks {
 }
 
 impl Acks {
-    fn record(&mut self, line: &str) {
+    /// Counts `line` if it is one of [`child`]'s `ack` lines; ignores any other line.
+    pub fn record(&mut self, line: &str) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let (id, version, turn) = match parts.as_slice() {
             ["ack", "session", id] => (id, 0, 0),
