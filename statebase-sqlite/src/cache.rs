@@ -8,6 +8,10 @@
 //! changed sessions ended while it read (an epoch counts them), so it cannot put back what a
 //! commit replaced. A session's turns are kept with it: adding a turn changes the session's
 //! row (its turn count) in the same transaction, and turns never change once written.
+//!
+//! A write may also stage the session as it wrote it, after its last change to the row: the
+//! staged session is kept once the transaction commits, unless the row changed again first,
+//! so the read that usually follows a write finds it.
 //! Writes by other processes are not seen: see
 //! [`SqliteOptions::session_cache_bytes`](crate::SqliteOptions::session_cache_bytes).
 
@@ -30,6 +34,8 @@ struct Inner {
     keys: HashMap<i64, (String, String)>,
     /// Rows changed by the transaction in progress.
     held: HashSet<i64>,
+    /// Sessions the transaction in progress wrote, by row: kept if it commits.
+    staged: HashMap<i64, Staged>,
     /// Transactions that changed sessions, ended so far.
     epoch: u64,
     bytes: usize,
@@ -44,6 +50,14 @@ struct Entry {
     /// bytes of their stored bodies.
     turns: Option<(usize, Vec<Turn>, usize)>,
     /// Bytes of stored state, metadata and turns.
+    size: usize,
+}
+
+/// A session as a write in progress left it.
+#[derive(Debug)]
+struct Staged {
+    key: (String, String),
+    record: SessionRecord,
     size: usize,
 }
 
@@ -120,36 +134,39 @@ impl SessionCache {
         size: usize,
     ) {
         let mut inner = self.inner.lock();
-        let too_big = size > self.budget || self.budget == 0;
-        if inner.epoch != ticket.0 || inner.held.contains(&row) || too_big {
+        if inner.epoch != ticket.0 || inner.held.contains(&row) || !self.fits(size) {
             return;
         }
-        if inner.bytes + size > self.budget {
-            // Simpler than least-recently-used, and rare: the hot sessions come back at once.
-            let epoch = inner.epoch;
-            *inner = Inner {
-                epoch,
-                ..Inner::default()
-            };
+        let key = (tenant.to_owned(), record.session.id.clone());
+        inner.insert(self.budget, key, row, record.clone(), size);
+    }
+
+    /// Whether the cache keeps anything at all.
+    pub fn is_on(&self) -> bool {
+        self.budget > 0
+    }
+
+    fn fits(&self, size: usize) -> bool {
+        self.is_on() && size <= self.budget
+    }
+
+    /// Called by a write, in the writer's transaction, after its last change to row `row`:
+    /// `record` is the session as the write left it, kept if the transaction commits and
+    /// nothing changes the row before.
+    pub fn stage(&self, tenant: &str, row: i64, record: SessionRecord, size: usize) {
+        if !self.fits(size) {
+            return;
         }
         let key = (tenant.to_owned(), record.session.id.clone());
-        inner.keys.insert(row, key.clone());
-        inner.bytes += size;
-        let entry = Entry {
-            row,
-            record: record.clone(),
-            turns: None,
-            size,
-        };
-        if let Some(old) = inner.entries.insert(key, entry) {
-            inner.bytes -= old.size;
-        }
+        let staged = Staged { key, record, size };
+        self.inner.lock().staged.insert(row, staged);
     }
 
     /// Called by the update hook: the transaction in progress changes row `row`.
     pub fn changing(&self, row: i64) {
         let mut inner = self.inner.lock();
         inner.held.insert(row);
+        inner.staged.remove(&row);
         if let Some(key) = inner.keys.remove(&row) {
             if let Some(old) = inner.entries.remove(&key) {
                 inner.bytes -= old.size;
@@ -166,12 +183,50 @@ impl SessionCache {
         }
     }
 
-    /// Called by the writer once its transaction committed or rolled back.
-    pub fn transaction_over(&self) {
+    /// Called by the writer once its transaction committed or rolled back, before it
+    /// answers the writes: a committed one's staged sessions are kept.
+    pub fn transaction_over(&self, committed: bool) {
         let mut inner = self.inner.lock();
         if !inner.held.is_empty() {
             inner.held.clear();
             inner.epoch += 1;
+        }
+        let staged = std::mem::take(&mut inner.staged);
+        if committed {
+            for (row, s) in staged {
+                inner.insert(self.budget, s.key, row, s.record, s.size);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Keeps `record` from row `row`, which fits in `budget`.
+    fn insert(
+        &mut self,
+        budget: usize,
+        key: (String, String),
+        row: i64,
+        record: SessionRecord,
+        size: usize,
+    ) {
+        if self.bytes + size > budget {
+            // Simpler than least-recently-used, and rare: the hot sessions come back at once.
+            // What the transaction in progress holds and staged stays.
+            self.entries.clear();
+            self.keys.clear();
+            self.bytes = 0;
+        }
+        self.keys.insert(row, key.clone());
+        self.bytes += size;
+        let entry = Entry {
+            row,
+            record,
+            turns: None,
+            size,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.size;
         }
     }
 }
@@ -214,7 +269,7 @@ mod tests {
         };
         cache.fill(during, "t", 7, &record("s", 1), 10);
         assert!(cache.get("t", "s").is_err(), "filled while held");
-        cache.transaction_over();
+        cache.transaction_over(true);
         cache.fill(before, "t", 7, &record("s", 1), 10);
         cache.fill(during, "t", 7, &record("s", 1), 10);
         assert!(cache.get("t", "s").is_err(), "filled across a commit");
@@ -252,7 +307,7 @@ mod tests {
         };
         cache.changing(7);
         assert!(matches!(cache.turns("t", "s", 10), Err(None)));
-        cache.transaction_over();
+        cache.transaction_over(true);
         let Err(ticket) = cache.get("t", "s") else {
             panic!("changed session hit")
         };
@@ -269,6 +324,54 @@ mod tests {
         }
         assert!(cache.turns("t", "s", 5).is_ok() && cache.turns("t", "s", 10).is_err());
         assert_eq!(cache.inner.lock().bytes, 13);
+    }
+
+    #[test]
+    fn a_staged_session_is_kept_only_if_its_transaction_commits_with_it() {
+        let cache = SessionCache::new(1 << 20);
+        let Err(before) = cache.get("t", "s") else {
+            panic!("empty cache hit")
+        };
+        cache.changing(7);
+        cache.stage("t", 7, record("s", 1), 10);
+        assert!(cache.get("t", "s").is_err(), "kept before the commit");
+        cache.transaction_over(true);
+        assert_eq!(cache.get("t", "s").unwrap().session.version, 1);
+        cache.fill(before, "t", 7, &record("s", 0), 10);
+        assert_eq!(
+            cache.get("t", "s").unwrap().session.version,
+            1,
+            "an older read"
+        );
+        // Rolled back: nothing kept.
+        cache.changing(7);
+        cache.stage("t", 7, record("s", 2), 10);
+        cache.transaction_over(false);
+        assert!(cache.get("t", "s").is_err(), "kept after a rollback");
+        // Changed again after it was staged: not kept.
+        cache.changing(7);
+        cache.stage("t", 7, record("s", 3), 10);
+        cache.changing(7);
+        cache.transaction_over(true);
+        assert!(cache.get("t", "s").is_err(), "kept across a later change");
+        assert_eq!(cache.inner.lock().bytes, 0);
+    }
+
+    #[test]
+    fn starting_over_when_full_keeps_the_rows_held() {
+        let cache = SessionCache::new(25);
+        let Err(ticket) = cache.get("t", "held") else {
+            panic!("empty cache hit")
+        };
+        cache.changing(7);
+        for (row, id) in ["a", "b", "c"].iter().enumerate() {
+            let Err(t) = cache.get("t", id) else {
+                panic!("empty cache hit")
+            };
+            cache.fill(t, "t", row as i64, &record(id, 1), 10);
+        }
+        cache.fill(ticket, "t", 7, &record("held", 1), 1);
+        assert!(cache.get("t", "held").is_err(), "filled while held");
     }
 
     #[test]

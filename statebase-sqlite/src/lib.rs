@@ -247,7 +247,9 @@ impl Store for SqliteStore {
             Err(ticket) => ticket,
         };
         let (t, id) = (tenant.to_owned(), id.to_owned());
-        let found = self.read(move |c| sql::session_row(c, &t, &id)).await?;
+        let found = self
+            .read(move |c| sql::session_row(c, &t, &id, true))
+            .await?;
         Ok(found.map(|(row, size, record)| {
             cache.fill(ticket, tenant, row, &record, size);
             record
@@ -274,8 +276,21 @@ impl Store for SqliteStore {
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
+        let cache = self.inner.sessions.clone();
         Ok(self
-            .write_session(tenant, &id, move |c| sql::append_version(c, &t, &append))
+            .write_session(tenant, &id, move |c| {
+                sql::append_version(c, &t, &append)?;
+                // Agents read a session again right after writing it: keep it as written.
+                if cache.is_on() {
+                    if let Some((row, size, mut record)) =
+                        sql::session_row(c, &t, &append.session_id, false)?
+                    {
+                        record.session.state = append.state;
+                        cache.stage(&t, row, record, size);
+                    }
+                }
+                Ok(())
+            })
             .await?)
     }
 

@@ -131,19 +131,22 @@ pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionR
     )
 }
 
-/// The session with its row id and the size of its stored state and metadata.
+/// The session with its row id and the size of its stored state and metadata. Its state is
+/// left empty unless `with_state`: a write that has just stored it has it at hand.
 pub fn session_row(
     conn: &Connection,
     tenant: &str,
     id: &str,
+    with_state: bool,
 ) -> Res<Option<(i64, usize, SessionRecord)>> {
+    let columns = SESSION_COLUMNS.replacen("state", "iif(?3, state, '{}')", 1);
     first(
         conn,
         &format!(
-            "SELECT rowid, length(state) + length(metadata), {SESSION_COLUMNS} FROM sessions
+            "SELECT rowid, length(state) + length(metadata), {columns} FROM sessions
              WHERE tenant = ?1 AND id = ?2"
         ),
-        params![tenant, id],
+        params![tenant, id, with_state],
         |r| {
             let size = uint(r.get(1)?)? as usize;
             Ok((r.get(0)?, size, read_session_at(r, 2)?))

@@ -122,8 +122,11 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Arc<Session
                 Err(_) => break,
             }
         }
-        commit(&conn, batch);
-        sessions.transaction_over();
+        let (result, answers) = commit(&conn, batch);
+        sessions.transaction_over(result.is_ok());
+        for answer in answers {
+            answer(result.as_ref().err());
+        }
     }
 }
 
@@ -132,12 +135,13 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) {
+/// Runs the batch in one transaction: its outcome, and how to answer each write.
+fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) -> (rusqlite::Result<()>, Vec<Answer>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         for job in batch {
             job.fail(&e);
         }
-        return;
+        return (Err(e), Vec::new());
     }
     let mut answers = Vec::with_capacity(batch.len());
     let mut broken = None;
@@ -163,9 +167,7 @@ fn commit(conn: &Connection, batch: Vec<Box<dyn Job>>) {
     if result.is_err() {
         let _ = exec(conn, "ROLLBACK");
     }
-    for answer in answers {
-        answer(result.as_ref().err());
-    }
+    (result, answers)
 }
 
 #[cfg(test)]

@@ -187,7 +187,8 @@ async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
 
 /// A write made by another process is not seen by this store's cached reads (the documented
 /// limit), but a write here that finds its cached copy stale reads the file again and
-/// lands, instead of retrying against the stale copy forever.
+/// lands, instead of retrying against the stale copy forever. A session written here is
+/// cached as written.
 #[tokio::test]
 async fn a_write_here_after_another_process_wrote_reads_the_file_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,18 +211,31 @@ async fn a_write_here_after_another_process_wrote_reads_the_file_again() {
         s.state,
         json!({"other": 1, "here": 2}).as_object().unwrap().clone()
     );
+    // The write kept the session as written: the next read here takes it from the cache,
+    // which another process's write that came after does not change.
+    other
+        .merge_state(&s.id, StateWrite::new(json!({"other": 3})))
+        .await
+        .unwrap();
+    let cached = here.get_session(&s.id).await.unwrap();
+    assert_eq!((cached.version, cached.state), (2, s.state.clone()));
+    let s = here
+        .merge_state(&s.id, StateWrite::new(json!({"here": 4})))
+        .await
+        .unwrap();
+    assert_eq!(s.version, 4);
     let off = SqliteOptions {
         session_cache_bytes: 0,
         ..SqliteOptions::default()
     };
     // With the cache off, a session read here sees another process's write at once.
     let uncached = StateBase::new(SqliteStore::open_with(&path, off).unwrap());
-    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 2);
+    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 4);
     other
-        .merge_state(&s.id, StateWrite::new(json!({"other": 3})))
+        .merge_state(&s.id, StateWrite::new(json!({"other": 5})))
         .await
         .unwrap();
-    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 3);
+    assert_eq!(uncached.get_session(&s.id).await.unwrap().version, 5);
 }
 
 /// Another process holds the write lock past the busy timeout: the writes waiting for it
