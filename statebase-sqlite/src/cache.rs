@@ -1,63 +1,94 @@
-//! Sessions read recently, and their latest turns, kept in memory so that reading them
-//! again needs no read connection: agents read both at every turn.
+//! Rows read recently, kept in memory so that reading them again needs no read connection:
+//! agents read their session, its latest turns and the memories a search finds at every
+//! turn.
 //!
-//! The cache never answers with a session older than the file's. The writer connection's
-//! update hook reports every `sessions` row a transaction changes, as it changes it: the
-//! row's entry is dropped and the row is held until the transaction is over, and while it is
-//! held no read may put it back. A read puts what it found only if no transaction that
-//! changed sessions ended while it read (an epoch counts them), so it cannot put back what a
-//! commit replaced. A session's turns are kept with it: adding a turn changes the session's
-//! row (its turn count) in the same transaction, and turns never change once written.
+//! A cache never answers with a row older than the file's. The writer connection's update
+//! hook reports every row of `sessions` and `memories` a transaction changes, as it changes
+//! it: the row's entry is dropped and the row is held until the transaction is over, and
+//! while it is held no read may put it back. A read puts what it found only if no
+//! transaction that changed the cache's table ended while it read (an epoch counts them),
+//! so it cannot put back what a commit replaced. A session's turns are kept with it: adding
+//! a turn changes the session's row (its turn count) in the same transaction, and turns
+//! never change once written.
 //!
-//! A write may also stage the session as it wrote it, after its last change to the row: the
-//! staged session is kept once the transaction commits, unless the row changed again first,
+//! A write may also stage a row as it wrote it, after its last change to the row: the
+//! staged value is kept once the transaction commits, unless the row changed again first,
 //! so the read that usually follows a write finds it.
+//!
 //! Writes by other processes are not seen: see
 //! [`SqliteOptions::session_cache_bytes`](crate::SqliteOptions::session_cache_bytes).
 
 use parking_lot::Mutex;
-use statebase_core::store::SessionRecord;
+use statebase_core::store::{MemoryRecord, SessionRecord};
 use statebase_core::Turn;
 use std::collections::{HashMap, HashSet};
 
-/// The sessions cache of one store.
+/// The caches of one store, told by its writer what each transaction changes.
 #[derive(Debug)]
-pub struct SessionCache {
-    budget: usize,
-    inner: Mutex<Inner>,
+pub struct Caches {
+    pub sessions: RowCache<CachedSession>,
+    pub memories: RowCache<MemoryRecord>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<(String, String), Entry>,
-    /// row id -> (tenant, id), to drop an entry by the row the hook reports.
-    keys: HashMap<i64, (String, String)>,
+impl Caches {
+    /// Caches of at most these many bytes of stored data; 0 keeps nothing.
+    pub fn new(sessions: usize, memories: usize) -> Self {
+        Self {
+            sessions: RowCache::new(sessions),
+            memories: RowCache::new(memories),
+        }
+    }
+
+    /// Called by the update hook: the transaction in progress changes `row` of `table`.
+    pub fn changing(&self, table: &str, row: i64) {
+        match table {
+            "sessions" => self.sessions.changing(row),
+            "memories" => self.memories.changing(row),
+            _ => {}
+        }
+    }
+
+    /// Called by the writer once its transaction committed or rolled back, before it
+    /// answers the writes: a committed one's staged rows are kept.
+    pub fn transaction_over(&self, committed: bool) {
+        self.sessions.transaction_over(committed);
+        self.memories.transaction_over(committed);
+    }
+}
+
+/// A (tenant, id) key.
+type Key = (String, String);
+
+fn key(tenant: &str, id: &str) -> Key {
+    (tenant.to_owned(), id.to_owned())
+}
+
+/// The cache of one table's rows, by tenant and id.
+#[derive(Debug)]
+pub struct RowCache<V> {
+    budget: usize,
+    inner: Mutex<Inner<V>>,
+}
+
+#[derive(Debug)]
+struct Inner<V> {
+    entries: HashMap<Key, Entry<V>>,
+    /// row id -> key, to drop an entry by the row the hook reports.
+    keys: HashMap<i64, Key>,
     /// Rows changed by the transaction in progress.
     held: HashSet<i64>,
-    /// Sessions the transaction in progress wrote, by row: kept if it commits.
-    staged: HashMap<i64, Staged>,
-    /// Transactions that changed sessions, ended so far.
+    /// Values the transaction in progress wrote, by row: kept if it commits.
+    staged: HashMap<i64, (Key, Entry<V>)>,
+    /// Transactions that changed the table, ended so far.
     epoch: u64,
     bytes: usize,
 }
 
-/// A cached session.
 #[derive(Debug)]
-struct Entry {
+struct Entry<V> {
     row: i64,
-    record: SessionRecord,
-    /// The latest turns, newest first, as a list of this many asked for them, and the
-    /// bytes of their stored bodies.
-    turns: Option<(usize, Vec<Turn>, usize)>,
-    /// Bytes of stored state, metadata and turns.
-    size: usize,
-}
-
-/// A session as a write in progress left it.
-#[derive(Debug)]
-struct Staged {
-    key: (String, String),
-    record: SessionRecord,
+    value: V,
+    /// Bytes of stored data the value holds.
     size: usize,
 }
 
@@ -65,35 +96,163 @@ struct Staged {
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
 
-impl SessionCache {
-    /// A cache of at most `budget` bytes of stored state, metadata and turns; 0 keeps
-    /// nothing.
+impl<V> RowCache<V> {
+    /// A cache of at most `budget` bytes of stored data; 0 keeps nothing.
     pub fn new(budget: usize) -> Self {
         Self {
             budget,
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                keys: HashMap::new(),
+                held: HashSet::new(),
+                staged: HashMap::new(),
+                epoch: 0,
+                bytes: 0,
+            }),
         }
     }
 
-    /// The cached session, or a ticket to fill it with what the file holds.
-    pub fn get(&self, tenant: &str, id: &str) -> Result<SessionRecord, Ticket> {
+    /// Whether the cache keeps anything at all.
+    pub fn is_on(&self) -> bool {
+        self.budget > 0
+    }
+
+    fn fits(&self, size: usize) -> bool {
+        self.is_on() && size <= self.budget
+    }
+
+    /// `read` of the cached value, or a ticket to fill it with what the file holds.
+    fn lookup<R>(&self, tenant: &str, id: &str, read: impl FnOnce(&V) -> R) -> Result<R, Ticket> {
         let inner = self.inner.lock();
-        // A borrowed key would need a custom map; the clone is smaller than the record's.
-        match inner.entries.get(&(tenant.to_owned(), id.to_owned())) {
-            Some(entry) => Ok(entry.record.clone()),
+        // A borrowed key would need a custom map; the clone is smaller than the value's.
+        match inner.entries.get(&key(tenant, id)) {
+            Some(entry) => Ok(read(&entry.value)),
             None => Err(Ticket(inner.epoch)),
         }
+    }
+
+    /// Keeps `value`, read from row `row` after `ticket` was given, unless a transaction
+    /// changed the table since or is changing this row now.
+    pub fn fill(&self, ticket: Ticket, tenant: &str, id: &str, row: i64, value: V, size: usize) {
+        let mut inner = self.inner.lock();
+        if inner.epoch != ticket.0 || inner.held.contains(&row) || !self.fits(size) {
+            return;
+        }
+        inner.insert(self.budget, key(tenant, id), Entry { row, value, size });
+    }
+
+    /// Called by a write, in the writer's transaction, after its last change to row `row`:
+    /// `value` is the row as the write left it, kept if the transaction commits and nothing
+    /// changes the row before.
+    pub fn stage(&self, tenant: &str, id: &str, row: i64, value: V, size: usize) {
+        if self.fits(size) {
+            let entry = Entry { row, value, size };
+            self.inner
+                .lock()
+                .staged
+                .insert(row, (key(tenant, id), entry));
+        }
+    }
+
+    /// Called by the update hook: the transaction in progress changes row `row`.
+    pub fn changing(&self, row: i64) {
+        let mut inner = self.inner.lock();
+        inner.held.insert(row);
+        inner.staged.remove(&row);
+        if let Some(key) = inner.keys.remove(&row) {
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.bytes -= old.size;
+            }
+        }
+    }
+
+    /// Drops the entry of `id`, if any.
+    pub fn forget(&self, tenant: &str, id: &str) {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.entries.remove(&key(tenant, id)) {
+            inner.keys.remove(&old.row);
+            inner.bytes -= old.size;
+        }
+    }
+
+    /// Called once the transaction in progress committed or rolled back.
+    fn transaction_over(&self, committed: bool) {
+        let mut inner = self.inner.lock();
+        if !inner.held.is_empty() {
+            inner.held.clear();
+            inner.epoch += 1;
+        }
+        let staged = std::mem::take(&mut inner.staged);
+        if committed {
+            for (key, entry) in staged.into_values() {
+                inner.insert(self.budget, key, entry);
+            }
+        }
+    }
+}
+
+impl<V: Clone> RowCache<V> {
+    /// The cached values of `ids`, the ids not cached, and a ticket to fill those.
+    pub fn get_many(&self, tenant: &str, ids: &[String]) -> (Vec<V>, Vec<String>, Ticket) {
+        let inner = self.inner.lock();
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for id in ids {
+            match inner.entries.get(&key(tenant, id)) {
+                Some(entry) => found.push(entry.value.clone()),
+                None => missing.push(id.clone()),
+            }
+        }
+        (found, missing, Ticket(inner.epoch))
+    }
+}
+
+impl<V> Inner<V> {
+    /// Keeps `entry`, which fits in `budget`.
+    fn insert(&mut self, budget: usize, key: Key, entry: Entry<V>) {
+        if self.bytes + entry.size > budget {
+            // Simpler than least-recently-used, and rare: the hot rows come back at once.
+            // What the transaction in progress holds and staged stays.
+            self.entries.clear();
+            self.keys.clear();
+            self.bytes = 0;
+        }
+        self.keys.insert(entry.row, key.clone());
+        self.bytes += entry.size;
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.size;
+        }
+    }
+}
+
+/// A cached session and, once read, its latest turns: newest first, as a list of this
+/// many asked for them, and the bytes of their stored bodies.
+#[derive(Debug)]
+pub struct CachedSession {
+    record: SessionRecord,
+    turns: Option<(usize, Vec<Turn>, usize)>,
+}
+
+impl From<SessionRecord> for CachedSession {
+    fn from(record: SessionRecord) -> Self {
+        Self {
+            record,
+            turns: None,
+        }
+    }
+}
+
+impl RowCache<CachedSession> {
+    /// The cached session, or a ticket to fill it.
+    pub fn session(&self, tenant: &str, id: &str) -> Result<SessionRecord, Ticket> {
+        self.lookup(tenant, id, |s| s.record.clone())
     }
 
     /// The session's latest `limit` turns, newest first, or a ticket to fill them (`None`
     /// when the session itself is not cached: its turns are kept only with it).
     pub fn turns(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Turn>, Option<Ticket>> {
         let inner = self.inner.lock();
-        match inner.entries.get(&(tenant.to_owned(), id.to_owned())) {
-            Some(Entry {
-                turns: Some((n, turns, _)),
-                ..
-            }) if *n == limit => Ok(turns.clone()),
+        match inner.entries.get(&key(tenant, id)).map(|e| &e.value.turns) {
+            Some(Some((n, turns, _))) if *n == limit => Ok(turns.clone()),
             Some(_) => Err(Some(Ticket(inner.epoch))),
             None => Err(None),
         }
@@ -114,120 +273,13 @@ impl SessionCache {
         if inner.epoch != ticket.0 || inner.bytes + size > self.budget {
             return;
         }
-        let Some(entry) = inner.entries.get_mut(&(tenant.to_owned(), id.to_owned())) else {
+        let Some(entry) = inner.entries.get_mut(&key(tenant, id)) else {
             return;
         };
-        let replaced = entry.turns.replace((limit, turns.to_vec(), size));
+        let replaced = entry.value.turns.replace((limit, turns.to_vec(), size));
         let freed = replaced.map_or(0, |(_, _, size)| size);
         entry.size = entry.size - freed + size;
         inner.bytes = inner.bytes - freed + size;
-    }
-
-    /// Keeps `record`, read from row `row` after `ticket` was given, unless a transaction
-    /// changed sessions since or is changing this one now.
-    pub fn fill(
-        &self,
-        ticket: Ticket,
-        tenant: &str,
-        row: i64,
-        record: &SessionRecord,
-        size: usize,
-    ) {
-        let mut inner = self.inner.lock();
-        if inner.epoch != ticket.0 || inner.held.contains(&row) || !self.fits(size) {
-            return;
-        }
-        let key = (tenant.to_owned(), record.session.id.clone());
-        inner.insert(self.budget, key, row, record.clone(), size);
-    }
-
-    /// Whether the cache keeps anything at all.
-    pub fn is_on(&self) -> bool {
-        self.budget > 0
-    }
-
-    fn fits(&self, size: usize) -> bool {
-        self.is_on() && size <= self.budget
-    }
-
-    /// Called by a write, in the writer's transaction, after its last change to row `row`:
-    /// `record` is the session as the write left it, kept if the transaction commits and
-    /// nothing changes the row before.
-    pub fn stage(&self, tenant: &str, row: i64, record: SessionRecord, size: usize) {
-        if !self.fits(size) {
-            return;
-        }
-        let key = (tenant.to_owned(), record.session.id.clone());
-        let staged = Staged { key, record, size };
-        self.inner.lock().staged.insert(row, staged);
-    }
-
-    /// Called by the update hook: the transaction in progress changes row `row`.
-    pub fn changing(&self, row: i64) {
-        let mut inner = self.inner.lock();
-        inner.held.insert(row);
-        inner.staged.remove(&row);
-        if let Some(key) = inner.keys.remove(&row) {
-            if let Some(old) = inner.entries.remove(&key) {
-                inner.bytes -= old.size;
-            }
-        }
-    }
-
-    /// Drops the session's entry, if any.
-    pub fn forget(&self, tenant: &str, id: &str) {
-        let mut inner = self.inner.lock();
-        if let Some(old) = inner.entries.remove(&(tenant.to_owned(), id.to_owned())) {
-            inner.keys.remove(&old.row);
-            inner.bytes -= old.size;
-        }
-    }
-
-    /// Called by the writer once its transaction committed or rolled back, before it
-    /// answers the writes: a committed one's staged sessions are kept.
-    pub fn transaction_over(&self, committed: bool) {
-        let mut inner = self.inner.lock();
-        if !inner.held.is_empty() {
-            inner.held.clear();
-            inner.epoch += 1;
-        }
-        let staged = std::mem::take(&mut inner.staged);
-        if committed {
-            for (row, s) in staged {
-                inner.insert(self.budget, s.key, row, s.record, s.size);
-            }
-        }
-    }
-}
-
-impl Inner {
-    /// Keeps `record` from row `row`, which fits in `budget`.
-    fn insert(
-        &mut self,
-        budget: usize,
-        key: (String, String),
-        row: i64,
-        record: SessionRecord,
-        size: usize,
-    ) {
-        if self.bytes + size > budget {
-            // Simpler than least-recently-used, and rare: the hot sessions come back at once.
-            // What the transaction in progress holds and staged stays.
-            self.entries.clear();
-            self.keys.clear();
-            self.bytes = 0;
-        }
-        self.keys.insert(row, key.clone());
-        self.bytes += size;
-        let entry = Entry {
-            row,
-            record,
-            turns: None,
-            size,
-        };
-        if let Some(old) = self.entries.insert(key, entry) {
-            self.bytes -= old.size;
-        }
     }
 }
 
@@ -258,43 +310,43 @@ mod tests {
 
     #[test]
     fn a_read_that_overlaps_a_change_does_not_fill() {
-        let cache = SessionCache::new(1 << 20);
+        let cache = RowCache::<CachedSession>::new(1 << 20);
         // Read before a transaction that changes the row: too old once it ends.
-        let Err(before) = cache.get("t", "s") else {
+        let Err(before) = cache.session("t", "s") else {
             panic!("empty cache hit")
         };
         cache.changing(7);
-        let Err(during) = cache.get("t", "s") else {
+        let Err(during) = cache.session("t", "s") else {
             panic!("held row hit")
         };
-        cache.fill(during, "t", 7, &record("s", 1), 10);
-        assert!(cache.get("t", "s").is_err(), "filled while held");
+        cache.fill(during, "t", "s", 7, record("s", 1).into(), 10);
+        assert!(cache.session("t", "s").is_err(), "filled while held");
         cache.transaction_over(true);
-        cache.fill(before, "t", 7, &record("s", 1), 10);
-        cache.fill(during, "t", 7, &record("s", 1), 10);
-        assert!(cache.get("t", "s").is_err(), "filled across a commit");
+        cache.fill(before, "t", "s", 7, record("s", 1).into(), 10);
+        cache.fill(during, "t", "s", 7, record("s", 1).into(), 10);
+        assert!(cache.session("t", "s").is_err(), "filled across a commit");
         // A read that starts after it fills, and the next change drops the entry.
-        let Err(after) = cache.get("t", "s") else {
+        let Err(after) = cache.session("t", "s") else {
             panic!("empty cache hit")
         };
-        cache.fill(after, "t", 7, &record("s", 2), 10);
-        assert_eq!(cache.get("t", "s").unwrap().session.version, 2);
-        assert!(cache.get("u", "s").is_err(), "another tenant's session");
+        cache.fill(after, "t", "s", 7, record("s", 2).into(), 10);
+        assert_eq!(cache.session("t", "s").unwrap().session.version, 2);
+        assert!(cache.session("u", "s").is_err(), "another tenant's session");
         cache.changing(7);
-        assert!(cache.get("t", "s").is_err());
+        assert!(cache.session("t", "s").is_err());
     }
 
     #[test]
     fn turns_are_kept_with_their_session_until_it_changes() {
-        let cache = SessionCache::new(1 << 20);
+        let cache = RowCache::<CachedSession>::new(1 << 20);
         assert!(
             matches!(cache.turns("t", "s", 10), Err(None)),
             "no session, no turns"
         );
-        let Err(ticket) = cache.get("t", "s") else {
+        let Err(ticket) = cache.session("t", "s") else {
             panic!("empty cache hit")
         };
-        cache.fill(ticket, "t", 7, &record("s", 1), 10);
+        cache.fill(ticket, "t", "s", 7, record("s", 1).into(), 10);
         let Err(Some(ticket)) = cache.turns("t", "s", 10) else {
             panic!("turns before they were filled")
         };
@@ -308,10 +360,10 @@ mod tests {
         cache.changing(7);
         assert!(matches!(cache.turns("t", "s", 10), Err(None)));
         cache.transaction_over(true);
-        let Err(ticket) = cache.get("t", "s") else {
+        let Err(ticket) = cache.session("t", "s") else {
             panic!("changed session hit")
         };
-        cache.fill(ticket, "t", 7, &record("s", 2), 10);
+        cache.fill(ticket, "t", "s", 7, record("s", 2).into(), 10);
         cache.fill_turns(old, "t", "s", 5, &[], 5);
         assert!(cache.turns("t", "s", 5).is_err(), "filled across a commit");
         assert_eq!(cache.inner.lock().bytes, 10);
@@ -328,69 +380,72 @@ mod tests {
 
     #[test]
     fn a_staged_session_is_kept_only_if_its_transaction_commits_with_it() {
-        let cache = SessionCache::new(1 << 20);
-        let Err(before) = cache.get("t", "s") else {
+        let cache = RowCache::<CachedSession>::new(1 << 20);
+        let Err(before) = cache.session("t", "s") else {
             panic!("empty cache hit")
         };
         cache.changing(7);
-        cache.stage("t", 7, record("s", 1), 10);
-        assert!(cache.get("t", "s").is_err(), "kept before the commit");
+        cache.stage("t", "s", 7, record("s", 1).into(), 10);
+        assert!(cache.session("t", "s").is_err(), "kept before the commit");
         cache.transaction_over(true);
-        assert_eq!(cache.get("t", "s").unwrap().session.version, 1);
-        cache.fill(before, "t", 7, &record("s", 0), 10);
+        assert_eq!(cache.session("t", "s").unwrap().session.version, 1);
+        cache.fill(before, "t", "s", 7, record("s", 0).into(), 10);
         assert_eq!(
-            cache.get("t", "s").unwrap().session.version,
+            cache.session("t", "s").unwrap().session.version,
             1,
             "an older read"
         );
         // Rolled back: nothing kept.
         cache.changing(7);
-        cache.stage("t", 7, record("s", 2), 10);
+        cache.stage("t", "s", 7, record("s", 2).into(), 10);
         cache.transaction_over(false);
-        assert!(cache.get("t", "s").is_err(), "kept after a rollback");
+        assert!(cache.session("t", "s").is_err(), "kept after a rollback");
         // Changed again after it was staged: not kept.
         cache.changing(7);
-        cache.stage("t", 7, record("s", 3), 10);
+        cache.stage("t", "s", 7, record("s", 3).into(), 10);
         cache.changing(7);
         cache.transaction_over(true);
-        assert!(cache.get("t", "s").is_err(), "kept across a later change");
+        assert!(
+            cache.session("t", "s").is_err(),
+            "kept across a later change"
+        );
         assert_eq!(cache.inner.lock().bytes, 0);
     }
 
     #[test]
     fn starting_over_when_full_keeps_the_rows_held() {
-        let cache = SessionCache::new(25);
-        let Err(ticket) = cache.get("t", "held") else {
+        let cache = RowCache::<CachedSession>::new(25);
+        let Err(ticket) = cache.session("t", "held") else {
             panic!("empty cache hit")
         };
         cache.changing(7);
         for (row, id) in ["a", "b", "c"].iter().enumerate() {
-            let Err(t) = cache.get("t", id) else {
+            let Err(t) = cache.session("t", id) else {
                 panic!("empty cache hit")
             };
-            cache.fill(t, "t", row as i64, &record(id, 1), 10);
+            cache.fill(t, "t", id, row as i64, record(id, 1).into(), 10);
         }
-        cache.fill(ticket, "t", 7, &record("held", 1), 1);
-        assert!(cache.get("t", "held").is_err(), "filled while held");
+        cache.fill(ticket, "t", "held", 7, record("held", 1).into(), 1);
+        assert!(cache.session("t", "held").is_err(), "filled while held");
     }
 
     #[test]
     fn the_budget_is_kept() {
-        let cache = SessionCache::new(25);
+        let cache = RowCache::<CachedSession>::new(25);
         for (row, id) in ["a", "b", "c"].iter().enumerate() {
-            let Err(ticket) = cache.get("t", id) else {
+            let Err(ticket) = cache.session("t", id) else {
                 panic!("empty cache hit")
             };
-            cache.fill(ticket, "t", row as i64, &record(id, 1), 10);
+            cache.fill(ticket, "t", id, row as i64, record(id, 1).into(), 10);
         }
         // Two fit; the third started over.
-        assert!(cache.get("t", "a").is_err());
-        assert!(cache.get("t", "c").is_ok());
+        assert!(cache.session("t", "a").is_err());
+        assert!(cache.session("t", "c").is_ok());
         assert!(cache.inner.lock().bytes <= 25);
-        let Err(ticket) = cache.get("t", "big") else {
+        let Err(ticket) = cache.session("t", "big") else {
             panic!("empty cache hit")
         };
-        cache.fill(ticket, "t", 9, &record("big", 1), 26);
-        assert!(cache.get("t", "big").is_err());
+        cache.fill(ticket, "t", "big", 9, record("big", 1).into(), 26);
+        assert!(cache.session("t", "big").is_err());
     }
 }

@@ -15,8 +15,8 @@
 //! locked` never reaches a caller; reads run on a pool of read connections on tokio's
 //! blocking threads and see every acknowledged write (WAL snapshots).
 //!
-//! **Sessions cache.** Recently read sessions and their latest turns are kept in memory and
-//! are never older than an acknowledged write of this store; see
+//! **Caches.** Recently read sessions with their latest turns, and memories, are kept in
+//! memory and are never older than an acknowledged write of this store; see
 //! [`SqliteOptions::session_cache_bytes`] for writes by other processes.
 //!
 //! **Group commit.** Writes that arrive while the writer commits are applied together in
@@ -41,7 +41,7 @@ pub use error::SqliteError;
 pub use schema::SCHEMA_VERSION;
 
 use async_trait::async_trait;
-use cache::SessionCache;
+use cache::{Caches, RowCache};
 use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
@@ -80,6 +80,10 @@ pub struct SqliteOptions {
     /// Default 64 MiB; 0 turns the cache off. It sees every write of this store, but not
     /// the writes of another process to the same file: turn it off if one writes sessions.
     pub session_cache_bytes: usize,
+    /// Memories kept in memory for reads (search results), up to this many bytes of
+    /// content, tags, metadata and vectors. Default 64 MiB; 0 turns the cache off. Like the
+    /// sessions cache, it does not see the writes of another process.
+    pub memory_cache_bytes: usize,
 }
 
 impl Default for SqliteOptions {
@@ -89,6 +93,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             readers: 8,
             session_cache_bytes: 64 << 20,
+            memory_cache_bytes: 64 << 20,
         }
     }
 }
@@ -107,7 +112,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// One per read connection (`options.readers`).
     reader_permits: Arc<Semaphore>,
-    sessions: Arc<SessionCache>,
+    caches: Arc<Caches>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -159,15 +164,18 @@ impl SqliteStore {
         // every commit changes (sessions, index tops) are copied back once per checkpoint.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         schema::migrate(&mut conn)?;
-        let sessions = Arc::new(SessionCache::new(options.session_cache_bytes));
-        let writer = Writer::start(conn, sessions.clone())?;
+        let caches = Arc::new(Caches::new(
+            options.session_cache_bytes,
+            options.memory_cache_bytes,
+        ));
+        let writer = Writer::start(conn, caches.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers: Mutex::new(Vec::new()),
                 reader_permits: Arc::new(Semaphore::new(options.readers.max(1))),
-                sessions,
+                caches,
                 options,
             }),
         })
@@ -214,18 +222,42 @@ impl SqliteStore {
         self.inner.writer.write(write).await
     }
 
-    /// A write to session `id`. One refused (a stale expected version, a session gone) may
-    /// have been checked against a cached copy that a write of another process made stale:
-    /// then the session's next read goes to the file, and a retry does not fail forever.
+    /// A write to session `id`; see [`SqliteStore::write_cached`].
     async fn write_session<R: Send + 'static>(
         &self,
         tenant: &str,
         id: &str,
         write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
     ) -> Result<R, SqliteError> {
+        let cache = &self.inner.caches.sessions;
+        self.write_cached(cache, tenant, id, write).await
+    }
+
+    /// A write to memory `id`; see [`SqliteStore::write_cached`].
+    async fn write_memory<R: Send + 'static>(
+        &self,
+        tenant: &str,
+        id: &str,
+        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+    ) -> Result<R, SqliteError> {
+        let cache = &self.inner.caches.memories;
+        self.write_cached(cache, tenant, id, write).await
+    }
+
+    /// A write to row `id` of a cached table. One refused (a stale expected version, a row
+    /// gone) may have been checked against a cached copy that a write of another process
+    /// made stale: then the row's next read goes to the file, and a retry does not fail
+    /// forever.
+    async fn write_cached<V, R: Send + 'static>(
+        &self,
+        cache: &RowCache<V>,
+        tenant: &str,
+        id: &str,
+        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+    ) -> Result<R, SqliteError> {
         let result = self.write(write).await;
         if let Err(SqliteError::Store(_)) = &result {
-            self.inner.sessions.forget(tenant, id);
+            cache.forget(tenant, id);
         }
         result
     }
@@ -241,17 +273,17 @@ impl Store for SqliteStore {
     }
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
-        let cache = &self.inner.sessions;
-        let ticket = match cache.get(tenant, id) {
+        let cache = &self.inner.caches.sessions;
+        let ticket = match cache.session(tenant, id) {
             Ok(record) => return Ok(Some(record)),
             Err(ticket) => ticket,
         };
-        let (t, id) = (tenant.to_owned(), id.to_owned());
+        let (t, i) = (tenant.to_owned(), id.to_owned());
         let found = self
-            .read(move |c| sql::session_row(c, &t, &id, true))
+            .read(move |c| sql::session_row(c, &t, &i, true))
             .await?;
         Ok(found.map(|(row, size, record)| {
-            cache.fill(ticket, tenant, row, &record, size);
+            cache.fill(ticket, tenant, id, row, record.clone().into(), size);
             record
         }))
     }
@@ -276,17 +308,18 @@ impl Store for SqliteStore {
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
-        let cache = self.inner.sessions.clone();
+        let cache = self.inner.caches.clone();
         Ok(self
             .write_session(tenant, &id, move |c| {
                 sql::append_version(c, &t, &append)?;
                 // Agents read a session again right after writing it: keep it as written.
-                if cache.is_on() {
+                if cache.sessions.is_on() {
                     if let Some((row, size, mut record)) =
                         sql::session_row(c, &t, &append.session_id, false)?
                     {
                         record.session.state = append.state;
-                        cache.stage(&t, row, record, size);
+                        let id = &append.session_id;
+                        cache.sessions.stage(&t, id, row, record.into(), size);
                     }
                 }
                 Ok(())
@@ -342,7 +375,7 @@ impl Store for SqliteStore {
         query: &TurnQuery,
     ) -> Result<Vec<Turn>> {
         let latest = query.descending && query.after_turn_number.is_none();
-        let cache = &self.inner.sessions;
+        let cache = &self.inner.caches.sessions;
         let ticket = match latest.then(|| cache.turns(tenant, session_id, query.limit)) {
             Some(Ok(turns)) => return Ok(turns),
             Some(Err(ticket)) => ticket,
@@ -366,19 +399,30 @@ impl Store for SqliteStore {
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        Ok(self.read(move |c| sql::memory(c, &tenant, &id)).await?)
+        Ok(self.memories(tenant, &[id.to_owned()]).await?.pop())
     }
 
     async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
-        let (tenant, ids) = (tenant.to_owned(), ids.to_vec());
-        Ok(self.read(move |c| sql::memories(c, &tenant, &ids)).await?)
+        let cache = &self.inner.caches.memories;
+        let (mut found, missing, ticket) = cache.get_many(tenant, ids);
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let t = tenant.to_owned();
+        let rows = self
+            .read(move |c| sql::memory_rows(c, &t, &missing))
+            .await?;
+        for (row, size, record) in rows {
+            cache.fill(ticket, tenant, &record.memory.id, row, record.clone(), size);
+            found.push(record);
+        }
+        Ok(found)
     }
 
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
-        let tenant = tenant.to_owned();
+        let (t, id) = (tenant.to_owned(), update.record.memory.id.clone());
         Ok(self
-            .write(move |c| sql::update_memory(c, &tenant, &update))
+            .write_memory(tenant, &id, move |c| sql::update_memory(c, &t, &update))
             .await?)
     }
 
@@ -390,16 +434,18 @@ impl Store for SqliteStore {
         model: &str,
         vector: Vec<f32>,
     ) -> Result<()> {
-        let (tenant, id, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
+        let (t, i, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
         Ok(self
-            .write(move |c| sql::set_embedding(c, &tenant, &id, version, &model, &vector))
+            .write_memory(tenant, id, move |c| {
+                sql::set_embedding(c, &t, &i, version, &model, &vector)
+            })
             .await?)
     }
 
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let (t, i) = (tenant.to_owned(), id.to_owned());
         Ok(self
-            .write(move |c| sql::delete_memory(c, &tenant, &id, &trace))
+            .write_memory(tenant, id, move |c| sql::delete_memory(c, &t, &i, &trace))
             .await?)
     }
 

@@ -3,7 +3,7 @@
 //! alone), all under one `COMMIT`, so concurrent writers share the fsync. A write is
 //! acknowledged only after the commit that holds it returns.
 
-use crate::cache::SessionCache;
+use crate::cache::Caches;
 use crate::error::SqliteError;
 use rusqlite::Connection;
 use std::sync::{mpsc, Arc};
@@ -78,19 +78,17 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`, telling `sessions` which sessions each
-    /// transaction changes.
-    pub fn start(mut conn: Connection, sessions: Arc<SessionCache>) -> Result<Self, SqliteError> {
-        let cache = sessions.clone();
+    /// Starts the writer thread on `conn`, telling `caches` which rows each transaction
+    /// changes.
+    pub fn start(mut conn: Connection, caches: Arc<Caches>) -> Result<Self, SqliteError> {
+        let hook = caches.clone();
         conn.update_hook(Some(move |_, _: &str, table: &str, row| {
-            if table == "sessions" {
-                cache.changing(row);
-            }
+            hook.changing(table, row)
         }))?;
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("statebase-sqlite-writer".into())
-            .spawn(move || run(conn, rx, sessions))
+            .spawn(move || run(conn, rx, caches))
             .map_err(|e| SqliteError::Commit(e.to_string()))?;
         Ok(Self {
             jobs: Some(jobs),
@@ -113,7 +111,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Arc<SessionCache>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, caches: Arc<Caches>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -123,7 +121,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, sessions: Arc<Session
             }
         }
         let (result, answers) = commit(&conn, batch);
-        sessions.transaction_over(result.is_ok());
+        caches.transaction_over(result.is_ok());
         for answer in answers {
             answer(result.as_ref().err());
         }
@@ -181,7 +179,7 @@ mod tests {
     /// connection is closed when the drop returns.
     #[tokio::test]
     async fn drop_waits_for_queued_writes_and_the_thread() {
-        let cache = Arc::new(SessionCache::new(0));
+        let cache = Arc::new(Caches::new(0, 0));
         let writer = Writer::start(Connection::open_in_memory().unwrap(), cache).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();

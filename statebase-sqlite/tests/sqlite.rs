@@ -286,3 +286,162 @@ async fn writes_blocked_by_another_process_past_the_busy_timeout_fail_and_change
         .unwrap();
     assert_eq!(history.versions.len(), 2);
 }
+
+/// A cached memory is dropped by every write that changes its row: an update, a new
+/// vector, a delete, and the delete of its session (a cascade of the `sessions` delete).
+#[tokio::test]
+async fn cached_memories_follow_every_write_that_changes_them() {
+    use statebase_core::store::Store;
+    use statebase_core::{AddMemory, SearchMemories, UpdateMemory, DEFAULT_TENANT};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("memories.db")).unwrap();
+    let sb = StateBase::new(store.clone());
+    let s = sb.create_session(CreateSession::new("m")).await.unwrap();
+    let mut ids = Vec::new();
+    for content in ["likes tea", "lives in Oslo", "has a cat"] {
+        let m = sb.add_memory(AddMemory::new(&s.id, content)).await.unwrap();
+        assert_eq!(sb.get_memory(&m.id).await.unwrap().content, content);
+        ids.push(m.id);
+    }
+    let update = UpdateMemory {
+        content: Some("likes coffee".into()),
+        ..UpdateMemory::default()
+    };
+    sb.update_memory(&ids[0], update).await.unwrap();
+    assert_eq!(
+        sb.get_memory(&ids[0]).await.unwrap().content,
+        "likes coffee"
+    );
+    let hits = sb
+        .search_memories(SearchMemories::new("coffee"))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].content, "likes coffee");
+
+    let version = sb.get_memory(&ids[1]).await.unwrap().version;
+    let vector = vec![
+        0.5;
+        store
+            .memory(DEFAULT_TENANT, &ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .embedding
+            .unwrap()
+            .len()
+    ];
+    store
+        .set_embedding(
+            DEFAULT_TENANT,
+            &ids[1],
+            version,
+            "another-model",
+            vector.clone(),
+        )
+        .await
+        .unwrap();
+    let read = store.memories(DEFAULT_TENANT, &ids[1..2]).await.unwrap();
+    assert_eq!(read[0].embedding.as_ref(), Some(&vector));
+
+    sb.delete_memory(&ids[1]).await.unwrap();
+    assert_eq!(
+        sb.get_memory(&ids[1]).await.unwrap_err().code(),
+        "memory_not_found"
+    );
+    sb.delete_session(&s.id).await.unwrap();
+    for id in [&ids[0], &ids[2]] {
+        assert!(store.memory(DEFAULT_TENANT, id).await.unwrap().is_none());
+    }
+}
+
+/// The memories cache never hides an acknowledged update: while writers update memories,
+/// every read and every search returns at least the version last acknowledged before it
+/// began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_acknowledged_write_through_the_memories_cache() {
+    use statebase_core::{AddMemory, SearchMemories, UpdateMemory};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sb = StateBase::new(SqliteStore::open(dir.path().join("mcache.db")).unwrap());
+    let s = sb.create_session(CreateSession::new("m")).await.unwrap();
+    let mut memories = Vec::new();
+    for i in 0..4 {
+        let m = sb
+            .add_memory(AddMemory::new(&s.id, &format!("note {i} version 1")))
+            .await
+            .unwrap();
+        memories.push((m.id, Arc::new(AtomicU64::new(m.version))));
+    }
+    let mut tasks = Vec::new();
+    for (i, (id, acknowledged)) in memories.clone().into_iter().enumerate() {
+        let sb = sb.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 2..=40 {
+                let update = UpdateMemory {
+                    content: Some(format!("note {i} version {n}")),
+                    ..UpdateMemory::default()
+                };
+                let m = sb.update_memory(&id, update).await.unwrap();
+                acknowledged.store(m.version, Ordering::SeqCst);
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (sb, memories) = (sb.clone(), memories.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..200 {
+                let (id, acknowledged) = &memories[round % memories.len()];
+                let before = acknowledged.load(Ordering::SeqCst);
+                let m = sb.get_memory(id).await.unwrap();
+                assert!(
+                    m.version >= before,
+                    "read version {} after {before}",
+                    m.version
+                );
+                let hits = sb
+                    .search_memories(SearchMemories::new("note"))
+                    .await
+                    .unwrap();
+                let hit = hits
+                    .iter()
+                    .find(|h| &h.id == id)
+                    .expect("the memory is found");
+                let version: u64 = hit.content.rsplit(' ').next().unwrap().parse().unwrap();
+                assert!(version >= before, "found version {version} after {before}");
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (id, _) in &memories {
+        assert_eq!(sb.get_memory(id).await.unwrap().version, 40);
+    }
+}
+
+/// A memory update here, after another process updated the memory this store has cached,
+/// reads the file again and lands instead of retrying against the stale copy forever.
+#[tokio::test]
+async fn a_memory_update_here_after_another_process_updated_it_lands() {
+    use statebase_core::{AddMemory, UpdateMemory};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-memories.db");
+    let here = StateBase::new(SqliteStore::open(&path).unwrap());
+    let s = here.create_session(CreateSession::new("c")).await.unwrap();
+    let m = here.add_memory(AddMemory::new(&s.id, "one")).await.unwrap();
+    here.get_memory(&m.id).await.unwrap();
+    let other = StateBase::new(SqliteStore::open(&path).unwrap());
+    let update = |content: &str| UpdateMemory {
+        content: Some(content.into()),
+        ..UpdateMemory::default()
+    };
+    other.update_memory(&m.id, update("two")).await.unwrap();
+    let write = here.update_memory(&m.id, update("three"));
+    let m = tokio::time::timeout(std::time::Duration::from_secs(10), write)
+        .await
+        .expect("the update retried forever")
+        .unwrap();
+    assert_eq!((m.version, m.content.as_str()), (3, "three"));
+}
