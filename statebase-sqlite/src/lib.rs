@@ -222,28 +222,6 @@ impl SqliteStore {
         self.inner.writer.write(write).await
     }
 
-    /// A write to session `id`; see [`SqliteStore::write_cached`].
-    async fn write_session<R: Send + 'static>(
-        &self,
-        tenant: &str,
-        id: &str,
-        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
-    ) -> Result<R, SqliteError> {
-        let cache = &self.inner.caches.sessions;
-        self.write_cached(cache, tenant, id, write).await
-    }
-
-    /// A write to memory `id`; see [`SqliteStore::write_cached`].
-    async fn write_memory<R: Send + 'static>(
-        &self,
-        tenant: &str,
-        id: &str,
-        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
-    ) -> Result<R, SqliteError> {
-        let cache = &self.inner.caches.memories;
-        self.write_cached(cache, tenant, id, write).await
-    }
-
     /// A write to row `id` of a cached table. One refused (a stale expected version, a row
     /// gone) may have been checked against a cached copy that a write of another process
     /// made stale: then the row's next read goes to the file, and a retry does not fail
@@ -302,7 +280,9 @@ impl Store for SqliteStore {
     async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
         let (t, id) = (tenant.to_owned(), update.session_id.clone());
         Ok(self
-            .write_session(tenant, &id, move |c| sql::update_session(c, &t, &update))
+            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
+                sql::update_session(c, &t, &update)
+            })
             .await?)
     }
 
@@ -310,7 +290,7 @@ impl Store for SqliteStore {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
         let cache = self.inner.caches.clone();
         Ok(self
-            .write_session(tenant, &id, move |c| {
+            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
                 sql::append_version(c, &t, &append)?;
                 // Agents read a session again right after writing it: keep it as written.
                 if cache.sessions.is_on() {
@@ -359,7 +339,9 @@ impl Store for SqliteStore {
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
         Ok(self
-            .write_session(tenant, &id, move |c| sql::append_turn(c, &t, &append))
+            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
+                sql::append_turn(c, &t, &append)
+            })
             .await?)
     }
 
@@ -422,7 +404,9 @@ impl Store for SqliteStore {
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
         let (t, id) = (tenant.to_owned(), update.record.memory.id.clone());
         Ok(self
-            .write_memory(tenant, &id, move |c| sql::update_memory(c, &t, &update))
+            .write_cached(&self.inner.caches.memories, tenant, &id, move |c| {
+                sql::update_memory(c, &t, &update)
+            })
             .await?)
     }
 
@@ -436,7 +420,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let (t, i, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
         Ok(self
-            .write_memory(tenant, id, move |c| {
+            .write_cached(&self.inner.caches.memories, tenant, id, move |c| {
                 sql::set_embedding(c, &t, &i, version, &model, &vector)
             })
             .await?)
@@ -445,7 +429,9 @@ impl Store for SqliteStore {
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
         let (t, i) = (tenant.to_owned(), id.to_owned());
         Ok(self
-            .write_memory(tenant, id, move |c| sql::delete_memory(c, &t, &i, &trace))
+            .write_cached(&self.inner.caches.memories, tenant, id, move |c| {
+                sql::delete_memory(c, &t, &i, &trace)
+            })
             .await?)
     }
 
