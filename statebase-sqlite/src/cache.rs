@@ -20,7 +20,7 @@
 
 use parking_lot::Mutex;
 use statebase_core::store::{MemoryRecord, SessionRecord};
-use statebase_core::Turn;
+use statebase_core::{Object, Turn};
 use std::collections::{HashMap, HashSet};
 
 /// The caches of one store, told by its writer what each transaction changes.
@@ -226,7 +226,7 @@ impl<V> Inner<V> {
 
 /// A cached session and, once read, its latest turns: newest first, as a list of this
 /// many asked for them, and the bytes of their stored bodies.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CachedSession {
     record: SessionRecord,
     turns: Option<(usize, Vec<Turn>, usize)>,
@@ -241,7 +241,52 @@ impl From<SessionRecord> for CachedSession {
     }
 }
 
+impl CachedSession {
+    /// The session as a write left it, built on `before`, the cached copy the write started
+    /// from: `record` is its row read back with the state unread, `state` the state the
+    /// write set and `turn` the turn it added, with the bytes of its stored body. Also the
+    /// bytes of the turns kept. `None` when the state is unknown.
+    pub fn after_write(
+        before: Option<Self>,
+        mut record: SessionRecord,
+        state: Option<Object>,
+        turn: Option<(&Turn, usize)>,
+    ) -> Option<(Self, usize)> {
+        // Each change of the row adds one to its revision: if only this write came after
+        // the copy, the copy's state and turns are what it built on.
+        let writes = u64::from(state.is_some()) + u64::from(turn.is_some());
+        let before = before.filter(|b| b.record.revision + writes == record.revision);
+        let (old_state, old_turns) = match before {
+            Some(b) => (Some(b.record.session.state), b.turns),
+            None => (None, None),
+        };
+        record.session.state = state.or(old_state)?;
+        let turns = old_turns.map(|(limit, mut list, size)| match turn {
+            None => (limit, list, size),
+            Some((t, bytes)) => {
+                let count = list.len();
+                list.insert(0, t.clone());
+                let dropped = list.len().saturating_sub(limit);
+                list.truncate(limit);
+                // The bytes of each turn are not kept: a dropped one counts the average.
+                let size = match list.is_empty() {
+                    true => 0,
+                    false => size + bytes - size * dropped / count.max(1),
+                };
+                (limit, list, size)
+            }
+        });
+        let size = turns.as_ref().map_or(0, |(_, _, size)| *size);
+        Some((Self { record, turns }, size))
+    }
+}
+
 impl RowCache<CachedSession> {
+    /// A copy of the cached session and its turns, for a write to build on.
+    pub fn copy(&self, tenant: &str, id: &str) -> Option<CachedSession> {
+        self.lookup(tenant, id, CachedSession::clone).ok()
+    }
+
     /// The cached session, or a ticket to fill it.
     pub fn session(&self, tenant: &str, id: &str) -> Result<SessionRecord, Ticket> {
         self.lookup(tenant, id, |s| s.record.clone())
@@ -286,6 +331,7 @@ impl RowCache<CachedSession> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use statebase_core::Session;
 
     fn record(id: &str, version: u64) -> SessionRecord {
@@ -306,6 +352,107 @@ mod tests {
             },
             revision: version,
         }
+    }
+
+    fn record_at(version: u64, revision: u64) -> SessionRecord {
+        SessionRecord {
+            revision,
+            ..record("s", version)
+        }
+    }
+
+    fn turn(n: u64) -> Turn {
+        Turn {
+            id: format!("turn_{n}"),
+            session_id: "s".into(),
+            turn_number: n,
+            input: Default::default(),
+            output: Default::default(),
+            reasoning: None,
+            metadata: Default::default(),
+            state_before: None,
+            state_after: None,
+            state_version: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    /// A cached copy at `revision` of a session of `turns` turns that keeps its latest 2,
+    /// of 10 bytes each.
+    fn copy(revision: u64, turns: u64) -> CachedSession {
+        let mut record = record("s", 1);
+        record.revision = revision;
+        record.session.turn_count = turns;
+        record.session.state = json!({"kept": true}).as_object().unwrap().clone();
+        let list: Vec<Turn> = (1..=turns).rev().take(2).map(turn).collect();
+        let size = 10 * list.len();
+        CachedSession {
+            record,
+            turns: Some((2, list, size)),
+        }
+    }
+
+    fn numbers(s: &CachedSession) -> Vec<u64> {
+        let (_, list, _) = s.turns.as_ref().unwrap();
+        list.iter().map(|t| t.turn_number).collect()
+    }
+
+    #[test]
+    fn a_write_builds_on_the_copy_only_if_nothing_came_between() {
+        let state = json!({"new": 1}).as_object().unwrap().clone();
+        // A state write keeps the turns.
+        let (s, bytes) = CachedSession::after_write(
+            Some(copy(5, 3)),
+            record_at(2, 6),
+            Some(state.clone()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (numbers(&s), bytes, &s.record.session.state),
+            (vec![3, 2], 20, &state)
+        );
+        // A turn keeps the state and comes first; the oldest goes.
+        let mut after = record_at(1, 6);
+        after.session.turn_count = 4;
+        let (s, bytes) =
+            CachedSession::after_write(Some(copy(5, 3)), after.clone(), None, Some((&turn(4), 14)))
+                .unwrap();
+        assert_eq!((numbers(&s), bytes), (vec![4, 3], 24));
+        assert_eq!(s.record.session.state, copy(5, 3).record.session.state);
+        // A turn with a state: two changes of the row.
+        let (s, _) = CachedSession::after_write(
+            Some(copy(5, 3)),
+            SessionRecord {
+                revision: 7,
+                ..after.clone()
+            },
+            Some(state.clone()),
+            Some((&turn(4), 14)),
+        )
+        .unwrap();
+        assert_eq!((numbers(&s), &s.record.session.state), (vec![4, 3], &state));
+        // Another write came between: no turns, and no state to build on.
+        let (s, _) = CachedSession::after_write(
+            Some(copy(5, 3)),
+            record_at(2, 7),
+            Some(state),
+            None,
+        )
+        .unwrap();
+        assert!(s.turns.is_none());
+        assert!(
+            CachedSession::after_write(Some(copy(4, 3)), after, None, Some((&turn(4), 14)))
+                .is_none()
+        );
+        assert!(CachedSession::after_write(None, record("s", 1), None, None).is_none());
+        // The first turn of a session.
+        let mut first = record_at(0, 2);
+        first.session.turn_count = 1;
+        let (s, bytes) =
+            CachedSession::after_write(Some(copy(1, 0)), first, None, Some((&turn(1), 14)))
+                .unwrap();
+        assert_eq!((numbers(&s), bytes), (vec![1], 14));
     }
 
     #[test]

@@ -41,12 +41,12 @@ pub use error::SqliteError;
 pub use schema::SCHEMA_VERSION;
 
 use async_trait::async_trait;
-use cache::{Caches, RowCache};
+use cache::{CachedSession, Caches, RowCache};
 use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
-use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
+use statebase_core::{ApiKey, MemoryRevision, Object, Result, Timestamp, Trace, Turn};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -241,6 +241,29 @@ impl SqliteStore {
     }
 }
 
+/// Stages session `id` as the write in progress left it, for the read that usually follows
+/// (agents read their session and its latest turns again at once); see
+/// [`CachedSession::after_write`] for the arguments.
+fn stage_session(
+    c: &Connection,
+    cache: &RowCache<CachedSession>,
+    tenant: &str,
+    id: &str,
+    before: Option<CachedSession>,
+    state: Option<Object>,
+    turn: Option<(&Turn, usize)>,
+) -> Result<(), SqliteError> {
+    if !cache.is_on() {
+        return Ok(());
+    }
+    if let Some((row, size, record)) = sql::session_row(c, tenant, id, false)? {
+        if let Some((session, turns)) = CachedSession::after_write(before, record, state, turn) {
+            cache.stage(tenant, id, row, session, size + turns);
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
@@ -288,21 +311,21 @@ impl Store for SqliteStore {
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
-        let cache = self.inner.caches.clone();
+        let caches = self.inner.caches.clone();
+        let before = caches.sessions.copy(tenant, &id);
         Ok(self
             .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
                 sql::append_version(c, &t, &append)?;
-                // Agents read a session again right after writing it: keep it as written.
-                if cache.sessions.is_on() {
-                    if let Some((row, size, mut record)) =
-                        sql::session_row(c, &t, &append.session_id, false)?
-                    {
-                        record.session.state = append.state;
-                        let id = &append.session_id;
-                        cache.sessions.stage(&t, id, row, record.into(), size);
-                    }
-                }
-                Ok(())
+                let id = &append.session_id;
+                stage_session(
+                    c,
+                    &caches.sessions,
+                    &t,
+                    id,
+                    before,
+                    Some(append.state),
+                    None,
+                )
             })
             .await?)
     }
@@ -338,9 +361,22 @@ impl Store for SqliteStore {
 
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
+        let caches = self.inner.caches.clone();
+        let before = caches.sessions.copy(tenant, &id);
         Ok(self
             .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
-                sql::append_turn(c, &t, &append)
+                let bytes = sql::append_turn(c, &t, &append)?;
+                let (turn, state) = (&append.turn, append.state.map(|a| a.state));
+                let id = &turn.session_id;
+                stage_session(
+                    c,
+                    &caches.sessions,
+                    &t,
+                    id,
+                    before,
+                    state,
+                    Some((turn, bytes)),
+                )
             })
             .await?)
     }

@@ -561,7 +561,8 @@ fn read_turn_sized(r: &Row<'_>) -> Res<(Turn, usize)> {
     Ok((serde_json::from_str(body)?, body.len()))
 }
 
-pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
+/// Adds the turn; returns the bytes of its stored body.
+pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<usize> {
     let current = counters(conn, tenant, &a.turn.session_id)?;
     if a.turn.turn_number != current.turn_count + 1 {
         return Err(Error::Conflict {
@@ -573,6 +574,7 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
     if let Some(state) = &a.state {
         append_checked(conn, tenant, current.version, state)?;
     }
+    let body = json(&a.turn)?;
     conn.prepare_cached(
         "INSERT INTO turns (tenant, id, session_id, turn_number, body) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -581,7 +583,7 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
         a.turn.id,
         a.turn.session_id,
         int(a.turn.turn_number)?,
-        json(&a.turn)?
+        body
     ])?;
     // The session row changes with every turn: the sessions cache drops the latest turns
     // it keeps when that row changes (cache.rs).
@@ -595,7 +597,8 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<()> {
         int(a.turn.turn_number)?,
         micros(a.updated_at)
     ])?;
-    insert_trace(conn, tenant, &a.trace)
+    insert_trace(conn, tenant, &a.trace)?;
+    Ok(body.len())
 }
 
 pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {

@@ -169,6 +169,9 @@ async fn reads_see_every_acknowledged_write_through_the_sessions_cache() {
                 let c = sb.context(id, ContextRequest::default()).await.unwrap();
                 let latest = c.recent_turns.first().map_or(0, |t| t.turn_number);
                 assert!(latest >= turns, "latest turn {latest} after {turns} turns");
+                let numbers: Vec<u64> = c.recent_turns.iter().map(|t| t.turn_number).collect();
+                let expected: Vec<u64> = (1..=latest).rev().take(10).collect();
+                assert_eq!(numbers, expected, "not the latest turns");
                 tokio::task::yield_now().await;
             }
         }));
@@ -444,4 +447,40 @@ async fn a_memory_update_here_after_another_process_updated_it_lands() {
         .expect("the update retried forever")
         .unwrap();
     assert_eq!((m.version, m.content.as_str()), (3, "three"));
+}
+
+/// A turn or a state written here keeps the session and its latest turns as written, so
+/// the context that follows reads neither from the file: it does not see a turn another
+/// process added after them (the documented limit, which shows where they came from).
+#[tokio::test]
+async fn writes_here_keep_the_session_and_its_latest_turns_cached() {
+    use statebase_core::{AddTurn, ContextRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turns.db");
+    let here = StateBase::new(SqliteStore::open(&path).unwrap());
+    let s = here.create_session(CreateSession::new("t")).await.unwrap();
+    here.add_turn(&s.id, AddTurn::text("q1", "a1"))
+        .await
+        .unwrap();
+    here.context(&s.id, ContextRequest::default())
+        .await
+        .unwrap();
+    here.add_turn(&s.id, AddTurn::text("q2", "a2"))
+        .await
+        .unwrap();
+    here.merge_state(&s.id, StateWrite::new(json!({"x": 1})))
+        .await
+        .unwrap();
+    let other = StateBase::new(SqliteStore::open(&path).unwrap());
+    other
+        .add_turn(&s.id, AddTurn::text("q3", "a3"))
+        .await
+        .unwrap();
+    let c = here
+        .context(&s.id, ContextRequest::default())
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = c.recent_turns.iter().map(|t| t.turn_number).collect();
+    assert_eq!(numbers, [2, 1]);
+    assert_eq!((c.session.version, c.session.turn_count), (1, 2));
 }
