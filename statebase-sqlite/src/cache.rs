@@ -433,13 +433,9 @@ mod tests {
         .unwrap();
         assert_eq!((numbers(&s), &s.record.session.state), (vec![4, 3], &state));
         // Another write came between: no turns, and no state to build on.
-        let (s, _) = CachedSession::after_write(
-            Some(copy(5, 3)),
-            record_at(2, 7),
-            Some(state),
-            None,
-        )
-        .unwrap();
+        let (s, _) =
+            CachedSession::after_write(Some(copy(5, 3)), record_at(2, 7), Some(state), None)
+                .unwrap();
         assert!(s.turns.is_none());
         assert!(
             CachedSession::after_write(Some(copy(4, 3)), after, None, Some((&turn(4), 14)))
