@@ -557,6 +557,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn trace_feed_end(&self) -> Result<u64> {
+        Ok(self.inner.lock().feed.len() as u64)
+    }
+
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.inner.lock().meta.get(&self::key(space, key)).cloned())
     }

@@ -419,6 +419,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// crash, resumes where it stopped.
     async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
 
+    /// The position of the feed's last trace (0 when there is none): where a reader that
+    /// has nothing to do with what came before starts, without reading it.
+    async fn trace_feed_end(&self) -> Result<u64>;
+
     /// A record of the server's own bookkeeping (webhook endpoints, deliveries, cursors):
     /// the value under `key` in `space`, or `None`.
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
@@ -468,6 +472,7 @@ macro_rules! store_methods {
             fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
             fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
             fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
+            fn trace_feed_end(&self) -> Result<u64>;
             fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
             fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
             fn scan_meta(&self, space: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;

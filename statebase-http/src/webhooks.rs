@@ -486,21 +486,27 @@ impl Dispatcher {
             Some(v) => decode(&v)?,
             None => 0,
         };
+        let endpoints = list(&self.sb, None).await?;
+        if endpoints.is_empty() {
+            // Nobody to tell: skip what happened without reading it.
+            let end = store.trace_feed_end().await?;
+            if end > cursor {
+                store
+                    .put_meta(SPACE, vec![(CURSOR.to_owned(), Some(encode(&end)?))])
+                    .await?;
+            }
+            return Ok(false);
+        }
         let feed = store.trace_feed(cursor, 200).await?;
         let Some(last) = feed.last().map(|e| e.position) else {
             return Ok(false);
         };
         let mut writes = Vec::new();
-        let mut endpoints: Option<Vec<Endpoint>> = None;
         for entry in &feed {
             let Some(kind) = event_type(&entry.trace.action) else {
                 continue;
             };
-            let all = match &endpoints {
-                Some(all) => all,
-                None => endpoints.insert(list(&self.sb, None).await?),
-            };
-            let targets: Vec<&Endpoint> = all
+            let targets: Vec<&Endpoint> = endpoints
                 .iter()
                 .filter(|e| e.tenant == entry.tenant && e.wants(kind))
                 .collect();

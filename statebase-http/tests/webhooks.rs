@@ -156,6 +156,26 @@ impl Server {
         self.call(key, reqwest::Method::POST, path, body).await
     }
 
+    /// How many times the store's `operation` was called, from `/metrics`.
+    async fn store_calls(&self, operation: &str) -> u64 {
+        let metrics = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let series = format!(
+            "statebase_store_operation_duration_seconds_count{{operation=\"{operation}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// Tenant a's deliveries to `endpoint` once every one is delivered. A receiver has an
     /// event before the dispatcher records its delivery, so this waits for the records.
     async fn settled_deliveries(&self, endpoint: &str) -> Vec<Value> {
@@ -663,4 +683,37 @@ async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "webhook_not_found");
     }
+}
+
+/// While no endpoint exists the dispatcher skips the feed without reading it (only its
+/// end), and an endpoint added later is sent only what happens after.
+#[tokio::test]
+async fn without_endpoints_the_feed_is_skipped_unread() {
+    let srv = start_with(false).await;
+    let dispatch = || async {
+        webhooks::Dispatcher::new(srv.sb.clone())
+            .step()
+            .await
+            .unwrap()
+    };
+    let before = srv
+        .post(KEY_A, "/v1/sessions", json!({"agent_id": "early"}))
+        .await;
+    dispatch().await;
+    dispatch().await;
+    assert_eq!(srv.store_calls("trace_feed").await, 0, "the feed was read");
+    assert_eq!(srv.store_calls("trace_feed_end").await, 2);
+
+    let (url, got) = receiver(0).await;
+    srv.post(KEY_A, "/v1/webhooks", json!({"url": url})).await;
+    let after = srv
+        .post(KEY_A, "/v1/sessions", json!({"agent_id": "late"}))
+        .await;
+    dispatch().await;
+    let ids: Vec<Value> = events(&got)
+        .iter()
+        .map(|e| e["data"]["id"].clone())
+        .collect();
+    assert_eq!(ids, [after["id"].clone()], "not {}", before["id"]);
+    assert!(srv.store_calls("trace_feed").await > 0);
 }

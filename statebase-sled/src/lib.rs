@@ -318,6 +318,10 @@ impl Store for SledStore {
         self.trees.trace_feed(after, limit)
     }
 
+    async fn trace_feed_end(&self) -> Result<u64> {
+        self.trees.trace_feed_end()
+    }
+
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
         self.trees.get_meta(space, key)
     }

@@ -826,6 +826,19 @@ impl Trees {
             .transpose()
     }
 
+    pub fn trace_feed_end(&self) -> Result<u64> {
+        let feed = Key::new(b'p').done()..Key::new(b'q').done();
+        match self.index.range(feed).next_back() {
+            Some(entry) => {
+                let (key, _) = entry.map_err(storage)?;
+                let (position, _, _) =
+                    feed_key_parts(&key).ok_or_else(|| Error::backend("a malformed feed key"))?;
+                Ok(position)
+            }
+            None => Ok(0),
+        }
+    }
+
     pub fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
         let from = Key::new(b'p').num(after.saturating_add(1)).done();
         let to = Key::new(b'q').done();

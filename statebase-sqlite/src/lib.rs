@@ -529,6 +529,10 @@ impl Store for SqliteStore {
         Ok(self.read(move |c| sql::trace_feed(c, after, limit)).await?)
     }
 
+    async fn trace_feed_end(&self) -> Result<u64> {
+        Ok(self.read(sql::trace_feed_end).await?)
+    }
+
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let (space, key) = (space.to_owned(), key.to_owned());
         Ok(self.read(move |c| sql::get_meta(c, &space, &key)).await?)

@@ -440,6 +440,13 @@ pub fn trace(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Trace>> {
     )
 }
 
+pub fn trace_feed_end(conn: &Connection) -> Res<u64> {
+    let end: i64 = conn
+        .prepare_cached("SELECT coalesce(max(position), 0) FROM traces")?
+        .query_row([], |r| r.get(0))?;
+    uint(end)
+}
+
 pub fn trace_feed(conn: &Connection, after: u64, limit: usize) -> Res<Vec<FeedEntry>> {
     collect(
         conn,

@@ -1303,6 +1303,7 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
     let mut env = Env::new(factory).await;
     let last = {
         let (a, b) = (env.sb().tenant("a"), env.sb().tenant("b"));
+        assert_eq!(a.store().trace_feed_end().await.unwrap(), 0);
         let s = new_session(&a, json!({})).await;
         write(&a, &s.id, json!({"n": 1})).await;
         let t = new_session(&b, json!({})).await;
@@ -1325,6 +1326,7 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
         assert!(feed.windows(2).all(|w| w[0].position < w[1].position));
         let rest = a.store().trace_feed(feed[1].position, 1).await.unwrap();
         assert_eq!(rest, feed[2..3]);
+        assert_eq!(a.store().trace_feed_end().await.unwrap(), feed[3].position);
         feed[3].position
     };
 
@@ -1365,6 +1367,7 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
     for w in writers {
         w.await.unwrap();
     }
+    assert_eq!(sb.store().trace_feed_end().await.unwrap(), after);
     let unique: HashSet<_> = got.iter().collect();
     assert_eq!(got.len(), 4 + 40, "creates and writes, each once");
     assert_eq!(unique.len(), got.len());
