@@ -548,9 +548,20 @@ fn list_traces_sql(tenant: &str, q: &TraceQuery) -> (String, Vec<Sql>) {
         "resource_type",
         q.resource_type.as_ref(),
     );
-    eq_clause(&mut sql, &mut args, "resource_id", q.resource_id.as_ref());
     time_clause(&mut sql, &mut args, "timestamp", ">", q.created_after);
     time_clause(&mut sql, &mut args, "timestamp", "<", q.created_before);
+    if let Some(r) = &q.resource_id {
+        // traces_by_resource leaves out the traces of a session about itself (most of
+        // them): those are found by session. One ordered scan of each index, merged.
+        let filtered = sql.clone();
+        let repeated = args.clone();
+        sql.push_str(" AND resource_id = ? AND resource_id IS NOT session_id UNION ALL ");
+        sql.push_str(&filtered);
+        sql.push_str(" AND session_id = ? AND resource_id = ?");
+        args.push(Sql::Text(r.clone()));
+        args.extend(repeated);
+        args.extend([Sql::Text(r.clone()), Sql::Text(r.clone())]);
+    }
     sql.push_str(" ORDER BY timestamp DESC, id DESC LIMIT ?");
     args.push(Sql::Integer(q.limit as i64));
     (sql, args)
@@ -1081,6 +1092,15 @@ mod tests {
                 &TraceQuery {
                     limit: 20,
                     action: t("a"),
+                    ..Default::default()
+                },
+            ),
+            list_traces_sql(
+                "t",
+                &TraceQuery {
+                    limit: 20,
+                    resource_id: t("r"),
+                    after: cursor.clone(),
                     ..Default::default()
                 },
             ),

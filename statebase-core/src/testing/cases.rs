@@ -5,9 +5,9 @@ use crate::id::ID_RANDOM_LEN;
 use crate::json::Object;
 use crate::store::Store;
 use crate::{
-    action, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces, Result,
-    RollbackTo, Session, StateBase, StateWrite, UpdateSession, VersionChange, DEFAULT_TTL_SECONDS,
-    MAX_TTL_SECONDS,
+    action, AddMemory, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces,
+    Result, RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
+    DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
 use chrono::Duration;
 use serde_json::{json, Value};
@@ -1124,6 +1124,44 @@ pub async fn traces_filter_and_paginate<F: StoreFactory>(factory: F) {
     }
     assert_eq!(seen.len(), 7);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7);
+    // A memory's traces (of a resource inside a session) by resource, newest first.
+    let m = sb
+        .add_memory(AddMemory::new(&s1.id, "likes tea"))
+        .await
+        .unwrap();
+    env.advance(1);
+    let update = UpdateMemory {
+        content: Some("likes coffee".into()),
+        ..Default::default()
+    };
+    sb.update_memory(&m.id, update).await.unwrap();
+    let by_memory = q(ListTraces {
+        resource_id: Some(m.id.clone()),
+        ..Default::default()
+    })
+    .await;
+    let actions: Vec<_> = by_memory.data.iter().map(|t| t.action.as_str()).collect();
+    assert_eq!(actions, [action::MEMORY_UPDATED, action::MEMORY_CREATED]);
+    // A session's traces about itself by resource, in pages: the memory's are not among
+    // them.
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = q(ListTraces {
+            resource_id: Some(s1.id.clone()),
+            limit: Some(2),
+            starting_after: cursor,
+            ..Default::default()
+        })
+        .await;
+        pages.extend(p.data.iter().map(|t| t.id.clone()));
+        if !p.has_more {
+            break;
+        }
+        cursor = p.last_id;
+    }
+    let s1_ids: Vec<String> = s1_all.data.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(pages, s1_ids);
     let bad = ListTraces {
         limit: Some(101),
         ..Default::default()
