@@ -224,12 +224,33 @@ impl<V> Inner<V> {
     }
 }
 
-/// A cached session and, once read, its latest turns: newest first, as a list of this
-/// many asked for them, and the bytes of their stored bodies.
-#[derive(Debug, Clone)]
+/// A cached session and, once read, its latest turns.
+#[derive(Debug)]
 pub struct CachedSession {
     record: SessionRecord,
-    turns: Option<(usize, Vec<Turn>, usize)>,
+    turns: Option<LatestTurns>,
+}
+
+/// A session's latest turns, newest first, as a list of `limit` asked for them, each with
+/// the bytes of its stored body.
+#[derive(Debug, Clone)]
+struct LatestTurns {
+    limit: usize,
+    turns: Vec<(Turn, usize)>,
+}
+
+/// The bytes of these turns' stored bodies.
+fn bytes_of(turns: &[(Turn, usize)]) -> usize {
+    turns.iter().map(|(_, bytes)| bytes).sum()
+}
+
+/// What a write to a cached session builds on: the cached copy's revision, its state (when
+/// the write sets none) and its latest turns.
+#[derive(Debug)]
+pub struct Before {
+    revision: u64,
+    state: Option<Object>,
+    turns: Option<LatestTurns>,
 }
 
 impl From<SessionRecord> for CachedSession {
@@ -242,49 +263,49 @@ impl From<SessionRecord> for CachedSession {
 }
 
 impl CachedSession {
-    /// The session as a write left it, built on `before`, the cached copy the write started
-    /// from: `record` is its row read back with the state unread, `state` the state the
-    /// write set and `turn` the turn it added, with the bytes of its stored body. Also the
-    /// bytes of the turns kept. `None` when the state is unknown.
+    /// The session as a write left it, built on `before`: `record` is its row read back
+    /// with the state unread, `state` the state the write set and `turn` the turn it added,
+    /// with the bytes of its stored body. `None` when the state is unknown.
     pub fn after_write(
-        before: Option<Self>,
+        before: Option<Before>,
         mut record: SessionRecord,
         state: Option<Object>,
-        turn: Option<(&Turn, usize)>,
-    ) -> Option<(Self, usize)> {
+        turn: Option<(Turn, usize)>,
+    ) -> Option<Self> {
         // Each change of the row adds one to its revision: if only this write came after
         // the copy, the copy's state and turns are what it built on.
         let writes = u64::from(state.is_some()) + u64::from(turn.is_some());
-        let before = before.filter(|b| b.record.revision + writes == record.revision);
-        let (old_state, old_turns) = match before {
-            Some(b) => (Some(b.record.session.state), b.turns),
-            None => (None, None),
-        };
+        let before = before.filter(|b| b.revision + writes == record.revision);
+        let (old_state, old_turns) = before.map_or((None, None), |b| (b.state, b.turns));
         record.session.state = state.or(old_state)?;
-        let turns = old_turns.map(|(limit, mut list, size)| match turn {
-            None => (limit, list, size),
-            Some((t, bytes)) => {
-                let count = list.len();
-                list.insert(0, t.clone());
-                let dropped = list.len().saturating_sub(limit);
-                list.truncate(limit);
-                // The bytes of each turn are not kept: a dropped one counts the average.
-                let size = match list.is_empty() {
-                    true => 0,
-                    false => size + bytes - size * dropped / count.max(1),
-                };
-                (limit, list, size)
+        let turns = old_turns.map(|mut latest| {
+            if let Some(turn) = turn {
+                latest.turns.insert(0, turn);
+                latest.turns.truncate(latest.limit);
             }
+            latest
         });
-        let size = turns.as_ref().map_or(0, |(_, _, size)| *size);
-        Some((Self { record, turns }, size))
+        Some(Self { record, turns })
+    }
+
+    /// The bytes of the stored turns it keeps.
+    pub fn turns_size(&self) -> usize {
+        self.turns
+            .as_ref()
+            .map_or(0, |latest| bytes_of(&latest.turns))
     }
 }
 
 impl RowCache<CachedSession> {
-    /// A copy of the cached session and its turns, for a write to build on.
-    pub fn copy(&self, tenant: &str, id: &str) -> Option<CachedSession> {
-        self.lookup(tenant, id, CachedSession::clone).ok()
+    /// What a write to the cached session builds on, its state only unless the write sets
+    /// one.
+    pub fn before_write(&self, tenant: &str, id: &str, sets_state: bool) -> Option<Before> {
+        self.lookup(tenant, id, |s| Before {
+            revision: s.record.revision,
+            state: (!sets_state).then(|| s.record.session.state.clone()),
+            turns: s.turns.clone(),
+        })
+        .ok()
     }
 
     /// The cached session, or a ticket to fill it.
@@ -297,23 +318,26 @@ impl RowCache<CachedSession> {
     pub fn turns(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<Turn>, Option<Ticket>> {
         let inner = self.inner.lock();
         match inner.entries.get(&key(tenant, id)).map(|e| &e.value.turns) {
-            Some(Some((n, turns, _))) if *n == limit => Ok(turns.clone()),
+            Some(Some(latest)) if latest.limit == limit => {
+                Ok(latest.turns.iter().map(|(t, _)| t.clone()).collect())
+            }
             Some(_) => Err(Some(Ticket(inner.epoch))),
             None => Err(None),
         }
     }
 
-    /// Keeps the session's latest `limit` turns, read after `ticket` was given, with the
-    /// session, if it is still cached and no transaction changed sessions since.
+    /// Keeps the session's latest `limit` turns, each with the bytes of its stored body,
+    /// read after `ticket` was given, with the session, if it is still cached and no
+    /// transaction changed sessions since.
     pub fn fill_turns(
         &self,
         ticket: Ticket,
         tenant: &str,
         id: &str,
         limit: usize,
-        turns: &[Turn],
-        size: usize,
+        turns: &[(Turn, usize)],
     ) {
+        let size = bytes_of(turns);
         let mut inner = self.inner.lock();
         if inner.epoch != ticket.0 || inner.bytes + size > self.budget {
             return;
@@ -321,8 +345,11 @@ impl RowCache<CachedSession> {
         let Some(entry) = inner.entries.get_mut(&key(tenant, id)) else {
             return;
         };
-        let replaced = entry.value.turns.replace((limit, turns.to_vec(), size));
-        let freed = replaced.map_or(0, |(_, _, size)| size);
+        let freed = entry.value.turns_size();
+        entry.value.turns = Some(LatestTurns {
+            limit,
+            turns: turns.to_vec(),
+        });
         entry.size = entry.size - freed + size;
         inner.bytes = inner.bytes - freed + size;
     }
@@ -373,82 +400,89 @@ mod tests {
             state_before: None,
             state_after: None,
             state_version: None,
-            created_at: chrono::Utc::now(),
+            created_at: chrono::DateTime::UNIX_EPOCH,
         }
     }
 
-    /// A cached copy at `revision` of a session of `turns` turns that keeps its latest 2,
-    /// of 10 bytes each.
-    fn copy(revision: u64, turns: u64) -> CachedSession {
-        let mut record = record("s", 1);
-        record.revision = revision;
-        record.session.turn_count = turns;
-        record.session.state = json!({"kept": true}).as_object().unwrap().clone();
-        let list: Vec<Turn> = (1..=turns).rev().take(2).map(turn).collect();
-        let size = 10 * list.len();
-        CachedSession {
-            record,
-            turns: Some((2, list, size)),
+    /// What a write builds on: a cached copy at `revision` of a session of `turns` turns
+    /// that keeps its latest 2, of 10 bytes each.
+    fn before(revision: u64, turns: u64) -> Before {
+        Before {
+            revision,
+            state: Some(json!({"kept": true}).as_object().unwrap().clone()),
+            turns: Some(LatestTurns {
+                limit: 2,
+                turns: (1..=turns).rev().take(2).map(|n| (turn(n), 10)).collect(),
+            }),
         }
     }
 
-    fn numbers(s: &CachedSession) -> Vec<u64> {
-        let (_, list, _) = s.turns.as_ref().unwrap();
-        list.iter().map(|t| t.turn_number).collect()
+    /// Its turns' numbers and bytes.
+    fn turns_of(s: &CachedSession) -> (Vec<u64>, usize) {
+        let latest = s.turns.as_ref().unwrap();
+        let numbers = latest.turns.iter().map(|(t, _)| t.turn_number).collect();
+        (numbers, s.turns_size())
     }
 
     #[test]
     fn a_write_builds_on_the_copy_only_if_nothing_came_between() {
         let state = json!({"new": 1}).as_object().unwrap().clone();
+        let kept = before(0, 0).state.unwrap();
         // A state write keeps the turns.
-        let (s, bytes) = CachedSession::after_write(
-            Some(copy(5, 3)),
+        let s = CachedSession::after_write(
+            Some(before(5, 3)),
             record_at(2, 6),
             Some(state.clone()),
             None,
         )
         .unwrap();
         assert_eq!(
-            (numbers(&s), bytes, &s.record.session.state),
-            (vec![3, 2], 20, &state)
+            (turns_of(&s), &s.record.session.state),
+            ((vec![3, 2], 20), &state)
         );
         // A turn keeps the state and comes first; the oldest goes.
-        let mut after = record_at(1, 6);
-        after.session.turn_count = 4;
-        let (s, bytes) =
-            CachedSession::after_write(Some(copy(5, 3)), after.clone(), None, Some((&turn(4), 14)))
-                .unwrap();
-        assert_eq!((numbers(&s), bytes), (vec![4, 3], 24));
-        assert_eq!(s.record.session.state, copy(5, 3).record.session.state);
-        // A turn with a state: two changes of the row.
-        let (s, _) = CachedSession::after_write(
-            Some(copy(5, 3)),
-            SessionRecord {
-                revision: 7,
-                ..after.clone()
-            },
-            Some(state.clone()),
-            Some((&turn(4), 14)),
+        let after = record_at(1, 6);
+        let s = CachedSession::after_write(
+            Some(before(5, 3)),
+            after.clone(),
+            None,
+            Some((turn(4), 14)),
         )
         .unwrap();
-        assert_eq!((numbers(&s), &s.record.session.state), (vec![4, 3], &state));
+        assert_eq!(
+            (turns_of(&s), &s.record.session.state),
+            ((vec![4, 3], 24), &kept)
+        );
+        // A turn with a state: two changes of the row.
+        let s = CachedSession::after_write(
+            Some(before(5, 3)),
+            record_at(1, 7),
+            Some(state.clone()),
+            Some((turn(4), 14)),
+        )
+        .unwrap();
+        assert_eq!(
+            (turns_of(&s).0, &s.record.session.state),
+            (vec![4, 3], &state)
+        );
         // Another write came between: no turns, and no state to build on.
-        let (s, _) =
-            CachedSession::after_write(Some(copy(5, 3)), record_at(2, 7), Some(state), None)
-                .unwrap();
+        let s = CachedSession::after_write(Some(before(5, 3)), record_at(2, 7), Some(state), None)
+            .unwrap();
         assert!(s.turns.is_none());
         assert!(
-            CachedSession::after_write(Some(copy(4, 3)), after, None, Some((&turn(4), 14)))
+            CachedSession::after_write(Some(before(4, 3)), after, None, Some((turn(4), 14)))
                 .is_none()
         );
         assert!(CachedSession::after_write(None, record("s", 1), None, None).is_none());
         // The first turn of a session.
-        let mut first = record_at(0, 2);
-        first.session.turn_count = 1;
-        let (s, bytes) =
-            CachedSession::after_write(Some(copy(1, 0)), first, None, Some((&turn(1), 14)))
-                .unwrap();
-        assert_eq!((numbers(&s), bytes), (vec![1], 14));
+        let s = CachedSession::after_write(
+            Some(before(1, 0)),
+            record_at(0, 2),
+            None,
+            Some((turn(1), 14)),
+        )
+        .unwrap();
+        assert_eq!(turns_of(&s), (vec![1], 14));
     }
 
     #[test]
@@ -493,8 +527,8 @@ mod tests {
         let Err(Some(ticket)) = cache.turns("t", "s", 10) else {
             panic!("turns before they were filled")
         };
-        cache.fill_turns(ticket, "t", "s", 10, &[], 5);
-        assert_eq!(cache.turns("t", "s", 10).unwrap(), vec![]);
+        cache.fill_turns(ticket, "t", "s", 10, &[(turn(1), 5)]);
+        assert_eq!(cache.turns("t", "s", 10).unwrap(), vec![turn(1)]);
         assert!(cache.turns("t", "s", 5).is_err(), "another limit");
         // A turn is added: the session row changes, and turns read before do not fill.
         let Err(Some(old)) = cache.turns("t", "s", 5) else {
@@ -507,7 +541,7 @@ mod tests {
             panic!("changed session hit")
         };
         cache.fill(ticket, "t", "s", 7, record("s", 2).into(), 10);
-        cache.fill_turns(old, "t", "s", 5, &[], 5);
+        cache.fill_turns(old, "t", "s", 5, &[(turn(1), 5)]);
         assert!(cache.turns("t", "s", 5).is_err(), "filled across a commit");
         assert_eq!(cache.inner.lock().bytes, 10);
         // Turns of another limit replace those kept, and their bytes.
@@ -515,7 +549,7 @@ mod tests {
             let Err(Some(ticket)) = cache.turns("t", "s", limit) else {
                 panic!("turns before they were filled")
             };
-            cache.fill_turns(ticket, "t", "s", limit, &[], size);
+            cache.fill_turns(ticket, "t", "s", limit, &[(turn(1), size)]);
         }
         assert!(cache.turns("t", "s", 5).is_ok() && cache.turns("t", "s", 10).is_err());
         assert_eq!(cache.inner.lock().bytes, 13);

@@ -239,29 +239,40 @@ impl SqliteStore {
         }
         result
     }
-}
 
-/// Stages session `id` as the write in progress left it, for the read that usually follows
-/// (agents read their session and its latest turns again at once); see
-/// [`CachedSession::after_write`] for the arguments.
-fn stage_session(
-    c: &Connection,
-    cache: &RowCache<CachedSession>,
-    tenant: &str,
-    id: &str,
-    before: Option<CachedSession>,
-    state: Option<Object>,
-    turn: Option<(&Turn, usize)>,
-) -> Result<(), SqliteError> {
-    if !cache.is_on() {
-        return Ok(());
+    /// A write to session `id` that leaves it cached as written, with its latest turns, for
+    /// the read that usually follows (agents read their session again at once). `write`
+    /// returns the state it set and the turn it added, with the bytes of its stored body;
+    /// `sets_state` says beforehand whether it sets a state.
+    async fn write_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        sets_state: bool,
+        write: impl FnOnce(&Connection) -> Result<(Option<Object>, Option<(Turn, usize)>), SqliteError>
+            + Send
+            + 'static,
+    ) -> Result<(), SqliteError> {
+        let caches = self.inner.caches.clone();
+        let before = caches.sessions.before_write(tenant, id, sets_state);
+        let (t, i) = (tenant.to_owned(), id.to_owned());
+        let cache = &self.inner.caches.sessions;
+        self.write_cached(cache, tenant, id, move |c| {
+            let (state, turn) = write(c)?;
+            let cache = &caches.sessions;
+            if !cache.is_on() {
+                return Ok(());
+            }
+            if let Some((row, size, record)) = sql::session_row(c, &t, &i, false)? {
+                if let Some(session) = CachedSession::after_write(before, record, state, turn) {
+                    let size = size + session.turns_size();
+                    cache.stage(&t, &i, row, session, size);
+                }
+            }
+            Ok(())
+        })
+        .await
     }
-    if let Some((row, size, record)) = sql::session_row(c, tenant, id, false)? {
-        if let Some((session, turns)) = CachedSession::after_write(before, record, state, turn) {
-            cache.stage(tenant, id, row, session, size + turns);
-        }
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -311,21 +322,10 @@ impl Store for SqliteStore {
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
-        let caches = self.inner.caches.clone();
-        let before = caches.sessions.copy(tenant, &id);
         Ok(self
-            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
+            .write_session(tenant, &id, true, move |c| {
                 sql::append_version(c, &t, &append)?;
-                let id = &append.session_id;
-                stage_session(
-                    c,
-                    &caches.sessions,
-                    &t,
-                    id,
-                    before,
-                    Some(append.state),
-                    None,
-                )
+                Ok((Some(append.state), None))
             })
             .await?)
     }
@@ -361,22 +361,11 @@ impl Store for SqliteStore {
 
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
-        let caches = self.inner.caches.clone();
-        let before = caches.sessions.copy(tenant, &id);
+        let sets_state = append.state.is_some();
         Ok(self
-            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
+            .write_session(tenant, &id, sets_state, move |c| {
                 let bytes = sql::append_turn(c, &t, &append)?;
-                let (turn, state) = (&append.turn, append.state.map(|a| a.state));
-                let id = &turn.session_id;
-                stage_session(
-                    c,
-                    &caches.sessions,
-                    &t,
-                    id,
-                    before,
-                    state,
-                    Some((turn, bytes)),
-                )
+                Ok((append.state.map(|a| a.state), Some((append.turn, bytes))))
             })
             .await?)
     }
@@ -400,13 +389,13 @@ impl Store for SqliteStore {
             None => None,
         };
         let (t, id, q) = (tenant.to_owned(), session_id.to_owned(), query.clone());
-        let (turns, size) = self
+        let turns = self
             .read(move |c| sql::list_turns_sized(c, &t, &id, &q))
             .await?;
         if let Some(ticket) = ticket {
-            cache.fill_turns(ticket, tenant, session_id, query.limit, &turns, size);
+            cache.fill_turns(ticket, tenant, session_id, query.limit, &turns);
         }
-        Ok(turns)
+        Ok(turns.into_iter().map(|(turn, _)| turn).collect())
     }
 
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {

@@ -122,13 +122,8 @@ fn read_session(r: &Row<'_>) -> Res<SessionRecord> {
     read_session_at(r, 0)
 }
 
-pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
-    first(
-        conn,
-        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?1 AND id = ?2"),
-        params![tenant, id],
-        read_session,
-    )
+fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
+    Ok(session_row(conn, tenant, id, true)?.map(|(_, _, record)| record))
 }
 
 /// The session with its row id and the size of its stored state and metadata. Its state is
@@ -628,13 +623,13 @@ pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
     )
 }
 
-/// The turns, and the bytes of their stored bodies.
+/// The turns, each with the bytes of its stored body.
 pub fn list_turns_sized(
     conn: &Connection,
     tenant: &str,
     session_id: &str,
     q: &TurnQuery,
-) -> Res<(Vec<Turn>, usize)> {
+) -> Res<Vec<(Turn, usize)>> {
     let (op, order) = if q.descending {
         ("<", "DESC")
     } else {
@@ -645,7 +640,7 @@ pub fn list_turns_sized(
         None if q.descending => i64::MAX,
         None => 0,
     };
-    let rows = collect(
+    collect(
         conn,
         &format!(
             "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number {op} ?3
@@ -653,9 +648,7 @@ pub fn list_turns_sized(
         ),
         params![tenant, session_id, after, q.limit as i64],
         read_turn_sized,
-    )?;
-    let size = rows.iter().map(|(_, n)| n).sum();
-    Ok((rows.into_iter().map(|(t, _)| t).collect(), size))
+    )
 }
 
 // ----- memories -----
