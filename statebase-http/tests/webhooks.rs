@@ -156,6 +156,14 @@ impl Server {
         self.call(key, reqwest::Method::POST, path, body).await
     }
 
+    /// One dispatch round, for a server started without its dispatcher.
+    async fn dispatch(&self) {
+        webhooks::Dispatcher::new(self.sb.clone())
+            .step()
+            .await
+            .unwrap()
+    }
+
     /// How many times the store's `operation` was called, from `/metrics`.
     async fn store_calls(&self, operation: &str) -> u64 {
         let metrics = self
@@ -199,12 +207,6 @@ impl Server {
 async fn signed_events_of_each_tenant_in_order() {
     // Dispatch rounds run when the test says, so what each event's data shows is known.
     let srv = start_with(false).await;
-    let dispatch = || async {
-        webhooks::Dispatcher::new(srv.sb.clone())
-            .step()
-            .await
-            .unwrap()
-    };
     let (url_a, got_a) = receiver(0).await;
     let (url_b, got_b) = receiver(0).await;
     let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": url_a})).await;
@@ -248,7 +250,7 @@ async fn signed_events_of_each_tenant_in_order() {
     let changed = json!({"content": "likes green tea"});
     srv.call(KEY_A, reqwest::Method::PATCH, &memory_path, changed)
         .await;
-    dispatch().await;
+    srv.dispatch().await;
     assert_eq!(got_a.lock().len(), 5, "one round delivers what is due");
     srv.post(
         KEY_A,
@@ -266,7 +268,7 @@ async fn signed_events_of_each_tenant_in_order() {
     let b = srv
         .post(KEY_B, "/v1/sessions", json!({"agent_id": "other"}))
         .await;
-    dispatch().await;
+    srv.dispatch().await;
     let a = events(&got_a);
     let kinds: Vec<&str> = a.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
@@ -690,17 +692,11 @@ async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
 #[tokio::test]
 async fn without_endpoints_the_feed_is_skipped_unread() {
     let srv = start_with(false).await;
-    let dispatch = || async {
-        webhooks::Dispatcher::new(srv.sb.clone())
-            .step()
-            .await
-            .unwrap()
-    };
     let before = srv
         .post(KEY_A, "/v1/sessions", json!({"agent_id": "early"}))
         .await;
-    dispatch().await;
-    dispatch().await;
+    srv.dispatch().await;
+    srv.dispatch().await;
     assert_eq!(srv.store_calls("trace_feed").await, 0, "the feed was read");
     assert_eq!(srv.store_calls("trace_feed_end").await, 2);
 
@@ -709,7 +705,7 @@ async fn without_endpoints_the_feed_is_skipped_unread() {
     let after = srv
         .post(KEY_A, "/v1/sessions", json!({"agent_id": "late"}))
         .await;
-    dispatch().await;
+    srv.dispatch().await;
     let ids: Vec<Value> = events(&got)
         .iter()
         .map(|e| e["data"]["id"].clone())

@@ -259,8 +259,8 @@ mod tests {
         assert_eq!(crate::sql::trace_feed(&conn, 2, 10).unwrap().len(), 1);
     }
 
-    /// Traces written before the resource index left out those of a session about itself
-    /// are found by resource after it, both kinds.
+    /// The resource index of an existing file leaves out the traces of a session about
+    /// itself, and traces of both kinds written before are still found by resource.
     #[test]
     fn migration_6_keeps_every_trace_found_by_resource() {
         let mut conn = file_at(5);
@@ -277,6 +277,17 @@ mod tests {
             .unwrap();
         }
         migrate(&mut conn).unwrap();
+        let index: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'traces_by_resource'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            index.ends_with("WHERE resource_id IS NOT session_id"),
+            "{index}"
+        );
         for (resource, id) in [("sess_x", "trace_1"), ("mem_y", "trace_2")] {
             let q = statebase_core::store::TraceQuery {
                 limit: 10,

@@ -964,8 +964,16 @@ pub async fn tenants_are_isolated<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let a = env.sb().tenant("tenant-a");
     let b = env.sb().tenant("tenant-b");
-    let s = new_session(&a, json!({"secret": 1})).await;
+    let created = new_session(&a, json!({"secret": 1})).await;
+    let m = a
+        .add_memory(AddMemory::new(&created.id, "a secret"))
+        .await
+        .unwrap();
+    // Read by A first, so that a backend that caches reads holds them when B asks.
+    let s = a.get_session(&created.id).await.unwrap();
     let id = s.id.as_str();
+    a.get_memory(&m.id).await.unwrap();
+    assert_eq!(code(b.get_memory(&m.id).await), "memory_not_found");
     assert_eq!(code(b.get_session(id).await), "session_not_found");
     assert!(all_sessions(&b).await.is_empty());
     assert_eq!(
