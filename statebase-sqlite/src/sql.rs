@@ -134,13 +134,17 @@ pub fn session_row(
     id: &str,
     with_state: bool,
 ) -> Res<Option<(i64, usize, SessionRecord)>> {
-    let columns = SESSION_COLUMNS.replacen("state", "iif(?3, state, '{}')", 1);
-    first(
-        conn,
-        &format!(
+    // Built once: every read that misses the sessions cache runs it.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns = SESSION_COLUMNS.replacen("state", "iif(?3, state, '{}')", 1);
+        format!(
             "SELECT rowid, length(state) + length(metadata), {columns} FROM sessions
              WHERE tenant = ?1 AND id = ?2"
-        ),
+        )
+    });
+    first(
+        conn,
+        &SQL,
         params![tenant, id, with_state],
         |r| {
             let size = uint(r.get(1)?)? as usize;
