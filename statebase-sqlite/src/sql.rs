@@ -142,15 +142,10 @@ pub fn session_row(
              WHERE tenant = ?1 AND id = ?2"
         )
     });
-    first(
-        conn,
-        &SQL,
-        params![tenant, id, with_state],
-        |r| {
-            let size = uint(r.get(1)?)? as usize;
-            Ok((r.get(0)?, size, read_session_at(r, 2)?))
-        },
-    )
+    first(conn, &SQL, params![tenant, id, with_state], |r| {
+        let size = uint(r.get(1)?)? as usize;
+        Ok((r.get(0)?, size, read_session_at(r, 2)?))
+    })
 }
 
 /// The session, or `NotFound`.
