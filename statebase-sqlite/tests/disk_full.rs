@@ -79,11 +79,14 @@ async fn fill_the_disk(path: &Path) {
         .map(|(w, id)| {
             let (sb, id) = (sb.clone(), id.clone());
             tokio::spawn(async move {
-                let mut failures = 0;
+                let (mut failures, mut acked) = (0, 0);
                 for i in 0u64.. {
                     let patch = json!({ format!("w{w}-{}", i % 8): "x".repeat(4096) });
                     match sb.merge_state(&id, StateWrite::new(patch)).await {
-                        Ok(s) => print(format!("ack version {id} {}", s.version)),
+                        Ok(s) => {
+                            print(format!("ack version {id} {}", s.version));
+                            acked = acked.max(s.version);
+                        }
                         Err(e) if e.code() == "version_conflict" => {}
                         Err(e) => {
                             print(format!("failed {} {e:?}", e.code()));
@@ -94,11 +97,23 @@ async fn fill_the_disk(path: &Path) {
                         }
                     }
                 }
+                (id, acked)
             })
         })
         .collect();
+    let mut acked = std::collections::HashMap::new();
     for w in writers {
-        w.await.expect("a writer panicked");
+        let (id, version) = w.await.expect("a writer panicked");
+        let most = acked.entry(id).or_insert(0);
+        *most = version.max(*most);
+    }
+    // A write whose commit failed left nothing behind, in the file or in the caches.
+    for (id, version) in &acked {
+        let read = sb.get_session(id).await.unwrap().version;
+        assert_eq!(
+            read, *version,
+            "{id} reads a version that was not acknowledged"
+        );
     }
     setrlimit(Resource::Fsize, unlimited).expect("raise the file size limit");
     for id in &ids {
