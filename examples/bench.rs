@@ -716,7 +716,12 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = statebase_http::router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(statebase_http::serve(
+        listener,
+        app,
+        statebase_http::Limits::default(),
+        std::future::pending(),
+    ));
     let trivial_url = format!("{base}/health/live");
     let state_url = format!("{base}/v1/sessions/{}/state", s.id);
     let context_url = format!("{base}/v1/sessions/{}/context", s.id);

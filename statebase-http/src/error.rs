@@ -86,6 +86,39 @@ impl ApiError {
         )
     }
 
+    /// 408: the client did not send the whole body within `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {limit:?}"),
+        )
+    }
+
+    /// 503: the server did not finish the request within `limit`; it may or may not have
+    /// taken effect.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!(
+                    "the request took longer than {limit:?}; it may or may not have taken effect"
+                ),
+            )
+        }
+    }
+
+    /// 500: a handler panicked (a bug); the details stay in the log.
+    pub fn panicked() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error",
+        )
+    }
+
     /// 404 for an unknown route.
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "resource_not_found", "no such route")
@@ -152,7 +185,7 @@ pub struct ErrorFields<'a> {
     r#type: &'a str,
     /// The field or parameter at fault.
     param: Option<&'a str>,
-    /// Seconds to wait (429 only).
+    /// Seconds to wait (429 and 503 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
 }

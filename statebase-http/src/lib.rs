@@ -12,11 +12,13 @@ mod idempotency;
 mod observe;
 mod openapi;
 mod routes;
+mod server;
 pub mod webhooks;
 mod wire;
 
 pub use auth::{KeyCache, RateLimiter};
 pub use error::ApiError;
+pub use server::{serve, Limits};
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -194,6 +196,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| ApiError::panicked().into_response(),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             observe::observe,

@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use statebase_core::{StateBase, Store};
-use statebase_http::{router, spawn_maintenance, webhooks, AppState};
+use statebase_http::{router, serve, spawn_maintenance, webhooks, AppState, Limits};
 use std::sync::Arc;
+use std::time::Duration;
 
 // Many small allocations from many threads: mimalloc serves them with less contention than
 // the system allocator.
@@ -17,8 +18,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Durable, versioned state and memory for AI agents"
 )]
 struct Cli {
+    /// Log lines as `text` (coloured only on a terminal) or as `json` objects, on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr (stdout carries what commands print), filtered by `RUST_LOG`.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -46,6 +70,8 @@ enum Command {
         /// Milliseconds between two rounds of webhook deliveries.
         #[arg(long, default_value_t = 500)]
         webhook_interval_ms: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Manage webhook endpoints in the database.
     Webhooks {
@@ -63,6 +89,57 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+}
+
+/// How long clients may take, and how many may be connected at once.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Seconds a connection has to send a whole request head before it is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a request has to send its whole body before it is answered 408.
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Seconds the server may take over a request before it answers 503.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Seconds a keep-alive connection may wait between requests before it is closed.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<Limits, String> {
+        let seconds = |flag: &str, s: f64| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("--{flag} must be a positive number of seconds, not {s}"))
+        };
+        Ok(Limits {
+            header_timeout: seconds("header-timeout", self.header_timeout)?,
+            body_timeout: seconds("body-timeout", self.body_timeout)?,
+            request_timeout: seconds("request-timeout", self.request_timeout)?,
+            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            max_connections: self.max_connections.max(1),
+        })
+    }
+}
+
+/// Lets the server hold as many sockets as the hard limit allows: the soft limit is often
+/// 1,024, fewer than `--max-connections`.
+fn raise_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open file limit");
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -155,12 +232,9 @@ async fn shutdown() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
         Command::Serve {
             db,
             addr,
@@ -169,7 +243,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             burst,
             sweep_interval,
             webhook_interval_ms,
+            limits,
         } => {
+            let limits = limits.limits()?;
+            raise_file_limit();
             let state = AppState::new(open(&db)?, rate_limit, burst);
             let sb = &state.sb;
             for spec in api_keys {
@@ -185,14 +262,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
-            let every = std::time::Duration::from_millis(webhook_interval_ms.max(10));
+            let every = Duration::from_millis(webhook_interval_ms.max(10));
             let dispatcher = webhooks::Dispatcher::new(state.sb.clone()).spawn(every);
-            let every = std::time::Duration::from_secs(sweep_interval.max(1));
+            let every = Duration::from_secs(sweep_interval.max(1));
             let maintenance = spawn_maintenance(&state, every);
             let app = router(state.clone());
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+            serve(listener, app, limits, shutdown()).await?;
             // What they have not finished stays owed in the store for the next start.
             dispatcher.abort();
             maintenance.abort();

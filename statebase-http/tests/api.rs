@@ -39,7 +39,12 @@ async fn serve(dir: Arc<tempfile::TempDir>, limit: u32, burst: u32) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(statebase_http::serve(
+        listener,
+        app,
+        statebase_http::Limits::default(),
+        std::future::pending(),
+    ));
     let http = reqwest::Client::new();
     let doc = http
         .get(format!("{url}/openapi.json"))

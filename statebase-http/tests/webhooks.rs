@@ -57,7 +57,12 @@ async fn receiver_at(addr: &str, fail_first: usize) -> (String, Received) {
     );
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(statebase_http::serve(
+        listener,
+        app,
+        statebase_http::Limits::default(),
+        std::future::pending(),
+    ));
     (url, got)
 }
 
@@ -129,7 +134,12 @@ async fn start_with(dispatch: bool) -> Server {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let sb = state.sb.clone();
     let app = router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(statebase_http::serve(
+        listener,
+        app,
+        statebase_http::Limits::default(),
+        std::future::pending(),
+    ));
     Server {
         url,
         http: reqwest::Client::new(),
@@ -618,7 +628,12 @@ async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let moved = format!("http://{}/moved", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(statebase_http::serve(
+        listener,
+        app,
+        statebase_http::Limits::default(),
+        std::future::pending(),
+    ));
 
     let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": moved})).await;
     let id = hook["id"].as_str().unwrap().to_owned();
