@@ -681,11 +681,20 @@ async fn http_round(connections: usize, n: usize, request: &MakeRequest) -> (f64
 async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.join("http.db")).unwrap());
-    let state = statebase_http::AppState::new(store, u32::MAX / 2, u32::MAX / 2);
+    let state = statebase_http::AppState::new(
+        store,
+        statebase_http::RateLimiter::new(statebase_http::Rate::new(u32::MAX / 2, u32::MAX / 2)),
+    );
     let key = "sb_benchbenchbenchbench00001";
     state
         .sb
-        .import_api_key("bench", "bench", key, Some(u32::MAX / 2), None)
+        .import_api_key(
+            "bench",
+            "bench",
+            key,
+            statebase_core::KeyLimits::per_minute(u32::MAX / 2),
+            None,
+        )
         .await
         .unwrap();
     let sb = state.sb.tenant("bench");

@@ -22,12 +22,35 @@ pub struct ApiKey {
     pub key_hash: String,
     /// Requests per minute; `None` follows the server's setting.
     pub rate_limit: Option<u32>,
+    /// Requests it may make at once before the per-minute rate applies; `None` follows
+    /// the server's setting.
+    #[serde(default)]
+    pub burst: Option<u32>,
     /// False once revoked.
     pub is_active: bool,
     /// When it was made.
     pub created_at: Timestamp,
     /// After this instant it no longer works.
     pub expires_at: Option<Timestamp>,
+}
+
+/// A key's own rate limit; what is `None` follows the server's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub rate_limit: Option<u32>,
+    /// Requests at once before the per-minute rate applies.
+    pub burst: Option<u32>,
+}
+
+impl KeyLimits {
+    /// `rate_limit` requests a minute, with the server's burst.
+    pub fn per_minute(rate_limit: u32) -> Self {
+        Self {
+            rate_limit: Some(rate_limit),
+            burst: None,
+        }
+    }
 }
 
 impl ApiKey {
@@ -59,7 +82,7 @@ impl<S: Store> StateBase<S> {
         &self,
         tenant: &str,
         name: &str,
-        rate_limit: Option<u32>,
+        limits: KeyLimits,
         expires_at: Option<Timestamp>,
     ) -> Result<(ApiKey, String)> {
         let secret = format!(
@@ -68,7 +91,7 @@ impl<S: Store> StateBase<S> {
             self.new_id("").as_str()
         );
         let key = self
-            .import_api_key(tenant, name, &secret, rate_limit, expires_at)
+            .import_api_key(tenant, name, &secret, limits, expires_at)
             .await?;
         Ok((key, secret))
     }
@@ -80,7 +103,7 @@ impl<S: Store> StateBase<S> {
         tenant: &str,
         name: &str,
         secret: &str,
-        rate_limit: Option<u32>,
+        limits: KeyLimits,
         expires_at: Option<Timestamp>,
     ) -> Result<ApiKey> {
         let tenant = self.identifier("tenant", tenant.to_owned())?;
@@ -100,7 +123,8 @@ impl<S: Store> StateBase<S> {
             name: name.to_owned(),
             key_prefix: secret.chars().take(7).collect(),
             key_hash: hash,
-            rate_limit: rate_limit.map(|r| r.max(1)),
+            rate_limit: limits.rate_limit.map(|r| r.max(1)),
+            burst: limits.burst.map(|b| b.max(1)),
             is_active: true,
             created_at: self.now(),
             expires_at,

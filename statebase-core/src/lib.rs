@@ -26,7 +26,7 @@ pub use error::{Error, ResourceKind, Result};
 pub use id::{IdSource, RandomIds};
 pub use index::{HnswConfig, HnswIndex, VectorIndex};
 pub use json::Object;
-pub use keys::{hash_secret, ApiKey};
+pub use keys::{hash_secret, ApiKey, KeyLimits};
 pub use memories::{DRIFT_THRESHOLD, MAX_MEMORY_CHARS};
 pub use memory::MemoryStore;
 pub use model::*;

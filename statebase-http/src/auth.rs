@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use statebase_core::{hash_secret, ApiKey, StateBase, Store};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,21 +51,104 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// Token buckets per key: `limit` tokens a minute, holding at most `burst`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    burst: u32,
-    default_limit: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
+/// A token bucket's size: `per_minute` tokens a minute, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens added a minute.
+    pub per_minute: u32,
+    /// Tokens held at most: requests that may come at once.
+    pub burst: u32,
 }
 
+impl Rate {
+    /// `per_minute` a minute in bursts of `burst` (each at least 1).
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_minute: per_minute.max(1),
+            burst: burst.max(1),
+        }
+    }
+
+    fn per_second(self) -> f64 {
+        f64::from(self.per_minute) / 60.0
+    }
+}
+
+/// Failed authentications allowed per client address: past them its requests are 429s
+/// unless their key is one the server already knows (so valid keys are never slowed).
+pub const AUTH_FAILURES: Rate = Rate {
+    per_minute: 30,
+    burst: 30,
+};
+
+/// The rate limits: a bucket per key (its own [`Rate`] or the server's), one per tenant
+/// that all its keys draw from too (so that minting keys does not multiply the limit),
+/// and one per client address for failed authentications.
 #[derive(Debug)]
+pub struct RateLimiter {
+    key_default: Rate,
+    tenant_budget: Option<Rate>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug, Default)]
+struct Buckets {
+    keys: HashMap<String, Bucket>,
+    tenants: HashMap<String, Bucket>,
+    failures: HashMap<IpAddr, Bucket>,
+    usage: HashMap<String, Usage>,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
-    /// Requests made with the key since the server started, and when the last was.
-    requests: u64,
-    last_used: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(rate.burst),
+            at: now,
+        }
+    }
+
+    /// Adds the tokens earned since the last call.
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second()).min(f64::from(rate.burst));
+        self.at = now;
+    }
+
+    /// Seconds until a token is there (0 if one is).
+    fn wait(&self, rate: Rate) -> u64 {
+        if self.tokens >= 1.0 {
+            0
+        } else {
+            ((1.0 - self.tokens) / rate.per_second()).ceil().max(1.0) as u64
+        }
+    }
+
+    fn decision(&self, rate: Rate, retry_after: Option<u64>) -> Decision {
+        Decision {
+            limit: rate.per_minute,
+            remaining: self.tokens.floor() as u32,
+            reset_in: ((f64::from(rate.burst) - self.tokens) / rate.per_second()).ceil() as u64,
+            retry_after,
+        }
+    }
+}
+
+/// The bucket of `id` in `map`, refilled to `now` (full when new).
+fn bucket<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Bucket>,
+    id: K,
+    rate: Rate,
+    now: Instant,
+) -> &mut Bucket {
+    let bucket = map.entry(id).or_insert_with(|| Bucket::full(rate, now));
+    bucket.refill(rate, now);
+    bucket
 }
 
 /// A key's use since the server started.
@@ -76,7 +160,7 @@ pub struct Usage {
     pub last_used: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// What a bucket said about one request.
+/// What the buckets said about one request.
 pub struct Decision {
     limit: u32,
     remaining: u32,
@@ -87,63 +171,100 @@ pub struct Decision {
 }
 
 impl RateLimiter {
-    /// Buckets of `burst` tokens; keys without their own limit get `default_limit` a minute.
-    pub fn new(default_limit: u32, burst: u32) -> Self {
+    /// Keys without their own rate get `key_default`; tenants have no budget of their own.
+    pub fn new(key_default: Rate) -> Self {
         Self {
-            burst: burst.max(1),
-            default_limit: default_limit.max(1),
-            buckets: Mutex::new(HashMap::new()),
+            key_default,
+            tenant_budget: None,
+            buckets: Mutex::default(),
         }
     }
 
-    /// Takes a token from the key's bucket, if there is one.
+    /// Every tenant's keys together get at most `budget`.
+    pub fn with_tenant_budget(mut self, budget: Rate) -> Self {
+        self.tenant_budget = Some(budget);
+        self
+    }
+
+    /// The rate of `key`: its own, or the server's where it has none.
+    pub fn rate_of(&self, key: &ApiKey) -> Rate {
+        Rate::new(
+            key.rate_limit.unwrap_or(self.key_default.per_minute),
+            key.burst.unwrap_or(self.key_default.burst),
+        )
+    }
+
+    /// Takes a token from the key's bucket and its tenant's, if both have one.
     pub fn check(&self, key: &ApiKey) -> Decision {
-        let limit = self.limit_of(key);
-        let per_second = f64::from(limit) / 60.0;
-        let capacity = f64::from(self.burst);
+        let rate = self.rate_of(key);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(key.id.clone()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-            requests: 0,
-            last_used: None,
-        });
-        bucket.requests += 1;
-        bucket.last_used = Some(chrono::Utc::now());
-        let elapsed = now.duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
-        bucket.at = now;
-        let retry_after = if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            None
-        } else {
-            Some(((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64)
-        };
-        Decision {
-            limit,
-            remaining: bucket.tokens.floor() as u32,
-            reset_in: ((capacity - bucket.tokens) / per_second).ceil() as u64,
-            retry_after,
+        let Buckets {
+            keys,
+            tenants,
+            usage,
+            ..
+        } = &mut *buckets;
+        let usage = usage.entry(key.id.clone()).or_default();
+        usage.requests += 1;
+        usage.last_used = Some(chrono::Utc::now());
+        let own = bucket(keys, key.id.clone(), rate, now);
+        let tenant = self
+            .tenant_budget
+            .map(|budget| (budget, bucket(tenants, key.tenant.clone(), budget, now)));
+        let wait = own
+            .wait(rate)
+            .max(tenant.as_ref().map_or(0, |(budget, t)| t.wait(*budget)));
+        let allowed = wait == 0;
+        if allowed {
+            own.tokens -= 1.0;
         }
+        let mut decision = own.decision(rate, (!allowed).then_some(wait));
+        if let Some((_, tenant)) = tenant {
+            if allowed {
+                tenant.tokens -= 1.0;
+            }
+            decision.remaining = decision.remaining.min(tenant.tokens.floor() as u32);
+        }
+        decision
     }
-}
 
-impl RateLimiter {
-    /// Requests per minute for `key`: its own limit, or the server's.
-    pub fn limit_of(&self, key: &ApiKey) -> u32 {
-        key.rate_limit.unwrap_or(self.default_limit)
+    /// Seconds the client at `ip` must wait before a key the server does not know is
+    /// looked up for it, if it has failed to authenticate too often.
+    pub fn auth_throttled(&self, ip: IpAddr) -> Option<u64> {
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.failures.get_mut(&ip)?;
+        bucket.refill(AUTH_FAILURES, Instant::now());
+        Some(bucket.wait(AUTH_FAILURES)).filter(|w| *w > 0)
+    }
+
+    /// Counts a failed authentication from `ip`; answers its bucket's state.
+    pub fn auth_failed(&self, ip: IpAddr) -> Decision {
+        /// Addresses tracked at most; past it, those whose bucket is full again go.
+        const ADDRESSES: usize = 100_000;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        if buckets.failures.len() >= ADDRESSES {
+            buckets.failures.retain(|_, b| {
+                b.refill(AUTH_FAILURES, now);
+                b.tokens < f64::from(AUTH_FAILURES.burst)
+            });
+            if buckets.failures.len() >= ADDRESSES {
+                buckets.failures.clear();
+            }
+        }
+        let bucket = bucket(&mut buckets.failures, ip, AUTH_FAILURES, now);
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        bucket.decision(AUTH_FAILURES, None)
     }
 
     /// How much a key has been used since the server started.
     pub fn usage(&self, key_id: &str) -> Usage {
         self.buckets
             .lock()
+            .usage
             .get(key_id)
-            .map(|b| Usage {
-                requests: b.requests,
-                last_used: b.last_used,
-            })
+            .copied()
             .unwrap_or_default()
     }
 }
@@ -162,6 +283,20 @@ impl KeyCache {
     /// Entries kept at most; past it the cache starts over.
     const CAPACITY: usize = 10_000;
 
+    /// What the cache knows of `secret`: `Some(Some(caller))` for a usable key,
+    /// `Some(None)` for one that no longer works, `None` if it must be looked up.
+    pub fn cached(&self, sb: &StateBase<Arc<dyn Store>>, secret: &str) -> Option<Option<Caller>> {
+        self.cached_hash(sb, &hash_secret(secret))
+    }
+
+    fn cached_hash(&self, sb: &StateBase<Arc<dyn Store>>, hash: &str) -> Option<Option<Caller>> {
+        let entries = self.entries.lock();
+        let (caller, _) = entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)?;
+        Some(caller.key.is_usable_at(sb.now()).then(|| caller.clone()))
+    }
+
     /// The caller whose usable key `secret` is, if any.
     pub async fn authenticate(
         &self,
@@ -169,14 +304,8 @@ impl KeyCache {
         secret: &str,
     ) -> statebase_core::Result<Option<Caller>> {
         let hash = hash_secret(secret);
-        let cached = self
-            .entries
-            .lock()
-            .get(&hash)
-            .filter(|(_, at)| at.elapsed() < Self::TTL)
-            .map(|(caller, _)| caller.clone());
-        if let Some(caller) = cached {
-            return Ok(caller.key.is_usable_at(sb.now()).then_some(caller));
+        if let Some(cached) = self.cached_hash(sb, &hash) {
+            return Ok(cached);
         }
         let Some(key) = sb.authenticate(secret).await? else {
             return Ok(None);
@@ -218,14 +347,33 @@ fn add_headers(headers: &mut HeaderMap, d: &Decision) {
 }
 
 /// Authenticates the request, applies the key's rate limit, and adds the rate-limit headers
-/// to whatever the handler answers.
+/// to whatever the handler answers. A client address that keeps sending wrong keys gets
+/// 429s instead of store look-ups, while keys the server knows still pass.
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(secret) = secret(req.headers()) else {
         return ApiError::unauthenticated().into_response();
     };
-    let caller = match app.keys.authenticate(&app.sb, secret).await {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let throttled = peer.and_then(|ip| app.limiter.auth_throttled(ip));
+    let found = match throttled {
+        Some(wait) => match app.keys.cached(&app.sb, secret) {
+            Some(Some(caller)) => Ok(Some(caller)),
+            _ => return ApiError::rate_limited(wait).into_response(),
+        },
+        None => app.keys.authenticate(&app.sb, secret).await,
+    };
+    let caller = match found {
         Ok(Some(caller)) => caller,
-        Ok(None) => return ApiError::unauthenticated().into_response(),
+        Ok(None) => {
+            let mut response = ApiError::unauthenticated().into_response();
+            if let Some(ip) = peer {
+                add_headers(response.headers_mut(), &app.limiter.auth_failed(ip));
+            }
+            return response;
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     let decision = app.limiter.check(&caller.key);

@@ -119,6 +119,11 @@ impl ApiError {
         )
     }
 
+    /// 409: an action that needs its explicit confirmation.
+    pub fn confirmation_required(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "confirmation_required", message)
+    }
+
     /// 404 for an unknown route.
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "resource_not_found", "no such route")

@@ -16,7 +16,7 @@ mod server;
 pub mod webhooks;
 mod wire;
 
-pub use auth::{KeyCache, RateLimiter};
+pub use auth::{KeyCache, Rate, RateLimiter, AUTH_FAILURES};
 pub use error::ApiError;
 pub use server::{serve, Limits};
 
@@ -68,16 +68,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State over `store` (timed for `/metrics`) with `limit` requests a minute per key and
-    /// bursts of `burst`.
-    pub fn new(store: Arc<dyn Store>, limit: u32, burst: u32) -> Self {
+    /// State over `store` (timed for `/metrics`) under the rate limits of `limiter`.
+    pub fn new(store: Arc<dyn Store>, limiter: RateLimiter) -> Self {
         let metrics: Arc<observe::Metrics> = Arc::default();
         let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self(Arc::new(Shared {
             idempotency: Arc::new(idempotency::Idempotency::new(observed.clone())),
             sb: StateBase::new(observed),
             keys: auth::KeyCache::default(),
-            limiter: RateLimiter::new(limit, burst),
+            limiter,
             metrics,
             started: Instant::now(),
             openapi: std::sync::OnceLock::new(),

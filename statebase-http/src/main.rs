@@ -1,8 +1,10 @@
 //! `statebase`: serve the StateBase `/v1` API, and manage its API keys.
 
 use clap::{Parser, Subcommand};
-use statebase_core::{StateBase, Store};
-use statebase_http::{router, serve, spawn_maintenance, webhooks, AppState, Limits};
+use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_http::{
+    router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +66,12 @@ enum Command {
         /// The most requests a key may make at once before the per-minute rate applies.
         #[arg(long, default_value_t = 200)]
         burst: u32,
+        /// Requests per minute of all of a tenant's keys together.
+        #[arg(long, default_value_t = 1000)]
+        tenant_rate_limit: u32,
+        /// The most requests all of a tenant's keys may make at once.
+        #[arg(long, default_value_t = 2000)]
+        tenant_burst: u32,
         /// Seconds between two sweeps of expired sessions (and old idempotent responses).
         #[arg(long, default_value_t = 60)]
         sweep_interval: u64,
@@ -152,9 +160,13 @@ enum KeyAction {
         /// A label.
         #[arg(long, default_value = "cli")]
         name: String,
-        /// Requests per minute.
+        /// Requests per minute (default: the server's `--rate-limit`).
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// Requests at once before the per-minute rate applies (default: the server's
+        /// `--burst`).
+        #[arg(long)]
+        burst: Option<u32>,
     },
     /// List keys (never their secrets).
     List {
@@ -241,21 +253,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             api_keys,
             rate_limit,
             burst,
+            tenant_rate_limit,
+            tenant_burst,
             sweep_interval,
             webhook_interval_ms,
             limits,
         } => {
             let limits = limits.limits()?;
             raise_file_limit();
-            let state = AppState::new(open(&db)?, rate_limit, burst);
+            let limiter = RateLimiter::new(Rate::new(rate_limit, burst))
+                .with_tenant_budget(Rate::new(tenant_rate_limit, tenant_burst));
+            let state = AppState::new(open(&db)?, limiter);
             let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));
-                sb.import_api_key(tenant, "provisioned", secret, None, None)
+                sb.import_api_key(tenant, "provisioned", secret, KeyLimits::default(), None)
                     .await?;
             }
             if sb.list_api_keys(None).await?.is_empty() {
-                let (key, secret) = sb.create_api_key("default", "dev", None, None).await?;
+                let (key, secret) = sb
+                    .create_api_key("default", "dev", KeyLimits::default(), None)
+                    .await?;
                 println!("No API key in {db}: created one for tenant {}.", key.tenant);
                 println!("  X-API-Key: {secret}");
                 println!("It is shown only now; `statebase keys create` makes more.");
@@ -307,8 +325,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     tenant,
                     name,
                     rate_limit,
+                    burst,
                 } => {
-                    let (key, secret) = sb.create_api_key(&tenant, &name, rate_limit, None).await?;
+                    let limits = KeyLimits { rate_limit, burst };
+                    let (key, secret) = sb.create_api_key(&tenant, &name, limits, None).await?;
                     println!("{} {} {}", key.id, key.tenant, secret);
                 }
                 KeyAction::List { tenant } => {

@@ -723,6 +723,8 @@ pub struct KeyOut<'a> {
     is_active: bool,
     /// Requests a minute.
     rate_limit: u32,
+    /// Requests at once before the per-minute rate applies.
+    burst: u32,
     created_at: chrono::DateTime<chrono::Utc>,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The last request with it since the server started.
@@ -736,12 +738,14 @@ pub struct KeyOut<'a> {
 impl<'a> KeyOut<'a> {
     fn new(app: &AppState, k: &'a ApiKey, full_key: Option<&'a str>) -> Self {
         let usage = app.limiter.usage(&k.id);
+        let rate = app.limiter.rate_of(k);
         Self {
             id: &k.id,
             key_prefix: &k.key_prefix,
             name: &k.name,
             is_active: k.is_active,
-            rate_limit: app.limiter.limit_of(k),
+            rate_limit: rate.per_minute,
+            burst: rate.burst,
             created_at: k.created_at,
             expires_at: k.expires_at,
             last_used_at: usage.last_used,
@@ -764,14 +768,21 @@ pub async fn list_keys(State(app): State<AppState>, Extension(caller): Extension
 /// A new key.
 #[derive(Deserialize, ToSchema)]
 pub struct KeyBody {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
-    /// Requests a minute (default the server's).
+    /// Requests a minute, at most the calling key's (default the calling key's).
+    #[schema(minimum = 1)]
     rate_limit: Option<u32>,
+    /// Requests at once, at most the calling key's (default the calling key's).
+    #[schema(minimum = 1)]
+    burst: Option<u32>,
     /// Days until it expires, 1..=3650 (default never).
+    #[schema(minimum = 1, maximum = 3650)]
     expires_days: Option<i64>,
 }
 
-/// A new key for the caller's tenant; its secret is in `full_key`, this once.
+/// A new key for the caller's tenant; its secret is in `full_key`, this once. It gets at
+/// most the calling key's rate and burst, so that no key can raise its own limits.
 #[utoipa::path(post, path = "/dashboard/keys", request_body = KeyBody,
     responses((status = 200, body = KeyOut)))]
 pub async fn create_key(
@@ -781,7 +792,7 @@ pub async fn create_key(
 ) -> Reply {
     let expires_at = match b.expires_days {
         None => None,
-        Some(d @ 1..=3650) => Some(chrono::Utc::now() + chrono::Duration::days(d)),
+        Some(d @ 1..=3650) => Some(caller.sb.now() + chrono::Duration::days(d)),
         Some(d) => {
             return Err(ApiError::validation(
                 "expires_days",
@@ -790,20 +801,50 @@ pub async fn create_key(
             ))
         }
     };
+    let own = app.limiter.rate_of(&caller.key);
+    let at_most = |field: &str, asked: Option<u32>, most: u32| match asked {
+        Some(n) if n > most => Err(ApiError::validation(
+            field,
+            "body",
+            format!("{n} is over the calling key's {most}: a key cannot raise its own limits"),
+        )),
+        // Unset, a new key follows what limits the calling key (its own or the server's).
+        Some(n) => Ok(Some(n)),
+        None => Ok(None),
+    };
+    let limits = KeyLimits {
+        rate_limit: at_most("rate_limit", b.rate_limit, own.per_minute)?.or(caller.key.rate_limit),
+        burst: at_most("burst", b.burst, own.burst)?.or(caller.key.burst),
+    };
     let (key, secret) = app
         .sb
-        .create_api_key(&caller.key.tenant, &b.name, b.rate_limit, expires_at)
+        .create_api_key(&caller.key.tenant, &b.name, limits, expires_at)
         .await?;
     ok(KeyOut::new(&app, &key, Some(&secret)))
 }
 
-/// Revoke a key of the caller's tenant.
-#[utoipa::path(delete, path = "/dashboard/keys/{id}", responses((status = 204)))]
+/// Revoking the calling key itself needs `confirm=true`.
+#[derive(Deserialize, IntoParams)]
+pub struct RevokeQuery {
+    /// Must be true to revoke the key that makes this request.
+    confirm: Option<bool>,
+}
+
+/// Revoke a key of the caller's tenant (the calling key itself only with `?confirm=true`).
+#[utoipa::path(delete, path = "/dashboard/keys/{id}", params(RevokeQuery),
+    responses((status = 204), (status = 409, body = crate::error::ErrorBody,
+        description = "the calling key, without confirm=true")))]
 pub async fn revoke_key(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(q): Query<RevokeQuery>,
 ) -> Reply {
+    if id == caller.key.id && q.confirm != Some(true) {
+        return Err(ApiError::confirmation_required(
+            "this is the key making the request: add ?confirm=true to revoke it",
+        ));
+    }
     app.sb.revoke_api_key(&id, Some(&caller.key.tenant)).await?;
     app.keys.forget(&id);
     no_content()

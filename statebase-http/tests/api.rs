@@ -2,8 +2,8 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use statebase_core::{StateBase, Store};
-use statebase_http::{router, AppState};
+use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_http::{router, AppState, Rate, RateLimiter};
 use std::sync::Arc;
 
 const KEY_A: &str = "sb_tenantakeytenantakey0001";
@@ -20,10 +20,14 @@ struct Server {
 }
 
 async fn start(limit: u32, burst: u32) -> Server {
-    let srv = serve(Arc::new(tempfile::tempdir().unwrap()), limit, burst).await;
+    start_with(RateLimiter::new(Rate::new(limit, burst))).await
+}
+
+async fn start_with(limiter: RateLimiter) -> Server {
+    let srv = serve(Arc::new(tempfile::tempdir().unwrap()), limiter).await;
     for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
         srv.sb
-            .import_api_key(tenant, "test", key, None, None)
+            .import_api_key(tenant, "test", key, KeyLimits::default(), None)
             .await
             .unwrap();
     }
@@ -31,10 +35,10 @@ async fn start(limit: u32, burst: u32) -> Server {
 }
 
 /// A server (with nothing of its own in memory) over the SQLite file in `dir`.
-async fn serve(dir: Arc<tempfile::TempDir>, limit: u32, burst: u32) -> Server {
+async fn serve(dir: Arc<tempfile::TempDir>, limiter: RateLimiter) -> Server {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
-    let state = AppState::new(store, limit, burst);
+    let state = AppState::new(store, limiter);
     let sb = state.sb.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -806,7 +810,7 @@ async fn rate_limits_answer_429_with_headers_per_key() {
     // A key with its own limit keeps it, even one equal to the usual 100.
     let own = "sb_ownlimitownlimitownlim001";
     srv.sb
-        .import_api_key("a", "own", own, Some(100), None)
+        .import_api_key("a", "own", own, KeyLimits::per_minute(100), None)
         .await
         .unwrap();
     let (_, _, h) = srv.call(Some(own), Method::GET, "/v1/sessions", None).await;
@@ -1050,7 +1054,7 @@ async fn if_match_and_idempotency_keys() {
     assert_ne!(b.json::<Value>().await.unwrap()["id"], first["id"]);
 
     // Kept in the store: a server started afresh on the same file still replays it.
-    let again = serve(srv.dir.clone(), 1000, 1000).await;
+    let again = serve(srv.dir.clone(), RateLimiter::new(Rate::new(1000, 1000))).await;
     let replayed = again
         .http
         .post(format!("{}/v1/sessions", again.url))
@@ -1313,4 +1317,171 @@ async fn a_store_failure_is_a_500_that_keeps_its_details_in_the_log() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_key_cannot_mint_a_key_above_its_own_limits() {
+    let srv = start(1000, 1000).await;
+    let small = "sb_smalllimitsmalllimit0001";
+    let limits = KeyLimits {
+        rate_limit: Some(60),
+        burst: Some(10),
+    };
+    srv.sb
+        .import_api_key("a", "small", small, limits, None)
+        .await
+        .unwrap();
+    let mint = |body: Value| srv.call(Some(small), Method::POST, "/v1/dashboard/keys", Some(body));
+    for (body, field) in [
+        (
+            json!({"name": "big", "rate_limit": 1_000_000}),
+            "rate_limit",
+        ),
+        (json!({"name": "wide", "burst": 11}), "burst"),
+    ] {
+        let (s, v, _) = mint(body).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+        );
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    // Unset, a new key takes the calling key's limits, not the server's larger ones.
+    let (s, made, _) = mint(json!({"name": "child"})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (made["rate_limit"].as_u64(), made["burst"].as_u64()),
+        (Some(60), Some(10))
+    );
+    let (s, lower, _) = mint(json!({"name": "lower", "rate_limit": 30, "burst": 2})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (lower["rate_limit"].as_u64(), lower["burst"].as_u64()),
+        (Some(30), Some(2))
+    );
+    let child = made["full_key"].as_str().unwrap().to_owned();
+    let (s, v, _) = srv
+        .call(
+            Some(&child),
+            Method::POST,
+            "/v1/dashboard/keys",
+            Some(json!({"name": "grandchild", "rate_limit": 61})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+}
+
+#[tokio::test]
+async fn all_of_a_tenants_keys_share_its_budget() {
+    let srv =
+        start_with(RateLimiter::new(Rate::new(1000, 1000)).with_tenant_budget(Rate::new(60, 5)))
+            .await;
+    let list = |key: &'static str| srv.call(Some(key), Method::GET, "/v1/sessions", None);
+    for key in [KEY_A, KEY_A2, KEY_A, KEY_A2, KEY_A] {
+        assert_eq!(list(key).await.0, StatusCode::OK);
+    }
+    let (s, v, h) = list(KEY_A2).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
+    );
+    assert!(h.contains_key("retry-after"));
+    // Minting more keys does not add to the budget.
+    let (s, made, _) = srv
+        .call(
+            Some(KEY_A),
+            Method::POST,
+            "/v1/dashboard/keys",
+            Some(json!({"name": "more"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{made}");
+    let fresh = "sb_freshkeyfreshkeyfresh001";
+    srv.sb
+        .import_api_key("a", "fresh", fresh, KeyLimits::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(list(fresh).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another tenant has its own.
+    assert_eq!(list(KEY_B).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_calling_key_is_revoked_only_when_confirmed() {
+    let srv = start(1000, 1000).await;
+    let (_, keys) = srv.a(Method::GET, "/v1/dashboard/keys", None).await;
+    let mine = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_prefix"] == KEY_A[..7] && k["name"] == "test")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/dashboard/keys/{mine}");
+    for refused in [path.clone(), format!("{path}?confirm=false")] {
+        let (s, v) = srv.a(Method::DELETE, &refused, None).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::CONFLICT, "confirmation_required")
+        );
+    }
+    assert_eq!(
+        srv.a(Method::GET, "/v1/sessions", None).await.0,
+        StatusCode::OK
+    );
+    let (s, _) = srv
+        .a(Method::DELETE, &format!("{path}?confirm=true"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        srv.a(Method::GET, "/v1/sessions", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn wrong_keys_from_one_address_are_throttled_without_slowing_known_keys() {
+    let srv = start(100_000, 100_000).await;
+    // Known to the server before the flood.
+    assert_eq!(
+        srv.a(Method::GET, "/v1/sessions", None).await.0,
+        StatusCode::OK
+    );
+    let wrong = |i: u32| format!("sb_wrongkeywrongkey{i:08}");
+    for i in 0..statebase_http::AUTH_FAILURES.burst {
+        let (s, _, h) = srv
+            .call(Some(&wrong(i)), Method::GET, "/v1/sessions", None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "wrong key {i}");
+        assert!(h.contains_key("x-ratelimit-remaining"));
+    }
+    let (s, v, h) = srv
+        .call(Some(&wrong(999)), Method::GET, "/v1/sessions", None)
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
+    );
+    assert!(h.contains_key("retry-after"));
+    // The right key still works from the same address, at full speed.
+    for _ in 0..20 {
+        assert_eq!(
+            srv.a(Method::GET, "/v1/sessions", None).await.0,
+            StatusCode::OK
+        );
+    }
+    // Another address is not throttled.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let res = elsewhere
+        .get(format!("{}/v1/sessions", srv.url))
+        .header("X-API-Key", wrong(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }

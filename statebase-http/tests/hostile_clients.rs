@@ -1,8 +1,8 @@
 //! Slow, silent and numerous clients on raw sockets against a real server on 127.0.0.1:
 //! each is cut off by its bound, and a normal client is served meanwhile.
 
-use statebase_core::{StateBase, Store};
-use statebase_http::{router, serve, AppState, Limits};
+use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_http::{router, serve, AppState, Limits, Rate, RateLimiter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,10 +31,10 @@ async fn start(limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("h.db")).unwrap());
-    let state = AppState::new(store, 100_000, 100_000);
+    let state = AppState::new(store, RateLimiter::new(Rate::new(100_000, 100_000)));
     state
         .sb
-        .import_api_key("t", "test", KEY, None, None)
+        .import_api_key("t", "test", KEY, KeyLimits::default(), None)
         .await
         .unwrap();
     let sb = state.sb.clone();

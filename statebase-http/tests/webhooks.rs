@@ -7,8 +7,8 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use statebase_core::Store;
-use statebase_http::{router, webhooks, AppState};
+use statebase_core::{KeyLimits, Store};
+use statebase_http::{router, webhooks, AppState, Rate, RateLimiter};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,11 +118,11 @@ async fn start_with(dispatch: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("hooks.db")).unwrap());
-    let state = AppState::new(store, 10_000, 10_000);
+    let state = AppState::new(store, RateLimiter::new(Rate::new(10_000, 10_000)));
     for (tenant, key) in [("a", KEY_A), ("b", KEY_B), ("a/b", KEY_AB)] {
         state
             .sb
-            .import_api_key(tenant, "test", key, None, None)
+            .import_api_key(tenant, "test", key, KeyLimits::default(), None)
             .await
             .unwrap();
     }

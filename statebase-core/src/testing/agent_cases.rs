@@ -4,8 +4,8 @@ use super::{Env, StoreFactory};
 use crate::store::Store;
 use crate::{
     action, AddMemory, AddTurn, ContextRequest, CreateSession, ForkFrom, HashEmbedder,
-    HistoryQuery, ListMemories, ListTraces, ListTurns, Memory, Order, Result, SearchMemories,
-    Session, StateBase, UpdateMemory, VersionChange, MAX_MEMORY_CHARS,
+    HistoryQuery, KeyLimits, ListMemories, ListTraces, ListTurns, Memory, Order, Result,
+    SearchMemories, Session, StateBase, UpdateMemory, VersionChange, MAX_MEMORY_CHARS,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
@@ -1011,7 +1011,15 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
     let (a, b, imported) = {
         let sb = env.sb();
         let (a, secret) = sb
-            .create_api_key("acme", "ci", Some(10), None)
+            .create_api_key(
+                "acme",
+                "ci",
+                KeyLimits {
+                    rate_limit: Some(10),
+                    burst: Some(20),
+                },
+                None,
+            )
             .await
             .unwrap();
         assert!(secret.starts_with("sb_") && secret.len() == 27, "{secret}");
@@ -1019,8 +1027,8 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         assert_eq!(
-            (a.tenant.as_str(), a.rate_limit, a.is_active),
-            ("acme", Some(10), true)
+            (a.tenant.as_str(), a.rate_limit, a.burst, a.is_active),
+            ("acme", Some(10), Some(20), true)
         );
         assert!(!a.key_hash.contains(&secret[3..]));
         assert_eq!(sb.authenticate(&secret).await.unwrap(), Some(a.clone()));
@@ -1032,11 +1040,12 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
         );
         let expires = super::epoch() + chrono::Duration::seconds(61);
         let (b, b_secret) = sb
-            .create_api_key("other", "short", None, Some(expires))
+            .create_api_key("other", "short", KeyLimits::default(), Some(expires))
             .await
             .unwrap();
         assert_eq!(
-            b.rate_limit, None,
+            (b.rate_limit, b.burst),
+            (None, None),
             "no limit of its own: the server's applies"
         );
         env.advance(1);
@@ -1045,7 +1054,7 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
                 "acme",
                 "provisioned",
                 "sb_provisionedkey0000000001",
-                None,
+                KeyLimits::default(),
                 None,
             )
             .await
@@ -1055,14 +1064,17 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
                 "acme",
                 "renamed",
                 "sb_provisionedkey0000000001",
-                Some(5),
+                KeyLimits::per_minute(5),
                 None,
             )
             .await
             .unwrap();
         assert_eq!(again, imported);
         assert_eq!(
-            code(sb.import_api_key("acme", "x", "short", None, None).await),
+            code(
+                sb.import_api_key("acme", "x", "short", KeyLimits::default(), None)
+                    .await
+            ),
             "invalid_request"
         );
         env.advance(60);
@@ -1084,6 +1096,8 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
         code(sb.revoke_api_key(&a.id, Some("other")).await),
         "key_not_found"
     );
+    let a_stored = sb.store().api_key_by_hash(&a.key_hash).await.unwrap();
+    assert_eq!(a_stored.as_ref(), Some(&a), "its limits survive a reopen");
     let revoked = sb.revoke_api_key(&a.id, Some("acme")).await.unwrap();
     assert!(!revoked.is_active);
     let stored = sb
