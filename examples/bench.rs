@@ -684,6 +684,7 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let state = statebase_http::AppState::new(
         store,
         statebase_http::RateLimiter::new(statebase_http::Rate::new(u32::MAX / 2, u32::MAX / 2)),
+        statebase_http::Targets::Public,
     );
     let key = "sb_benchbenchbenchbench00001";
     state

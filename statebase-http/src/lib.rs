@@ -11,6 +11,7 @@ mod extract;
 mod idempotency;
 mod observe;
 mod openapi;
+mod outbound;
 mod routes;
 mod server;
 pub mod webhooks;
@@ -18,6 +19,7 @@ mod wire;
 
 pub use auth::{KeyCache, Rate, RateLimiter, AUTH_FAILURES};
 pub use error::ApiError;
+pub use outbound::{is_public, Targets};
 pub use server::{serve, Limits};
 
 use axum::body::Bytes;
@@ -55,6 +57,8 @@ pub struct Shared {
     pub idempotency: Arc<idempotency::Idempotency>,
     /// When the server started.
     pub started: Instant,
+    /// The addresses webhooks may be sent to.
+    pub webhook_targets: Targets,
     /// `/openapi.json`, made by [`router`].
     openapi: std::sync::OnceLock<Bytes>,
 }
@@ -68,8 +72,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State over `store` (timed for `/metrics`) under the rate limits of `limiter`.
-    pub fn new(store: Arc<dyn Store>, limiter: RateLimiter) -> Self {
+    /// State over `store` (timed for `/metrics`) under the rate limits of `limiter`,
+    /// taking webhook endpoints only at addresses `webhook_targets` allows.
+    pub fn new(store: Arc<dyn Store>, limiter: RateLimiter, webhook_targets: Targets) -> Self {
         let metrics: Arc<observe::Metrics> = Arc::default();
         let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self(Arc::new(Shared {
@@ -79,9 +84,24 @@ impl AppState {
             limiter,
             metrics,
             started: Instant::now(),
+            webhook_targets,
             openapi: std::sync::OnceLock::new(),
         }))
     }
+}
+
+/// True if `E` is somewhere in `e`'s chain of causes.
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<E>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Every record of `space` under `prefix`, read a page at a time.

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use statebase_core::{KeyLimits, StateBase, Store};
 use statebase_http::{
-    router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter,
+    router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter, Targets,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +78,10 @@ enum Command {
         /// Milliseconds between two rounds of webhook deliveries.
         #[arg(long, default_value_t = 500)]
         webhook_interval_ms: u64,
+        /// Let webhooks reach loopback, private and other internal addresses (for
+        /// development and tests; never on a server others can reach).
+        #[arg(long)]
+        allow_private_webhooks: bool,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -86,6 +90,10 @@ enum Command {
         /// `sqlite:PATH` or `sled:DIR`.
         #[arg(long, default_value = "sqlite:./statebase.db")]
         db: String,
+        /// Accept endpoints at loopback, private and other internal addresses (a server
+        /// delivers to them only with `serve --allow-private-webhooks`).
+        #[arg(long)]
+        allow_private: bool,
         #[command(subcommand)]
         action: WebhookAction,
     },
@@ -223,6 +231,14 @@ fn open(db: &str) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
     })
 }
 
+fn webhook_targets(allow_private: bool) -> Targets {
+    if allow_private {
+        Targets::Any
+    } else {
+        Targets::Public
+    }
+}
+
 async fn shutdown() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -257,13 +273,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tenant_burst,
             sweep_interval,
             webhook_interval_ms,
+            allow_private_webhooks,
             limits,
         } => {
             let limits = limits.limits()?;
+            let targets = webhook_targets(allow_private_webhooks);
             raise_file_limit();
             let limiter = RateLimiter::new(Rate::new(rate_limit, burst))
                 .with_tenant_budget(Rate::new(tenant_rate_limit, tenant_burst));
-            let state = AppState::new(open(&db)?, limiter);
+            let state = AppState::new(open(&db)?, limiter, targets);
             let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));
@@ -281,7 +299,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
             let every = Duration::from_millis(webhook_interval_ms.max(10));
-            let dispatcher = webhooks::Dispatcher::new(state.sb.clone()).spawn(every);
+            let dispatcher = webhooks::Dispatcher::new(state.sb.clone(), targets).spawn(every);
             let every = Duration::from_secs(sweep_interval.max(1));
             let maintenance = spawn_maintenance(&state, every);
             let app = router(state.clone());
@@ -290,7 +308,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             dispatcher.abort();
             maintenance.abort();
         }
-        Command::Webhooks { db, action } => {
+        Command::Webhooks {
+            db,
+            allow_private,
+            action,
+        } => {
             let sb = StateBase::new(open(&db)?);
             match action {
                 WebhookAction::Create {
@@ -299,7 +321,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     events,
                     secret,
                 } => {
-                    let e = webhooks::create(&sb, &tenant, &url, events, secret).await?;
+                    let targets = webhook_targets(allow_private);
+                    let e = webhooks::create(&sb, &tenant, &url, events, secret, targets).await?;
                     println!("{} {} {} {}", e.id, e.tenant, e.url, e.secret);
                 }
                 WebhookAction::List { tenant } => {

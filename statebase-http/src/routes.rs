@@ -1027,16 +1027,21 @@ pub struct WebhookBody {
 /// Send the tenant's events to a URL, signed.
 #[utoipa::path(post, path = "/webhooks", request_body = WebhookBody,
     responses((status = 201, body = EndpointOut)))]
-pub async fn create_webhook(Tenant(sb): Tenant, Body(b): Body<WebhookBody>) -> Reply {
-    let e = webhooks::create(&sb, sb.tenant_id(), &b.url, b.events, b.secret).await?;
-    created(EndpointOut::from(&e))
+pub async fn create_webhook(
+    State(app): State<AppState>,
+    Tenant(sb): Tenant,
+    Body(b): Body<WebhookBody>,
+) -> Reply {
+    let targets = app.webhook_targets;
+    let e = webhooks::create(&sb, sb.tenant_id(), &b.url, b.events, b.secret, targets).await?;
+    created(EndpointOut::created(&e))
 }
 
 /// The tenant's webhook endpoints.
 #[utoipa::path(get, path = "/webhooks", responses((status = 200, body = ListOut<EndpointOut>)))]
 pub async fn list_webhooks(Tenant(sb): Tenant) -> Reply {
     let all = webhooks::list(&sb, Some(sb.tenant_id())).await?;
-    ok(ListOut::all(all.iter().map(EndpointOut::from).collect()))
+    ok(ListOut::all(all.iter().map(EndpointOut::listed).collect()))
 }
 
 /// Stop sending events to an endpoint.

@@ -364,7 +364,7 @@ async fn deadlines(
     let read = axum::body::to_bytes(body, crate::MAX_BODY_BYTES);
     let bytes = match tokio::time::timeout(limits.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) if is_too_large(&e) => {
+        Ok(Err(e)) if crate::caused_by::<http_body_util::LengthLimitError>(&e) => {
             return ApiError::too_large(crate::MAX_BODY_BYTES).into_response()
         }
         Ok(Err(_)) => {
@@ -377,15 +377,4 @@ async fn deadlines(
         Ok(response) => response,
         Err(_) => ApiError::request_timeout(limits.request_timeout).into_response(),
     }
-}
-
-fn is_too_large(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }

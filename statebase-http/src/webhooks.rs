@@ -9,6 +9,7 @@
 //!   event to one endpoint, while it is owed and once it is delivered or given up;
 //! - `cursor`: the last feed position turned into deliveries (written with them).
 
+use crate::outbound::{CheckedResolver, NotPublic, Targets};
 use crate::wire;
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
@@ -82,20 +83,33 @@ pub struct EndpointOut<'a> {
     url: &'a str,
     /// The event types it receives; empty means all.
     events: &'a [String],
-    /// The HMAC key of its signatures.
-    secret: &'a str,
+    /// The HMAC key of its signatures: in the answer that creates it, and never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+    /// The secret's first characters, to recognise it.
+    secret_prefix: String,
     created_at: DateTime<Utc>,
 }
 
-impl<'a> From<&'a Endpoint> for EndpointOut<'a> {
-    fn from(e: &'a Endpoint) -> Self {
+impl<'a> EndpointOut<'a> {
+    /// As listed: the secret masked.
+    pub fn listed(e: &'a Endpoint) -> Self {
         Self {
             object: "webhook_endpoint",
             id: &e.id,
             url: &e.url,
             events: &e.events,
-            secret: &e.secret,
+            secret: None,
+            secret_prefix: format!("{}…", e.secret.chars().take(10).collect::<String>()),
             created_at: e.created_at,
+        }
+    }
+
+    /// As just created: with the whole secret, this once.
+    pub fn created(e: &'a Endpoint) -> Self {
+        Self {
+            secret: Some(&e.secret),
+            ..Self::listed(e)
         }
     }
 }
@@ -198,17 +212,25 @@ async fn scan(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>
     crate::scan_all_meta(store, SPACE, prefix).await
 }
 
-/// Makes an endpoint of `tenant`.
+/// Makes an endpoint of `tenant`, refusing a URL whose address `targets` does not allow.
 pub async fn create(
     sb: &Sb,
     tenant: &str,
     url: &str,
     events: Vec<String>,
     secret: Option<String>,
+    targets: Targets,
 ) -> Result<Endpoint> {
     let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid("url", e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(Error::invalid("url", "must be an http or https URL"));
+    }
+    if targets.check_url(&parsed).await.is_err() {
+        return Err(Error::invalid(
+            "url",
+            "must reach a public address: loopback, private, link-local and other \
+             internal addresses are refused",
+        ));
     }
     if let Some(bad) = events
         .iter()
@@ -402,6 +424,14 @@ async fn memory_as_of(sb: &Sb, t: &Trace) -> Result<Memory> {
 
 /// The error and what caused it ("error sending request …: operation timed out"): the
 /// first alone rarely says what went wrong.
+/// Why an attempt got no answer.
+enum Refused {
+    /// The endpoint's address is not one the dispatcher may reach.
+    NotPublic,
+    /// Sending failed.
+    Failed(reqwest::Error),
+}
+
 fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
@@ -417,23 +447,29 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 pub struct Dispatcher {
     sb: Sb,
     http: reqwest::Client,
+    targets: Targets,
 }
 
 impl Dispatcher {
-    /// A dispatcher over the server's statebase (whose clock times the retries), giving
-    /// each attempt [`DELIVERY_TIMEOUT`].
-    pub fn new(sb: Sb) -> Self {
-        Self::with_timeout(sb, DELIVERY_TIMEOUT)
+    /// A dispatcher over the server's statebase (whose clock times the retries) that
+    /// delivers only to addresses `targets` allows, giving each attempt
+    /// [`DELIVERY_TIMEOUT`].
+    pub fn new(sb: Sb, targets: Targets) -> Self {
+        Self::with_timeout(sb, targets, DELIVERY_TIMEOUT)
     }
 
     /// [`Dispatcher::new`], giving each attempt `timeout` to be answered.
-    pub fn with_timeout(sb: Sb, timeout: std::time::Duration) -> Self {
+    pub fn with_timeout(sb: Sb, targets: Targets, timeout: std::time::Duration) -> Self {
+        // No proxy from the environment and no redirects: the address checked is the one
+        // reached.
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(CheckedResolver(targets)))
             .build()
             .expect("a default HTTP client builds");
-        Self { sb, http }
+        Self { sb, http, targets }
     }
 
     /// Runs [`Dispatcher::step`] every `interval`, forever.
@@ -581,14 +617,20 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// One attempt, and its outcome recorded; true once the delivery is done with (delivered
-    /// or given up), so that the session's next event may go.
-    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<bool> {
-        let body = encode(&d.event)?;
-        let now = self.sb.now();
-        let result = self
-            .http
-            .post(&endpoint.url)
+    /// POSTs the delivery's event, unless the endpoint's address is not allowed.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        d: &Delivery,
+        now: DateTime<Utc>,
+        body: Vec<u8>,
+    ) -> std::result::Result<reqwest::Response, Refused> {
+        let url = reqwest::Url::parse(&endpoint.url).map_err(|_| Refused::NotPublic)?;
+        self.targets
+            .check_literal(&url)
+            .map_err(|_| Refused::NotPublic)?;
+        self.http
+            .post(url)
             .header("content-type", "application/json")
             .header("user-agent", "statebase-webhooks")
             .header(
@@ -602,7 +644,22 @@ impl Dispatcher {
             )
             .body(body)
             .send()
-            .await;
+            .await
+            .map_err(|e| {
+                if crate::caused_by::<NotPublic>(&e) {
+                    Refused::NotPublic
+                } else {
+                    Refused::Failed(e)
+                }
+            })
+    }
+
+    /// One attempt, and its outcome recorded; true once the delivery is done with (delivered
+    /// or given up), so that the session's next event may go.
+    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<bool> {
+        let body = encode(&d.event)?;
+        let now = self.sb.now();
+        let result = self.send(endpoint, &d, now, body).await;
         d.attempts += 1;
         let first = *d.first_attempt_at.get_or_insert(now);
         let (ok, status, error) = match result {
@@ -612,7 +669,9 @@ impl Dispatcher {
                 Some(r.status().as_u16()),
                 Some(format!("HTTP {}", r.status())),
             ),
-            Err(e) => (false, None, Some(with_causes(&e))),
+            // Nothing of what (if anything) listens there is reported.
+            Err(Refused::NotPublic) => (false, None, Some(NotPublic.to_string())),
+            Err(Refused::Failed(e)) => (false, None, Some(with_causes(&e))),
         };
         d.last_status = status;
         d.last_error = error;

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use statebase_core::{KeyLimits, StateBase, Store};
-use statebase_http::{router, AppState, Rate, RateLimiter};
+use statebase_http::{router, AppState, Rate, RateLimiter, Targets};
 use std::sync::Arc;
 
 const KEY_A: &str = "sb_tenantakeytenantakey0001";
@@ -38,7 +38,7 @@ async fn start_with(limiter: RateLimiter) -> Server {
 async fn serve(dir: Arc<tempfile::TempDir>, limiter: RateLimiter) -> Server {
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
-    let state = AppState::new(store, limiter);
+    let state = AppState::new(store, limiter, Targets::Public);
     let sb = state.sb.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

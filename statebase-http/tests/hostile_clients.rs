@@ -2,7 +2,7 @@
 //! each is cut off by its bound, and a normal client is served meanwhile.
 
 use statebase_core::{KeyLimits, StateBase, Store};
-use statebase_http::{router, serve, AppState, Limits, Rate, RateLimiter};
+use statebase_http::{router, serve, AppState, Limits, Rate, RateLimiter, Targets};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,11 @@ async fn start(limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("h.db")).unwrap());
-    let state = AppState::new(store, RateLimiter::new(Rate::new(100_000, 100_000)));
+    let state = AppState::new(
+        store,
+        RateLimiter::new(Rate::new(100_000, 100_000)),
+        Targets::Public,
+    );
     state
         .sb
         .import_api_key("t", "test", KEY, KeyLimits::default(), None)

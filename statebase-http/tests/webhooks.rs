@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use statebase_core::{KeyLimits, Store};
-use statebase_http::{router, webhooks, AppState, Rate, RateLimiter};
+use statebase_http::{router, webhooks, AppState, Rate, RateLimiter, Targets};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,15 +110,16 @@ struct Server {
 
 /// A server over a SQLite file with its dispatcher every 50 ms and a sweep every second.
 async fn start() -> Server {
-    start_with(true).await
+    start_with(true, Targets::Any).await
 }
 
-/// [`start`], with no dispatcher running unless `dispatch`: the test runs its rounds.
-async fn start_with(dispatch: bool) -> Server {
+/// [`start`], with no dispatcher running unless `dispatch` (the test runs its rounds),
+/// taking endpoints at the addresses `targets` allows.
+async fn start_with(dispatch: bool, targets: Targets) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("hooks.db")).unwrap());
-    let state = AppState::new(store, RateLimiter::new(Rate::new(10_000, 10_000)));
+    let state = AppState::new(store, RateLimiter::new(Rate::new(10_000, 10_000)), targets);
     for (tenant, key) in [("a", KEY_A), ("b", KEY_B), ("a/b", KEY_AB)] {
         state
             .sb
@@ -127,7 +128,7 @@ async fn start_with(dispatch: bool) -> Server {
             .unwrap();
     }
     if dispatch {
-        webhooks::Dispatcher::new(state.sb.clone()).spawn(Duration::from_millis(50));
+        webhooks::Dispatcher::new(state.sb.clone(), Targets::Any).spawn(Duration::from_millis(50));
     }
     statebase_http::spawn_maintenance(&state, Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -168,7 +169,7 @@ impl Server {
 
     /// One dispatch round, for a server started without its dispatcher.
     async fn dispatch(&self) {
-        webhooks::Dispatcher::new(self.sb.clone())
+        webhooks::Dispatcher::new(self.sb.clone(), Targets::Any)
             .step()
             .await
             .unwrap()
@@ -216,7 +217,7 @@ impl Server {
 #[tokio::test]
 async fn signed_events_of_each_tenant_in_order() {
     // Dispatch rounds run when the test says, so what each event's data shows is known.
-    let srv = start_with(false).await;
+    let srv = start_with(false, Targets::Any).await;
     let (url_a, got_a) = receiver(0).await;
     let (url_b, got_b) = receiver(0).await;
     let hook = srv.post(KEY_A, "/v1/webhooks", json!({"url": url_a})).await;
@@ -431,7 +432,7 @@ async fn failing_receiver_gets_every_event_and_can_be_sent_one_again() {
 
     // Done deliveries are kept for a while, then forgotten.
     assert_eq!(srv.settled_deliveries(id).await.len(), 4);
-    let dispatcher = webhooks::Dispatcher::new(srv.sb.clone());
+    let dispatcher = webhooks::Dispatcher::new(srv.sb.clone(), Targets::Any);
     assert_eq!(dispatcher.prune(webhooks::KEEP_DONE).await.unwrap(), 0);
     assert_eq!(dispatcher.prune(chrono::Duration::zero()).await.unwrap(), 4);
     assert!(srv.settled_deliveries(id).await.is_empty());
@@ -471,7 +472,7 @@ async fn an_expired_session_gives_exactly_one_session_expired() {
 /// dispatcher's clock, moved by hand).
 #[tokio::test]
 async fn an_unanswered_delivery_times_out_and_is_given_up_after_24_hours() {
-    let srv = start_with(false).await;
+    let srv = start_with(false, Targets::Any).await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", silent.local_addr().unwrap());
     tokio::spawn(async move {
@@ -489,7 +490,8 @@ async fn an_unanswered_delivery_times_out_and_is_given_up_after_24_hours() {
         ..Default::default()
     };
     let sb = statebase_core::StateBase::with_config(srv.sb.store().clone(), config);
-    let dispatcher = webhooks::Dispatcher::with_timeout(sb, Duration::from_millis(300));
+    let dispatcher =
+        webhooks::Dispatcher::with_timeout(sb, Targets::Any, Duration::from_millis(300));
     let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
     // One dispatch round, then the delivery's status and attempts, and the delivery.
     let round = || async {
@@ -536,7 +538,14 @@ async fn serve(db: &str, interval_ms: u32) -> (std::process::Child, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let interval = interval_ms.to_string();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_statebase"))
-        .args(["serve", "--db", db, "--addr", &addr])
+        .args([
+            "serve",
+            "--db",
+            db,
+            "--addr",
+            &addr,
+            "--allow-private-webhooks",
+        ])
         .args(["--webhook-interval-ms", &interval])
         .args(["--api-key", &format!("default:{KEY_A}")])
         .stdout(std::process::Stdio::null())
@@ -560,7 +569,14 @@ async fn events_written_before_a_kill_are_delivered_after_the_restart() {
     // The receiver is down until after the kill, so nothing can be delivered before it.
     let receiver_addr = format!("127.0.0.1:{}", free_port());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_statebase"))
-        .args(["webhooks", "--db", &db, "create", "--url"])
+        .args([
+            "webhooks",
+            "--db",
+            &db,
+            "--allow-private",
+            "create",
+            "--url",
+        ])
         .arg(format!("http://{receiver_addr}/hook"))
         .output()
         .unwrap();
@@ -706,7 +722,7 @@ async fn redirects_are_not_followed_and_deliveries_are_per_tenant() {
 /// end), and an endpoint added later is sent only what happens after.
 #[tokio::test]
 async fn without_endpoints_the_feed_is_skipped_unread() {
-    let srv = start_with(false).await;
+    let srv = start_with(false, Targets::Any).await;
     let before = srv
         .post(KEY_A, "/v1/sessions", json!({"agent_id": "early"}))
         .await;
@@ -727,4 +743,112 @@ async fn without_endpoints_the_feed_is_skipped_unread() {
         .collect();
     assert_eq!(ids, [after["id"].clone()], "not {}", before["id"]);
     assert!(srv.store_calls("trace_feed").await > 0);
+}
+
+#[tokio::test]
+async fn internal_addresses_are_refused_at_creation_and_at_delivery() {
+    let srv = start_with(false, Targets::Public).await;
+    let (hook, got) = receiver(0).await;
+    let port = hook.split(':').nth(2).unwrap().split('/').next().unwrap();
+    for url in [
+        hook.clone(),
+        format!("http://localhost:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://127.0.0.1:22/".to_owned(),
+        "http://[::1]:8080/".to_owned(),
+        "http://[::ffff:127.0.0.1]/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://192.168.1.1/".to_owned(),
+        "http://0.0.0.0/".to_owned(),
+    ] {
+        let r = srv
+            .http
+            .post(format!("{}/v1/webhooks", srv.url))
+            .header("X-API-Key", KEY_A)
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{url} was accepted");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "url", "{v}");
+    }
+    // A public address is taken (nothing is sent to it here).
+    let public = srv
+        .post(
+            KEY_A,
+            "/v1/webhooks",
+            json!({"url": "http://93.184.216.34/hook"}),
+        )
+        .await;
+    assert!(public["secret"].as_str().unwrap().starts_with("whsec_"));
+
+    // Endpoints an operator made while private addresses were allowed, one by name (it
+    // resolves to loopback) and one by address: a dispatcher that allows only public
+    // addresses does not reach them, and says so without telling what listens there.
+    let sb = srv.sb.tenant("a");
+    let mut ids = Vec::new();
+    for url in [format!("http://localhost:{port}/hook"), hook.clone()] {
+        let e = webhooks::create(&sb, "a", &url, vec![], None, Targets::Any)
+            .await
+            .unwrap();
+        ids.push(e.id);
+    }
+    srv.post(KEY_A, "/v1/sessions", json!({"agent_id": "probe"}))
+        .await;
+    webhooks::Dispatcher::new(srv.sb.clone(), Targets::Public)
+        .step()
+        .await
+        .unwrap();
+    assert!(
+        got.lock().is_empty(),
+        "a refused delivery reached the receiver"
+    );
+    for id in &ids {
+        let list = srv
+            .call(
+                KEY_A,
+                reqwest::Method::GET,
+                &format!("/v1/webhooks/{id}/deliveries"),
+                json!({}),
+            )
+            .await;
+        let d = &list["data"][0];
+        assert_eq!(d["status"], "pending", "{d}");
+        assert!(d["last_status"].is_null(), "{d}");
+        assert_eq!(
+            d["last_error"], "refused: the endpoint's address is not a public one",
+            "{d}"
+        );
+    }
+    // Once private addresses are allowed, the same deliveries reach the receiver (their
+    // retry is due a second after the refusal).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    webhooks::Dispatcher::new(srv.sb.clone(), Targets::Any)
+        .step()
+        .await
+        .unwrap();
+    assert_eq!(got.lock().len(), 2, "the receiver was not reachable at all");
+}
+
+#[tokio::test]
+async fn a_webhook_secret_is_shown_once() {
+    let srv = start_with(false, Targets::Any).await;
+    let (hook, _) = receiver(0).await;
+    let made = srv
+        .post(KEY_A, "/v1/webhooks", json!({ "url": hook }))
+        .await;
+    let secret = made["secret"].as_str().unwrap();
+    let list = srv
+        .call(KEY_A, reqwest::Method::GET, "/v1/webhooks", json!({}))
+        .await;
+    let listed = &list["data"][0];
+    assert_eq!(listed["id"], made["id"]);
+    assert!(listed.get("secret").is_none(), "{listed}");
+    let prefix = listed["secret_prefix"].as_str().unwrap();
+    assert!(
+        prefix.starts_with("whsec_") && prefix.len() < secret.len(),
+        "{prefix}"
+    );
+    assert!(!list.to_string().contains(secret));
 }
