@@ -41,7 +41,7 @@ impl Targets {
         let name = url.host_str().ok_or(NotPublic)?;
         let port = url.port_or_known_default().unwrap_or(80);
         match tokio::net::lookup_host((name, port)).await {
-            Ok(addrs) => addrs.map(|a| self.check(a.ip())).collect(),
+            Ok(mut addrs) => addrs.try_for_each(|a| self.check(a.ip())),
             Err(_) => Ok(()),
         }
     }
