@@ -44,7 +44,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 pub fn parse<T: DeserializeOwned>(bytes: &[u8], location: &str) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut de) {
-        Ok(v) => Ok(v),
+        // One value, and nothing after it but white space.
+        Ok(v) => match de.end() {
+            Ok(()) => Ok(v),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "malformed JSON: data after the {location}'s value ({e})"
+            ))),
+        },
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();

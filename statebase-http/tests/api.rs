@@ -867,6 +867,20 @@ async fn bad_requests_get_json_errors_never_500() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "invalid_request"
     );
+    // Data after the body's one value is refused, not dropped; white space is fine.
+    for trailing in [
+        r#"{"agent_id":"x"}{"agent_id":"y"}"#,
+        r#"{"agent_id":"x"} junk"#,
+    ] {
+        let r = send(trailing, "application/json").await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{trailing}");
+        let v = r.json::<Value>().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    }
+    let r = send("{\"agent_id\":\"x\"}\n  ", "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
     let r = send("agent_id=x", "application/x-www-form-urlencoded")
         .await
         .unwrap();
