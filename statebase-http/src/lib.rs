@@ -152,7 +152,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = OpenApiRouter::new()
         .routes(routes!(create_session, list_sessions))
         .routes(routes!(get_session, update_session, delete_session))
-        .routes(routes!(context))
+        .routes(routes!(context, get_context))
         .routes(routes!(fork))
         .routes(routes!(get_state, merge_state, replace_state, post_state))
         .routes(routes!(add_turn, list_turns))

@@ -346,17 +346,69 @@ pub async fn context(
     Path(id): Path<String>,
     Body(b): Body<ContextBody>,
 ) -> Reply {
+    let req = ContextRequest {
+        query: b.query,
+        memory_limit: b.memory_limit,
+        turn_limit: b.turn_limit,
+    };
+    gather_context(&sb, &id, req, true, true).await
+}
+
+/// The GET form of context, as the curl examples call it.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContextQuery {
+    /// Memories are ranked against it; without it, the most recent.
+    query: Option<String>,
+    /// Whether to gather memories (default true).
+    include_memories: Option<bool>,
+    /// Whether to gather turns (default true).
+    include_turns: Option<bool>,
+    /// 1..=20 (default 5).
+    #[param(minimum = 1, maximum = 20)]
+    memory_limit: Option<i64>,
+    /// 1..=50 (default 10). Alias: `turn_limit`.
+    #[serde(alias = "turn_limit")]
+    #[param(minimum = 1, maximum = 50)]
+    max_turns: Option<i64>,
+}
+
+/// [`context`] with its options in the query string.
+#[utoipa::path(get, path = "/sessions/{id}/context", params(ContextQuery),
+    responses((status = 200, body = ContextOut)))]
+pub async fn get_context(
+    Tenant(sb): Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<ContextQuery>,
+) -> Reply {
+    let (memories, turns) = (
+        q.include_memories.unwrap_or(true),
+        q.include_turns.unwrap_or(true),
+    );
+    let req = ContextRequest {
+        // Without memories there is nothing to rank.
+        query: q.query.filter(|_| memories),
+        memory_limit: q.memory_limit,
+        turn_limit: q.max_turns,
+    };
+    gather_context(&sb, &id, req, memories, turns).await
+}
+
+async fn gather_context(
+    sb: &Sb,
+    id: &str,
+    req: ContextRequest,
+    memories: bool,
+    turns: bool,
+) -> Reply {
     let started = std::time::Instant::now();
-    let c = sb
-        .context(
-            &id,
-            ContextRequest {
-                query: b.query,
-                memory_limit: b.memory_limit,
-                turn_limit: b.turn_limit,
-            },
-        )
-        .await?;
+    let mut c = sb.context(id, req).await?;
+    if !memories {
+        c.memories.clear();
+    }
+    if !turns {
+        c.recent_turns.clear();
+    }
     let body = ContextOut::new(&c).map_err(statebase_core::Error::backend)?;
     let mut response = Json(body).into_response();
     let latency = format!("{:.3}", started.elapsed().as_secs_f64() * 1e3);
@@ -645,6 +697,8 @@ pub async fn search_session_memories(
     Path(id): Path<String>,
     Body(mut b): Body<SearchBody>,
 ) -> Reply {
+    // A missing session is a 404, not an empty result.
+    tenant.0.get_session(&id).await?;
     b.session_id = Some(id);
     search_memories(tenant, Body(b)).await
 }
@@ -701,6 +755,8 @@ pub async fn session_traces(
     Path(id): Path<String>,
     Query(mut q): Query<TraceListQuery>,
 ) -> Reply {
+    // A missing session is a 404, not an empty page.
+    sb.get_session(&id).await?;
     q.session_id = Some(id);
     traces(&sb, q).await
 }

@@ -190,12 +190,29 @@ impl<'a> HistoryOut<'a> {
 }
 
 /// The first 100 characters of a turn's input or output `content`.
-fn preview(io: &Object) -> String {
-    match io.get("content") {
-        Some(Value::String(s)) => s.chars().take(100).collect(),
-        Some(other) => other.to_string().chars().take(100).collect(),
-        None => String::new(),
+/// The text of a turn's input or output: its `content` (JSON text if not a string), if
+/// it has any.
+fn text(io: &Object) -> Option<std::borrow::Cow<'_, str>> {
+    match io.get("content")? {
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Null => None,
+        other => Some(other.to_string().into()),
     }
+}
+
+fn preview(io: &Object) -> String {
+    text(io).map_or_else(String::new, |t| t.chars().take(100).collect())
+}
+
+/// Who speaks in a turn read as one chat message.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The person or system that gave the input.
+    User,
+    /// The agent, which gave the output.
+    Assistant,
 }
 
 /// A turn, with the list previews of the OpenAPI list item.
@@ -220,11 +237,22 @@ pub struct TurnOut<'a> {
     /// The state version the turn wrote, when its `state_after` changed the state.
     state_version: Option<u64>,
     created_at: DateTime<Utc>,
+    /// For clients that read a turn as one chat message (`{role, content}`): `assistant`
+    /// with the output's text when the output has any, else `user` with the input's.
+    role: Role,
+    /// The text of the side `role` names.
+    content: std::borrow::Cow<'a, str>,
 }
 
 impl<'a> From<&'a Turn> for TurnOut<'a> {
     fn from(t: &'a Turn) -> Self {
+        let (role, content) = match text(&t.output) {
+            Some(said) => (Role::Assistant, said),
+            None => (Role::User, text(&t.input).unwrap_or_default()),
+        };
         Self {
+            role,
+            content,
             object: "turn",
             id: &t.id,
             session_id: &t.session_id,

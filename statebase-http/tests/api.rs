@@ -615,6 +615,69 @@ async fn turns_memories_context_and_traces() {
     assert_eq!(ctx["memories"][0]["id"].as_str(), Some(mid.as_str()));
     assert_eq!(ctx["recent_turns"].as_array().unwrap().len(), 1);
     assert!(ctx["average_relevance"].is_number() && ctx["drift_warning"].is_boolean());
+    // A turn read as a chat message: the agent's output.
+    let turn = &ctx["recent_turns"][0];
+    assert_eq!(
+        (&turn["role"], &turn["content"]),
+        (&json!("assistant"), &json!("hello"))
+    );
+    assert_eq!(turn["input"]["content"], "hi");
+
+    // The GET form answers as the POST one.
+    let (st, got) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/context?query=light%20mode&memory_limit=2&max_turns=5&include_memories=true&include_turns=true"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    for field in [
+        "state",
+        "version",
+        "memories",
+        "recent_turns",
+        "turns",
+        "average_relevance",
+    ] {
+        assert_eq!(got[field], ctx[field], "{field}");
+    }
+    let (_, bare) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/context?query=light%20mode&include_memories=false&include_turns=false"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&bare["state"], &bare["memories"], &bare["turns"]),
+        (&ctx["state"], &json!([]), &json!([]))
+    );
+    let (st, v) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/context?max_turns=500"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{v}"
+    );
+    // An input without an output is the user's message.
+    let (_, asked) = srv
+        .a(
+            Method::POST,
+            &format!("/v1/sessions/{id}/turns"),
+            Some(json!({"input": "still there?", "output": ""})),
+        )
+        .await;
+    assert_eq!(
+        (&asked["role"], &asked["content"]),
+        (&json!("user"), &json!("still there?")),
+        "{asked}"
+    );
 
     let (st, _) = srv
         .a(Method::DELETE, &format!("/v1/memories/{mid}"), None)
@@ -672,62 +735,88 @@ async fn another_tenant_gets_404_on_every_route() {
         )
         .await;
     let (turn, mem) = (t["id"].as_str().unwrap(), m["id"].as_str().unwrap());
-    let routes = [
-        (Method::GET, format!("/v1/sessions/{id}"), None),
-        (
-            Method::PATCH,
-            format!("/v1/sessions/{id}"),
-            Some(json!({"metadata": {}})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/context"),
-            Some(json!({})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/fork"),
-            Some(json!({})),
-        ),
-        (Method::GET, format!("/v1/sessions/{id}/history"), None),
-        (Method::GET, format!("/v1/sessions/{id}/state"), None),
-        (
-            Method::PATCH,
-            format!("/v1/sessions/{id}/state"),
-            Some(json!({"state": {}})),
-        ),
-        (
-            Method::PUT,
-            format!("/v1/sessions/{id}/state"),
-            Some(json!({"state": {}})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/state"),
-            Some(json!({"state": {}})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/rollback"),
-            Some(json!({"version": 0})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/state/rollback"),
-            Some(json!({"version": 0})),
-        ),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/turns"),
-            Some(json!({"input": "a", "output": "b"})),
-        ),
-        (Method::GET, format!("/v1/sessions/{id}/turns"), None),
+    let session_routes = |id: &str| {
+        vec![
+            (Method::GET, format!("/v1/sessions/{id}"), None),
+            (
+                Method::PATCH,
+                format!("/v1/sessions/{id}"),
+                Some(json!({"metadata": {}})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/context"),
+                Some(json!({})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/fork"),
+                Some(json!({})),
+            ),
+            (Method::GET, format!("/v1/sessions/{id}/history"), None),
+            (Method::GET, format!("/v1/sessions/{id}/state"), None),
+            (
+                Method::PATCH,
+                format!("/v1/sessions/{id}/state"),
+                Some(json!({"state": {}})),
+            ),
+            (
+                Method::PUT,
+                format!("/v1/sessions/{id}/state"),
+                Some(json!({"state": {}})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/state"),
+                Some(json!({"state": {}})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/rollback"),
+                Some(json!({"version": 0})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/state/rollback"),
+                Some(json!({"version": 0})),
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/turns"),
+                Some(json!({"input": "a", "output": "b"})),
+            ),
+            (Method::GET, format!("/v1/sessions/{id}/turns"), None),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/memories"),
+                Some(json!({"content": "x"})),
+            ),
+            (
+                Method::GET,
+                format!("/v1/sessions/{id}/state/history"),
+                None,
+            ),
+            (Method::GET, format!("/v1/sessions/{id}/traces"), None),
+            (
+                Method::GET,
+                format!("/v1/traces/sessions/{id}/traces"),
+                None,
+            ),
+            (
+                Method::POST,
+                format!("/v1/sessions/{id}/memories/search"),
+                Some(json!({"query": "secret"})),
+            ),
+            (
+                Method::GET,
+                format!("/v1/sessions/{id}/context?query=secret"),
+                None,
+            ),
+        ]
+    };
+    let mut routes = session_routes(&id);
+    routes.extend([
         (Method::GET, format!("/v1/sessions/{id}/turns/{turn}"), None),
-        (
-            Method::POST,
-            format!("/v1/sessions/{id}/memories"),
-            Some(json!({"content": "x"})),
-        ),
         (Method::GET, format!("/v1/memories/{mem}"), None),
         (
             Method::PUT,
@@ -737,10 +826,16 @@ async fn another_tenant_gets_404_on_every_route() {
         (Method::GET, format!("/v1/memory/{mem}"), None),
         (Method::DELETE, format!("/v1/memory/{mem}"), None),
         (Method::DELETE, format!("/v1/sessions/{id}"), None),
-    ];
+    ]);
     for (method, path, body) in routes {
         let (s, v, _) = srv.call(Some(KEY_B), method.clone(), &path, body).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+    }
+    // A session that does not exist at all is the same 404, to its own tenant too.
+    for (method, path, body) in session_routes("sess_doesnotexist") {
+        let (s, v, _) = srv.call(Some(KEY_A), method.clone(), &path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+        assert_eq!(code(&v), "session_not_found", "{method} {path}: {v}");
     }
     let (_, list, _) = srv
         .call(Some(KEY_B), Method::GET, "/v1/sessions", None)
