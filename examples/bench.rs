@@ -328,6 +328,7 @@ async fn bench_backend<S: Store>(
             let q = HistoryQuery {
                 limit: Some(100),
                 since_version: None,
+                from_version: None,
             };
             assert_eq!(sb.history(&id, q).await.unwrap().versions.len(), 100);
         }

@@ -251,8 +251,12 @@ impl StateWrite {
 pub struct HistoryQuery {
     /// How many versions, 1..=1000; `None` means 50.
     pub limit: Option<i64>,
-    /// Only versions after this one (the next `limit` of them). Without it, the latest `limit`.
+    /// Only versions after this one (the next `limit` of them). Without it or
+    /// `from_version`, the latest `limit`.
     pub since_version: Option<u64>,
+    /// The first version of the window (0 for the start of the history), instead of
+    /// `since_version`.
+    pub from_version: Option<u64>,
 }
 
 /// Input of [`StateBase::rollback`](crate::StateBase::rollback).

@@ -345,16 +345,24 @@ impl<S: Store> StateBase<S> {
         self.read_version(&rec.session, k).await
     }
 
-    /// A window of the version history, oldest first: the `limit` versions after
-    /// `since_version`, or without it the latest `limit`.
+    /// A window of the version history, oldest first: the `limit` versions from
+    /// `from_version` or after `since_version`, or without either the latest `limit`.
     pub async fn history(&self, id: &str, q: HistoryQuery) -> Result<History> {
         let limit = page_limit(q.limit, 50, 1000)? as u64;
         let rec = self.live_session(id).await?;
         let end = rec.session.version + 1;
-        let range = match q.since_version {
-            Some(since) => {
-                since.saturating_add(1).min(end)..since.saturating_add(1 + limit).min(end)
+        let first = match (q.from_version, q.since_version) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "from_version",
+                    "give from_version or since_version, not both",
+                ))
             }
+            (Some(from), None) => Some(from),
+            (None, since) => since.map(|v| v.saturating_add(1)),
+        };
+        let range = match first {
+            Some(first) => first.min(end)..first.saturating_add(limit).min(end),
             None => end.saturating_sub(limit)..end,
         };
         let versions = self.versions(id, range).await?;

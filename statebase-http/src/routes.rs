@@ -235,8 +235,10 @@ pub async fn post_state(
 pub struct HistoryParams {
     /// How many versions, 1..=1000 (default 50).
     limit: Option<i64>,
-    /// Only the versions after this one; without it, the latest.
+    /// Only the versions after this one; without it (or `from_version`), the latest.
     since_version: Option<u64>,
+    /// The first version of the window: 0 for the start of a long history.
+    from_version: Option<u64>,
 }
 
 /// A window of the state's versions, oldest first. Also at `/sessions/{id}/state/history`.
@@ -253,6 +255,7 @@ pub async fn state_history(
             HistoryQuery {
                 limit: q.limit,
                 since_version: q.since_version,
+                from_version: q.from_version,
             },
         )
         .await?;

@@ -432,6 +432,21 @@ async fn sessions_state_rollback_fork_and_history() {
         .a(Method::GET, &format!("/v1/sessions/{id}/history"), None)
         .await;
     assert_eq!(h2["data"].as_array().unwrap().len(), 7);
+    // The start of the history, however long it is.
+    let (_, start) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/history?from_version=0&limit=2"),
+            None,
+        )
+        .await;
+    let first: Vec<u64> = start["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(first, vec![0, 1]);
 
     let (s, f) = srv
         .a(

@@ -613,6 +613,7 @@ pub async fn small_edits_of_a_big_state_read_back_exactly<F: StoreFactory>(facto
     let q = HistoryQuery {
         limit: Some(20),
         since_version: Some(9),
+        from_version: None,
     };
     let h = sb.history(&s.id, q).await.unwrap();
     let states: Vec<&Object> = h.versions.iter().map(|v| &v.state).collect();
@@ -639,8 +640,9 @@ pub async fn small_edits_of_a_big_state_read_back_exactly<F: StoreFactory>(facto
     assert!(!d.diff.is_empty());
 }
 
-/// History: the latest `limit` (default 50) oldest first, or the `limit` after
-/// `since_version`; `current_version` is the head. Bad limits are refused.
+/// History: the latest `limit` (default 50) oldest first, the `limit` after
+/// `since_version`, or the `limit` from `from_version` (0 reaches the start of a long
+/// history); `current_version` is the head. Bad limits are refused.
 pub async fn history_windows<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let sb = env.sb();
@@ -656,6 +658,7 @@ pub async fn history_windows<F: StoreFactory>(factory: F) {
     let q = HistoryQuery {
         limit: Some(5),
         since_version: Some(2),
+        from_version: None,
     };
     assert_eq!(
         nums(&sb.history(&s.id, q).await.unwrap()),
@@ -664,22 +667,47 @@ pub async fn history_windows<F: StoreFactory>(factory: F) {
     let q = HistoryQuery {
         limit: Some(5),
         since_version: Some(58),
+        from_version: None,
     };
     assert_eq!(nums(&sb.history(&s.id, q).await.unwrap()), vec![59, 60]);
     let q = HistoryQuery {
         limit: None,
         since_version: Some(60),
+        from_version: None,
     };
     assert!(sb.history(&s.id, q).await.unwrap().versions.is_empty());
     let q = HistoryQuery {
         limit: Some(1000),
         since_version: None,
+        from_version: None,
     };
     assert_eq!(sb.history(&s.id, q).await.unwrap().versions.len(), 61);
+    // The start of a history longer than one window.
+    let q = HistoryQuery {
+        limit: Some(5),
+        from_version: Some(0),
+        ..HistoryQuery::default()
+    };
+    let h = sb.history(&s.id, q).await.unwrap();
+    assert_eq!(nums(&h), vec![0, 1, 2, 3, 4]);
+    assert_eq!(h.versions[0].state.get("v"), Some(&json!(0)));
+    let q = HistoryQuery {
+        limit: Some(5),
+        from_version: Some(58),
+        ..HistoryQuery::default()
+    };
+    assert_eq!(nums(&sb.history(&s.id, q).await.unwrap()), vec![58, 59, 60]);
+    let both = HistoryQuery {
+        since_version: Some(1),
+        from_version: Some(0),
+        ..HistoryQuery::default()
+    };
+    assert_eq!(code(sb.history(&s.id, both).await), "invalid_request");
     for limit in [0, 1001] {
         let q = HistoryQuery {
             limit: Some(limit),
             since_version: None,
+            from_version: None,
         };
         assert_eq!(code(sb.history(&s.id, q).await), "invalid_request");
     }
@@ -1283,6 +1311,7 @@ pub async fn concurrent_updates_lose_nothing<F: StoreFactory>(factory: F) {
     let q = HistoryQuery {
         limit: Some(1000),
         since_version: None,
+        from_version: None,
     };
     let h = sb.history(&s.id, q).await.unwrap();
     let nums: Vec<_> = h.versions.iter().map(|v| v.version).collect();

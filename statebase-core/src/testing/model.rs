@@ -383,6 +383,7 @@ async fn check<F: StoreFactory>(env: &Env<F>, model: &Model) {
         let q = HistoryQuery {
             limit: Some(1000),
             since_version: None,
+            from_version: None,
         };
         let h = sb.history(&m.id, q).await.unwrap();
         let states: Vec<&Object> = h.versions.iter().map(|v| &v.state).collect();
