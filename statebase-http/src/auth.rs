@@ -346,10 +346,13 @@ fn add_headers(headers: &mut HeaderMap, d: &Decision) {
     headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
 }
 
-/// Authenticates the request, applies the key's rate limit, and adds the rate-limit headers
+/// Authenticates a `/v1` request, applies the key's rate limit, and adds the rate-limit headers
 /// to whatever the handler answers. A client address that keeps sending wrong keys gets
 /// 429s instead of store look-ups, while keys the server knows still pass.
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
     let Some(secret) = secret(req.headers()) else {
         return ApiError::unauthenticated().into_response();
     };

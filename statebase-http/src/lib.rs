@@ -193,15 +193,6 @@ pub fn router(state: AppState) -> Router {
         &["/memory/{id}"],
     );
     let v1 = also_at(v1, routes!(memory_history), &["/memory/{id}/history"]);
-    let v1 = v1
-        .layer(axum::middleware::from_fn_with_state(
-            state.idempotency.clone(),
-            idempotency::idempotent,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
     let service = OpenApiRouter::with_openapi(openapi::Base::openapi())
         .nest("/v1", v1)
         .routes(routes!(root))
@@ -211,10 +202,21 @@ pub fn router(state: AppState) -> Router {
     let (router, doc) = service.split_for_parts();
     let doc = Bytes::from(openapi::finish(doc).to_string());
     state.openapi.get_or_init(|| doc);
+    // Authentication wraps every route, the fallbacks included, so that unknown routes and
+    // methods under /v1 are authenticated and counted like the others (it lets paths
+    // outside /v1 through).
     router
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.idempotency.clone(),
+            idempotency::idempotent,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| ApiError::panicked().into_response(),
         ))

@@ -910,6 +910,16 @@ async fn rate_limits_answer_429_with_headers_per_key() {
     assert!((1..=2).contains(&retry), "{retry}");
     assert_eq!(h["retry-after"].to_str().unwrap(), retry.to_string());
     assert_eq!(h["x-ratelimit-remaining"], "0");
+    // Unknown routes and methods under /v1 count against the key and say so too.
+    for (method, path, status) in [
+        (Method::GET, "/v1/no-such-route", StatusCode::NOT_FOUND),
+        (Method::PUT, "/v1/sessions", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let (s, v, h) = srv.call(Some(KEY_B), method.clone(), path, None).await;
+        assert_eq!(s, status, "{method} {path}: {v}");
+        assert_eq!(h.get("x-ratelimit-limit").map(|v| v.to_str().unwrap()), Some("60"), "{method} {path}: {v}");
+        assert!(h.contains_key("x-ratelimit-remaining") && h.contains_key("x-ratelimit-reset"));
+    }
     // Another key of the same tenant has its own bucket.
     assert_eq!(
         srv.call(Some(KEY_A2), Method::GET, "/v1/sessions", None)
