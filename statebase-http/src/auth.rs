@@ -74,8 +74,9 @@ impl Rate {
     }
 }
 
-/// Failed authentications allowed per client address: past them its requests are 429s
-/// unless their key is one the server already knows (so valid keys are never slowed).
+/// Failed authentications allowed per client address by default: past them its requests
+/// are 429s unless their key is one the server has seen work (so valid keys are never
+/// slowed).
 pub const AUTH_FAILURES: Rate = Rate {
     per_minute: 30,
     burst: 30,
@@ -88,6 +89,7 @@ pub const AUTH_FAILURES: Rate = Rate {
 pub struct RateLimiter {
     key_default: Rate,
     tenant_budget: Option<Rate>,
+    auth_failures: Rate,
     buckets: Mutex<Buckets>,
 }
 
@@ -176,8 +178,16 @@ impl RateLimiter {
         Self {
             key_default,
             tenant_budget: None,
+            auth_failures: AUTH_FAILURES,
             buckets: Mutex::default(),
         }
+    }
+
+    /// Each client address may fail to authenticate `rate` times (instead of
+    /// [`AUTH_FAILURES`]).
+    pub fn with_auth_failures(mut self, rate: Rate) -> Self {
+        self.auth_failures = rate;
+        self
     }
 
     /// Every tenant's keys together get at most `budget`.
@@ -234,8 +244,8 @@ impl RateLimiter {
     pub fn auth_throttled(&self, ip: IpAddr) -> Option<u64> {
         let mut buckets = self.buckets.lock();
         let bucket = buckets.failures.get_mut(&ip)?;
-        bucket.refill(AUTH_FAILURES, Instant::now());
-        Some(bucket.wait(AUTH_FAILURES)).filter(|w| *w > 0)
+        bucket.refill(self.auth_failures, Instant::now());
+        Some(bucket.wait(self.auth_failures)).filter(|w| *w > 0)
     }
 
     /// Counts a failed authentication from `ip`; answers its bucket's state.
@@ -244,18 +254,19 @@ impl RateLimiter {
         const ADDRESSES: usize = 100_000;
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
+        let rate = self.auth_failures;
         if buckets.failures.len() >= ADDRESSES {
             buckets.failures.retain(|_, b| {
-                b.refill(AUTH_FAILURES, now);
-                b.tokens < f64::from(AUTH_FAILURES.burst)
+                b.refill(rate, now);
+                b.tokens < f64::from(rate.burst)
             });
             if buckets.failures.len() >= ADDRESSES {
                 buckets.failures.clear();
             }
         }
-        let bucket = bucket(&mut buckets.failures, ip, AUTH_FAILURES, now);
+        let bucket = bucket(&mut buckets.failures, ip, rate, now);
         bucket.tokens = (bucket.tokens - 1.0).max(0.0);
-        bucket.decision(AUTH_FAILURES, None)
+        bucket.decision(rate, None)
     }
 
     /// How much a key has been used since the server started.
@@ -283,18 +294,10 @@ impl KeyCache {
     /// Entries kept at most; past it the cache starts over.
     const CAPACITY: usize = 10_000;
 
-    /// What the cache knows of `secret`: `Some(Some(caller))` for a usable key,
-    /// `Some(None)` for one that no longer works, `None` if it must be looked up.
-    pub fn cached(&self, sb: &StateBase<Arc<dyn Store>>, secret: &str) -> Option<Option<Caller>> {
-        self.cached_hash(sb, &hash_secret(secret))
-    }
-
-    fn cached_hash(&self, sb: &StateBase<Arc<dyn Store>>, hash: &str) -> Option<Option<Caller>> {
-        let entries = self.entries.lock();
-        let (caller, _) = entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < Self::TTL)?;
-        Some(caller.key.is_usable_at(sb.now()).then(|| caller.clone()))
+    /// Whether `secret` is a key this server has seen work (however long ago, while the
+    /// cache holds it): a client presenting it is not guessing.
+    pub fn knows(&self, secret: &str) -> bool {
+        self.entries.lock().contains_key(&hash_secret(secret))
     }
 
     /// The caller whose usable key `secret` is, if any.
@@ -304,7 +307,13 @@ impl KeyCache {
         secret: &str,
     ) -> statebase_core::Result<Option<Caller>> {
         let hash = hash_secret(secret);
-        if let Some(cached) = self.cached_hash(sb, &hash) {
+        let cached = self
+            .entries
+            .lock()
+            .get(&hash)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(caller, _)| caller.key.is_usable_at(sb.now()).then(|| caller.clone()));
+        if let Some(cached) = cached {
             return Ok(cached);
         }
         let Some(key) = sb.authenticate(secret).await? else {
@@ -348,7 +357,7 @@ fn add_headers(headers: &mut HeaderMap, d: &Decision) {
 
 /// Authenticates a `/v1` request, applies the key's rate limit, and adds the rate-limit headers
 /// to whatever the handler answers. A client address that keeps sending wrong keys gets
-/// 429s instead of store look-ups, while keys the server knows still pass.
+/// 429s instead of store look-ups, while keys the server has seen work still pass.
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     if !req.uri().path().starts_with("/v1/") {
         return next.run(req).await;
@@ -360,15 +369,12 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let throttled = peer.and_then(|ip| app.limiter.auth_throttled(ip));
-    let found = match throttled {
-        Some(wait) => match app.keys.cached(&app.sb, secret) {
-            Some(Some(caller)) => Ok(Some(caller)),
-            _ => return ApiError::rate_limited(wait).into_response(),
-        },
-        None => app.keys.authenticate(&app.sb, secret).await,
-    };
-    let caller = match found {
+    if let Some(wait) = peer.and_then(|ip| app.limiter.auth_throttled(ip)) {
+        if !app.keys.knows(secret) {
+            return ApiError::rate_limited(wait).into_response();
+        }
+    }
+    let caller = match app.keys.authenticate(&app.sb, secret).await {
         Ok(Some(caller)) => caller,
         Ok(None) => {
             let mut response = ApiError::unauthenticated().into_response();

@@ -72,6 +72,10 @@ enum Command {
         /// The most requests all of a tenant's keys may make at once.
         #[arg(long, default_value_t = 2000)]
         tenant_burst: u32,
+        /// Wrong keys a client address may send a minute (and at once) before the keys it
+        /// sends are no longer looked up (429), but for keys seen to work.
+        #[arg(long, default_value_t = statebase_http::AUTH_FAILURES.per_minute)]
+        auth_failures_per_minute: u32,
         /// Seconds between two sweeps of expired sessions (and old idempotent responses).
         #[arg(long, default_value_t = 60)]
         sweep_interval: u64,
@@ -82,6 +86,10 @@ enum Command {
         /// development and tests; never on a server others can reach).
         #[arg(long)]
         allow_private_webhooks: bool,
+        /// Keep webhook endpoints and the deliveries owed to them, but send nothing (for
+        /// test runs that must not reach out).
+        #[arg(long)]
+        no_webhook_delivery: bool,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -271,16 +279,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             burst,
             tenant_rate_limit,
             tenant_burst,
+            auth_failures_per_minute,
             sweep_interval,
             webhook_interval_ms,
             allow_private_webhooks,
+            no_webhook_delivery,
             limits,
         } => {
             let limits = limits.limits()?;
             let targets = webhook_targets(allow_private_webhooks);
             raise_file_limit();
             let limiter = RateLimiter::new(Rate::new(rate_limit, burst))
-                .with_tenant_budget(Rate::new(tenant_rate_limit, tenant_burst));
+                .with_tenant_budget(Rate::new(tenant_rate_limit, tenant_burst))
+                .with_auth_failures(Rate::new(
+                    auth_failures_per_minute,
+                    auth_failures_per_minute,
+                ));
             let state = AppState::new(open(&db)?, limiter, targets);
             let sb = &state.sb;
             for spec in api_keys {
@@ -299,13 +313,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
             let every = Duration::from_millis(webhook_interval_ms.max(10));
-            let dispatcher = webhooks::Dispatcher::new(state.sb.clone(), targets).spawn(every);
+            let dispatcher = (!no_webhook_delivery)
+                .then(|| webhooks::Dispatcher::new(state.sb.clone(), targets).spawn(every));
             let every = Duration::from_secs(sweep_interval.max(1));
             let maintenance = spawn_maintenance(&state, every);
             let app = router(state.clone());
             serve(listener, app, limits, shutdown()).await?;
             // What they have not finished stays owed in the store for the next start.
-            dispatcher.abort();
+            if let Some(dispatcher) = dispatcher {
+                dispatcher.abort();
+            }
             maintenance.abort();
         }
         Command::Webhooks {

@@ -917,7 +917,11 @@ async fn rate_limits_answer_429_with_headers_per_key() {
     ] {
         let (s, v, h) = srv.call(Some(KEY_B), method.clone(), path, None).await;
         assert_eq!(s, status, "{method} {path}: {v}");
-        assert_eq!(h.get("x-ratelimit-limit").map(|v| v.to_str().unwrap()), Some("60"), "{method} {path}: {v}");
+        assert_eq!(
+            h.get("x-ratelimit-limit").map(|v| v.to_str().unwrap()),
+            Some("60"),
+            "{method} {path}: {v}"
+        );
         assert!(h.contains_key("x-ratelimit-remaining") && h.contains_key("x-ratelimit-reset"));
     }
     // Another key of the same tenant has its own bucket.
@@ -1599,13 +1603,28 @@ async fn wrong_keys_from_one_address_are_throttled_without_slowing_known_keys() 
         (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
     );
     assert!(h.contains_key("retry-after"));
-    // The right key still works from the same address, at full speed.
+    // The right key still works from the same address, at full speed, and still once the
+    // server must read it from the store again.
     for _ in 0..20 {
         assert_eq!(
             srv.a(Method::GET, "/v1/sessions", None).await.0,
             StatusCode::OK
         );
     }
+    tokio::time::sleep(statebase_http::KeyCache::TTL + std::time::Duration::from_millis(100)).await;
+    let mut refused = false;
+    for i in 0..10 {
+        let (s, _, _) = srv
+            .call(Some(&wrong(2000 + i)), Method::GET, "/v1/sessions", None)
+            .await;
+        refused |= s == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(refused, "throttled again");
+    assert_eq!(
+        srv.a(Method::GET, "/v1/sessions", None).await.0,
+        StatusCode::OK,
+        "a key seen to work, read from the store again, from a throttled address"
+    );
     // Another address is not throttled.
     let elsewhere = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
