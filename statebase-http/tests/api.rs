@@ -991,6 +991,36 @@ async fn bad_requests_get_json_errors_never_500() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "invalid_request"
     );
+    // A whole number written with a fraction or an exponent is an integer (as JSON Schema
+    // has it); a state keeps its numbers as sent.
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "x", "ttl_seconds": 3600.0, "initial_state": {"n": 1.0}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["state"]["n"], json!(1.0), "{v}");
+    let r = send(
+        r#"{"agent_id": "x", "ttl_seconds": 36e2}"#,
+        "application/json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (s, v) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "x", "ttl_seconds": 3600.5})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+    );
+    assert_eq!(v["error"]["param"], "ttl_seconds");
     // Data after the body's one value is refused, not dropped; white space is fine.
     for trailing in [
         r#"{"agent_id":"x"}{"agent_id":"y"}"#,
