@@ -191,9 +191,7 @@ impl<S: Store> StateBase<S> {
                     .store()
                     .memory(&self.tenant, id)
                     .await?
-                    .ok_or_else(|| {
-                        Error::invalid("starting_after", format!("no memory {id} to start after"))
-                    })?;
+                    .ok_or_else(|| Error::not_found(ResourceKind::Memory, id))?;
                 Some(Cursor {
                     at: m.memory.created_at,
                     id: m.memory.id,
@@ -223,7 +221,7 @@ impl<S: Store> StateBase<S> {
         if req.query.trim().is_empty() {
             return Err(Error::invalid("query", "must not be empty"));
         }
-        let limit = page_limit(req.limit, 10, 50)?;
+        let limit = page_limit(req.limit, 10, 100)?;
         let threshold = match req.threshold {
             None => 0.7,
             Some(t) if (0.0..=1.0).contains(&t) => t as f32,

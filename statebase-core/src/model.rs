@@ -162,15 +162,26 @@ pub struct Page<T> {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateSession {
-    /// Required, non-empty.
+    /// Required, not blank, at most 256 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = r"\S")
+    )]
     pub agent_id: String,
     /// Optional end-user id.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = r"\S")
+    )]
     pub user_id: Option<String>,
     /// A JSON object; `None` means `{}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub initial_state: Option<Value>,
     /// A JSON object; `None` means `{}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Value>,
     /// Lifetime in seconds, 1..=2592000; `None` means 86400.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2_592_000))]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -189,8 +200,10 @@ impl CreateSession {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdateSession {
     /// An RFC 7386 merge patch applied to the metadata (`null` values remove keys).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Value>,
     /// A new lifetime, counted from now.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2_592_000))]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -254,8 +267,8 @@ pub struct HistoryQuery {
     /// Only versions after this one (the next `limit` of them). Without it or
     /// `from_version`, the latest `limit`.
     pub since_version: Option<u64>,
-    /// The first version of the window (0 for the start of the history), instead of
-    /// `since_version`.
+    /// The first version of the window (0 for the start of the history); with
+    /// `since_version` too, the window starts at the later of the two.
     pub from_version: Option<u64>,
 }
 
@@ -353,13 +366,17 @@ pub struct AddTurn {
     /// Like `input`.
     pub output: Value,
     /// Why.
+    #[cfg_attr(feature = "openapi", schema(max_length = 65_536))]
     pub reasoning: Option<String>,
     /// A JSON object.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Value>,
     /// The state before the turn (a JSON object), recorded as given.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub state_before: Option<Value>,
     /// The state after the turn (a JSON object). When it differs from the current state it
     /// becomes a new state version, written atomically with the turn.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub state_after: Option<Value>,
 }
 
@@ -540,7 +557,7 @@ pub struct SearchMemories {
     pub types: Vec<String>,
     /// Only memories with any of these tags (empty: any).
     pub tags: Vec<String>,
-    /// How many results, 1..=50; `None` means 10.
+    /// How many results, 1..=100; `None` means 10.
     pub limit: Option<i64>,
     /// Minimum score, 0..=1; `None` means 0.7.
     pub threshold: Option<f64>,

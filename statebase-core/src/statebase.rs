@@ -32,18 +32,19 @@ pub const MAX_TTL_SECONDS: i64 = 2_592_000;
 pub struct Limits {
     /// Largest JSON encoding of a state or a metadata object, in bytes. Default 1 MiB.
     pub max_document_bytes: usize,
-    /// Longest `agent_id`, `user_id` and other identifiers, in bytes. Default 256.
-    pub max_identifier_bytes: usize,
-    /// Longest `reasoning` or `reason`, in bytes. Default 64 KiB.
-    pub max_reasoning_bytes: usize,
+    /// Longest `agent_id`, `user_id` and other identifiers, in characters (as an HTTP
+    /// client's JSON Schema counts them). Default 256.
+    pub max_identifier_chars: usize,
+    /// Longest `reasoning` or `reason`, in characters. Default 65,536.
+    pub max_reasoning_chars: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_document_bytes: 1 << 20,
-            max_identifier_bytes: 256,
-            max_reasoning_bytes: 64 << 10,
+            max_identifier_chars: 256,
+            max_reasoning_chars: 64 << 10,
         }
     }
 }
@@ -202,9 +203,7 @@ impl<S: Store> StateBase<S> {
                     .store()
                     .session(&self.tenant, id)
                     .await?
-                    .ok_or_else(|| {
-                        Error::invalid("starting_after", format!("no session {id} to start after"))
-                    })?;
+                    .ok_or_else(|| Error::not_found(ResourceKind::Session, id))?;
                 Some(Cursor {
                     at: rec.session.created_at,
                     id: rec.session.id,
@@ -346,21 +345,15 @@ impl<S: Store> StateBase<S> {
     }
 
     /// A window of the version history, oldest first: the `limit` versions from
-    /// `from_version` or after `since_version`, or without either the latest `limit`.
+    /// `from_version` and after `since_version` (either or both), or without them the
+    /// latest `limit`.
     pub async fn history(&self, id: &str, q: HistoryQuery) -> Result<History> {
         let limit = page_limit(q.limit, 50, 1000)? as u64;
         let rec = self.live_session(id).await?;
         let end = rec.session.version + 1;
-        let first = match (q.from_version, q.since_version) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(
-                    "from_version",
-                    "give from_version or since_version, not both",
-                ))
-            }
-            (Some(from), None) => Some(from),
-            (None, since) => since.map(|v| v.saturating_add(1)),
-        };
+        // Both are lower bounds: the window starts at the later of the two.
+        let after_since = q.since_version.map(|v| v.saturating_add(1));
+        let first = q.from_version.max(after_since);
         let range = match first {
             Some(first) => first.min(end)..first.saturating_add(limit).min(end),
             None => end.saturating_sub(limit)..end,
@@ -487,9 +480,11 @@ impl<S: Store> StateBase<S> {
         let after = match &req.starting_after {
             None => None,
             Some(id) => {
-                let t = self.store().trace(&self.tenant, id).await?.ok_or_else(|| {
-                    Error::invalid("starting_after", format!("no trace {id} to start after"))
-                })?;
+                let t = self
+                    .store()
+                    .trace(&self.tenant, id)
+                    .await?
+                    .ok_or_else(|| Error::not_found(ResourceKind::Trace, id))?;
                 Some(Cursor {
                     at: t.timestamp,
                     id: t.id,
@@ -733,9 +728,12 @@ impl<S: Store> StateBase<S> {
         if value.trim().is_empty() {
             return Err(Error::invalid(param, "must not be empty"));
         }
-        let max = self.config().limits.max_identifier_bytes;
-        if value.len() > max {
-            return Err(Error::invalid(param, format!("longer than {max} bytes")));
+        let max = self.config().limits.max_identifier_chars;
+        if value.chars().count() > max {
+            return Err(Error::invalid(
+                param,
+                format!("longer than {max} characters"),
+            ));
         }
         Ok(value)
     }
@@ -753,13 +751,12 @@ impl<S: Store> StateBase<S> {
         param: &'static str,
         value: Option<String>,
     ) -> Result<Option<String>> {
-        let max = self.config().limits.max_reasoning_bytes;
+        let max = self.config().limits.max_reasoning_chars;
         match value {
-            Some(v) if v.len() > max => Err(Error::PayloadTooLarge {
-                what: param,
-                size: v.len(),
-                limit: max,
-            }),
+            Some(v) if v.chars().count() > max => Err(Error::invalid(
+                param,
+                format!("longer than {max} characters"),
+            )),
             v => Ok(v),
         }
     }

@@ -114,12 +114,7 @@ impl<S: Store> StateBase<S> {
             None => None,
             Some(id) => match self.store().turn(&self.tenant, id).await? {
                 Some(t) if t.session_id == session_id => Some(t.turn_number),
-                _ => {
-                    return Err(Error::invalid(
-                        "starting_after",
-                        format!("no turn {id} in this session to start after"),
-                    ))
-                }
+                _ => return Err(Error::not_found(ResourceKind::Turn, id)),
             },
         };
         let query = TurnQuery {

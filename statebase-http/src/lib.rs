@@ -193,6 +193,12 @@ pub fn router(state: AppState) -> Router {
         &["/memory/{id}"],
     );
     let v1 = also_at(v1, routes!(memory_history), &["/memory/{id}/history"]);
+    // Idempotency wraps the routes themselves: a wrong method or an unknown route is not a
+    // request to remember.
+    let v1 = v1.layer(axum::middleware::from_fn_with_state(
+        state.idempotency.clone(),
+        idempotency::idempotent,
+    ));
     let service = OpenApiRouter::with_openapi(openapi::Base::openapi())
         .nest("/v1", v1)
         .routes(routes!(root))
@@ -204,15 +210,11 @@ pub fn router(state: AppState) -> Router {
     state.openapi.get_or_init(|| doc);
     // Authentication wraps every route, the fallbacks included, so that unknown routes and
     // methods under /v1 are authenticated and counted like the others (it lets paths
-    // outside /v1 through).
+    // outside /v1 through); it runs before idempotency, which needs the caller.
     router
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.idempotency.clone(),
-            idempotency::idempotent,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

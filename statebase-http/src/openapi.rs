@@ -16,7 +16,7 @@ use utoipa::OpenApi;
         description = "The StateBase `/v1` API: versioned session state, turns, memories and \
             context for AI agents. Errors of every route are the `ErrorBody` envelope.",
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, statebase_core::Order)),
     modifiers(&Keys),
     security(("api_key" = []), ("bearer" = [])),
 )]
@@ -51,6 +51,7 @@ const METHODS: [&str; 8] = [
 pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     let mut doc = serde_json::to_value(doc).expect("an OpenAPI document is JSON");
     plain_descriptions(&mut doc);
+    constrain(&mut doc);
     let schemas = doc["components"]["schemas"].clone();
     let all_optional = |body: &Value| {
         let schema = &body["content"]["application/json"]["schema"];
@@ -67,7 +68,9 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
         "required": false,
         "description": "A retry with the same key and body returns the first answer and \
             changes nothing; the same key with another body is refused (409).",
-        "schema": {"type": "string", "maxLength": 255},
+        // Visible ASCII, spaces only inside.
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+            "pattern": "^[!-~]([ -~]*[!-~])?$"},
     });
     let mut ids = HashSet::new();
     let Some(paths) = doc["paths"].as_object_mut() else {
@@ -113,6 +116,78 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
         }
     }
     doc
+}
+
+/// The rules of request bodies that the types' attributes cannot state: what a field's
+/// items must be, and fields one of which is required.
+fn constrain(doc: &mut Value) {
+    let identifier = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": "\\S"});
+    let object = |name: &str| json!({"required": [name], "properties": {name: {"type": "object"}}});
+    let schemas = &mut doc["components"]["schemas"];
+    for body in ["MemoryBody", "MemoryUpdateBody"] {
+        schemas[body]["properties"]["tags"]["items"] = identifier.clone();
+    }
+    // A turn's input and output: text, or an object with `content` and a `type`.
+    let io = json!({"oneOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["content"],
+         "properties": {"type": {"type": ["string", "null"], "minLength": 1}}},
+    ]});
+    for side in ["input", "output"] {
+        let field = &mut schemas["AddTurn"]["properties"][side];
+        let description = field["description"].clone();
+        *field = io.clone();
+        field["description"] = description;
+    }
+    schemas["StateBody"]["anyOf"] = json!([object("state"), object("updates")]);
+    let webhook = &mut schemas["WebhookBody"]["properties"];
+    webhook["url"]["format"] = json!("uri");
+    webhook["url"]["pattern"] = json!("^https?://[A-Za-z0-9.-]+(:[0-9]{1,4})?(/[!-~]*)?$");
+    webhook["events"]["items"]["enum"] = json!(["*"]
+        .into_iter()
+        .chain(crate::webhooks::EVENTS)
+        .collect::<Vec<_>>());
+    webhook["secret"]["minLength"] = json!(16);
+    // A memory of no session belongs to a user: one of the two is required, except where
+    // the path names the session.
+    let scoped = json!({"allOf": [
+        {"$ref": "#/components/schemas/MemoryBody"},
+        {"anyOf": [
+            {"required": ["session_id"], "properties": {"session_id": {"type": "string"}}},
+            {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+        ]},
+    ]});
+    for path in ["/v1/memories", "/v1/memory"] {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] =
+            scoped.clone();
+    }
+    let params = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .flat_map(|op| op.get_mut("parameters").and_then(Value::as_array_mut))
+        .flatten();
+    for param in params {
+        match param["name"].as_str() {
+            // A version, quoted or weak as an entity tag may be; a header is never null.
+            Some("If-Match") => {
+                param["schema"] = json!({"type": "string", "pattern": r#"^(W/)?"?[0-9]{1,19}"?$"#})
+            }
+            // The sessions filter is a JSON object sent as the parameter's text.
+            Some("metadata") => {
+                if let Some(p) = param.as_object_mut() {
+                    p.remove("schema");
+                    p.insert(
+                        "content".into(),
+                        json!({"application/json": {"schema": {"type": "object"}}}),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Every `description` in `v` with its rustdoc links as their text.

@@ -74,14 +74,17 @@ pub async fn get_session(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
 #[into_params(parameter_in = Query)]
 pub struct SessionListQuery {
     /// Page size, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The `last_id` of the previous page.
     starting_after: Option<String>,
     agent_id: Option<String>,
     user_id: Option<String>,
     /// ISO 8601.
+    #[param(format = DateTime)]
     created_after: Option<String>,
     /// ISO 8601.
+    #[param(format = DateTime)]
     created_before: Option<String>,
     /// A JSON object the metadata must contain, as a string.
     metadata: Option<String>,
@@ -143,6 +146,7 @@ pub struct StateBody {
     #[schema(value_type = Option<Object>)]
     updates: Option<Value>,
     /// Why, kept on the version and in the audit trail.
+    #[schema(max_length = 65_536)]
     reasoning: Option<String>,
     /// Write only if this is still the current version (else 409 `version_conflict`).
     expected_version: Option<u64>,
@@ -234,10 +238,12 @@ pub async fn post_state(
 #[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// How many versions, 1..=1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only the versions after this one; without it (or `from_version`), the latest.
     since_version: Option<u64>,
-    /// The first version of the window: 0 for the start of a long history.
+    /// The first version of the window: 0 for the start of a long history (with
+    /// `since_version` too, the later of the two).
     from_version: Option<u64>,
 }
 
@@ -269,6 +275,7 @@ pub struct RollbackBody {
     version: i64,
     /// Why. Alias: `reasoning`.
     #[serde(alias = "reasoning")]
+    #[schema(max_length = 65_536)]
     reason: Option<String>,
     /// Roll back only if this is still the current version.
     expected_version: Option<u64>,
@@ -304,10 +311,13 @@ pub struct ForkBody {
     version: Option<i64>,
     /// The new session's agent (default the source's). Alias: `new_agent_id`.
     #[serde(alias = "new_agent_id")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     agent_id: Option<String>,
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     user_id: Option<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    #[schema(minimum = 1, maximum = 2_592_000)]
     ttl_seconds: Option<i64>,
 }
 
@@ -336,8 +346,10 @@ pub struct ContextBody {
     /// Memories are ranked against it; without it, the most recent.
     query: Option<String>,
     /// 1..=20 (default 5).
+    #[schema(minimum = 1, maximum = 20)]
     memory_limit: Option<i64>,
     /// 1..=50 (default 10).
+    #[schema(minimum = 1, maximum = 50)]
     turn_limit: Option<i64>,
 }
 
@@ -438,6 +450,7 @@ pub async fn add_turn(
 #[into_params(parameter_in = Query)]
 pub struct TurnListQuery {
     /// Page size, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The `last_id` of the previous page.
     starting_after: Option<String>,
@@ -480,12 +493,17 @@ pub async fn get_turn(Tenant(sb): Tenant, Path((id, turn_id)): Path<(String, Str
 pub struct MemoryBody {
     /// The session it belongs to; without one, `user_id` makes it a user-level memory.
     session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     user_id: Option<String>,
-    /// 1..=10,000 characters.
+    /// 1..=10,000 characters, not blank.
+    #[schema(min_length = 1, max_length = 10_000, pattern = r"\S")]
     content: String,
     /// Default `general`. Alias: `memory_type`.
     #[serde(alias = "memory_type")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     r#type: Option<String>,
+    /// At most 64, each like a `type`.
+    #[schema(max_items = 64)]
     tags: Option<Vec<String>>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
@@ -537,11 +555,14 @@ pub async fn get_memory(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
 #[derive(Deserialize, ToSchema)]
 pub struct MemoryUpdateBody {
     /// New content (re-embedded).
+    #[schema(min_length = 1, max_length = 10_000, pattern = r"\S")]
     content: Option<String>,
     /// Alias: `memory_type`.
     #[serde(alias = "memory_type")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"\S")]
     r#type: Option<String>,
-    /// New tags: they replace the old ones.
+    /// New tags: they replace the old ones (at most 64, each like a `type`).
+    #[schema(max_items = 64)]
     tags: Option<Vec<String>>,
     /// An RFC 7386 merge patch for the metadata.
     #[schema(value_type = Option<Object>)]
@@ -589,7 +610,7 @@ pub async fn memory_history(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MemoryQueryParams {
-    /// With it, a semantic search; without it, a list, newest first.
+    /// With it (not blank), a semantic search; without it, a list, newest first.
     query: Option<String>,
     session_id: Option<String>,
     user_id: Option<String>,
@@ -600,11 +621,14 @@ pub struct MemoryQueryParams {
     r#type: Option<String>,
     /// Comma-separated tags (any of them).
     tags: Option<String>,
-    /// Results of a search, 1..=50 (default 10).
+    /// Results of a search, 1..=100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     top_k: Option<i64>,
     /// The same as `top_k`; for a list, its page size.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Minimum score of a search, 0..=1 (default 0.7).
+    #[param(minimum = 0, maximum = 1)]
     threshold: Option<f64>,
     /// The `last_id` of a list's previous page.
     starting_after: Option<String>,
@@ -624,7 +648,11 @@ pub async fn search_or_list_memories(
     Tenant(sb): Tenant,
     Query(q): Query<MemoryQueryParams>,
 ) -> Reply {
-    match q.query {
+    if let Some(t) = q.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        // Checked for a list too, where it does nothing, so that one rule holds.
+        return Err(Error::invalid("threshold", format!("{t} is outside 0..=1")).into());
+    }
+    match q.query.filter(|q| !q.trim().is_empty()) {
         Some(query) => {
             let mut types = csv(q.types);
             types.extend(q.r#type);
@@ -657,6 +685,7 @@ pub async fn search_or_list_memories(
 /// A semantic search.
 #[derive(Deserialize, ToSchema)]
 pub struct SearchBody {
+    #[schema(min_length = 1, pattern = r"\S")]
     query: String,
     session_id: Option<String>,
     user_id: Option<String>,
@@ -667,10 +696,12 @@ pub struct SearchBody {
     types: Option<Vec<String>>,
     /// Any of these tags.
     tags: Option<Vec<String>>,
-    /// 1..=50 (default 10). Alias: `top_k`.
+    /// 1..=100 (default 10). Alias: `top_k`.
     #[serde(alias = "top_k")]
+    #[schema(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Minimum score, 0..=1 (default 0.7).
+    #[schema(minimum = 0, maximum = 1)]
     threshold: Option<f64>,
 }
 
@@ -712,6 +743,7 @@ pub async fn search_session_memories(
 #[into_params(parameter_in = Query)]
 pub struct TraceListQuery {
     /// Page size, 1..=100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The `last_id` of the previous page.
     starting_after: Option<String>,
@@ -722,9 +754,11 @@ pub struct TraceListQuery {
     resource_id: Option<String>,
     /// ISO 8601. Alias: `start_time`.
     #[serde(alias = "start_time")]
+    #[param(format = DateTime)]
     created_after: Option<String>,
     /// ISO 8601. Alias: `end_time`.
     #[serde(alias = "end_time")]
+    #[param(format = DateTime)]
     created_before: Option<String>,
 }
 
@@ -860,6 +894,14 @@ pub async fn create_key(
             ))
         }
     };
+    let name_chars = b.name.chars().count();
+    if !(1..=200).contains(&name_chars) {
+        return Err(ApiError::validation(
+            "name",
+            "body",
+            format!("{name_chars} characters, outside 1..=200"),
+        ));
+    }
     let own = app.limiter.rate_of(&caller.key);
     let at_most = |field: &str, asked: Option<u32>, most: u32| match asked {
         Some(n) if n > most => Err(ApiError::validation(

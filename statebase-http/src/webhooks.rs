@@ -242,7 +242,7 @@ pub async fn create(
         ));
     }
     let secret = match secret {
-        Some(s) if s.len() < 16 => {
+        Some(s) if s.chars().count() < 16 => {
             return Err(Error::invalid("secret", "must be at least 16 characters"))
         }
         Some(s) => s,

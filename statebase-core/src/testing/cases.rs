@@ -397,11 +397,12 @@ pub async fn list_sessions_paginates<F: StoreFactory>(factory: F) {
         };
         assert_eq!(code(sb.list_sessions(q).await), "invalid_request");
     }
+    // A cursor naming no session is a missing session.
     let q = ListSessions {
         starting_after: Some("sess_unknown0000".into()),
         ..Default::default()
     };
-    assert_eq!(code(sb.list_sessions(q).await), "invalid_request");
+    assert_eq!(code(sb.list_sessions(q).await), "session_not_found");
 }
 
 /// Walking every page while other tasks create sessions yields each earlier session exactly
@@ -642,7 +643,8 @@ pub async fn small_edits_of_a_big_state_read_back_exactly<F: StoreFactory>(facto
 
 /// History: the latest `limit` (default 50) oldest first, the `limit` after
 /// `since_version`, or the `limit` from `from_version` (0 reaches the start of a long
-/// history); `current_version` is the head. Bad limits are refused.
+/// history; with both, the later bound); `current_version` is the head. Bad limits are
+/// refused.
 pub async fn history_windows<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let sb = env.sb();
@@ -697,12 +699,15 @@ pub async fn history_windows<F: StoreFactory>(factory: F) {
         ..HistoryQuery::default()
     };
     assert_eq!(nums(&sb.history(&s.id, q).await.unwrap()), vec![58, 59, 60]);
-    let both = HistoryQuery {
-        since_version: Some(1),
-        from_version: Some(0),
-        ..HistoryQuery::default()
-    };
-    assert_eq!(code(sb.history(&s.id, both).await), "invalid_request");
+    for (since, from, first) in [(1, 0, 2), (1, 5, 5)] {
+        let both = HistoryQuery {
+            limit: Some(2),
+            since_version: Some(since),
+            from_version: Some(from),
+        };
+        let h = sb.history(&s.id, both).await.unwrap();
+        assert_eq!(nums(&h), vec![first, first + 1], "the later bound wins");
+    }
     for limit in [0, 1001] {
         let q = HistoryQuery {
             limit: Some(limit),
@@ -1035,7 +1040,7 @@ pub async fn tenants_are_isolated<F: StoreFactory>(factory: F) {
         starting_after: Some(s.id.clone()),
         ..Default::default()
     };
-    assert_eq!(code(b.list_sessions(q).await), "invalid_request");
+    assert_eq!(code(b.list_sessions(q).await), "session_not_found");
     let b_traces = b.list_traces(ListTraces::default()).await.unwrap();
     assert!(b_traces.data.is_empty());
     let a_traces = a.list_traces(ListTraces::default()).await.unwrap();
@@ -1236,12 +1241,22 @@ pub async fn documents_over_the_limit_are_rejected<F: StoreFactory>(factory: F) 
         code(sb.update_session(&s.id, meta).await),
         "payload_too_large"
     );
-    let long_reason = StateWrite::new(json!({})).reasoning("r".repeat(70_000));
+    // Text limits count characters, as a client's JSON Schema does.
+    let long_reason = StateWrite::new(json!({})).reasoning("r".repeat(65_537));
     assert_eq!(
         code(sb.replace_state(&s.id, long_reason).await),
-        "payload_too_large"
+        "invalid_request"
     );
     assert_eq!(sb.get_session(&s.id).await.unwrap(), s);
+    let wide = sb
+        .create_session(CreateSession::new("é".repeat(256)))
+        .await
+        .unwrap();
+    assert_eq!(wide.agent_id.chars().count(), 256);
+    assert_eq!(
+        code(sb.create_session(CreateSession::new("é".repeat(257))).await),
+        "invalid_request"
+    );
     sb.replace_state(&s.id, StateWrite::new(big)).await.unwrap();
 }
 
