@@ -101,6 +101,13 @@ pub enum Error {
         /// The limit in characters.
         limit: usize,
     },
+    /// An update would give a memory the content another memory of its scope already has;
+    /// nothing was written.
+    #[error("memory {other} already has this content")]
+    DuplicateContent {
+        /// The memory that has it.
+        other: String,
+    },
     /// The storage backend failed. The message is internal and must not reach API clients.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -115,6 +122,7 @@ impl Error {
             Error::Conflict { .. } => "version_conflict",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::ContentTooLarge { .. } => "content_too_large",
+            Error::DuplicateContent { .. } => "duplicate_content",
             Error::Backend(_) => "internal_error",
         }
     }

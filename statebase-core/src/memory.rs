@@ -396,9 +396,8 @@ impl Store for MemoryStore {
         let new_key = key(tenant, &update.record.dedupe_key);
         match inner.dedupe.get(&new_key) {
             Some(other) if *other != id => {
-                return Err(Error::InvalidInput {
-                    param: "content",
-                    message: format!("memory {other} already has this content"),
+                return Err(Error::DuplicateContent {
+                    other: other.clone(),
                 })
             }
             _ => {}

@@ -144,7 +144,7 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::DuplicateContent { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } | Error::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

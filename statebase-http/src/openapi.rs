@@ -56,7 +56,11 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     let all_optional = |body: &Value| {
         let schema = &body["content"]["application/json"]["schema"];
         let name = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next());
-        name.is_some_and(|n| schemas[n]["required"].as_array().is_none_or(Vec::is_empty))
+        // A body with one of several fields required (`anyOf`) is required too.
+        name.is_some_and(|n| {
+            schemas[n]["required"].as_array().is_none_or(Vec::is_empty)
+                && schemas[n].get("anyOf").is_none()
+        })
     };
     let error = json!({
         "description": "An error: `{\"error\": {code, message, type, param}, \"detail\"}`",
@@ -142,7 +146,11 @@ fn constrain(doc: &mut Value) {
     schemas["StateBody"]["anyOf"] = json!([object("state"), object("updates")]);
     let webhook = &mut schemas["WebhookBody"]["properties"];
     webhook["url"]["format"] = json!("uri");
-    webhook["url"]["pattern"] = json!("^https?://[A-Za-z0-9.-]+(:[0-9]{1,4})?(/[!-~]*)?$");
+    webhook["url"]["pattern"] = json!(concat!(
+        r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*[A-Za-z0-9])",
+        r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?",
+        r"([/?#][!-~]*)?$"
+    ));
     webhook["events"]["items"]["enum"] = json!(["*"]
         .into_iter()
         .chain(crate::webhooks::EVENTS)

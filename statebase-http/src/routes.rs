@@ -141,10 +141,10 @@ pub struct StateBody {
     /// The new state (PUT, POST) or an RFC 7386 merge patch (PATCH). Required, here or as
     /// `updates`.
     #[schema(value_type = Option<Object>)]
-    state: Option<Value>,
+    state: Option<Object>,
     /// The same as `state`.
     #[schema(value_type = Option<Object>)]
-    updates: Option<Value>,
+    updates: Option<Object>,
     /// Why, kept on the version and in the audit trail.
     #[schema(max_length = 65_536)]
     reasoning: Option<String>,
@@ -183,7 +183,7 @@ impl StateBody {
             .ok_or_else(|| ApiError::validation("state", "body", "missing field `state`".into()))?;
         Ok(StateWrite {
             expected_version: self.expected_version.or(if_match(headers)?),
-            state,
+            state: Value::Object(state),
             reasoning: self.reasoning,
         })
     }
@@ -648,6 +648,12 @@ pub async fn search_or_list_memories(
     Tenant(sb): Tenant,
     Query(q): Query<MemoryQueryParams>,
 ) -> Reply {
+    // Both spellings of the size are checked when both are given, though one wins.
+    for (param, n) in [("top_k", q.top_k), ("limit", q.limit)] {
+        if let Some(n) = n.filter(|n| !(1..=100).contains(n)) {
+            return Err(Error::invalid(param, format!("{n} is outside 1..=100")).into());
+        }
+    }
     if let Some(t) = q.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
         // Checked for a list too, where it does nothing, so that one rule holds.
         return Err(Error::invalid("threshold", format!("{t} is outside 0..=1")).into());
@@ -863,10 +869,11 @@ pub async fn list_keys(State(app): State<AppState>, Extension(caller): Extension
 pub struct KeyBody {
     #[schema(min_length = 1, max_length = 200)]
     name: String,
-    /// Requests a minute, at most the calling key's (default the calling key's).
+    /// Requests a minute; more than the calling key's is granted as the calling key's
+    /// (default the calling key's).
     #[schema(minimum = 1)]
     rate_limit: Option<u32>,
-    /// Requests at once, at most the calling key's (default the calling key's).
+    /// Requests at once, likewise at most the calling key's.
     #[schema(minimum = 1)]
     burst: Option<u32>,
     /// Days until it expires, 1..=3650 (default never).
@@ -875,7 +882,8 @@ pub struct KeyBody {
 }
 
 /// A new key for the caller's tenant; its secret is in `full_key`, this once. It gets at
-/// most the calling key's rate and burst, so that no key can raise its own limits.
+/// most the calling key's rate and burst (the answer says what it got), so that no key
+/// can raise its own limits.
 #[utoipa::path(post, path = "/dashboard/keys", request_body = KeyBody,
     responses((status = 200, body = KeyOut)))]
 pub async fn create_key(
@@ -903,19 +911,14 @@ pub async fn create_key(
         ));
     }
     let own = app.limiter.rate_of(&caller.key);
-    let at_most = |field: &str, asked: Option<u32>, most: u32| match asked {
-        Some(n) if n > most => Err(ApiError::validation(
-            field,
-            "body",
-            format!("{n} is over the calling key's {most}: a key cannot raise its own limits"),
-        )),
-        // Unset, a new key follows what limits the calling key (its own or the server's).
-        Some(n) => Ok(Some(n)),
-        None => Ok(None),
-    };
+    // What is asked above the calling key's is granted at the calling key's (the answer
+    // says what was granted); unset, a new key follows what limits the calling key.
     let limits = KeyLimits {
-        rate_limit: at_most("rate_limit", b.rate_limit, own.per_minute)?.or(caller.key.rate_limit),
-        burst: at_most("burst", b.burst, own.burst)?.or(caller.key.burst),
+        rate_limit: b
+            .rate_limit
+            .map(|n| n.min(own.per_minute))
+            .or(caller.key.rate_limit),
+        burst: b.burst.map(|n| n.min(own.burst)).or(caller.key.burst),
     };
     let (key, secret) = app
         .sb

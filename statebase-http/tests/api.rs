@@ -1500,19 +1500,23 @@ async fn a_key_cannot_mint_a_key_above_its_own_limits() {
         .await
         .unwrap();
     let mint = |body: Value| srv.call(Some(small), Method::POST, "/v1/dashboard/keys", Some(body));
-    for (body, field) in [
-        (
-            json!({"name": "big", "rate_limit": 1_000_000}),
-            "rate_limit",
-        ),
-        (json!({"name": "wide", "burst": 11}), "burst"),
+    // Asked for more, a key gets the calling key's limits, and the answer says so.
+    for body in [
+        json!({"name": "big", "rate_limit": 1_000_000, "burst": 1_000_000}),
+        json!({"name": "wide", "rate_limit": 61, "burst": 11}),
     ] {
         let (s, v, _) = mint(body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(
-            (s, code(&v)),
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+            (v["rate_limit"].as_u64(), v["burst"].as_u64()),
+            (Some(60), Some(10)),
+            "{v}"
         );
-        assert_eq!(v["error"]["param"], field, "{v}");
+        let key = v["full_key"].as_str().unwrap().to_owned();
+        let (_, _, h) = srv
+            .call(Some(&key), Method::GET, "/v1/sessions", None)
+            .await;
+        assert_eq!(h["x-ratelimit-limit"], "60");
     }
     // Unset, a new key takes the calling key's limits, not the server's larger ones.
     let (s, made, _) = mint(json!({"name": "child"})).await;
@@ -1536,7 +1540,11 @@ async fn a_key_cannot_mint_a_key_above_its_own_limits() {
             Some(json!({"name": "grandchild", "rate_limit": 61})),
         )
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        (s, v["rate_limit"].as_u64()),
+        (StatusCode::OK, Some(60)),
+        "{v}"
+    );
 }
 
 #[tokio::test]

@@ -631,12 +631,8 @@ impl Trees {
             }
             if let Some(other) = r.get(dedupe_key(tenant, &u.record.dedupe_key))? {
                 if other.as_ref() != m.id.as_bytes() {
-                    return abort(Error::InvalidInput {
-                        param: "content",
-                        message: format!(
-                            "memory {} already has this content",
-                            String::from_utf8_lossy(&other)
-                        ),
+                    return abort(Error::DuplicateContent {
+                        other: String::from_utf8_lossy(&other).into_owned(),
                     });
                 }
             }

@@ -800,9 +800,8 @@ pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<(
     }
     if let Some(other) = memory_by_key(conn, tenant, &u.record.dedupe_key)? {
         if other.memory.id != m.id {
-            return Err(Error::InvalidInput {
-                param: "content",
-                message: format!("memory {} already has this content", other.memory.id),
+            return Err(Error::DuplicateContent {
+                other: other.memory.id.clone(),
             }
             .into());
         }

@@ -464,9 +464,10 @@ pub async fn memory_updates_are_versioned<F: StoreFactory>(factory: F) {
         content: Some(other.content.clone()),
         ..Default::default()
     };
+    // Another memory of the scope has that content: a conflict, and nothing changes.
     assert_eq!(
         code(sb.update_memory(&m.id, clash).await),
-        "invalid_request"
+        "duplicate_content"
     );
     assert_eq!(sb.get_memory(&m.id).await.unwrap().version, 2);
     assert_eq!(
