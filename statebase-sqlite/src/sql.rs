@@ -801,7 +801,7 @@ pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<(
     if let Some(other) = memory_by_key(conn, tenant, &u.record.dedupe_key)? {
         if other.memory.id != m.id {
             return Err(Error::DuplicateContent {
-                other: other.memory.id.clone(),
+                other: other.memory.id,
             }
             .into());
         }
