@@ -108,6 +108,10 @@ pub enum Error {
         /// The memory that has it.
         other: String,
     },
+    /// A memory of a session was given another `user_id` than the session's; nothing was
+    /// written.
+    #[error("user_id differs from the session's user_id")]
+    UserMismatch,
     /// The storage backend failed. The message is internal and must not reach API clients.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -123,6 +127,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::ContentTooLarge { .. } => "content_too_large",
             Error::DuplicateContent { .. } => "duplicate_content",
+            Error::UserMismatch => "user_id_mismatch",
             Error::Backend(_) => "internal_error",
         }
     }

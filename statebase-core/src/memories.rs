@@ -35,10 +35,7 @@ impl<S: Store> StateBase<S> {
             (Some(sid), user) => {
                 let session = self.live_session(&sid).await?.session;
                 if user.is_some() && user != session.user_id {
-                    return Err(Error::invalid(
-                        "user_id",
-                        "differs from the session's user_id",
-                    ));
+                    return Err(Error::UserMismatch);
                 }
                 (Some(sid), session.user_id)
             }

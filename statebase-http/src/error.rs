@@ -144,7 +144,9 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } | Error::DuplicateContent { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::DuplicateContent { .. } | Error::UserMismatch => {
+                StatusCode::CONFLICT
+            }
             Error::PayloadTooLarge { .. } | Error::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -160,7 +162,10 @@ impl From<Error> for ApiError {
         };
         let param = match &e {
             Error::InvalidInput { param, .. } => Some((*param).to_owned()),
-            Error::ContentTooLarge { .. } => Some("content".to_owned()),
+            Error::ContentTooLarge { .. } | Error::DuplicateContent { .. } => {
+                Some("content".to_owned())
+            }
+            Error::UserMismatch => Some("user_id".to_owned()),
             Error::NotFound { kind, .. } => Some(format!("{kind}_id").replace(' ', "_")),
             _ => None,
         };

@@ -343,7 +343,7 @@ pub async fn memories_have_defaults_and_limits<F: StoreFactory>(factory: F) {
         user_id: Some("u2".into()),
         ..AddMemory::new(&s.id, "x")
     };
-    assert_eq!(code(sb.add_memory(wrong_user).await), "invalid_request");
+    assert_eq!(code(sb.add_memory(wrong_user).await), "user_id_mismatch");
     assert_eq!(
         code(sb.add_memory(AddMemory::new("sess_nope", "x")).await),
         "session_not_found"
