@@ -134,7 +134,14 @@ async fn run(keep: &Idempotency, req: Request, next: Next) -> Result<Response, A
         return Ok(next.run(req).await);
     };
     let key = match key {
-        Ok(k) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => k,
+        // Visible ASCII and spaces (a tab, which HTTP allows in a value, is refused).
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_CHARS
+                && k.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+        {
+            k
+        }
         _ => {
             return Err(ApiError::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"

@@ -1239,17 +1239,19 @@ async fn if_match_and_idempotency_keys() {
         .a(Method::GET, "/v1/sessions?agent_id=idem", None)
         .await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
-    // An oversized key is refused, and nothing is created.
-    let long = srv
-        .http
-        .post(format!("{}/v1/sessions", srv.url))
-        .header("X-API-Key", KEY_A)
-        .header("Idempotency-Key", "k".repeat(256))
-        .json(&json!({"agent_id": "long-key"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(long.status(), StatusCode::BAD_REQUEST);
+    // An oversized key, or one with a tab, is refused, and nothing is created.
+    for bad in ["k".repeat(256), "a\tb".to_owned()] {
+        let long = srv
+            .http
+            .post(format!("{}/v1/sessions", srv.url))
+            .header("X-API-Key", KEY_A)
+            .header("Idempotency-Key", bad.clone())
+            .json(&json!({"agent_id": "long-key"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(long.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
     let (_, list) = srv
         .a(Method::GET, "/v1/sessions?agent_id=long-key", None)
         .await;
