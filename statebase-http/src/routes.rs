@@ -910,6 +910,15 @@ pub async fn create_key(
             format!("{name_chars} characters, outside 1..=200"),
         ));
     }
+    for (field, n) in [("rate_limit", b.rate_limit), ("burst", b.burst)] {
+        if n == Some(0) {
+            return Err(ApiError::validation(
+                field,
+                "body",
+                "must be at least 1".into(),
+            ));
+        }
+    }
     let own = app.limiter.rate_of(&caller.key);
     // What is asked above the calling key's is granted at the calling key's (the answer
     // says what was granted); unset, a new key follows what limits the calling key.

@@ -1520,6 +1520,13 @@ async fn a_key_cannot_mint_a_key_above_its_own_limits() {
             .await;
         assert_eq!(h["x-ratelimit-limit"], "60");
     }
+    for field in ["rate_limit", "burst"] {
+        let (s, v, _) = mint(json!({"name": "zero", field: 0})).await;
+        assert_eq!(
+            (s, v["error"]["param"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field))
+        );
+    }
     // Unset, a new key takes the calling key's limits, not the server's larger ones.
     let (s, made, _) = mint(json!({"name": "child"})).await;
     assert_eq!(s, StatusCode::OK);
