@@ -32,6 +32,7 @@ pub use memory::MemoryStore;
 pub use model::*;
 pub use search::IndexFactory;
 pub use statebase::{
-    Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
+    is_blank, Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
 };
 pub use store::{ObservedStore, Store, StoreObserver};

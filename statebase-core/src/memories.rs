@@ -3,6 +3,7 @@
 
 use crate::action;
 use crate::error::{Error, ResourceKind, Result};
+use crate::is_blank;
 use crate::json;
 use crate::model::*;
 use crate::search::{Hit, Query, Scope};
@@ -215,7 +216,7 @@ impl<S: Store> StateBase<S> {
     /// Memories ranked by relevance to `query`, best first, down to `threshold`. See
     /// [`MemoryHit`] for how vector and keyword scores combine.
     pub async fn search_memories(&self, req: SearchMemories) -> Result<Vec<MemoryHit>> {
-        if req.query.trim().is_empty() {
+        if is_blank(&req.query) {
             return Err(Error::invalid("query", "must not be empty"));
         }
         let limit = page_limit(req.limit, 10, 100)?;
@@ -246,7 +247,7 @@ impl<S: Store> StateBase<S> {
         let memory_limit = page_limit(req.memory_limit, 5, 20)?;
         let turn_limit = page_limit(req.turn_limit, 10, 50)?;
         let session = self.live_session(session_id).await?.session;
-        let query = req.query.filter(|q| !q.trim().is_empty());
+        let query = req.query.filter(|q| !is_blank(q));
         let memories = match &query {
             Some(q) => {
                 let scope = Scope::SessionAndUserLevel(session_id, session.user_id.as_deref());
@@ -386,7 +387,7 @@ impl<S: Store> StateBase<S> {
     }
 
     fn memory_content(&self, content: String) -> Result<String> {
-        if content.trim().is_empty() {
+        if is_blank(&content) {
             return Err(Error::invalid("content", "must not be empty"));
         }
         let chars = content.chars().count();

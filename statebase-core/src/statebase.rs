@@ -725,7 +725,7 @@ impl<S: Store> StateBase<S> {
     }
 
     pub(crate) fn identifier(&self, param: &'static str, value: String) -> Result<String> {
-        if value.trim().is_empty() {
+        if is_blank(&value) {
             return Err(Error::invalid(param, "must not be empty"));
         }
         let max = self.config().limits.max_identifier_chars;
@@ -780,6 +780,25 @@ impl<S: Store> StateBase<S> {
         }
         Ok(())
     }
+}
+
+/// True if `text` has nothing but white space, as JSON Schema's `\S` pattern (ECMAScript's
+/// `\s`) counts it, so that a schema saying "not blank" and the server agree: U+FEFF is
+/// white space and U+0085 is not, unlike Rust's `trim`.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(
+            c,
+            '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+                ..='\u{200a}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202f}'
+                    | '\u{205f}'
+                    | '\u{3000}'
+                    | '\u{feff}'
+        )
+    })
 }
 
 /// `version` as an absolute version of `session`: negative counts back from the current.
@@ -853,4 +872,18 @@ fn json_size(value: &impl Serialize) -> usize {
     // Writing to a counter cannot fail, and a map with string keys always serialises.
     let _ = serde_json::to_writer(&mut count, value);
     count.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn blank_is_what_json_schemas_backslash_s_matches() {
+        for blank in ["", " ", "\t\n\r", "\u{a0}\u{2003}\u{3000}", "\u{feff}"] {
+            assert!(super::is_blank(blank), "{blank:?}");
+        }
+        // U+0085 and U+001C are white space to Rust's `trim`, not to ECMAScript's `\s`.
+        for text in ["a", " a ", "\u{85}", "\u{1c}"] {
+            assert!(!super::is_blank(text), "{text:?}");
+        }
+    }
 }

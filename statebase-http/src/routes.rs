@@ -658,7 +658,7 @@ pub async fn search_or_list_memories(
         // Checked for a list too, where it does nothing, so that one rule holds.
         return Err(Error::invalid("threshold", format!("{t} is outside 0..=1")).into());
     }
-    match q.query.filter(|q| !q.trim().is_empty()) {
+    match q.query.filter(|q| !is_blank(q)) {
         Some(query) => {
             let mut types = csv(q.types);
             types.extend(q.r#type);
@@ -864,6 +864,9 @@ pub async fn list_keys(State(app): State<AppState>, Extension(caller): Extension
         .collect::<Vec<_>>())
 }
 
+/// The largest rate or burst a key may be asked for (a 32-bit integer, as clients have it).
+const MAX_KEY_RATE: u32 = i32::MAX as u32;
+
 /// A new key.
 #[derive(Deserialize, ToSchema)]
 pub struct KeyBody {
@@ -871,10 +874,10 @@ pub struct KeyBody {
     name: String,
     /// Requests a minute; more than the calling key's is granted as the calling key's
     /// (default the calling key's).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2_147_483_647)]
     rate_limit: Option<u32>,
     /// Requests at once, likewise at most the calling key's.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 2_147_483_647)]
     burst: Option<u32>,
     /// Days until it expires, 1..=3650 (default never).
     #[schema(minimum = 1, maximum = 3650)]
@@ -911,11 +914,11 @@ pub async fn create_key(
         ));
     }
     for (field, n) in [("rate_limit", b.rate_limit), ("burst", b.burst)] {
-        if n == Some(0) {
+        if n.is_some_and(|n| n == 0 || n > MAX_KEY_RATE) {
             return Err(ApiError::validation(
                 field,
                 "body",
-                "must be at least 1".into(),
+                format!("must be 1..={MAX_KEY_RATE}"),
             ));
         }
     }
