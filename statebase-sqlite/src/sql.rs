@@ -49,11 +49,6 @@ fn blob_vector(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// A JSON path to one top-level key, quoted so that any key works.
-fn key_path(key: &str) -> String {
-    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 /// Runs a query and maps every row with a fallible reader.
 fn collect<T>(
     conn: &Connection,
@@ -214,13 +209,18 @@ fn list_sessions_sql(tenant: &str, q: &SessionQuery) -> Res<(String, Vec<Sql>)> 
     time_clause(&mut sql, &mut args, "created_at", ">", q.created_after);
     time_clause(&mut sql, &mut args, "created_at", "<", q.created_before);
     for (key, value) in q.metadata.iter().flatten() {
-        // Equal JSON: serde_json writes both sides the same way (sorted keys, minified).
+        // The key is compared as text, not put in a JSON path, so that any key works (a
+        // path cannot hold a NUL). Equal JSON: the same type, and the same value as
+        // json_extract gives it (serde_json writes both sides the same way: sorted keys,
+        // minified).
         sql.push_str(
-            " AND json_type(metadata, ?) IS NOT NULL AND json_extract(metadata, ?) IS json_extract(?, '$')",
+            " AND EXISTS (SELECT 1 FROM json_each(sessions.metadata) AS m WHERE m.key = ? \
+             AND m.type = json_type(?) AND m.value IS json_extract(?, '$'))",
         );
-        args.push(Sql::Text(key_path(key)));
-        args.push(Sql::Text(key_path(key)));
-        args.push(Sql::Text(json(value)?));
+        let value = json(value)?;
+        args.push(Sql::Text(key.clone()));
+        args.push(Sql::Text(value.clone()));
+        args.push(Sql::Text(value));
     }
     sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?");
     args.push(Sql::Integer(q.limit as i64));

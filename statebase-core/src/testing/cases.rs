@@ -354,10 +354,38 @@ pub async fn list_sessions_newest_first_with_filters<F: StoreFactory>(factory: F
         .await,
         expect(&[3])
     );
+    // Any key and any JSON value: a NUL, quotes and backslashes in keys, true against 1,
+    // objects, numbers as numbers.
+    let odd_keys = json!({"\u{0}k": 1, "q\"u\\o": {"a": [1, true]}, "t": true, "n": 2.5e123});
+    let odd = sb
+        .create_session(CreateSession {
+            metadata: Some(odd_keys.clone()),
+            ..CreateSession::new("odd-keys")
+        })
+        .await
+        .unwrap();
+    for (filter, hit) in [
+        (json!({"\u{0}k": 1}), true),
+        (json!({"\u{0}": 1}), false),
+        (json!({"q\"u\\o": {"a": [1, true]}}), true),
+        (json!({"q\"u\\o": {"a": [1, 1]}}), false),
+        (json!({"t": true}), true),
+        (json!({"t": 1}), false),
+        (json!({"n": 2.5e123}), true),
+        (odd_keys, true),
+    ] {
+        let found = list(ListSessions {
+            metadata: Some(obj(filter.clone())),
+            ..Default::default()
+        })
+        .await;
+        let want = if hit { vec![odd.id.clone()] } else { vec![] };
+        assert_eq!(found, want, "{filter}");
+    }
 }
 
 /// Pages: default 20, max 100, `has_more`, `first_id`/`last_id`, `starting_after`; a bad
-/// limit or an unknown cursor is `invalid_request`.
+/// limit is `invalid_request`, an unknown cursor its kind's not-found.
 pub async fn list_sessions_paginates<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let sb = env.sb();
