@@ -44,6 +44,12 @@ fn keys_create_list_revoke_on_the_same_database() {
     assert!(!bad.status.success());
 }
 
+/// A loopback address no one listens on.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 /// Reads the child's stdout until a line contains `needle`.
 fn wait_for(lines: &mut impl Iterator<Item = String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -60,11 +66,7 @@ fn wait_for(lines: &mut impl Iterator<Item = String>, needle: &str) -> String {
 async fn serve_prints_a_first_key_serves_it_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite:{}", dir.path().join("serve.db").display());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = statebase()
         .args(["serve", "--db", &db, "--addr", &addr])
         .env("RUST_LOG", "info")
@@ -149,11 +151,7 @@ async fn out_of_file_descriptors_the_server_pauses_accepting_and_recovers() {
     use rustix::process::{prlimit, Pid, Resource, Rlimit};
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite:{}", dir.path().join("fd.db").display());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = statebase()
         .args([
             "serve",
