@@ -47,7 +47,7 @@ impl Targets {
     }
 
     /// Whether `url` may be requested without resolving it: its address literal is
-    /// checked here, since literals never reach [`CheckedResolver`].
+    /// checked here, since literals never reach the checking resolver.
     pub fn check_literal(self, url: &reqwest::Url) -> Result<(), NotPublic> {
         literal_ip(url).map_or(Ok(()), |ip| self.check(ip))
     }
