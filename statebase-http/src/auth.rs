@@ -95,10 +95,10 @@ pub struct RateLimiter {
 
 #[derive(Debug, Default)]
 struct Buckets {
-    keys: HashMap<String, Bucket>,
+    /// Each key's bucket, and its use since the server started.
+    keys: HashMap<String, (Bucket, Usage)>,
     tenants: HashMap<String, Bucket>,
     failures: HashMap<IpAddr, Bucket>,
-    usage: HashMap<String, Usage>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -209,16 +209,17 @@ impl RateLimiter {
         let rate = self.rate_of(key);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let Buckets {
-            keys,
-            tenants,
-            usage,
-            ..
-        } = &mut *buckets;
-        let usage = usage.entry(key.id.clone()).or_default();
+        let Buckets { keys, tenants, .. } = &mut *buckets;
+        // Found without cloning the id, but for a key's first request.
+        let (own, usage) = match keys.get_mut(&key.id) {
+            Some(entry) => entry,
+            None => keys
+                .entry(key.id.clone())
+                .or_insert((Bucket::full(rate, now), Usage::default())),
+        };
+        own.refill(rate, now);
         usage.requests += 1;
         usage.last_used = Some(chrono::Utc::now());
-        let own = bucket(keys, key.id.clone(), rate, now);
         let tenant = self
             .tenant_budget
             .map(|budget| (budget, bucket(tenants, key.tenant.clone(), budget, now)));
@@ -273,9 +274,9 @@ impl RateLimiter {
     pub fn usage(&self, key_id: &str) -> Usage {
         self.buckets
             .lock()
-            .usage
+            .keys
             .get(key_id)
-            .copied()
+            .map(|(_, usage)| *usage)
             .unwrap_or_default()
     }
 }

@@ -44,6 +44,27 @@ fn keys_create_list_revoke_on_the_same_database() {
     assert!(!bad.status.success());
 }
 
+/// `statebase serve` on `db` at `addr` with `args`, logging at `log` to a piped stderr,
+/// and the first key it printed.
+fn serve(db: &str, addr: &str, args: &[&str], log: &str) -> (std::process::Child, String) {
+    let mut child = statebase()
+        .args(["serve", "--db", db, "--addr", addr])
+        .args(args)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let key_line = wait_for(&mut lines, "X-API-Key:");
+    let secret = key_line.split_whitespace().last().unwrap().to_owned();
+    // Keep reading, so that what the server prints later finds its pipe open.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, secret)
+}
+
 /// A loopback address no one listens on.
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -67,18 +88,7 @@ async fn serve_prints_a_first_key_serves_it_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite:{}", dir.path().join("serve.db").display());
     let addr = free_addr();
-    let mut child = statebase()
-        .args(["serve", "--db", &db, "--addr", &addr])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    let key_line = wait_for(&mut lines, "X-API-Key:");
-    let secret = key_line.split_whitespace().last().unwrap().to_owned();
+    let (mut child, secret) = serve(&db, &addr, &[], "info");
     let url = format!("http://{addr}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -152,30 +162,8 @@ async fn out_of_file_descriptors_the_server_pauses_accepting_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite:{}", dir.path().join("fd.db").display());
     let addr = free_addr();
-    let mut child = statebase()
-        .args([
-            "serve",
-            "--db",
-            &db,
-            "--addr",
-            &addr,
-            "--header-timeout",
-            "2",
-        ])
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    let secret = wait_for(&mut lines, "X-API-Key:")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
+    let args = ["--header-timeout", "2", "--log-format", "json"];
+    let (mut child, secret) = serve(&db, &addr, &args, "warn");
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     let url = format!("http://{addr}");

@@ -284,3 +284,43 @@ async fn connections_past_the_cap_wait_until_the_bounds_free_a_place() {
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_idle_bound() {
+    let srv = start(short()).await;
+    // Many pipelined requests for the OpenAPI document (tens of KiB each), never read:
+    // the socket buffers fill and the server's writes stall.
+    let mut conn = TcpStream::connect(srv.addr).await.unwrap();
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pipelined: Vec<u8> = request.repeat(400);
+    conn.write_all(&pipelined).await.unwrap();
+    // Past the idle bound (3 s) of the stalled write, the server gives up the connection:
+    // what it had written drains, then the stream ends, short of 400 answers.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open after the reader stalled"
+    );
+    let one = reqwest::get(format!("http://{}/openapi.json", srv.addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        got < 400 * one,
+        "every answer arrived: the write never stalled"
+    );
+}
