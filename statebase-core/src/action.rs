@@ -23,6 +23,12 @@ pub const MEMORY_CREATED: &str = "memory.created";
 pub const MEMORY_UPDATED: &str = "memory.updated";
 /// A memory was deleted.
 pub const MEMORY_DELETED: &str = "memory.deleted";
+/// An entity was created.
+pub const ENTITY_CREATED: &str = "entity.created";
+/// An entity's attributes got a new version.
+pub const ENTITY_UPDATED: &str = "entity.updated";
+/// An entity was deleted.
+pub const ENTITY_DELETED: &str = "entity.deleted";
 
 /// The canonical (past tense) spelling of an action name; older clients filter with the
 /// present tense (`state.update`, `turn.add`, `state.rollback`).
@@ -39,6 +45,9 @@ pub fn canonical(action: &str) -> String {
         "memory.create" => MEMORY_CREATED.into(),
         "memory.update" => MEMORY_UPDATED.into(),
         "memory.delete" => MEMORY_DELETED.into(),
+        "entity.create" => ENTITY_CREATED.into(),
+        "entity.update" => ENTITY_UPDATED.into(),
+        "entity.delete" => ENTITY_DELETED.into(),
         other => other.into(),
     }
 }

@@ -15,6 +15,8 @@ pub enum ResourceKind {
     Turn,
     /// A memory.
     Memory,
+    /// An entity.
+    Entity,
     /// An API key.
     ApiKey,
     /// A webhook endpoint.
@@ -32,6 +34,7 @@ impl ResourceKind {
             ResourceKind::Trace => "trace_not_found",
             ResourceKind::Turn => "turn_not_found",
             ResourceKind::Memory => "memory_not_found",
+            ResourceKind::Entity => "entity_not_found",
             ResourceKind::ApiKey => "key_not_found",
             ResourceKind::Webhook => "webhook_not_found",
             ResourceKind::Event => "event_not_found",
@@ -47,6 +50,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Trace => "trace",
             ResourceKind::Turn => "turn",
             ResourceKind::Memory => "memory",
+            ResourceKind::Entity => "entity",
             ResourceKind::ApiKey => "API key",
             ResourceKind::Webhook => "webhook",
             ResourceKind::Event => "event",
@@ -108,6 +112,13 @@ pub enum Error {
         /// The memory that has it.
         other: String,
     },
+    /// An entity was created with the type and application id another entity of its
+    /// session already has; nothing was written.
+    #[error("entity {other} already has this entity_type and entity_id in this session")]
+    DuplicateEntity {
+        /// The entity that has them.
+        other: String,
+    },
     /// A memory of a session was given another `user_id` than the session's; nothing was
     /// written.
     #[error("user_id differs from the session's user_id")]
@@ -127,6 +138,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::ContentTooLarge { .. } => "content_too_large",
             Error::DuplicateContent { .. } => "duplicate_content",
+            Error::DuplicateEntity { .. } => "duplicate_entity",
             Error::UserMismatch => "user_id_mismatch",
             Error::Backend(_) => "internal_error",
         }

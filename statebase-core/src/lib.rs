@@ -5,6 +5,7 @@ pub mod action;
 pub mod clock;
 mod codec;
 pub mod embed;
+mod entities;
 mod error;
 pub mod id;
 pub mod index;

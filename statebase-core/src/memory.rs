@@ -4,7 +4,7 @@
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::ApiKey;
-use crate::model::{MemoryRevision, Trace, Turn};
+use crate::model::{Entity, EntityVersion, MemoryRevision, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -43,6 +43,10 @@ struct Inner {
     memory_order: BTreeSet<OrderKey>,
     /// (tenant, dedupe key) -> memory id
     dedupe: HashMap<Key, String>,
+    entities: HashMap<Key, StoredEntity>,
+    entity_order: BTreeSet<OrderKey>,
+    /// (tenant, session id, entity type, entity id) -> id
+    entity_names: HashMap<(String, String, String, String), String>,
     /// Keys in creation order.
     api_keys: Vec<ApiKey>,
     /// (tenant, trace id) in commit order: position n is at index n - 1.
@@ -63,6 +67,22 @@ struct StoredSession {
 struct StoredMemory {
     record: MemoryRecord,
     revisions: Vec<MemoryRevision>,
+}
+
+#[derive(Debug)]
+struct StoredEntity {
+    entity: Entity,
+    /// Version n is at index n - 1.
+    versions: Vec<EntityVersion>,
+}
+
+fn entity_name(tenant: &str, e: &Entity) -> (String, String, String, String) {
+    (
+        tenant.to_owned(),
+        e.session_id.clone(),
+        e.entity_type.clone(),
+        e.entity_id.clone(),
+    )
 }
 
 fn key(tenant: &str, id: &str) -> Key {
@@ -114,6 +134,15 @@ impl Inner {
         self.memory_order
             .remove(&(tenant.to_owned(), m.created_at, m.id.clone()));
         self.dedupe.remove(&key(tenant, &stored.record.dedupe_key));
+        Some(stored)
+    }
+
+    fn remove_entity(&mut self, tenant: &str, id: &str) -> Option<StoredEntity> {
+        let stored = self.entities.remove(&key(tenant, id))?;
+        let e = &stored.entity;
+        self.entity_order
+            .remove(&(tenant.to_owned(), e.created_at, e.id.clone()));
+        self.entity_names.remove(&entity_name(tenant, e));
         Some(stored)
     }
 
@@ -256,6 +285,15 @@ impl Store for MemoryStore {
             .collect();
         for mid in owned {
             inner.remove_memory(tenant, &mid);
+        }
+        let entities: Vec<String> = inner
+            .entities
+            .iter()
+            .filter(|((t, _), e)| t == tenant && e.entity.session_id == id)
+            .map(|((_, eid), _)| eid.clone())
+            .collect();
+        for eid in entities {
+            inner.remove_entity(tenant, &eid);
         }
         inner.insert_trace(tenant, trace);
         Ok(stored.record)
@@ -495,6 +533,99 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|m| m.record.clone())
             .collect())
+    }
+
+    async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
+        let mut inner = self.inner.lock();
+        let e = new.entity;
+        if let Some(existing) = inner.entity_names.get(&entity_name(tenant, &e)) {
+            let existing = key(tenant, existing);
+            return Ok(inner.entities.get(&existing).map(|s| s.entity.clone()));
+        }
+        inner.session_mut(tenant, &e.session_id)?;
+        inner
+            .entity_order
+            .insert((tenant.to_owned(), e.created_at, e.id.clone()));
+        inner
+            .entity_names
+            .insert(entity_name(tenant, &e), e.id.clone());
+        let stored = StoredEntity {
+            versions: vec![EntityVersion::of(&e)],
+            entity: e,
+        };
+        inner
+            .entities
+            .insert(key(tenant, &stored.entity.id), stored);
+        inner.insert_trace(tenant, new.trace);
+        Ok(None)
+    }
+
+    async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .entities
+            .get(&key(tenant, id))
+            .map(|s| s.entity.clone()))
+    }
+
+    async fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>> {
+        let inner = self.inner.lock();
+        Ok(
+            Inner::newest_first(&inner.entity_order, tenant, query.after.as_ref())
+                .filter_map(|(t, _, id)| inner.entities.get(&key(t, id)))
+                .filter(|s| query.matches(&s.entity))
+                .take(query.limit)
+                .map(|s| s.entity.clone())
+                .collect(),
+        )
+    }
+
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let id = &update.entity.id;
+        let stored = inner
+            .entities
+            .get_mut(&key(tenant, id))
+            .ok_or_else(|| Error::not_found(crate::ResourceKind::Entity, id))?;
+        if stored.entity.version != update.expected_version {
+            return Err(Error::Conflict {
+                expected: update.expected_version,
+                actual: stored.entity.version,
+            });
+        }
+        stored.versions.push(EntityVersion::of(&update.entity));
+        stored.entity = update.entity;
+        inner.insert_trace(tenant, update.trace);
+        Ok(())
+    }
+
+    async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {
+        let mut inner = self.inner.lock();
+        let stored = inner
+            .remove_entity(tenant, id)
+            .ok_or_else(|| Error::not_found(crate::ResourceKind::Entity, id))?;
+        inner.insert_trace(tenant, trace);
+        Ok(stored.entity)
+    }
+
+    async fn entity_versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<EntityVersion>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .entities
+            .get(&key(tenant, id))
+            .map(|s| {
+                s.versions
+                    .iter()
+                    .filter(|v| range.contains(&v.version))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn put_api_key(&self, api_key: ApiKey) -> Result<()> {

@@ -544,6 +544,88 @@ pub struct ListMemories {
     pub tags: Vec<String>,
 }
 
+/// A record an agent keeps about something in its session (a person, an order, a ticket),
+/// under the application's own type and id. Every change of its attributes is a new
+/// `version`; the old ones stay readable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    /// `ent_` + 12 random characters.
+    pub id: String,
+    /// The session it belongs to.
+    pub session_id: String,
+    /// The application's kind of record, e.g. `customer`.
+    pub entity_type: String,
+    /// The application's id of it: unique per session and type.
+    pub entity_id: String,
+    /// The attributes at this version.
+    pub attributes: Object,
+    /// 1 at creation, +1 per update.
+    pub version: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// One version of an entity's attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityVersion {
+    /// The version number.
+    pub version: u64,
+    /// The attributes then.
+    pub attributes: Object,
+    /// When this version was written.
+    pub updated_at: Timestamp,
+}
+
+impl EntityVersion {
+    /// The version an entity is at.
+    pub fn of(e: &Entity) -> Self {
+        Self {
+            version: e.version,
+            attributes: e.attributes.clone(),
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// Input of [`StateBase::create_entity`](crate::StateBase::create_entity).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateEntity {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// The application's kind of record.
+    pub entity_type: String,
+    /// The application's id, unique per session and type.
+    pub entity_id: String,
+    /// A JSON object (`None` means `{}`).
+    pub attributes: Option<Value>,
+}
+
+/// Input of [`StateBase::update_entity`](crate::StateBase::update_entity).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateEntity {
+    /// The new attributes: they replace the old ones whole.
+    pub attributes: Value,
+    /// Refuse the update (`Conflict`) unless this is the current version.
+    pub expected_version: Option<u64>,
+}
+
+/// Input of [`StateBase::list_entities`](crate::StateBase::list_entities).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListEntities {
+    /// Page size, 1..=100; `None` means 20.
+    pub limit: Option<i64>,
+    /// The id of the last entity of the previous page.
+    pub starting_after: Option<String>,
+    /// Only this session's entities.
+    pub session_id: Option<String>,
+    /// Only this type.
+    pub entity_type: Option<String>,
+    /// Only this application id.
+    pub entity_id: Option<String>,
+}
+
 /// Input of [`StateBase::search_memories`](crate::StateBase::search_memories).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SearchMemories {

@@ -9,7 +9,7 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
 use crate::keys::ApiKey;
-use crate::model::{Memory, MemoryRevision, Session, Trace, Turn};
+use crate::model::{Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::ops::Range;
@@ -161,6 +161,52 @@ impl MemoryQuery {
                 .as_ref()
                 .is_none_or(|t| *t == m.memory_type)
             && (self.tags.is_empty() || self.tags.iter().any(|t| m.tags.contains(t)))
+    }
+}
+
+/// Inserts an entity, unless its session already has one of the same type and application
+/// id.
+#[derive(Debug, Clone)]
+pub struct NewEntity {
+    /// The entity, at version 1.
+    pub entity: Entity,
+    /// The `entity.created` trace.
+    pub trace: Trace,
+}
+
+/// Replaces an entity's attributes with its next version.
+#[derive(Debug, Clone)]
+pub struct EntityUpdate {
+    /// The entity as it will be (version `expected_version + 1`).
+    pub entity: Entity,
+    /// The version that must be current.
+    pub expected_version: u64,
+    /// The `entity.updated` trace.
+    pub trace: Trace,
+}
+
+/// Filters of [`Store::list_entities`]. Order: newest first, by `(created_at, id)`
+/// descending.
+#[derive(Debug, Clone, Default)]
+pub struct EntityQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Only entities strictly after this cursor in list order.
+    pub after: Option<Cursor>,
+    /// Exact session.
+    pub session_id: Option<String>,
+    /// Exact type.
+    pub entity_type: Option<String>,
+    /// Exact application id.
+    pub entity_id: Option<String>,
+}
+
+impl EntityQuery {
+    /// True if `e` passes every filter (the cursor and limit aside).
+    pub fn matches(&self, e: &Entity) -> bool {
+        self.session_id.as_ref().is_none_or(|s| *s == e.session_id)
+            && self.entity_type.as_ref().is_none_or(|t| *t == e.entity_type)
+            && self.entity_id.as_ref().is_none_or(|i| *i == e.entity_id)
     }
 }
 
@@ -322,8 +368,8 @@ pub trait Store: Send + Sync + Debug + 'static {
         range: Range<u64>,
     ) -> Result<Vec<VersionRecord>>;
 
-    /// Deletes the session and everything it owns (its versions, turns, and memories with
-    /// their revisions) and writes the trace.
+    /// Deletes the session and everything it owns (its versions, turns, memories with their
+    /// revisions, and entities with their versions) and writes the trace.
     /// Returns the session as it was; `NotFound` if there is no such session.
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
 
@@ -397,6 +443,35 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<MemoryRecord>>;
 
+    /// Inserts the entity and its version 1, writes the trace, and returns `None`. If its
+    /// session has an entity with the same `(entity_type, entity_id)`, writes nothing and
+    /// returns that entity. `NotFound` if its session does not exist.
+    async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
+
+    /// The entity, or `None`.
+    async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
+
+    /// Entities matching the query, newest first, at most `query.limit`.
+    async fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
+
+    /// Replaces the entity with its next version, keeps that version, writes the trace.
+    /// `Conflict` if its version is not `expected_version`; `NotFound` if it does not
+    /// exist.
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
+
+    /// Deletes the entity and its versions, writes the trace, and returns it. `NotFound` if
+    /// it does not exist.
+    async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity>;
+
+    /// The entity's versions whose numbers are in `range`, ascending. Empty if the entity
+    /// does not exist.
+    async fn entity_versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<EntityVersion>>;
+
     /// Inserts or replaces (by id) an API key. Keys belong to a tenant but are found by
     /// hash across tenants.
     async fn put_api_key(&self, key: ApiKey) -> Result<()>;
@@ -466,6 +541,12 @@ macro_rules! store_methods {
             fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
             fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
             fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
+            fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
+            fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
+            fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
+            fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
+            fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity>;
+            fn entity_versions(&self, tenant: &str, id: &str, range: Range<u64>) -> Result<Vec<EntityVersion>>;
             fn put_api_key(&self, key: ApiKey) -> Result<()>;
             fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
             fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;

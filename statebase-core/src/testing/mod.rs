@@ -19,6 +19,7 @@
 pub mod agent_cases;
 pub mod cases;
 pub mod crash;
+pub mod entity_cases;
 mod model;
 
 use crate::{Config, ManualClock, MemoryStore, StateBase, Store, Timestamp};
@@ -177,6 +178,15 @@ macro_rules! conformance_suite {
             turns_and_memories_survive_reopen,
             turn_and_memory_changes_are_traced,
             api_keys_authenticate_until_revoked,
+        );
+        $crate::conformance_suite!(@cases $factory; entity_cases;
+            entities_are_versioned_records,
+            entity_input_is_checked,
+            entity_lists_filter_and_paginate,
+            entities_are_tenant_isolated,
+            deleted_entities_are_gone,
+            entity_changes_are_traced_and_kept,
+            concurrent_entity_updates,
         );
         #[test]
         fn model_property() {
