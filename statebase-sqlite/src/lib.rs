@@ -46,7 +46,9 @@ use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
-use statebase_core::{ApiKey, MemoryRevision, Object, Result, Timestamp, Trace, Turn};
+use statebase_core::{
+    ApiKey, Entity, EntityVersion, MemoryRevision, Object, Result, Timestamp, Trace, Turn,
+};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -483,6 +485,51 @@ impl Store for SqliteStore {
         let (tenant, after) = (tenant.to_owned(), after_id.map(str::to_owned));
         Ok(self
             .read(move |c| sql::scan_memories(c, &tenant, after.as_deref(), limit))
+            .await?)
+    }
+
+    async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::insert_entity(c, &tenant, &new))
+            .await?)
+    }
+
+    async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::entity(c, &tenant, &id)).await?)
+    }
+
+    async fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>> {
+        let (tenant, query) = (tenant.to_owned(), query.clone());
+        Ok(self
+            .read(move |c| sql::list_entities(c, &tenant, &query))
+            .await?)
+    }
+
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .write(move |c| sql::update_entity(c, &tenant, &update))
+            .await?)
+    }
+
+    async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self
+            .write(move |c| sql::delete_entity(c, &tenant, &id, &trace))
+            .await?)
+    }
+
+    async fn entity_versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<EntityVersion>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self
+            .read(move |c| sql::entity_versions(c, &tenant, &id, range))
             .await?)
     }
 

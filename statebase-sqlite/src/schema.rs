@@ -146,6 +146,36 @@ DROP INDEX traces_by_resource;
 CREATE INDEX traces_by_resource ON traces (tenant, resource_id, timestamp, id)
     WHERE resource_id IS NOT session_id;
 "#,
+    // Entities. A version's attributes are stored once, in entity_versions: the entity row
+    // names its current version.
+    r#"
+CREATE TABLE entities (
+    tenant       TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    session_id   TEXT    NOT NULL,
+    entity_type  TEXT    NOT NULL,
+    entity_id    TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, session_id, entity_type, entity_id),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX entities_by_created ON entities (tenant, created_at, id);
+CREATE INDEX entities_by_session ON entities (tenant, session_id, created_at, id);
+CREATE INDEX entities_by_type ON entities (tenant, entity_type, created_at, id);
+
+CREATE TABLE entity_versions (
+    tenant      TEXT    NOT NULL,
+    entity      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    attributes  TEXT    NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, entity, version),
+    FOREIGN KEY (tenant, entity) REFERENCES entities (tenant, id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this code writes.

@@ -6,7 +6,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Error, Memory, MemoryRevision, Object, ResourceKind, Session, Timestamp, Trace, Turn,
+    ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, Object, ResourceKind, Session,
+    Timestamp, Trace, Turn,
 };
 use std::ops::Range;
 
@@ -924,6 +925,158 @@ pub fn scan_memories(
     )
 }
 
+// ----- entities -----
+
+/// An entity with the attributes of its current version.
+const ENTITY_SELECT: &str = "SELECT e.id, e.session_id, e.entity_type, e.entity_id, \
+     v.attributes, e.version, e.created_at, e.updated_at FROM entities e \
+     JOIN entity_versions v ON v.tenant = e.tenant AND v.entity = e.id AND v.version = e.version";
+
+fn read_entity(r: &Row<'_>) -> Res<Entity> {
+    Ok(Entity {
+        id: r.get(0)?,
+        session_id: r.get(1)?,
+        entity_type: r.get(2)?,
+        entity_id: r.get(3)?,
+        attributes: object(&r.get::<_, String>(4)?)?,
+        version: uint(r.get(5)?)?,
+        created_at: time(r.get(6)?)?,
+        updated_at: time(r.get(7)?)?,
+    })
+}
+
+pub fn entity(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Entity>> {
+    first(
+        conn,
+        &format!("{ENTITY_SELECT} WHERE e.tenant = ?1 AND e.id = ?2"),
+        params![tenant, id],
+        read_entity,
+    )
+}
+
+fn insert_entity_version(conn: &Connection, tenant: &str, e: &Entity) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT INTO entity_versions (tenant, entity, version, attributes, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        tenant,
+        e.id,
+        int(e.version)?,
+        json(&e.attributes)?,
+        micros(e.updated_at)
+    ])?;
+    Ok(())
+}
+
+pub fn insert_entity(conn: &Connection, tenant: &str, new: &NewEntity) -> Res<Option<Entity>> {
+    let e = &new.entity;
+    let existing = first(
+        conn,
+        &format!(
+            "{ENTITY_SELECT} WHERE e.tenant = ?1 AND e.session_id = ?2 AND e.entity_type = ?3
+             AND e.entity_id = ?4"
+        ),
+        params![tenant, e.session_id, e.entity_type, e.entity_id],
+        read_entity,
+    )?;
+    if existing.is_some() {
+        return Ok(existing);
+    }
+    counters(conn, tenant, &e.session_id)?;
+    conn.prepare_cached(
+        "INSERT INTO entities (tenant, id, session_id, entity_type, entity_id, version,
+             created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        tenant,
+        e.id,
+        e.session_id,
+        e.entity_type,
+        e.entity_id,
+        int(e.version)?,
+        micros(e.created_at),
+        micros(e.updated_at)
+    ])?;
+    insert_entity_version(conn, tenant, e)?;
+    insert_trace(conn, tenant, &new.trace)?;
+    Ok(None)
+}
+
+pub fn update_entity(conn: &Connection, tenant: &str, u: &EntityUpdate) -> Res<()> {
+    let e = &u.entity;
+    let current: Option<i64> = first(
+        conn,
+        "SELECT version FROM entities WHERE tenant = ?1 AND id = ?2",
+        params![tenant, e.id],
+        |r| Ok(r.get(0)?),
+    )?;
+    let current = uint(current.ok_or_else(|| Error::not_found(ResourceKind::Entity, &e.id))?)?;
+    if current != u.expected_version {
+        return Err(Error::Conflict {
+            expected: u.expected_version,
+            actual: current,
+        }
+        .into());
+    }
+    conn.prepare_cached(
+        "UPDATE entities SET version = ?3, updated_at = ?4 WHERE tenant = ?1 AND id = ?2",
+    )?
+    .execute(params![tenant, e.id, int(e.version)?, micros(e.updated_at)])?;
+    insert_entity_version(conn, tenant, e)?;
+    insert_trace(conn, tenant, &u.trace)
+}
+
+pub fn delete_entity(conn: &Connection, tenant: &str, id: &str, trace: &Trace) -> Res<Entity> {
+    let found = entity(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Entity, id))?;
+    // Its versions go by ON DELETE CASCADE.
+    conn.prepare_cached("DELETE FROM entities WHERE tenant = ?1 AND id = ?2")?
+        .execute(params![tenant, id])?;
+    insert_trace(conn, tenant, trace)?;
+    Ok(found)
+}
+
+pub fn list_entities(conn: &Connection, tenant: &str, q: &EntityQuery) -> Res<Vec<Entity>> {
+    let (sql, args) = list_entities_sql(tenant, q);
+    collect(conn, &sql, params_from_iter(args), read_entity)
+}
+
+fn list_entities_sql(tenant: &str, q: &EntityQuery) -> (String, Vec<Sql>) {
+    let mut sql = format!("{ENTITY_SELECT} WHERE e.tenant = ?");
+    let mut args = vec![Sql::Text(tenant.to_owned())];
+    cursor_clause(&mut sql, &mut args, "e.created_at", q.after.as_ref());
+    eq_clause(&mut sql, &mut args, "e.session_id", q.session_id.as_ref());
+    eq_clause(&mut sql, &mut args, "e.entity_type", q.entity_type.as_ref());
+    eq_clause(&mut sql, &mut args, "e.entity_id", q.entity_id.as_ref());
+    sql.push_str(" ORDER BY e.created_at DESC, e.id DESC LIMIT ?");
+    args.push(Sql::Integer(q.limit as i64));
+    (sql, args)
+}
+
+pub fn entity_versions(
+    conn: &Connection,
+    tenant: &str,
+    id: &str,
+    range: Range<u64>,
+) -> Res<Vec<EntityVersion>> {
+    // Numbers past i64::MAX are past every stored version.
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    collect(
+        conn,
+        "SELECT version, attributes, updated_at FROM entity_versions
+         WHERE tenant = ?1 AND entity = ?2 AND version >= ?3 AND version < ?4 ORDER BY version",
+        params![tenant, id, clamp(range.start), clamp(range.end)],
+        |r| {
+            Ok(EntityVersion {
+                version: uint(r.get(0)?)?,
+                attributes: object(&r.get::<_, String>(1)?)?,
+                updated_at: time(r.get(2)?)?,
+            })
+        },
+    )
+}
+
 // ----- API keys -----
 
 pub fn put_api_key(conn: &Connection, key: &ApiKey) -> Res<()> {
@@ -1128,6 +1281,25 @@ mod tests {
                 },
             ),
         ];
+        for q in [
+            EntityQuery {
+                limit: 20,
+                after: Some(Cursor { at, id: "x".into() }),
+                ..Default::default()
+            },
+            EntityQuery {
+                limit: 20,
+                session_id: t("s"),
+                ..Default::default()
+            },
+            EntityQuery {
+                limit: 20,
+                entity_type: t("person"),
+                ..Default::default()
+            },
+        ] {
+            plans.push(list_entities_sql("t", &q));
+        }
         plans.push((
             "SELECT version, created_at, body FROM versions WHERE tenant = ?1 AND session_id = ?2 AND version >= ?3 AND version < ?4 ORDER BY version".into(),
             vec![Sql::Text("t".into()), Sql::Text("s".into()), Sql::Integer(0), Sql::Integer(10)],
