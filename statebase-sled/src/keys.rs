@@ -15,6 +15,8 @@
 //! - `D` str(tenant) dedupe key → memory id
 //! - `T` str(tenant) id → trace (JSON)
 //! - `U` str(tenant) turn id → `u64`(turn number) session id
+//! - `E` str(tenant) id → entity (JSON)
+//! - `I` str(tenant) str(session) str(type) entity id → id: an entity by its name
 //! - `K` key id → API key (JSON)
 //! - `H` key hash → key id
 //! - `P` → the last trace feed position given out (`u64`)
@@ -24,6 +26,7 @@
 //! - `V` str(tenant) str(session) `u64`(version) → time(created) body
 //! - `N` str(tenant) str(session) `u64`(turn number) → turn (JSON)
 //! - `R` str(tenant) str(memory) `u64`(version) → revision (JSON)
+//! - `A` str(tenant) str(entity) `u64`(version) → entity version (JSON)
 //!
 //! `index` (empty values; iterate backwards for newest first):
 //! - `s` str(tenant) time(created) id — sessions
@@ -35,6 +38,9 @@
 //! - `o` str(tenant) str(user) time(created) id — memories by user
 //! - `y` str(tenant) str(type) time(created) id — memories by type
 //! - `g` str(tenant) str(tag) time(created) id — memories by tag
+//! - `i` str(tenant) time(created) id — entities
+//! - `j` str(tenant) str(session) time(created) id — entities by session
+//! - `k` str(tenant) str(type) time(created) id — entities by type
 //! - `t` str(tenant) time(timestamp) id — traces
 //! - `x` str(tenant) str(session) time(timestamp) id — traces by session
 //! - `c` str(tenant) str(action) time(timestamp) id — traces by action
@@ -42,7 +48,8 @@
 
 //!
 //! A list walks the most selective index its filters allow (agent or user for sessions;
-//! session, user, type or a single tag for memories; session or action for traces) and
+//! session, user, type or a single tag for memories; session or type for entities; session
+//! or action for traces) and
 //! checks the other filters on each record. Memories filtered by several tags at once walk
 //! the tenant's memory index.
 

@@ -32,7 +32,9 @@ pub use ops::FORMAT_VERSION;
 use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
-use statebase_core::{ApiKey, MemoryRevision, Result, Timestamp, Trace, Turn};
+use statebase_core::{
+    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn,
+};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,6 +294,37 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<MemoryRecord>> {
         self.trees.scan_memories(tenant, after_id, limit)
+    }
+
+    async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
+        self.durable(self.trees.insert_entity(tenant, &new)).await
+    }
+
+    async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
+        self.trees.entity(tenant, id)
+    }
+
+    async fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>> {
+        self.trees.list_entities(tenant, query)
+    }
+
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+        self.durable(self.trees.update_entity(tenant, &update))
+            .await
+    }
+
+    async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {
+        self.durable(self.trees.delete_entity(tenant, id, &trace))
+            .await
+    }
+
+    async fn entity_versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<EntityVersion>> {
+        self.trees.entity_versions(tenant, id, range)
     }
 
     async fn put_api_key(&self, key: ApiKey) -> Result<()> {

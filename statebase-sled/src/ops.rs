@@ -6,13 +6,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional, Tree};
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Error, Memory, MemoryRevision, ResourceKind, Result, Session, Timestamp, Trace, Turn,
+    ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, ResourceKind, Result, Session,
+    Timestamp, Trace, Turn,
 };
 use std::ops::{Bound, Range};
 
 /// This code's on-disk format; data of a newer one is refused. 2: version bodies may be
-/// deltas (statebase-core's codec format 2), which format-1 code cannot read.
-pub const FORMAT_VERSION: u64 = 2;
+/// deltas (statebase-core's codec format 2), which format-1 code cannot read. 3: entities,
+/// which format-2 code would leave behind when it deletes their session.
+pub const FORMAT_VERSION: u64 = 3;
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
@@ -135,6 +137,23 @@ fn revision_key(tenant: &str, memory: &str, version: u64) -> Vec<u8> {
     Key::new(b'R').str(tenant).str(memory).num(version).done()
 }
 
+fn entity_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'E').str(tenant).raw(id).done()
+}
+
+fn entity_name_key(tenant: &str, e: &Entity) -> Vec<u8> {
+    Key::new(b'I')
+        .str(tenant)
+        .str(&e.session_id)
+        .str(&e.entity_type)
+        .raw(&e.entity_id)
+        .done()
+}
+
+fn entity_version_key(tenant: &str, entity: &str, version: u64) -> Vec<u8> {
+    Key::new(b'A').str(tenant).str(entity).num(version).done()
+}
+
 /// An index key: its kind, the tenant, the owner it is listed under (agent, user, session,
 /// type, tag or action; none for the tenant-wide lists), the time, the id.
 fn index_key(kind: u8, tenant: &str, owner: Option<&str>, at: Timestamp, id: &str) -> Vec<u8> {
@@ -174,6 +193,16 @@ fn memory_index(tenant: &str, m: &Memory) -> Vec<Vec<u8>> {
     keys.extend(m.user_id.as_deref().map(|u| key(b'o', Some(u))));
     keys.extend(m.tags.iter().map(|t| key(b'g', Some(t))));
     keys
+}
+
+/// The index keys of an entity.
+fn entity_index(tenant: &str, e: &Entity) -> [Vec<u8>; 3] {
+    let key = |kind, owner| index_key(kind, tenant, owner, e.created_at, &e.id);
+    [
+        key(b'i', None),
+        key(b'j', Some(&e.session_id)),
+        key(b'k', Some(&e.entity_type)),
+    ]
 }
 
 /// The index keys of a trace.
@@ -436,6 +465,20 @@ impl Trees {
                     record_keys.push(memory_key(tenant, &mid));
                     let revisions = Key::new(b'R').str(tenant).str(&mid).done();
                     for item in self.log.scan_prefix(&revisions) {
+                        log_keys.push(item.map_err(storage)?.0.to_vec());
+                    }
+                }
+            }
+            let entities = Key::new(b'j').str(tenant).str(id).done();
+            for item in self.index.scan_prefix(&entities) {
+                let (key, _) = item.map_err(storage)?;
+                let eid = index_id(&key, entities.len()).ok_or_else(|| corrupt("index id"))?;
+                if let Some(e) = self.entity(tenant, &eid)? {
+                    index_keys.extend(entity_index(tenant, &e));
+                    record_keys.push(entity_name_key(tenant, &e));
+                    record_keys.push(entity_key(tenant, &eid));
+                    let versions = Key::new(b'A').str(tenant).str(&eid).done();
+                    for item in self.log.scan_prefix(&versions) {
                         log_keys.push(item.map_err(storage)?.0.to_vec());
                     }
                 }
@@ -774,6 +817,144 @@ impl Trees {
     }
 
     // ----- API keys -----
+
+    // ----- entities -----
+
+    pub fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
+        self.records
+            .get(entity_key(tenant, id))
+            .map_err(storage)?
+            .map(|v| from_json(&v))
+            .transpose()
+    }
+
+    pub fn insert_entity(&self, tenant: &str, new: &NewEntity) -> Result<Option<Entity>> {
+        let e = &new.entity;
+        let value = to_json(e)?;
+        let version = to_json(&EntityVersion::of(e))?;
+        self.transact(|r, l, i| {
+            if let Some(existing) = r.get(entity_name_key(tenant, e))? {
+                let id = std::str::from_utf8(&existing).map_err(|e| abort_now(storage(e)))?;
+                let found = r
+                    .get(entity_key(tenant, id))?
+                    .ok_or_else(|| abort_now(corrupt("entity name")))?;
+                return from_json(&found).map(Some).map_err(abort_now);
+            }
+            // New keys under the session: bump it (see delete_session).
+            let mut rec = tx_session(r, tenant, &e.session_id)?;
+            rec.revision += 1;
+            put_session(r, tenant, &rec)?;
+            r.insert(entity_key(tenant, &e.id), value.as_slice())?;
+            r.insert(entity_name_key(tenant, e), e.id.as_bytes())?;
+            l.insert(entity_version_key(tenant, &e.id, e.version), version.as_slice())?;
+            for k in entity_index(tenant, e) {
+                i.insert(k, &[])?;
+            }
+            put_trace(r, i, tenant, &new.trace)?;
+            Ok(None)
+        })
+    }
+
+    pub fn update_entity(&self, tenant: &str, u: &EntityUpdate) -> Result<()> {
+        let e = &u.entity;
+        let value = to_json(e)?;
+        let version = to_json(&EntityVersion::of(e))?;
+        self.transact(|r, l, i| {
+            let old: Entity = match r.get(entity_key(tenant, &e.id))? {
+                Some(v) => from_json(&v).map_err(abort_now)?,
+                None => return abort(Error::not_found(ResourceKind::Entity, &e.id)),
+            };
+            if old.version != u.expected_version {
+                return abort(Error::Conflict {
+                    expected: u.expected_version,
+                    actual: old.version,
+                });
+            }
+            r.insert(entity_key(tenant, &e.id), value.as_slice())?;
+            l.insert(entity_version_key(tenant, &e.id, e.version), version.as_slice())?;
+            // A new version key lives under the session: bump it (see delete_session).
+            let mut rec = tx_session(r, tenant, &e.session_id)?;
+            rec.revision += 1;
+            put_session(r, tenant, &rec)?;
+            put_trace(r, i, tenant, &u.trace)
+        })
+    }
+
+    pub fn delete_entity(&self, tenant: &str, id: &str, trace: &Trace) -> Result<Entity> {
+        loop {
+            let Some(before) = self.entity(tenant, id)? else {
+                return Err(Error::not_found(ResourceKind::Entity, id));
+            };
+            let versions: Vec<Vec<u8>> = self
+                .log
+                .scan_prefix(Key::new(b'A').str(tenant).str(id).done())
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()).map_err(storage))
+                .collect::<Result<_>>()?;
+            let result = self.transact(|r, l, i| {
+                let current: Entity = match r.get(entity_key(tenant, id))? {
+                    Some(v) => from_json(&v).map_err(abort_now)?,
+                    None => return abort(Error::not_found(ResourceKind::Entity, id)),
+                };
+                // Updated since the scan: it may have a version we did not gather.
+                if current.version != before.version {
+                    return abort(Error::Conflict {
+                        expected: before.version,
+                        actual: current.version,
+                    });
+                }
+                r.remove(entity_key(tenant, id))?;
+                r.remove(entity_name_key(tenant, &current))?;
+                for k in &versions {
+                    l.remove(k.as_slice())?;
+                }
+                for k in entity_index(tenant, &current) {
+                    i.remove(k)?;
+                }
+                put_trace(r, i, tenant, trace)
+            });
+            match result {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other.map(|()| before),
+            }
+        }
+    }
+
+    pub fn list_entities(&self, tenant: &str, q: &EntityQuery) -> Result<Vec<Entity>> {
+        let prefix = match (&q.session_id, &q.entity_type) {
+            (Some(s), _) => Key::new(b'j').str(tenant).str(s).done(),
+            (None, Some(t)) => Key::new(b'k').str(tenant).str(t).done(),
+            (None, None) => Key::new(b'i').str(tenant).done(),
+        };
+        let walk = Walk {
+            after: q.after.clone(),
+            ..Walk::new(prefix)
+        };
+        walk.run(&self.index, q.limit, |id| {
+            let Some(e) = self.entity(tenant, &id)? else {
+                return Ok(None);
+            };
+            Ok(q.matches(&e).then_some(e))
+        })
+    }
+
+    pub fn entity_versions(
+        &self,
+        tenant: &str,
+        id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<EntityVersion>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let from = entity_version_key(tenant, id, range.start);
+        let to = entity_version_key(tenant, id, range.end);
+        self.log
+            .range(from..to)
+            .values()
+            .map(|v| from_json(&v.map_err(storage)?))
+            .collect()
+    }
 
     pub fn put_api_key(&self, key: &ApiKey) -> Result<()> {
         let value = to_json(key)?;
