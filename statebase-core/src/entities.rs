@@ -70,12 +70,29 @@ impl<S: Store> StateBase<S> {
         Ok(entity)
     }
 
-    /// Every version of the entity, oldest first.
-    pub async fn entity_history(&self, id: &str) -> Result<Vec<EntityVersion>> {
+    /// The entity's versions, oldest first, one page at a time: a page's ids are version
+    /// numbers, so its `last_id` is the next page's `starting_after`.
+    pub async fn entity_history(
+        &self,
+        id: &str,
+        req: ListEntityVersions,
+    ) -> Result<Page<EntityVersion>> {
+        let limit = page_limit(req.limit, 20, 100)?;
         self.get_entity(id).await?;
-        self.store()
-            .entity_versions(&self.tenant, id, 1..u64::MAX)
-            .await
+        let from = req.starting_after.map_or(1, |v| v.saturating_add(1));
+        let to = from.saturating_add(limit as u64 + 1);
+        let mut data = self
+            .store()
+            .entity_versions(&self.tenant, id, from..to)
+            .await?;
+        let has_more = data.len() > limit;
+        data.truncate(limit);
+        Ok(Page {
+            first_id: data.first().map(|v| v.version.to_string()),
+            last_id: data.last().map(|v| v.version.to_string()),
+            has_more,
+            data,
+        })
     }
 
     /// Replaces the entity's attributes whole: its `version` goes up by one and the old
@@ -158,12 +175,6 @@ impl<S: Store> StateBase<S> {
             "entity_id": e.entity_id,
             "version": e.version,
         });
-        self.resource_trace(
-            Some(&e.session_id),
-            ("entity", &e.id),
-            action,
-            details,
-            now,
-        )
+        self.resource_trace(Some(&e.session_id), ("entity", &e.id), action, details, now)
     }
 }

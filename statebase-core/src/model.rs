@@ -611,6 +611,15 @@ pub struct UpdateEntity {
     pub expected_version: Option<u64>,
 }
 
+/// Input of [`StateBase::entity_history`](crate::StateBase::entity_history).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListEntityVersions {
+    /// Page size, 1..=100; `None` means 20.
+    pub limit: Option<i64>,
+    /// Only versions after this one.
+    pub starting_after: Option<u64>,
+}
+
 /// Input of [`StateBase::list_entities`](crate::StateBase::list_entities).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListEntities {

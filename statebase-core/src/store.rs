@@ -205,7 +205,10 @@ impl EntityQuery {
     /// True if `e` passes every filter (the cursor and limit aside).
     pub fn matches(&self, e: &Entity) -> bool {
         self.session_id.as_ref().is_none_or(|s| *s == e.session_id)
-            && self.entity_type.as_ref().is_none_or(|t| *t == e.entity_type)
+            && self
+                .entity_type
+                .as_ref()
+                .is_none_or(|t| *t == e.entity_type)
             && self.entity_id.as_ref().is_none_or(|i| *i == e.entity_id)
     }
 }

@@ -144,9 +144,10 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } | Error::DuplicateContent { .. } | Error::UserMismatch => {
-                StatusCode::CONFLICT
-            }
+            Error::Conflict { .. }
+            | Error::DuplicateContent { .. }
+            | Error::DuplicateEntity { .. }
+            | Error::UserMismatch => StatusCode::CONFLICT,
             Error::PayloadTooLarge { .. } | Error::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -166,6 +167,7 @@ impl From<Error> for ApiError {
                 Some("content".to_owned())
             }
             Error::UserMismatch => Some("user_id".to_owned()),
+            Error::DuplicateEntity { .. } => Some("entity_id".to_owned()),
             Error::NotFound { kind, .. } => Some(format!("{kind}_id").replace(' ', "_")),
             _ => None,
         };

@@ -18,6 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 use webhooks::{DeliveryOut, EndpointOut};
 use wire::*;
 
+mod entities;
+pub use entities::*;
+
 type Sb = StateBase<std::sync::Arc<dyn Store>>;
 type Reply = Result<Response, ApiError>;
 
@@ -972,7 +975,6 @@ pub struct Totals {
     total_sessions: u64,
     total_turns: u64,
     total_memories: u64,
-    /// Always 0.
     total_entities: u64,
     /// Sessions changed in the last 24 hours.
     active_sessions_24h: u64,
@@ -1041,28 +1043,28 @@ pub async fn stats(Tenant(sb): Tenant) -> Reply {
         cursor = page.last_id;
     }
     // Every memory, user-level ones included (session counts miss those).
-    let mut memories = 0u64;
-    let mut cursor = None;
-    loop {
-        let page = sb
-            .list_memories(ListMemories {
-                limit: Some(100),
-                starting_after: cursor,
-                ..Default::default()
-            })
-            .await?;
-        memories += page.data.len() as u64;
-        if !page.has_more {
-            break;
-        }
-        cursor = page.last_id;
-    }
+    let memories = count_all(|starting_after| {
+        sb.list_memories(ListMemories {
+            limit: Some(100),
+            starting_after,
+            ..Default::default()
+        })
+    })
+    .await?;
+    let entities = count_all(|starting_after| {
+        sb.list_entities(ListEntities {
+            limit: Some(100),
+            starting_after,
+            ..Default::default()
+        })
+    })
+    .await?;
     ok(StatsOut {
         stats: Totals {
             total_sessions: sessions,
             total_turns: turns,
             total_memories: memories,
-            total_entities: 0,
+            total_entities: entities,
             active_sessions_24h: active,
             storage_usage_bytes: None,
         },
@@ -1071,6 +1073,22 @@ pub async fn stats(Tenant(sb): Tenant) -> Reply {
             .map(|(timestamp, count)| HourOfActivity { timestamp, count })
             .collect(),
     })
+}
+
+/// How many items a list has, read a page at a time (`page` takes the `starting_after`).
+async fn count_all<T, P>(page: impl Fn(Option<String>) -> P) -> Result<u64, Error>
+where
+    P: std::future::Future<Output = Result<Page<T>, Error>>,
+{
+    let (mut count, mut cursor) = (0u64, None);
+    loop {
+        let p = page(cursor).await?;
+        count += p.data.len() as u64;
+        if !p.has_more {
+            return Ok(count);
+        }
+        cursor = p.last_id;
+    }
 }
 
 // ----- service -----

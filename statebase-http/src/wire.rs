@@ -525,9 +525,14 @@ impl<T> ListOut<T> {
     where
         T: From<&'a R>,
     {
+        Self::page_with(p, T::from)
+    }
+
+    /// The page `p`, each item shown by `show`.
+    pub fn page_with<'a, R>(p: &'a Page<R>, show: impl Fn(&'a R) -> T) -> Self {
         Self {
             object: "list",
-            data: p.data.iter().map(T::from).collect(),
+            data: p.data.iter().map(show).collect(),
             has_more: p.has_more,
             first_id: p.first_id.clone(),
             last_id: p.last_id.clone(),

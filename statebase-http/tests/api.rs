@@ -1685,3 +1685,217 @@ async fn wrong_keys_from_one_address_are_throttled_without_slowing_known_keys() 
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn entities_are_versioned_and_kept_per_tenant() {
+    let srv = start(10_000, 10_000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let sid = s["id"].as_str().unwrap().to_owned();
+    let body = |entity_id: &str, attributes: Value| {
+        json!({"session_id": sid, "entity_type": "customer", "entity_id": entity_id,
+               "attributes": attributes})
+    };
+    let (st, e) = srv
+        .a(
+            Method::POST,
+            "/v1/entities",
+            Some(body("c-1", json!({"name": "Ada", "tier": "gold"}))),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{e}");
+    assert_eq!(
+        (
+            &e["object"],
+            &e["version"],
+            &e["entity_id"],
+            &e["session_id"]
+        ),
+        (&json!("entity"), &json!(1), &json!("c-1"), &json!(sid))
+    );
+    let id = e["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/entities/{id}");
+
+    // PUT replaces the attributes whole; the old version stays readable.
+    let (st, v2) = srv
+        .a(
+            Method::PUT,
+            &path,
+            Some(json!({"attributes": {"name": "Ada L."}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v2}");
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["attributes"], json!({"name": "Ada L."}));
+    let (_, now) = srv.a(Method::GET, &path, None).await;
+    assert_eq!(now["attributes"], json!({"name": "Ada L."}));
+    let (_, then) = srv.a(Method::GET, &format!("{path}?version=1"), None).await;
+    assert_eq!(
+        (&then["version"], &then["attributes"]),
+        (&json!(1), &json!({"name": "Ada", "tier": "gold"}))
+    );
+    let (st, missing) = srv.a(Method::GET, &format!("{path}?version=9"), None).await;
+    assert_eq!(
+        (st, code(&missing)),
+        (StatusCode::NOT_FOUND, "version_not_found")
+    );
+    let (_, versions) = srv
+        .a(Method::GET, &format!("{path}/versions?limit=1"), None)
+        .await;
+    assert_eq!(versions["data"][0]["version"], 1);
+    assert_eq!(versions["data"][0]["entity"], json!(id));
+    assert_eq!(versions["has_more"], true);
+    let (_, rest) = srv
+        .a(
+            Method::GET,
+            &format!("{path}/versions?starting_after=1"),
+            None,
+        )
+        .await;
+    assert_eq!(rest["data"][0]["version"], 2);
+    assert_eq!(rest["has_more"], false);
+
+    // A stale expectation, by body or If-Match, writes nothing.
+    let (st, stale) = srv
+        .a(
+            Method::PUT,
+            &path,
+            Some(json!({"attributes": {}, "expected_version": 1})),
+        )
+        .await;
+    assert_eq!(
+        (st, code(&stale)),
+        (StatusCode::CONFLICT, "version_conflict")
+    );
+    let r = srv
+        .http
+        .put(format!("{}{path}", srv.url))
+        .header("X-API-Key", KEY_A)
+        .header("If-Match", "\"1\"")
+        .json(&json!({"attributes": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(srv.a(Method::GET, &path, None).await.1["version"], 2);
+
+    // Names are unique per session and type; bad bodies are refused with their codes.
+    let (st, dup) = srv
+        .a(Method::POST, "/v1/entities", Some(body("c-1", json!({}))))
+        .await;
+    assert_eq!((st, code(&dup)), (StatusCode::CONFLICT, "duplicate_entity"));
+    assert!(dup["error"]["message"].as_str().unwrap().contains(&id));
+    for (bad, status) in [
+        (
+            json!({"session_id": sid, "entity_type": "t", "entity_id": "x"}),
+            422,
+        ),
+        (body("c-2", json!([1, 2])), 422),
+        (
+            json!({"session_id": "sess_none", "entity_type": "t", "entity_id": "x", "attributes": {}}),
+            404,
+        ),
+        (
+            json!({"session_id": sid, "entity_type": " ", "entity_id": "x", "attributes": {}}),
+            400,
+        ),
+    ] {
+        let (st, v) = srv.a(Method::POST, "/v1/entities", Some(bad.clone())).await;
+        assert_eq!(st.as_u16(), status, "{bad}: {v}");
+    }
+
+    // Lists filter and page.
+    srv.a(Method::POST, "/v1/entities", Some(body("c-2", json!({}))))
+        .await;
+    let (_, all) = srv.a(Method::GET, "/v1/entities?limit=1", None).await;
+    assert_eq!(
+        (all["data"].as_array().unwrap().len(), &all["has_more"]),
+        (1, &json!(true))
+    );
+    let after = all["last_id"].as_str().unwrap();
+    let (_, next) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/entities?limit=1&starting_after={after}"),
+            None,
+        )
+        .await;
+    assert_eq!(next["has_more"], false);
+    let (_, one) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/entities?session_id={sid}&entity_type=customer&entity_id=c-1"),
+            None,
+        )
+        .await;
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+    assert_eq!(one["data"][0]["id"], json!(id));
+
+    // Another tenant sees none of it, even by id.
+    for (method, p, b) in [
+        (Method::GET, path.clone(), None),
+        (Method::GET, format!("{path}?version=1"), None),
+        (Method::GET, format!("{path}/versions"), None),
+        (Method::PUT, path.clone(), Some(json!({"attributes": {}}))),
+        (Method::DELETE, path.clone(), None),
+        (
+            Method::GET,
+            format!("/v1/entities?starting_after={id}"),
+            None,
+        ),
+    ] {
+        let (st, v, _) = srv.call(Some(KEY_B), method.clone(), &p, b).await;
+        assert_eq!(
+            (st, code(&v)),
+            (StatusCode::NOT_FOUND, "entity_not_found"),
+            "{method} {p}"
+        );
+    }
+    let (st, v, _) = srv
+        .call(
+            Some(KEY_B),
+            Method::POST,
+            "/v1/entities",
+            Some(body("c-9", json!({}))),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::NOT_FOUND, "session_not_found"));
+    let (_, b_list, _) = srv
+        .call(Some(KEY_B), Method::GET, "/v1/entities", None)
+        .await;
+    assert!(b_list["data"].as_array().unwrap().is_empty());
+    let (_, b_stats, _) = srv
+        .call(Some(KEY_B), Method::GET, "/v1/dashboard/stats", None)
+        .await;
+    assert_eq!(b_stats["stats"]["total_entities"], 0);
+
+    // Counted, traced, and deleted.
+    let (_, stats) = srv.a(Method::GET, "/v1/dashboard/stats", None).await;
+    assert_eq!(stats["stats"]["total_entities"], 2);
+    let (_, traces) = srv
+        .a(Method::GET, &format!("/v1/traces?resource_id={id}"), None)
+        .await;
+    let actions: Vec<&str> = traces["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["entity.updated", "entity.created"]);
+    assert_eq!(
+        srv.a(Method::DELETE, &path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (st, gone) = srv.a(Method::GET, &path, None).await;
+    assert_eq!(
+        (st, code(&gone)),
+        (StatusCode::NOT_FOUND, "entity_not_found")
+    );
+    let (_, stats) = srv.a(Method::GET, "/v1/dashboard/stats", None).await;
+    assert_eq!(stats["stats"]["total_entities"], 1);
+}

@@ -846,7 +846,10 @@ impl Trees {
             put_session(r, tenant, &rec)?;
             r.insert(entity_key(tenant, &e.id), value.as_slice())?;
             r.insert(entity_name_key(tenant, e), e.id.as_bytes())?;
-            l.insert(entity_version_key(tenant, &e.id, e.version), version.as_slice())?;
+            l.insert(
+                entity_version_key(tenant, &e.id, e.version),
+                version.as_slice(),
+            )?;
             for k in entity_index(tenant, e) {
                 i.insert(k, &[])?;
             }
@@ -871,7 +874,10 @@ impl Trees {
                 });
             }
             r.insert(entity_key(tenant, &e.id), value.as_slice())?;
-            l.insert(entity_version_key(tenant, &e.id, e.version), version.as_slice())?;
+            l.insert(
+                entity_version_key(tenant, &e.id, e.version),
+                version.as_slice(),
+            )?;
             // A new version key lives under the session: bump it (see delete_session).
             let mut rec = tx_session(r, tenant, &e.session_id)?;
             rec.revision += 1;

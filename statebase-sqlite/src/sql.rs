@@ -1029,7 +1029,8 @@ pub fn update_entity(conn: &Connection, tenant: &str, u: &EntityUpdate) -> Res<(
 }
 
 pub fn delete_entity(conn: &Connection, tenant: &str, id: &str, trace: &Trace) -> Res<Entity> {
-    let found = entity(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Entity, id))?;
+    let found =
+        entity(conn, tenant, id)?.ok_or_else(|| Error::not_found(ResourceKind::Entity, id))?;
     // Its versions go by ON DELETE CASCADE.
     conn.prepare_cached("DELETE FROM entities WHERE tenant = ?1 AND id = ?2")?
         .execute(params![tenant, id])?;

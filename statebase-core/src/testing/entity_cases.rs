@@ -3,8 +3,8 @@
 use super::{Env, StoreFactory};
 use crate::store::Store;
 use crate::{
-    action, Clock, CreateEntity, CreateSession, Entity, ListEntities, ListTraces, Result, Session,
-    StateBase, UpdateEntity,
+    action, Clock, CreateEntity, CreateSession, Entity, ListEntities, ListEntityVersions,
+    ListTraces, Result, Session, StateBase, UpdateEntity,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -50,7 +50,12 @@ pub async fn entities_are_versioned_records<F: StoreFactory>(factory: F) {
     let sb = env.sb();
     let s = session(sb).await;
     let e = sb
-        .create_entity(create(&s.id, "customer", "c-42", json!({"name": "Ada", "tier": "gold"})))
+        .create_entity(create(
+            &s.id,
+            "customer",
+            "c-42",
+            json!({"name": "Ada", "tier": "gold"}),
+        ))
         .await
         .unwrap();
     assert!(e.id.starts_with("ent_") && e.id.len() == 16, "{}", e.id);
@@ -66,8 +71,14 @@ pub async fn entities_are_versioned_records<F: StoreFactory>(factory: F) {
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
-    assert_eq!(Value::Object(v2.attributes.clone()), json!({"name": "Ada L."}));
-    assert_eq!((v2.created_at, v2.updated_at), (e.created_at, env.clock.now()));
+    assert_eq!(
+        Value::Object(v2.attributes.clone()),
+        json!({"name": "Ada L."})
+    );
+    assert_eq!(
+        (v2.created_at, v2.updated_at),
+        (e.created_at, env.clock.now())
+    );
     assert_eq!(sb.get_entity(&e.id).await.unwrap(), v2);
     assert_eq!(sb.get_entity_at(&e.id, 1).await.unwrap(), e);
     assert_eq!(sb.get_entity_at(&e.id, 2).await.unwrap(), v2);
@@ -78,14 +89,22 @@ pub async fn entities_are_versioned_records<F: StoreFactory>(factory: F) {
         expected_version: Some(1),
         ..replace(json!({"lost": true}))
     };
-    assert_eq!(code(sb.update_entity(&e.id, stale).await), "version_conflict");
+    assert_eq!(
+        code(sb.update_entity(&e.id, stale).await),
+        "version_conflict"
+    );
     let fresh = UpdateEntity {
         expected_version: Some(2),
         ..replace(json!({}))
     };
     assert_eq!(sb.update_entity(&e.id, fresh).await.unwrap().version, 3);
-    let history = sb.entity_history(&e.id).await.unwrap();
+    let history = sb
+        .entity_history(&e.id, ListEntityVersions::default())
+        .await
+        .unwrap();
+    assert!(!history.has_more);
     let seen: Vec<(u64, Value)> = history
+        .data
         .into_iter()
         .map(|v| (v.version, Value::Object(v.attributes)))
         .collect();
@@ -97,6 +116,28 @@ pub async fn entities_are_versioned_records<F: StoreFactory>(factory: F) {
             (3, json!({})),
         ]
     );
+    let page = |starting_after| ListEntityVersions {
+        limit: Some(2),
+        starting_after,
+    };
+    let first = sb.entity_history(&e.id, page(None)).await.unwrap();
+    let numbers = |p: &crate::Page<crate::EntityVersion>| -> Vec<u64> {
+        p.data.iter().map(|v| v.version).collect()
+    };
+    assert_eq!((numbers(&first), first.has_more), (vec![1, 2], true));
+    assert_eq!(first.last_id.as_deref(), Some("2"));
+    let rest = sb.entity_history(&e.id, page(Some(2))).await.unwrap();
+    assert_eq!((numbers(&rest), rest.has_more), (vec![3], false));
+    let past = sb
+        .entity_history(&e.id, page(Some(u64::MAX)))
+        .await
+        .unwrap();
+    assert!(past.data.is_empty() && !past.has_more);
+    let bad = ListEntityVersions {
+        limit: Some(0),
+        starting_after: None,
+    };
+    assert_eq!(code(sb.entity_history(&e.id, bad).await), "invalid_request");
 }
 
 /// Bad input is refused with its code, writing nothing; the application id is unique per
@@ -110,8 +151,14 @@ pub async fn entity_input_is_checked<F: StoreFactory>(factory: F) {
         (create(&s.id, " ", "x", json!({})), "invalid_request"),
         (create(&s.id, "t", "", json!({})), "invalid_request"),
         (create(&s.id, "t", "x", json!([1])), "invalid_request"),
-        (create(&s.id, &"t".repeat(257), "x", json!({})), "invalid_request"),
-        (create("sess_missing", "t", "x", json!({})), "session_not_found"),
+        (
+            create(&s.id, &"t".repeat(257), "x", json!({})),
+            "invalid_request",
+        ),
+        (
+            create("sess_missing", "t", "x", json!({})),
+            "session_not_found",
+        ),
         (
             create(&s.id, "t", "x", json!({"big": "x".repeat(2 << 20)})),
             "payload_too_large",
@@ -150,7 +197,10 @@ pub async fn entity_input_is_checked<F: StoreFactory>(factory: F) {
     assert_eq!(all.data.len(), 3);
     env.advance(86_401);
     assert_eq!(
-        code(sb.create_entity(create(&s.id, "t", "late", json!({}))).await),
+        code(
+            sb.create_entity(create(&s.id, "t", "late", json!({})))
+                .await
+        ),
         "session_not_found",
         "an expired session takes no new entities"
     );
@@ -189,7 +239,10 @@ pub async fn entity_lists_filter_and_paginate<F: StoreFactory>(factory: F) {
         ..Default::default()
     })
     .await;
-    assert_eq!(ids(&places), ids(&[made[6].clone(), made[5].clone(), made[4].clone()]));
+    assert_eq!(
+        ids(&places),
+        ids(&[made[6].clone(), made[5].clone(), made[4].clone()])
+    );
     let both = list(ListEntities {
         session_id: Some(s2.id.clone()),
         entity_type: Some("person".into()),
@@ -249,14 +302,20 @@ pub async fn entities_are_tenant_isolated<F: StoreFactory>(factory: F) {
         .unwrap();
     assert_eq!(code(b.get_entity(&e.id).await), "entity_not_found");
     assert_eq!(code(b.get_entity_at(&e.id, 1).await), "entity_not_found");
-    assert_eq!(code(b.entity_history(&e.id).await), "entity_not_found");
+    assert_eq!(
+        code(b.entity_history(&e.id, ListEntityVersions::default()).await),
+        "entity_not_found"
+    );
     assert_eq!(
         code(b.update_entity(&e.id, replace(json!({}))).await),
         "entity_not_found"
     );
     assert_eq!(code(b.delete_entity(&e.id).await), "entity_not_found");
     assert_eq!(
-        code(b.create_entity(create(&s.id, "secret", "k", json!({}))).await),
+        code(
+            b.create_entity(create(&s.id, "secret", "k", json!({})))
+                .await
+        ),
         "session_not_found"
     );
     assert!(b
@@ -275,7 +334,10 @@ pub async fn entities_are_tenant_isolated<F: StoreFactory>(factory: F) {
         .await
         .unwrap();
     assert_eq!(a.get_entity(&e.id).await.unwrap(), e);
-    assert_eq!(a.list_entities(ListEntities::default()).await.unwrap().data, [e]);
+    assert_eq!(
+        a.list_entities(ListEntities::default()).await.unwrap().data,
+        [e]
+    );
 }
 
 /// Deleting an entity takes its versions and frees its name; deleting a session takes its
@@ -288,7 +350,9 @@ pub async fn deleted_entities_are_gone<F: StoreFactory>(factory: F) {
         .create_entity(create(&s.id, "t", "x", json!({"v": 1})))
         .await
         .unwrap();
-    sb.update_entity(&e.id, replace(json!({"v": 2}))).await.unwrap();
+    sb.update_entity(&e.id, replace(json!({"v": 2})))
+        .await
+        .unwrap();
     sb.delete_entity(&e.id).await.unwrap();
     assert_eq!(code(sb.get_entity(&e.id).await), "entity_not_found");
     assert_eq!(code(sb.get_entity_at(&e.id, 1).await), "entity_not_found");
@@ -310,7 +374,9 @@ pub async fn deleted_entities_are_gone<F: StoreFactory>(factory: F) {
         .create_entity(create(&kept.id, "t", "x", json!({})))
         .await
         .unwrap();
-    sb.update_entity(&again.id, replace(json!({"v": 2}))).await.unwrap();
+    sb.update_entity(&again.id, replace(json!({"v": 2})))
+        .await
+        .unwrap();
     sb.delete_session(&s.id).await.unwrap();
     assert_eq!(code(sb.get_entity(&again.id).await), "entity_not_found");
     assert!(sb
@@ -333,7 +399,10 @@ pub async fn entity_changes_are_traced_and_kept<F: StoreFactory>(factory: F) {
         .create_entity(create(&s.id, "t", "x", json!({"v": 1})))
         .await
         .unwrap();
-    let v2 = sb.update_entity(&e.id, replace(json!({"v": 2}))).await.unwrap();
+    let v2 = sb
+        .update_entity(&e.id, replace(json!({"v": 2})))
+        .await
+        .unwrap();
     let gone = sb
         .create_entity(create(&s.id, "t", "y", json!({})))
         .await
@@ -373,7 +442,13 @@ pub async fn entity_changes_are_traced_and_kept<F: StoreFactory>(factory: F) {
     assert_eq!(sb.get_entity(&e.id).await.unwrap(), v2);
     assert_eq!(sb.get_entity_at(&e.id, 1).await.unwrap(), e);
     assert_eq!(code(sb.get_entity(&gone.id).await), "entity_not_found");
-    assert_eq!(sb.update_entity(&e.id, replace(json!({}))).await.unwrap().version, 3);
+    assert_eq!(
+        sb.update_entity(&e.id, replace(json!({})))
+            .await
+            .unwrap()
+            .version,
+        3
+    );
 }
 
 /// Concurrent updates without an expectation each make their own version; with the same
@@ -398,7 +473,11 @@ pub async fn concurrent_entity_updates<F: StoreFactory>(factory: F) {
         versions.insert(t.await.unwrap().unwrap().version);
     }
     assert_eq!(versions, (2..=n + 1).collect());
-    let history = sb.entity_history(&e.id).await.unwrap();
+    let all = ListEntityVersions {
+        limit: Some(100),
+        starting_after: None,
+    };
+    let history = sb.entity_history(&e.id, all).await.unwrap().data;
     assert_eq!(history.len() as u64, n + 1);
     let writers: BTreeSet<u64> = history[1..]
         .iter()
@@ -433,7 +512,9 @@ pub async fn concurrent_entity_updates<F: StoreFactory>(factory: F) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (sb, sid) = (sb.clone(), s.id.clone());
-            tokio::spawn(async move { sb.create_entity(create(&sid, "t", "race", json!({}))).await })
+            tokio::spawn(
+                async move { sb.create_entity(create(&sid, "t", "race", json!({}))).await },
+            )
         })
         .collect();
     let mut created = Vec::new();
@@ -443,5 +524,9 @@ pub async fn concurrent_entity_updates<F: StoreFactory>(factory: F) {
             Err(err) => assert_eq!(err.code(), "duplicate_entity"),
         }
     }
-    assert_eq!(created.len(), 1, "one entity per name, also when creates race");
+    assert_eq!(
+        created.len(),
+        1,
+        "one entity per name, also when creates race"
+    );
 }
