@@ -223,11 +223,24 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(catch_panics())
+        .layer(compression())
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             observe::observe,
         ))
         .with_state(state)
+}
+
+/// Bodies this large or larger are gzipped for clients that accept it.
+pub const COMPRESS_FROM_BYTES: u16 = 4096;
+
+/// gzip for large answers (lists, histories, big states) to a client that sends
+/// `Accept-Encoding: gzip`; small ones are not worth the CPU.
+fn compression(
+) -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+    tower_http::compression::CompressionLayer::new()
+        .compress_when(SizeAbove::new(COMPRESS_FROM_BYTES).and(NotForContentType::GRPC))
 }
 
 /// A handler that panics (a bug) answers the 500 envelope; the panic is logged by the hook.

@@ -1899,3 +1899,57 @@ async fn entities_are_versioned_and_kept_per_tenant() {
     let (_, stats) = srv.a(Method::GET, "/v1/dashboard/stats", None).await;
     assert_eq!(stats["stats"]["total_entities"], 1);
 }
+
+#[tokio::test]
+async fn large_answers_are_gzipped_for_clients_that_ask() {
+    let srv = start(10_000, 10_000).await;
+    let big = json!({"notes": "the quick brown fox ".repeat(1_000)});
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot", "initial_state": big})),
+        )
+        .await;
+    let (_, small) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let get = |id: &str, gzip: bool| {
+        let mut req = srv
+            .http
+            .get(format!("{}/v1/sessions/{id}", srv.url))
+            .header("X-API-Key", KEY_A);
+        if gzip {
+            req = req.header("Accept-Encoding", "gzip");
+        }
+        req.send()
+    };
+    let plain = get(s["id"].as_str().unwrap(), false).await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    let zipped = get(s["id"].as_str().unwrap(), true).await.unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let zipped = zipped.bytes().await.unwrap();
+    assert!(
+        zipped.len() * 10 < plain.len(),
+        "{} of {}",
+        zipped.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&zipped[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(unzipped, plain);
+    let answer: Value = serde_json::from_slice(&unzipped).unwrap();
+    assert_eq!(answer["state"], big);
+    // A small answer is sent as it is.
+    let short = get(small["id"].as_str().unwrap(), true).await.unwrap();
+    assert!(short.headers().get("content-encoding").is_none());
+}
