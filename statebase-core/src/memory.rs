@@ -96,13 +96,13 @@ impl Inner {
             .ok_or_else(|| Error::session_not_found(id))
     }
 
-    /// Applies a checked version append to a session.
+    /// Applies a checked version append to a session; returns the session as it is then.
     fn append_version(
         &mut self,
         tenant: &str,
         stored_key: &Key,
         append: AppendVersion,
-    ) -> Result<()> {
+    ) -> Result<SessionRecord> {
         let stored = self
             .sessions
             .get_mut(stored_key)
@@ -113,8 +113,9 @@ impl Inner {
         s.version += 1;
         s.state = append.state;
         s.updated_at = append.updated_at;
+        let record = stored.record.clone();
         self.insert_trace(tenant, append.trace);
-        Ok(())
+        Ok(record)
     }
 
     fn check_next_version(stored: &StoredSession, append: &AppendVersion) -> Result<()> {
@@ -239,7 +240,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
         let mut inner = self.inner.lock();
         let stored = inner.session_mut(tenant, &append.session_id)?;
         Inner::check_next_version(stored, &append)?;
@@ -392,7 +393,9 @@ impl Store for MemoryStore {
         }
         let m = &new.record.memory;
         if let Some(sid) = &m.session_id {
-            inner.session_mut(tenant, sid)?.record.session.memory_count += 1;
+            let record = &mut inner.session_mut(tenant, sid)?.record;
+            record.session.memory_count += 1;
+            record.revision += 1;
         }
         inner
             .memory_order
@@ -487,6 +490,7 @@ impl Store for MemoryStore {
         if let Some(sid) = &stored.record.memory.session_id {
             if let Ok(s) = inner.session_mut(tenant, sid) {
                 s.record.session.memory_count = s.record.session.memory_count.saturating_sub(1);
+                s.record.revision += 1;
             }
         }
         inner.insert_trace(tenant, trace);

@@ -673,21 +673,21 @@ impl<S: Store> StateBase<S> {
         })
     }
 
-    /// Appends `body` as the version after `session`'s current one.
+    /// Appends `body` as the version after `session`'s current one; returns the session as
+    /// stored.
     async fn append(
         &self,
-        mut session: Session,
+        session: Session,
         body: VersionBody,
         now: Timestamp,
         trace: Trace,
     ) -> Result<Session> {
         let append = self.next_version(&session, body, now, trace)?;
-        let state = append.state.clone();
-        self.store().append_version(&self.tenant, append).await?;
-        session.state = state;
-        session.version += 1;
-        session.updated_at = now;
-        Ok(session)
+        Ok(self
+            .store()
+            .append_version(&self.tenant, append)
+            .await?
+            .session)
     }
 
     async fn read_version(&self, session: &Session, k: u64) -> Result<StateVersion> {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 pub struct SessionRecord {
     /// The session, including its current state and version.
     pub session: Session,
-    /// Bumped by every write to the session record, for compare-and-set of metadata.
+    /// Bumped by every write that changes the session record (its state, counts, metadata
+    /// or expiry), for compare-and-set of metadata: an unchanged revision is an unchanged
+    /// record.
     pub revision: u64,
 }
 
@@ -358,9 +360,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
 
     /// Appends version `expected_version + 1`, makes its state current, sets `updated_at`,
-    /// bumps the revision and writes the trace. `Conflict` if the current version is not
-    /// `expected_version`; `NotFound` if there is no such session.
-    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()>;
+    /// bumps the revision, writes the trace, and returns the session as stored: the writes
+    /// committed before it (turns, memories, metadata) included. `Conflict` if the current
+    /// version is not `expected_version`; `NotFound` if there is no such session.
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
 
     /// The session's versions whose numbers are in `range`, ascending. Empty if the session
     /// does not exist.
@@ -528,7 +531,7 @@ macro_rules! store_methods {
             fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
             fn list_sessions(&self, tenant: &str, query: &SessionQuery) -> Result<Vec<SessionRecord>>;
             fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
-            fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()>;
+            fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
             fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
             fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
             fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;

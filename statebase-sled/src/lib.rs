@@ -195,7 +195,7 @@ impl Store for SledStore {
             .await
     }
 
-    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
         self.durable(self.trees.append_version(tenant, &append))
             .await
     }

@@ -394,11 +394,12 @@ impl Trees {
         })
     }
 
-    pub fn append_version(&self, tenant: &str, a: &AppendVersion) -> Result<()> {
+    pub fn append_version(&self, tenant: &str, a: &AppendVersion) -> Result<SessionRecord> {
         self.transact(|r, l, i| {
             let mut rec = tx_session(r, tenant, &a.session_id)?;
             apply_version(l, r, i, tenant, &mut rec, a)?;
-            put_session(r, tenant, &rec)
+            put_session(r, tenant, &rec)?;
+            Ok(rec)
         })
     }
 

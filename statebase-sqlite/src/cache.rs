@@ -288,6 +288,11 @@ impl CachedSession {
         Some(Self { record, turns })
     }
 
+    /// Its state.
+    pub fn state(&self) -> &Object {
+        &self.record.session.state
+    }
+
     /// The bytes of the stored turns it keeps.
     pub fn turns_size(&self) -> usize {
         self.turns

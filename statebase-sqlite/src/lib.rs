@@ -243,7 +243,8 @@ impl SqliteStore {
     }
 
     /// A write to session `id` that leaves it cached as written, with its latest turns, for
-    /// the read that usually follows (agents read their session again at once). `write`
+    /// the read that usually follows (agents read their session again at once), and returns
+    /// the session as stored, its state only if the write set one (else `{}`). `write`
     /// returns the state it set and the turn it added, with the bytes of its stored body;
     /// `sets_state` says beforehand whether it sets a state.
     async fn write_session(
@@ -254,24 +255,29 @@ impl SqliteStore {
         write: impl FnOnce(&Connection) -> Result<(Option<Object>, Option<(Turn, usize)>), SqliteError>
             + Send
             + 'static,
-    ) -> Result<(), SqliteError> {
+    ) -> Result<SessionRecord, SqliteError> {
         let caches = self.inner.caches.clone();
         let before = caches.sessions.before_write(tenant, id, sets_state);
         let (t, i) = (tenant.to_owned(), id.to_owned());
         let cache = &self.inner.caches.sessions;
         self.write_cached(cache, tenant, id, move |c| {
             let (state, turn) = write(c)?;
+            let (row, size, mut record) = sql::session_row(c, &t, &i, false)?
+                .ok_or_else(|| SqliteError::Corrupt(format!("session {i} gone in its write")))?;
             let cache = &caches.sessions;
             if !cache.is_on() {
-                return Ok(());
+                record.session.state = state.unwrap_or_default();
+                return Ok(record);
             }
-            if let Some((row, size, record)) = sql::session_row(c, &t, &i, false)? {
-                if let Some(session) = CachedSession::after_write(before, record, state, turn) {
-                    let size = size + session.turns_size();
-                    cache.stage(&t, &i, row, session, size);
+            // The record read back has no state: a cheap copy for the cache.
+            if let Some(session) = CachedSession::after_write(before, record.clone(), state, turn) {
+                if sets_state {
+                    record.session.state = session.state().clone();
                 }
+                let size = size + session.turns_size();
+                cache.stage(&t, &i, row, session, size);
             }
-            Ok(())
+            Ok(record)
         })
         .await
     }
@@ -322,7 +328,7 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<()> {
+    async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
         Ok(self
             .write_session(tenant, &id, true, move |c| {
@@ -364,12 +370,12 @@ impl Store for SqliteStore {
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
         let sets_state = append.state.is_some();
-        Ok(self
-            .write_session(tenant, &id, sets_state, move |c| {
-                let bytes = sql::append_turn(c, &t, &append)?;
-                Ok((append.state.map(|a| a.state), Some((append.turn, bytes))))
-            })
-            .await?)
+        self.write_session(tenant, &id, sets_state, move |c| {
+            let bytes = sql::append_turn(c, &t, &append)?;
+            Ok((append.state.map(|a| a.state), Some((append.turn, bytes))))
+        })
+        .await?;
+        Ok(())
     }
 
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {

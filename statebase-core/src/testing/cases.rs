@@ -1581,3 +1581,95 @@ pub async fn meta_records_round_trip<F: StoreFactory>(factory: F) {
         Some(b"x".to_vec())
     );
 }
+
+/// A write answers with the session as that write left it, also while turns, memories and
+/// metadata updates race it: its counts and metadata are those of the writes committed
+/// before it, in the commit order of the trace feed.
+pub async fn writes_answer_the_session_as_stored<F: StoreFactory>(factory: F) {
+    let env = Env::new(factory).await;
+    let sb = env.sb().clone();
+    let s = new_session(&sb, json!({})).await;
+    // (what answered, turn_count, memory_count, metadata keys) by the answer's trace.
+    let mut answers = std::collections::HashMap::new();
+    for round in 0..6 {
+        let mut merges = Vec::new();
+        let mut updates = Vec::new();
+        let mut others = Vec::new();
+        for i in 0..6 {
+            let (merger, updater, other) = (sb.clone(), sb.clone(), sb.clone());
+            let id = s.id.clone();
+            merges.push(tokio::spawn(async move {
+                let sb = merger;
+                let w = StateWrite::new(json!({ format!("k{round}_{i}"): i }));
+                sb.merge_state(&id, w).await.unwrap()
+            }));
+            let id = s.id.clone();
+            updates.push(tokio::spawn(async move {
+                let sb = updater;
+                let req = UpdateSession {
+                    metadata: Some(json!({ format!("m{round}_{i}"): true })),
+                    ..Default::default()
+                };
+                sb.update_session(&id, req).await.unwrap()
+            }));
+            let id = s.id.clone();
+            others.push(tokio::spawn(async move {
+                let sb = other;
+                sb.add_turn(&id, crate::AddTurn::text("q", "a"))
+                    .await
+                    .unwrap();
+                let content = format!("fact {round} {i}");
+                sb.add_memory(AddMemory::new(&id, &content)).await.unwrap();
+            }));
+        }
+        for m in merges {
+            let got = m.await.unwrap();
+            answers.insert(("state", got.version), got);
+        }
+        for u in updates {
+            let got = u.await.unwrap();
+            // An update answers at its own version; the merges are told apart by theirs.
+            answers
+                .entry(("metadata", got.metadata.len() as u64))
+                .or_insert(got);
+        }
+        for o in others {
+            o.await.unwrap();
+        }
+    }
+    let feed = sb.store().trace_feed(0, 100_000).await.unwrap();
+    let (mut turns, mut memories, mut keys) = (0u64, 0u64, 0u64);
+    let mut checked = 0;
+    for entry in feed
+        .iter()
+        .filter(|e| e.trace.session_id.as_deref() == Some(s.id.as_str()))
+    {
+        let t = &entry.trace;
+        match t.action.as_str() {
+            action::TURN_ADDED => turns += 1,
+            action::MEMORY_CREATED => memories += 1,
+            action::SESSION_UPDATED => {
+                keys += 1;
+                let got = &answers[&("metadata", keys)];
+                assert_eq!(
+                    (got.turn_count, got.memory_count),
+                    (turns, memories),
+                    "a metadata update answered other counts than it stored"
+                );
+                checked += 1;
+            }
+            action::STATE_UPDATED => {
+                let version = t.details["version"].as_u64().unwrap();
+                let got = &answers[&("state", version)];
+                assert_eq!(
+                    (got.turn_count, got.memory_count, got.metadata.len() as u64),
+                    (turns, memories, keys),
+                    "the write of version {version} answered a session it did not store"
+                );
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(checked, 6 * 6 * 2);
+}

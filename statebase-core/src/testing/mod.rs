@@ -28,6 +28,40 @@ use std::sync::Arc;
 
 pub use model::check_against_model;
 
+#[cfg(test)]
+mod tests {
+    /// Every public case of the case modules is listed in `conformance_suite!`: a case left
+    /// out would silently never run.
+    #[test]
+    fn the_suite_lists_every_case() {
+        let suite = include_str!("mod.rs");
+        let listed = &suite[suite.find("macro_rules! conformance_suite").unwrap()..];
+        for (module, source) in [
+            ("cases", include_str!("cases.rs")),
+            ("agent_cases", include_str!("agent_cases.rs")),
+            ("entity_cases", include_str!("entity_cases.rs")),
+        ] {
+            assert!(listed.contains(&format!("@cases $factory; {module};")));
+            let cases = source
+                .lines()
+                .filter_map(|l| l.strip_prefix("pub async fn "))
+                .map(|l| &l[..l.find('<').unwrap_or(l.len())]);
+            for case in cases {
+                assert!(
+                    listed.contains(&format!("            {case},\n")),
+                    "{module}::{case} is not in conformance_suite!"
+                );
+            }
+        }
+        let modules = suite
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub mod "))
+            .filter(|m| m.contains("cases"))
+            .count();
+        assert_eq!(modules, 3, "a new case module must be checked here too");
+    }
+}
+
 /// Builds the store for one test case, and builds it again over the same data to test
 /// what survives a reopen.
 #[async_trait]
@@ -159,6 +193,7 @@ macro_rules! conformance_suite {
             reopen_keeps_every_acknowledged_write,
             trace_feed_is_every_trace_in_commit_order,
             meta_records_round_trip,
+            writes_answer_the_session_as_stored,
         );
         $crate::conformance_suite!(@cases $factory; agent_cases;
             turns_are_numbered_and_keep_their_input,
