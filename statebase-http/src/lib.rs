@@ -32,7 +32,7 @@ use statebase_core::{ObservedStore, StateBase, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::OpenApi;
-use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 /// The largest request body accepted, in bytes (a state of 1 MiB plus its envelope).
@@ -148,54 +148,16 @@ pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::J
 
 /// The whole API, and `/openapi.json` describing it.
 pub fn router(state: AppState) -> Router {
-    use routes::*;
     let v1 = OpenApiRouter::new()
-        .routes(routes!(create_session, list_sessions))
-        .routes(routes!(get_session, update_session, delete_session))
-        .routes(routes!(context, get_context))
-        .routes(routes!(fork))
-        .routes(routes!(get_state, merge_state, replace_state, post_state))
-        .routes(routes!(add_turn, list_turns))
-        .routes(routes!(get_turn))
-        .routes(routes!(add_session_memory))
-        .routes(routes!(search_session_memories))
-        .routes(routes!(search_memories))
-        .routes(routes!(create_entity, list_entities))
-        .routes(routes!(get_entity, update_entity, delete_entity))
-        .routes(routes!(entity_versions))
-        .routes(routes!(list_traces))
-        .routes(routes!(get_trace))
-        .routes(routes!(list_keys, create_key))
-        .routes(routes!(revoke_key))
-        .routes(routes!(stats))
-        .routes(routes!(create_webhook, list_webhooks))
-        .routes(routes!(delete_webhook))
-        .routes(routes!(webhook_deliveries))
-        .routes(routes!(retry_delivery));
-    // The spec's second spellings of the same routes.
-    let v1 = also_at(
-        v1,
-        routes!(state_history),
-        &["/sessions/{id}/state/history"],
-    );
-    let v1 = also_at(v1, routes!(rollback), &["/sessions/{id}/state/rollback"]);
-    let v1 = also_at(
-        v1,
-        routes!(session_traces),
-        &["/traces/sessions/{id}/traces"],
-    );
-    let v1 = also_at(v1, routes!(add_memory), &["/memory"]);
-    let v1 = also_at(
-        v1,
-        routes!(search_or_list_memories),
-        &["/memory", "/memories/search"],
-    );
-    let v1 = also_at(
-        v1,
-        routes!(get_memory, update_memory, delete_memory),
-        &["/memory/{id}"],
-    );
-    let v1 = also_at(v1, routes!(memory_history), &["/memory/{id}/history"]);
+        .merge(routes::sessions::router())
+        .merge(routes::state::router())
+        .merge(routes::context::router())
+        .merge(routes::turns::router())
+        .merge(routes::memories::router())
+        .merge(routes::entities::router())
+        .merge(routes::traces::router())
+        .merge(routes::dashboard::router())
+        .merge(routes::webhooks::router());
     // Idempotency wraps the routes themselves: a wrong method or an unknown route is not a
     // request to remember.
     let v1 = v1.layer(axum::middleware::from_fn_with_state(
@@ -204,10 +166,9 @@ pub fn router(state: AppState) -> Router {
     ));
     let service = OpenApiRouter::with_openapi(openapi::Base::openapi())
         .nest("/v1", v1)
-        .routes(routes!(root))
+        .merge(routes::service::router())
         .routes(routes!(metrics))
         .routes(routes!(openapi_json));
-    let service = also_at(service, routes!(health), &["/health/live", "/health/ready"]);
     let (router, doc) = service.split_for_parts();
     let doc = Bytes::from(openapi::finish(doc).to_string());
     state.openapi.get_or_init(|| doc);
@@ -251,29 +212,6 @@ fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
         ApiError::panicked().into_response()
     }
     tower_http::catch_panic::CatchPanicLayer::custom(answer)
-}
-
-/// `routes` at their documented path and at each of `aliases`, documented there too.
-fn also_at(
-    router: OpenApiRouter<AppState>,
-    routes: UtoipaMethodRouter<AppState>,
-    aliases: &[&str],
-) -> OpenApiRouter<AppState> {
-    let (_, paths, method_router) = &routes;
-    let item = paths.paths.values().next().cloned().unwrap_or_default();
-    let method_router = method_router.clone();
-    let mut router = router.routes(routes);
-    for alias in aliases {
-        router = router.route(alias, method_router.clone());
-        let documented = &mut router.get_openapi_mut().paths.paths;
-        match documented.get_mut(*alias) {
-            Some(existing) => existing.merge_operations(item.clone()),
-            None => {
-                documented.insert((*alias).to_owned(), item.clone());
-            }
-        }
-    }
-    router
 }
 
 /// This document (no key needed).

@@ -1,17 +1,7 @@
 //! `/v1/entities`: versioned records of a session, under the application's type and id.
 
-use super::{created, if_match, no_content, ok, IfMatch, Reply};
-use crate::auth::Tenant;
-use crate::extract::{Body, Query};
-use crate::wire::ListOut;
-use axum::extract::Path;
-use axum::http::HeaderMap;
+use super::*;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use statebase_core::{
-    CreateEntity, Entity, ListEntities, ListEntityVersions, Object, UpdateEntity,
-};
-use utoipa::{IntoParams, ToSchema};
 
 /// An entity at one version.
 #[derive(Serialize, ToSchema)]
@@ -212,4 +202,12 @@ pub async fn entity_versions(
         attributes: &v.attributes,
         updated_at: v.updated_at,
     }))
+}
+
+/// These routes, under `/v1`.
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_entity, list_entities))
+        .routes(routes!(get_entity, update_entity, delete_entity))
+        .routes(routes!(entity_versions))
 }
