@@ -719,3 +719,56 @@ pub struct Context {
     /// True when a query found memories but they are only weakly related to it.
     pub drift_warning: bool,
 }
+
+/// An API key as stored (the secret itself never is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// `key_` + 12 random characters.
+    pub id: String,
+    /// The tenant whose data the key reaches.
+    pub tenant: String,
+    /// A label.
+    pub name: String,
+    /// The first characters of the secret, to recognise it in listings.
+    pub key_prefix: String,
+    /// SHA-256 of the secret, hex.
+    pub key_hash: String,
+    /// Requests per minute; `None` follows the server's setting.
+    pub rate_limit: Option<u32>,
+    /// Requests it may make at once before the per-minute rate applies; `None` follows
+    /// the server's setting.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// False once revoked.
+    pub is_active: bool,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// After this instant it no longer works.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A key's own rate limit; what is `None` follows the server's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub rate_limit: Option<u32>,
+    /// Requests at once before the per-minute rate applies.
+    pub burst: Option<u32>,
+}
+
+impl KeyLimits {
+    /// `rate_limit` requests a minute, with the server's burst.
+    pub fn per_minute(rate_limit: u32) -> Self {
+        Self {
+            rate_limit: Some(rate_limit),
+            burst: None,
+        }
+    }
+}
+
+impl ApiKey {
+    /// True if the key works at `now`.
+    pub fn is_usable_at(&self, now: Timestamp) -> bool {
+        self.is_active && self.expires_at.is_none_or(|e| now < e)
+    }
+}

@@ -8,8 +8,7 @@
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
-use crate::keys::ApiKey;
-use crate::model::{Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn};
+use crate::model::{ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::ops::Range;

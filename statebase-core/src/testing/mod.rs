@@ -16,17 +16,17 @@
 //! }
 //! ```
 
-pub mod agent_cases;
-pub mod cases;
+pub mod conversation_cases;
 pub mod crash;
 pub mod entity_cases;
-mod model;
+mod oracle;
+pub mod session_cases;
 
 use crate::{Config, ManualClock, MemoryStore, StateBase, Store, Timestamp};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-pub use model::check_against_model;
+pub use oracle::check_against_model;
 
 #[cfg(test)]
 mod tests {
@@ -37,8 +37,8 @@ mod tests {
         let suite = include_str!("mod.rs");
         let listed = &suite[suite.find("macro_rules! conformance_suite").unwrap()..];
         for (module, source) in [
-            ("cases", include_str!("cases.rs")),
-            ("agent_cases", include_str!("agent_cases.rs")),
+            ("session_cases", include_str!("session_cases.rs")),
+            ("conversation_cases", include_str!("conversation_cases.rs")),
             ("entity_cases", include_str!("entity_cases.rs")),
         ] {
             assert!(listed.contains(&format!("@cases $factory; {module};")));
@@ -162,7 +162,7 @@ impl<F: StoreFactory> Env<F> {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr) => {
-        $crate::conformance_suite!(@cases $factory; cases;
+        $crate::conformance_suite!(@cases $factory; session_cases;
             create_session_returns_defaults,
             create_session_keeps_given_fields,
             create_session_rejects_bad_input,
@@ -195,7 +195,7 @@ macro_rules! conformance_suite {
             meta_records_round_trip,
             writes_answer_the_session_as_stored,
         );
-        $crate::conformance_suite!(@cases $factory; agent_cases;
+        $crate::conformance_suite!(@cases $factory; conversation_cases;
             turns_are_numbered_and_keep_their_input,
             turn_state_after_writes_a_version_atomically,
             bad_turns_are_refused,

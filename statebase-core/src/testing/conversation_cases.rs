@@ -1,4 +1,4 @@
-//! Cases for turns, memories, search and context.
+//! Cases for a conversation: turns, memories, search, context, and the API keys it is reached by.
 
 use super::{Env, StoreFactory};
 use crate::store::Store;

@@ -3,8 +3,8 @@
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::keys::ApiKey;
-use crate::model::{Entity, EntityVersion, MemoryRevision, Trace, Turn};
+
+use crate::model::{ApiKey, Entity, EntityVersion, MemoryRevision, Trace, Turn};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;

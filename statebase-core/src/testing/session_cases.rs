@@ -1,4 +1,5 @@
-//! One public case per behaviour. Each takes a fresh factory and panics on a violation.
+//! Cases for sessions: state, history, rollback, forks, TTL, tenancy, traces and the
+//! server's records. Each takes a fresh factory and panics on a violation.
 
 use super::{epoch, Env, StoreFactory};
 use crate::id::ID_RANDOM_LEN;
