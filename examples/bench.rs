@@ -11,8 +11,8 @@ use serde_json::json;
 use statebase_core::index::Vector;
 use statebase_core::{
     AddMemory, AddTurn, Config, ContextRequest, CreateSession, ForkFrom, HistoryQuery, HnswConfig,
-    HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, StateBase,
-    StateWrite, Store, VectorIndex,
+    HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, ServerStore,
+    StateBase, StateWrite, Store, VectorIndex,
 };
 use std::future::Future;
 use std::path::Path;
@@ -680,7 +680,7 @@ async fn http_round(connections: usize, n: usize, request: &MakeRequest) -> (f64
 /// connections, next to a trivial JSON endpoint of the same server. Each round runs the
 /// trivial endpoint and then every case, so that the baseline is measured next to them.
 async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
-    let store: Arc<dyn Store> =
+    let store: Arc<dyn ServerStore> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.join("http.db")).unwrap());
     let state = statebase_http::AppState::new(
         store,
@@ -844,7 +844,7 @@ async fn main() {
     if runs("sqlite") {
         let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
         let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("bench.db")).unwrap();
-        let sb = StateBase::new(Arc::new(sqlite) as Arc<dyn Store>);
+        let sb = StateBase::new(Arc::new(sqlite) as Arc<dyn ServerStore>);
         bench_backend("sqlite", sb, &sizes, raw, &mut figures).await;
     }
     if runs("sled") {

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, ResourceKind, Result};
 pub use crate::model::{ApiKey, KeyLimits};
-use crate::store::Store;
+use crate::store::ServerStore;
 use crate::{StateBase, Timestamp};
 use sha2::{Digest, Sha256};
 
@@ -23,7 +23,7 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-impl<S: Store> StateBase<S> {
+impl<S: ServerStore> StateBase<S> {
     /// Makes a key for `tenant` and returns it with its secret, which is shown only now.
     pub async fn create_api_key(
         &self,

@@ -36,4 +36,7 @@ pub use statebase::{
     is_blank, Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
 };
-pub use store::{ObservedStore, Store, StoreObserver};
+pub use store::{
+    EntityRecords, MemoryRecords, ObservedStore, ServerRecords, ServerStore, SessionLog, Store,
+    StoreObserver, TraceLog,
+};

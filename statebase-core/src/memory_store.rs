@@ -172,7 +172,7 @@ impl Inner {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl SessionLog for MemoryStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
         let mut inner = self.inner.lock();
         let s = &new.record.session;
@@ -384,7 +384,10 @@ impl Store for MemoryStore {
         };
         Ok(turns.take(query.limit).cloned().collect())
     }
+}
 
+#[async_trait]
+impl MemoryRecords for MemoryStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
         let mut inner = self.inner.lock();
         if let Some(existing) = inner.dedupe.get(&key(tenant, &new.record.dedupe_key)) {
@@ -538,7 +541,10 @@ impl Store for MemoryStore {
             .map(|m| m.record.clone())
             .collect())
     }
+}
 
+#[async_trait]
+impl EntityRecords for MemoryStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
         let mut inner = self.inner.lock();
         let e = new.entity;
@@ -631,31 +637,10 @@ impl Store for MemoryStore {
             })
             .unwrap_or_default())
     }
+}
 
-    async fn put_api_key(&self, api_key: ApiKey) -> Result<()> {
-        let mut inner = self.inner.lock();
-        match inner.api_keys.iter_mut().find(|k| k.id == api_key.id) {
-            Some(k) => *k = api_key,
-            None => inner.api_keys.push(api_key),
-        }
-        Ok(())
-    }
-
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        let inner = self.inner.lock();
-        Ok(inner.api_keys.iter().find(|k| k.key_hash == hash).cloned())
-    }
-
-    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
-        let inner = self.inner.lock();
-        Ok(inner
-            .api_keys
-            .iter()
-            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
-            .cloned()
-            .collect())
-    }
-
+#[async_trait]
+impl TraceLog for MemoryStore {
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         Ok(self.inner.lock().traces.get(&key(tenant, id)).cloned())
     }
@@ -693,6 +678,33 @@ impl Store for MemoryStore {
 
     async fn trace_feed_end(&self) -> Result<u64> {
         Ok(self.inner.lock().feed.len() as u64)
+    }
+}
+
+#[async_trait]
+impl ServerRecords for MemoryStore {
+    async fn put_api_key(&self, api_key: ApiKey) -> Result<()> {
+        let mut inner = self.inner.lock();
+        match inner.api_keys.iter_mut().find(|k| k.id == api_key.id) {
+            Some(k) => *k = api_key,
+            None => inner.api_keys.push(api_key),
+        }
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let inner = self.inner.lock();
+        Ok(inner.api_keys.iter().find(|k| k.key_hash == hash).cloned())
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .api_keys
+            .iter()
+            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
+            .cloned()
+            .collect())
     }
 
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {

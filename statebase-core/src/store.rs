@@ -1,4 +1,5 @@
-//! The storage trait every backend implements, and the records it stores.
+//! The storage traits every backend implements, one per concern, and the records they
+//! store.
 //!
 //! Core makes every id, timestamp and encoded version; a backend stores exactly what it is
 //! given and checks the preconditions each method names. Every record belongs to a tenant
@@ -88,7 +89,7 @@ pub struct AppendTurn {
     /// The turn; its number must be the session's `turn_count + 1`.
     pub turn: Turn,
     /// The state version the turn writes, checked and applied as by
-    /// [`Store::append_version`], in the same transaction.
+    /// [`SessionLog::append_version`], in the same transaction.
     pub state: Option<AppendVersion>,
     /// The session's new `updated_at`.
     pub updated_at: Timestamp,
@@ -127,7 +128,7 @@ pub struct MemoryUpdate {
     pub trace: Trace,
 }
 
-/// Filters of [`Store::list_memories`]. Order: newest first, by `(created_at, id)` descending.
+/// Filters of [`MemoryRecords::list_memories`]. Order: newest first, by `(created_at, id)` descending.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryQuery {
     /// At most this many.
@@ -186,7 +187,7 @@ pub struct EntityUpdate {
     pub trace: Trace,
 }
 
-/// Filters of [`Store::list_entities`]. Order: newest first, by `(created_at, id)`
+/// Filters of [`EntityRecords::list_entities`]. Order: newest first, by `(created_at, id)`
 /// descending.
 #[derive(Debug, Clone, Default)]
 pub struct EntityQuery {
@@ -214,7 +215,7 @@ impl EntityQuery {
     }
 }
 
-/// Filters of [`Store::list_turns`].
+/// Filters of [`SessionLog::list_turns`].
 #[derive(Debug, Clone, Default)]
 pub struct TurnQuery {
     /// At most this many.
@@ -234,7 +235,7 @@ pub struct Cursor {
     pub id: String,
 }
 
-/// Filters of [`Store::list_sessions`]. Order: newest first, by `(created_at, id)` descending.
+/// Filters of [`SessionLog::list_sessions`]. Order: newest first, by `(created_at, id)` descending.
 #[derive(Debug, Clone, Default)]
 pub struct SessionQuery {
     /// At most this many.
@@ -273,7 +274,7 @@ impl SessionQuery {
     }
 }
 
-/// Filters of [`Store::list_traces`]. Order: newest first, by `(timestamp, id)` descending.
+/// Filters of [`TraceLog::list_traces`]. Order: newest first, by `(timestamp, id)` descending.
 #[derive(Debug, Clone, Default)]
 pub struct TraceQuery {
     /// At most this many.
@@ -325,9 +326,12 @@ pub struct FeedEntry {
     pub trace: Trace,
 }
 
-/// Storage for sessions, their state versions and their audit traces.
+/// Everything core stores: the [`SessionLog`], [`MemoryRecords`], [`EntityRecords`] and
+/// [`TraceLog`] of every tenant. Implemented for every type that implements the four; a
+/// backend implements them (and [`ServerRecords`] to be served over HTTP, see
+/// [`ServerStore`]).
 ///
-/// Contract for every implementation:
+/// Contract for every method of every part:
 /// - **Atomicity**: each mutating method happens whole or not at all; when it returns an
 ///   error nothing was written.
 /// - **Durability**: when a mutating method returns `Ok`, the write survives a reopen of the
@@ -335,14 +339,27 @@ pub struct FeedEntry {
 ///   durability level).
 /// - **Isolation**: concurrent calls behave as if run one at a time in some order.
 /// - **Tenancy**: every method sees only the given tenant's records.
-/// - **Errors**: [`Error::NotFound`](crate::Error::NotFound) for a missing session where a
+/// - **Errors**: [`Error::NotFound`](crate::Error::NotFound) for a missing record where a
 ///   method requires one, [`Error::Conflict`](crate::Error::Conflict) for a failed
 ///   precondition, [`Error::Backend`](crate::Error::Backend) for anything else.
+pub trait Store: SessionLog + MemoryRecords + EntityRecords + TraceLog {}
+
+impl<T: SessionLog + MemoryRecords + EntityRecords + TraceLog + ?Sized> Store for T {}
+
+/// A [`Store`] with the [`ServerRecords`] the HTTP server needs: what `statebase-http` serves
+/// from. Implemented for every type that implements both.
+pub trait ServerStore: Store + ServerRecords {}
+
+impl<T: Store + ServerRecords + ?Sized> ServerStore for T {}
+
+/// Sessions with their state versions and turns: the log of each conversation.
 ///
+/// Every mutating method writes its trace in the same transaction (see [`TraceLog`]);
+/// each bumps the session's revision when it changes the session record.
 /// Expiry is core's business: a backend stores and returns expired sessions like any other,
 /// except where a query's `live_at` asks it to leave them out.
 #[async_trait]
-pub trait Store: Send + Sync + Debug + 'static {
+pub trait SessionLog: Send + Sync + Debug + 'static {
     /// Inserts a session, its version 0 and its trace. A `Backend` error if the id exists
     /// (ids are random: a clash is a bug, never overwritten).
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
@@ -402,7 +419,11 @@ pub trait Store: Send + Sync + Debug + 'static {
         session_id: &str,
         query: &TurnQuery,
     ) -> Result<Vec<Turn>>;
+}
 
+/// Memories with their revisions and vectors. A memory of a session goes with it.
+#[async_trait]
+pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// Inserts the memory and its first revision, bumps its session's `memory_count`, writes
     /// the trace, and returns `None`. If the tenant has a memory with the same dedupe key,
     /// writes nothing and returns that memory. `NotFound` if its session does not exist.
@@ -447,7 +468,11 @@ pub trait Store: Send + Sync + Debug + 'static {
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MemoryRecord>>;
+}
 
+/// Entities with their versions. An entity belongs to a session and goes with it.
+#[async_trait]
+pub trait EntityRecords: Send + Sync + Debug + 'static {
     /// Inserts the entity and its version 1, writes the trace, and returns `None`. If its
     /// session has an entity with the same `(entity_type, entity_id)`, writes nothing and
     /// returns that entity. `NotFound` if its session does not exist.
@@ -476,17 +501,12 @@ pub trait Store: Send + Sync + Debug + 'static {
         id: &str,
         range: Range<u64>,
     ) -> Result<Vec<EntityVersion>>;
+}
 
-    /// Inserts or replaces (by id) an API key. Keys belong to a tenant but are found by
-    /// hash across tenants.
-    async fn put_api_key(&self, key: ApiKey) -> Result<()>;
-
-    /// The key with this secret hash, or `None`.
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
-
-    /// Every key, or one tenant's, oldest first.
-    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
-
+/// The audit trail: every trace the other traits' writes made, by tenant, and all of them in
+/// commit order (the feed).
+#[async_trait]
+pub trait TraceLog: Send + Sync + Debug + 'static {
     /// The trace, or `None`.
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
 
@@ -502,6 +522,25 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// The position of the feed's last trace (0 when there is none): where a reader that
     /// has nothing to do with what came before starts, without reading it.
     async fn trace_feed_end(&self) -> Result<u64>;
+}
+
+/// What the HTTP server keeps besides the data it serves: API keys, and records of its own
+/// bookkeeping (webhook endpoints, deliveries and cursors; idempotent responses) in named
+/// spaces. Core's [`StateBase`](crate::StateBase) needs it only for its key methods.
+///
+/// The contract of [`Store`] holds, except tenancy: keys are found by hash across tenants and
+/// meta spaces are the server's, not a tenant's.
+#[async_trait]
+pub trait ServerRecords: Send + Sync + Debug + 'static {
+    /// Inserts or replaces (by id) an API key. Keys belong to a tenant but are found by
+    /// hash across tenants.
+    async fn put_api_key(&self, key: ApiKey) -> Result<()>;
+
+    /// The key with this secret hash, or `None`.
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+
+    /// Every key, or one tenant's, oldest first.
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
 
     /// A record of the server's own bookkeeping (webhook endpoints, deliveries, cursors):
     /// the value under `key` in `space`, or `None`.
@@ -521,61 +560,73 @@ pub trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Vec<(String, Vec<u8>)>>;
 }
 
-/// Calls `$callback!` with every `Store` method's signature, so that the forwarding and
-/// observing impls below list them once.
+/// Calls `$callback!` with every store trait and its methods' signatures, so that the
+/// forwarding and observing impls below list them once.
 macro_rules! store_methods {
     ($callback:ident { $($prefix:tt)* }) => {
         $callback! { $($prefix)* ;
-            fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
-            fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
-            fn list_sessions(&self, tenant: &str, query: &SessionQuery) -> Result<Vec<SessionRecord>>;
-            fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
-            fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
-            fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
-            fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
-            fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
-            fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
-            fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
-            fn list_turns(&self, tenant: &str, session_id: &str, query: &TurnQuery) -> Result<Vec<Turn>>;
-            fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
-            fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
-            fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
-            fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
-            fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
-            fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
-            fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
-            fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
-            fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
-            fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
-            fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
-            fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
-            fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
-            fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity>;
-            fn entity_versions(&self, tenant: &str, id: &str, range: Range<u64>) -> Result<Vec<EntityVersion>>;
-            fn put_api_key(&self, key: ApiKey) -> Result<()>;
-            fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
-            fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
-            fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
-            fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
-            fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
-            fn trace_feed_end(&self) -> Result<u64>;
-            fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
-            fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
-            fn scan_meta(&self, space: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;
+            SessionLog {
+                fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
+                fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
+                fn list_sessions(&self, tenant: &str, query: &SessionQuery) -> Result<Vec<SessionRecord>>;
+                fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
+                fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
+                fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
+                fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
+                fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
+                fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
+                fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
+                fn list_turns(&self, tenant: &str, session_id: &str, query: &TurnQuery) -> Result<Vec<Turn>>;
+            }
+            MemoryRecords {
+                fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
+                fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
+                fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
+                fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
+                fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
+                fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
+                fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
+                fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
+                fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
+            }
+            EntityRecords {
+                fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
+                fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
+                fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
+                fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
+                fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity>;
+                fn entity_versions(&self, tenant: &str, id: &str, range: Range<u64>) -> Result<Vec<EntityVersion>>;
+            }
+            TraceLog {
+                fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
+                fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+                fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
+                fn trace_feed_end(&self) -> Result<u64>;
+            }
+            ServerRecords {
+                fn put_api_key(&self, key: ApiKey) -> Result<()>;
+                fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+                fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
+                fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
+                fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
+                fn scan_meta(&self, space: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;
+            }
         }
     };
 }
 
 macro_rules! forward_store {
-    ($ty:ty ; $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )*) => {
-        #[async_trait]
-        impl<S: Store + ?Sized> Store for $ty {
-            $(
-                async fn $name(&$s $(, $arg: $argty)*) -> $ret {
-                    (**$s).$name($($arg),*).await
-                }
-            )*
-        }
+    ($ty:ty ; $( $part:ident { $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )* } )*) => {
+        $(
+            #[async_trait]
+            impl<S: $part + ?Sized> $part for $ty {
+                $(
+                    async fn $name(&$s $(, $arg: $argty)*) -> $ret {
+                        (**$s).$name($($arg),*).await
+                    }
+                )*
+            }
+        )*
     };
 }
 
@@ -584,7 +635,7 @@ store_methods!(forward_store { Box<S> });
 
 /// Told how long each store call took, by [`ObservedStore`].
 pub trait StoreObserver: Send + Sync + std::fmt::Debug + 'static {
-    /// `operation` (a [`Store`] method name) took `elapsed` and succeeded if `ok`.
+    /// `operation` (a store method's name) took `elapsed` and succeeded if `ok`.
     fn observe(&self, operation: &'static str, elapsed: std::time::Duration, ok: bool);
 }
 
@@ -603,19 +654,37 @@ impl<S> ObservedStore<S> {
 }
 
 macro_rules! observe_store {
-    (; $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )*) => {
-        #[async_trait]
-        impl<S: Store> Store for ObservedStore<S> {
-            $(
-                async fn $name(&$s $(, $arg: $argty)*) -> $ret {
-                    let started = std::time::Instant::now();
-                    let result = $s.inner.$name($($arg),*).await;
-                    $s.observer.observe(stringify!($name), started.elapsed(), result.is_ok());
-                    result
-                }
-            )*
-        }
+    (; $( $part:ident { $( fn $name:ident(&$s:tt $(, $arg:ident : $argty:ty)*) -> $ret:ty; )* } )*) => {
+        $(
+            #[async_trait]
+            impl<S: $part> $part for ObservedStore<S> {
+                $(
+                    async fn $name(&$s $(, $arg: $argty)*) -> $ret {
+                        let started = std::time::Instant::now();
+                        let result = $s.inner.$name($($arg),*).await;
+                        $s.observer.observe(stringify!($name), started.elapsed(), result.is_ok());
+                        result
+                    }
+                )*
+            }
+        )*
     };
 }
 
 store_methods!(observe_store {});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreateSession, MemoryStore, StateBase};
+
+    /// The parts together are one object-safe `Store`: a statebase over `Arc<dyn Store>`
+    /// works as over the store itself.
+    #[tokio::test]
+    async fn a_dyn_store_is_a_store() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let sb = StateBase::new(store);
+        let s = sb.create_session(CreateSession::new("a")).await.unwrap();
+        assert_eq!(sb.get_session(&s.id).await.unwrap(), s);
+    }
+}

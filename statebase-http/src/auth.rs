@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use statebase_core::{hash_secret, ApiKey, StateBase, Store};
+use statebase_core::{hash_secret, ApiKey, ServerStore, StateBase};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,11 +21,11 @@ pub struct Caller {
     /// The key.
     pub key: Arc<ApiKey>,
     /// Its tenant's statebase.
-    pub sb: StateBase<Arc<dyn Store>>,
+    pub sb: StateBase<Arc<dyn ServerStore>>,
 }
 
 impl Caller {
-    fn new(sb: &StateBase<Arc<dyn Store>>, key: ApiKey) -> Self {
+    fn new(sb: &StateBase<Arc<dyn ServerStore>>, key: ApiKey) -> Self {
         let actor = format!("api_key_{}", key.key_prefix);
         Self {
             sb: sb.tenant(&key.tenant).actor(&actor),
@@ -36,7 +36,7 @@ impl Caller {
 
 /// The caller's tenant's statebase, recording the calling key as the actor: what most
 /// handlers work with.
-pub struct Tenant(pub StateBase<Arc<dyn Store>>);
+pub struct Tenant(pub StateBase<Arc<dyn ServerStore>>);
 
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
@@ -304,7 +304,7 @@ impl KeyCache {
     /// The caller whose usable key `secret` is, if any.
     pub async fn authenticate(
         &self,
-        sb: &StateBase<Arc<dyn Store>>,
+        sb: &StateBase<Arc<dyn ServerStore>>,
         secret: &str,
     ) -> statebase_core::Result<Option<Caller>> {
         let hash = hash_secret(secret);

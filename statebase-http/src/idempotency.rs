@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use statebase_core::keys::hex;
-use statebase_core::Store;
+use statebase_core::{ServerRecords, ServerStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ type Slot = Arc<tokio::sync::Mutex<()>>;
 /// Responses by (API key id, idempotency key), kept in the store's `idempotency` space.
 #[derive(Debug)]
 pub struct Idempotency {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ServerStore>,
     running: Mutex<HashMap<String, Slot>>,
 }
 
@@ -48,7 +48,7 @@ struct Stored {
 
 impl Idempotency {
     /// Responses kept in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn ServerStore>) -> Self {
         Self {
             store,
             running: Mutex::default(),

@@ -28,7 +28,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Router;
-use statebase_core::{ObservedStore, StateBase, Store};
+use statebase_core::{ObservedStore, ServerStore, StateBase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::OpenApi;
@@ -46,7 +46,7 @@ pub struct AppState(Arc<Shared>);
 #[derive(Debug)]
 pub struct Shared {
     /// Statebase over the server's store.
-    pub sb: StateBase<Arc<dyn Store>>,
+    pub sb: StateBase<Arc<dyn ServerStore>>,
     /// Keys recently authenticated.
     pub keys: auth::KeyCache,
     /// The per-key rate limits.
@@ -74,9 +74,13 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// State over `store` (timed for `/metrics`) under the rate limits of `limiter`,
     /// taking webhook endpoints only at addresses `webhook_targets` allows.
-    pub fn new(store: Arc<dyn Store>, limiter: RateLimiter, webhook_targets: Targets) -> Self {
+    pub fn new(
+        store: Arc<dyn ServerStore>,
+        limiter: RateLimiter,
+        webhook_targets: Targets,
+    ) -> Self {
         let metrics: Arc<observe::Metrics> = Arc::default();
-        let observed: Arc<dyn Store> = Arc::new(ObservedStore::new(store, metrics.clone()));
+        let observed: Arc<dyn ServerStore> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self(Arc::new(Shared {
             idempotency: Arc::new(idempotency::Idempotency::new(observed.clone())),
             sb: StateBase::new(observed),
@@ -106,7 +110,7 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
 
 /// Every record of `space` under `prefix`, read a page at a time.
 pub(crate) async fn scan_all_meta(
-    store: &dyn Store,
+    store: &dyn ServerStore,
     space: &str,
     prefix: &str,
 ) -> statebase_core::Result<Vec<(String, Vec<u8>)>> {

@@ -1,7 +1,7 @@
 //! `statebase`: serve the StateBase `/v1` API, and manage its API keys.
 
 use clap::{Parser, Subcommand};
-use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_core::{KeyLimits, ServerStore, StateBase};
 use statebase_http::{
     router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter, Targets,
 };
@@ -230,7 +230,7 @@ enum WebhookAction {
     },
 }
 
-fn open(db: &str) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+fn open(db: &str) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Error>> {
     Ok(match db.split_once(':') {
         Some(("sqlite", path)) => Arc::new(statebase_sqlite::SqliteStore::open(path)?),
         Some(("sled", path)) => Arc::new(statebase_sled::SledStore::open(path)?),

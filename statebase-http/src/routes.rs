@@ -33,7 +33,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 use wire::*;
 
-type Sb = StateBase<std::sync::Arc<dyn Store>>;
+type Sb = StateBase<std::sync::Arc<dyn ServerStore>>;
 type Reply = Result<Response, ApiError>;
 
 fn ok(v: impl Serialize) -> Reply {

@@ -19,7 +19,8 @@ use sha2::Sha256;
 use statebase_core::keys::hex;
 use statebase_core::store::FeedEntry;
 use statebase_core::{
-    action, Error, Memory, ResourceKind, Result, Session, StateBase, Store, Trace,
+    action, Error, Memory, ResourceKind, Result, ServerRecords, ServerStore, Session, StateBase,
+    Trace, TraceLog,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ const MAX_BACKOFF_SECONDS: i64 = 3600;
 /// How long delivered and given-up deliveries stay listable.
 pub const KEEP_DONE: Duration = Duration::days(7);
 
-type Sb = StateBase<Arc<dyn Store>>;
+type Sb = StateBase<Arc<dyn ServerStore>>;
 /// A pending delivery and its key.
 type Owed = (String, Delivery);
 
@@ -208,7 +209,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
 }
 
 /// Every record of the space under `prefix`.
-async fn scan(store: &dyn Store, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+async fn scan(store: &dyn ServerStore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
     crate::scan_all_meta(store, SPACE, prefix).await
 }
 

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_core::{KeyLimits, ServerStore, StateBase};
 use statebase_http::{router, AppState, Rate, RateLimiter, Targets};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ const KEY_B: &str = "sb_tenantbkeytenantbkey0001";
 struct Server {
     url: String,
     http: reqwest::Client,
-    sb: StateBase<Arc<dyn Store>>,
+    sb: StateBase<Arc<dyn ServerStore>>,
     dir: Arc<tempfile::TempDir>,
     /// The server's `/openapi.json`: every call is checked against it.
     doc: OpenApi,
@@ -36,7 +36,7 @@ async fn start_with(limiter: RateLimiter) -> Server {
 
 /// A server (with nothing of its own in memory) over the SQLite file in `dir`.
 async fn serve(dir: Arc<tempfile::TempDir>, limiter: RateLimiter) -> Server {
-    let store: Arc<dyn Store> =
+    let store: Arc<dyn ServerStore> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
     let state = AppState::new(store, limiter, Targets::Public);
     let sb = state.sb.clone();

@@ -1,7 +1,7 @@
 //! Slow, silent and numerous clients on raw sockets against a real server on 127.0.0.1:
 //! each is cut off by its bound, and a normal client is served meanwhile.
 
-use statebase_core::{KeyLimits, StateBase, Store};
+use statebase_core::{KeyLimits, ServerStore, StateBase};
 use statebase_http::{router, serve, AppState, Limits, Rate, RateLimiter, Targets};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ const KEY: &str = "sb_hostilekeyhostilekey0001";
 struct Server {
     addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
-    _sb: StateBase<Arc<dyn Store>>,
+    _sb: StateBase<Arc<dyn ServerStore>>,
 }
 
 /// Short bounds, so that the tests wait for seconds rather than minutes.
@@ -29,7 +29,7 @@ fn short() -> Limits {
 
 async fn start(limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
+    let store: Arc<dyn ServerStore> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("h.db")).unwrap());
     let state = AppState::new(
         store,

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use statebase_core::{KeyLimits, Store};
+use statebase_core::{KeyLimits, ServerStore};
 use statebase_http::{router, webhooks, AppState, Rate, RateLimiter, Targets};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -104,7 +104,7 @@ async fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
 struct Server {
     url: String,
     http: reqwest::Client,
-    sb: statebase_core::StateBase<Arc<dyn Store>>,
+    sb: statebase_core::StateBase<Arc<dyn ServerStore>>,
     _dir: tempfile::TempDir,
 }
 
@@ -117,7 +117,7 @@ async fn start() -> Server {
 /// taking endpoints at the addresses `targets` allows.
 async fn start_with(dispatch: bool, targets: Targets) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
+    let store: Arc<dyn ServerStore> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("hooks.db")).unwrap());
     let state = AppState::new(store, RateLimiter::new(Rate::new(10_000, 10_000)), targets);
     for (tenant, key) in [("a", KEY_A), ("b", KEY_B), ("a/b", KEY_AB)] {

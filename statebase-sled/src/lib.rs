@@ -173,7 +173,7 @@ impl SledStore {
 }
 
 #[async_trait]
-impl Store for SledStore {
+impl SessionLog for SledStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
         self.durable(self.trees.create_session(tenant, &new)).await
     }
@@ -238,7 +238,10 @@ impl Store for SledStore {
     ) -> Result<Vec<Turn>> {
         self.trees.list_turns(tenant, session_id, query)
     }
+}
 
+#[async_trait]
+impl MemoryRecords for SledStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
         self.durable(self.trees.insert_memory(tenant, &new)).await
     }
@@ -295,7 +298,10 @@ impl Store for SledStore {
     ) -> Result<Vec<MemoryRecord>> {
         self.trees.scan_memories(tenant, after_id, limit)
     }
+}
 
+#[async_trait]
+impl EntityRecords for SledStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
         self.durable(self.trees.insert_entity(tenant, &new)).await
     }
@@ -326,19 +332,10 @@ impl Store for SledStore {
     ) -> Result<Vec<EntityVersion>> {
         self.trees.entity_versions(tenant, id, range)
     }
+}
 
-    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
-        self.durable(self.trees.put_api_key(&key)).await
-    }
-
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        self.trees.api_key_by_hash(hash)
-    }
-
-    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
-        self.trees.list_api_keys(tenant)
-    }
-
+#[async_trait]
+impl TraceLog for SledStore {
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         self.trees.trace(tenant, id)
     }
@@ -353,6 +350,21 @@ impl Store for SledStore {
 
     async fn trace_feed_end(&self) -> Result<u64> {
         self.trees.trace_feed_end()
+    }
+}
+
+#[async_trait]
+impl ServerRecords for SledStore {
+    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
+        self.durable(self.trees.put_api_key(&key)).await
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        self.trees.api_key_by_hash(hash)
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        self.trees.list_api_keys(tenant)
     }
 
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {

@@ -284,7 +284,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl SessionLog for SqliteStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
         let tenant = tenant.to_owned();
         Ok(self
@@ -405,7 +405,10 @@ impl Store for SqliteStore {
         }
         Ok(turns.into_iter().map(|(turn, _)| turn).collect())
     }
+}
 
+#[async_trait]
+impl MemoryRecords for SqliteStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
         let tenant = tenant.to_owned();
         Ok(self
@@ -493,7 +496,10 @@ impl Store for SqliteStore {
             .read(move |c| sql::scan_memories(c, &tenant, after.as_deref(), limit))
             .await?)
     }
+}
 
+#[async_trait]
+impl EntityRecords for SqliteStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
         let tenant = tenant.to_owned();
         Ok(self
@@ -538,23 +544,10 @@ impl Store for SqliteStore {
             .read(move |c| sql::entity_versions(c, &tenant, &id, range))
             .await?)
     }
+}
 
-    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
-        Ok(self.write(move |c| sql::put_api_key(c, &key)).await?)
-    }
-
-    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        let hash = hash.to_owned();
-        Ok(self.read(move |c| sql::api_key_by_hash(c, &hash)).await?)
-    }
-
-    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
-        let tenant = tenant.map(str::to_owned);
-        Ok(self
-            .read(move |c| sql::list_api_keys(c, tenant.as_deref()))
-            .await?)
-    }
-
+#[async_trait]
+impl TraceLog for SqliteStore {
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         Ok(self.read(move |c| sql::trace(c, &tenant, &id)).await?)
@@ -573,6 +566,25 @@ impl Store for SqliteStore {
 
     async fn trace_feed_end(&self) -> Result<u64> {
         Ok(self.read(sql::trace_feed_end).await?)
+    }
+}
+
+#[async_trait]
+impl ServerRecords for SqliteStore {
+    async fn put_api_key(&self, key: ApiKey) -> Result<()> {
+        Ok(self.write(move |c| sql::put_api_key(c, &key)).await?)
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let hash = hash.to_owned();
+        Ok(self.read(move |c| sql::api_key_by_hash(c, &hash)).await?)
+    }
+
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let tenant = tenant.map(str::to_owned);
+        Ok(self
+            .read(move |c| sql::list_api_keys(c, tenant.as_deref()))
+            .await?)
     }
 
     async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {

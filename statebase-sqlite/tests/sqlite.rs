@@ -294,7 +294,7 @@ async fn writes_blocked_by_another_process_past_the_busy_timeout_fail_and_change
 /// vector, a delete, and the delete of its session (a cascade of the `sessions` delete).
 #[tokio::test]
 async fn cached_memories_follow_every_write_that_changes_them() {
-    use statebase_core::store::Store;
+    use statebase_core::store::MemoryRecords;
     use statebase_core::{AddMemory, SearchMemories, UpdateMemory, DEFAULT_TENANT};
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("memories.db")).unwrap();

@@ -1,7 +1,7 @@
 //! Cases for a conversation: turns, memories, search, context, and the API keys it is reached by.
 
 use super::{Env, StoreFactory};
-use crate::store::Store;
+use crate::store::*;
 use crate::{
     action, AddMemory, AddTurn, ContextRequest, CreateSession, ForkFrom, HashEmbedder,
     HistoryQuery, KeyLimits, ListMemories, ListTraces, ListTurns, Memory, Order, Result,

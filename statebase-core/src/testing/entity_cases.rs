@@ -1,7 +1,7 @@
 //! Cases for entities: versioned records of a session under the application's type and id.
 
 use super::{Env, StoreFactory};
-use crate::store::Store;
+use crate::store::*;
 use crate::{
     action, Clock, CreateEntity, CreateSession, Entity, ListEntities, ListEntityVersions,
     ListTraces, Result, Session, StateBase, UpdateEntity,

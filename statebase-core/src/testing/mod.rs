@@ -22,7 +22,7 @@ pub mod entity_cases;
 mod oracle;
 pub mod session_cases;
 
-use crate::{Config, ManualClock, MemoryStore, StateBase, Store, Timestamp};
+use crate::{Config, ManualClock, MemoryStore, ServerStore, StateBase, Timestamp};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -67,7 +67,7 @@ mod tests {
 #[async_trait]
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store it builds.
-    type Store: Store;
+    type Store: ServerStore;
 
     /// Opens the store. The suite drops every handle of the previous store before it calls
     /// this again, and expects to find every acknowledged write.
@@ -86,14 +86,14 @@ impl StoreFactory for MemoryFactory {
     }
 }
 
-/// Runs a factory's store through `Arc<dyn Store>`, as the HTTP server holds it.
+/// Runs a factory's store through `Arc<dyn ServerStore>`, as the HTTP server holds it.
 #[derive(Debug, Default)]
 pub struct DynFactory<F>(pub F);
 
 #[async_trait]
 impl<F: StoreFactory> StoreFactory for DynFactory<F> {
-    type Store = Arc<dyn Store>;
-    async fn open(&self) -> Arc<dyn Store> {
+    type Store = Arc<dyn ServerStore>;
+    async fn open(&self) -> Arc<dyn ServerStore> {
         Arc::new(self.0.open().await)
     }
 }

@@ -4,7 +4,7 @@
 use super::{epoch, Env, StoreFactory};
 use crate::id::ID_RANDOM_LEN;
 use crate::json::Object;
-use crate::store::Store;
+use crate::store::*;
 use crate::{
     action, AddMemory, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces,
     Result, RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
