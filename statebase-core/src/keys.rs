@@ -93,10 +93,11 @@ impl<S: ServerStore> StateBase<S> {
 
     /// Revokes a key: it stops working at once. With `tenant`, only that tenant's key.
     pub async fn revoke_api_key(&self, id: &str, tenant: Option<&str>) -> Result<ApiKey> {
-        let keys = self.store().list_api_keys(tenant).await?;
-        let mut key = keys
-            .into_iter()
-            .find(|k| k.id == id)
+        let mut key = self
+            .store()
+            .api_key(id)
+            .await?
+            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
             .ok_or_else(|| Error::not_found(ResourceKind::ApiKey, id))?;
         key.is_active = false;
         self.store().put_api_key(key.clone()).await?;

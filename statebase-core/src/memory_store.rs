@@ -697,6 +697,11 @@ impl ServerRecords for MemoryStore {
         Ok(inner.api_keys.iter().find(|k| k.key_hash == hash).cloned())
     }
 
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let inner = self.inner.lock();
+        Ok(inner.api_keys.iter().find(|k| k.id == id).cloned())
+    }
+
     async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
         let inner = self.inner.lock();
         Ok(inner

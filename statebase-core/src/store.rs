@@ -539,6 +539,9 @@ pub trait ServerRecords: Send + Sync + Debug + 'static {
     /// The key with this secret hash, or `None`.
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
 
+    /// The key with this id, of any tenant, or `None`.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>>;
+
     /// Every key, or one tenant's, oldest first.
     async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
 
@@ -606,6 +609,7 @@ macro_rules! store_methods {
             ServerRecords {
                 fn put_api_key(&self, key: ApiKey) -> Result<()>;
                 fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+                fn api_key(&self, id: &str) -> Result<Option<ApiKey>>;
                 fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
                 fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
                 fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;

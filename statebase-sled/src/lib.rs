@@ -363,6 +363,10 @@ impl ServerRecords for SledStore {
         self.trees.api_key_by_hash(hash)
     }
 
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        self.trees.api_key(id)
+    }
+
     async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
         self.trees.list_api_keys(tenant)
     }

@@ -980,7 +980,10 @@ impl Trees {
         else {
             return Ok(None);
         };
-        let id = std::str::from_utf8(&id).map_err(storage)?;
+        self.api_key(std::str::from_utf8(&id).map_err(storage)?)
+    }
+
+    pub fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
         self.records
             .get(Key::new(b'K').raw(id).done())
             .map_err(storage)?

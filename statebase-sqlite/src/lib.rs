@@ -580,6 +580,11 @@ impl ServerRecords for SqliteStore {
         Ok(self.read(move |c| sql::api_key_by_hash(c, &hash)).await?)
     }
 
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let id = id.to_owned();
+        Ok(self.read(move |c| sql::api_key(c, &id)).await?)
+    }
+
     async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
         let tenant = tenant.map(str::to_owned);
         Ok(self

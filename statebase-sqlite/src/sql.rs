@@ -1104,6 +1104,15 @@ pub fn api_key_by_hash(conn: &Connection, hash: &str) -> Res<Option<ApiKey>> {
     )
 }
 
+pub fn api_key(conn: &Connection, id: &str) -> Res<Option<ApiKey>> {
+    first(
+        conn,
+        "SELECT body FROM api_keys WHERE id = ?1",
+        params![id],
+        |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?)?),
+    )
+}
+
 pub fn list_api_keys(conn: &Connection, tenant: Option<&str>) -> Res<Vec<ApiKey>> {
     collect(
         conn,

@@ -1109,5 +1109,11 @@ pub async fn api_keys_authenticate_until_revoked<F: StoreFactory>(factory: F) {
         .unwrap()
         .unwrap();
     assert!(!stored.is_active);
+    assert_eq!(sb.store().api_key(&a.id).await.unwrap(), Some(stored));
+    assert_eq!(sb.store().api_key("key_unknown").await.unwrap(), None);
+    assert_eq!(
+        code(sb.revoke_api_key("key_unknown", None).await),
+        "key_not_found"
+    );
     assert!(sb.list_api_keys(Some("other")).await.unwrap() == vec![b]);
 }
