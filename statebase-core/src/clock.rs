@@ -60,3 +60,8 @@ impl Clock for ManualClock {
 pub(crate) fn truncate(t: Timestamp) -> Timestamp {
     t.duration_trunc(Duration::microseconds(1)).unwrap_or(t)
 }
+
+/// The start of the hour (UTC) that `t` is in: how trace activity is counted.
+pub fn hour_start(t: Timestamp) -> Timestamp {
+    t.duration_trunc(Duration::hours(1)).unwrap_or(t)
+}

@@ -300,6 +300,27 @@ impl SessionLog for MemoryStore {
         Ok(stored.record)
     }
 
+    async fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts> {
+        let inner = self.inner.lock();
+        let mut counts = SessionCounts::default();
+        let live = inner
+            .sessions
+            .iter()
+            .filter(|((t, _), s)| t == tenant && !s.record.session.is_expired_at(live_at));
+        for (_, stored) in live {
+            let s = &stored.record.session;
+            counts.sessions += 1;
+            counts.turns += s.turn_count;
+            counts.changed += u64::from(s.updated_at > changed_after);
+        }
+        Ok(counts)
+    }
+
     async fn expired_sessions(
         &self,
         now: Timestamp,
@@ -512,6 +533,11 @@ impl MemoryRecords for MemoryStore {
         )
     }
 
+    async fn count_memories(&self, tenant: &str) -> Result<u64> {
+        let inner = self.inner.lock();
+        Ok(inner.memories.keys().filter(|(t, _)| t == tenant).count() as u64)
+    }
+
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
         let inner = self.inner.lock();
         Ok(inner
@@ -568,6 +594,11 @@ impl EntityRecords for MemoryStore {
             .insert(key(tenant, &stored.entity.id), stored);
         inner.insert_trace(tenant, new.trace);
         Ok(None)
+    }
+
+    async fn count_entities(&self, tenant: &str) -> Result<u64> {
+        let inner = self.inner.lock();
+        Ok(inner.entities.keys().filter(|(t, _)| t == tenant).count() as u64)
     }
 
     async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
@@ -655,6 +686,25 @@ impl TraceLog for MemoryStore {
                 .cloned()
                 .collect(),
         )
+    }
+
+    async fn trace_activity(
+        &self,
+        tenant: &str,
+        after: Timestamp,
+    ) -> Result<Vec<(Timestamp, u64)>> {
+        let inner = self.inner.lock();
+        let from = (tenant.to_owned(), after, String::from(char::MAX));
+        let mut hours: BTreeMap<Timestamp, u64> = BTreeMap::new();
+        for (_, at, _) in inner
+            .trace_order
+            .range(from..)
+            .take_while(|(t, _, _)| t == tenant)
+            .filter(|(_, at, _)| *at > after)
+        {
+            *hours.entry(crate::clock::hour_start(*at)).or_default() += 1;
+        }
+        Ok(hours.into_iter().collect())
     }
 
     async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {

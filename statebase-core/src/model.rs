@@ -772,3 +772,21 @@ impl ApiKey {
         self.is_active && self.expires_at.is_none_or(|e| now < e)
     }
 }
+
+/// A tenant's totals, from [`StateBase::stats`](crate::StateBase::stats).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Sessions not expired.
+    pub sessions: u64,
+    /// Turns of those sessions.
+    pub turns: u64,
+    /// Memories, user-level ones included.
+    pub memories: u64,
+    /// Entities.
+    pub entities: u64,
+    /// Sessions (not expired) changed in the last 24 hours.
+    pub active_sessions_24h: u64,
+    /// Traces per hour over the last 24 hours, oldest first: (the hour's start, count), hours
+    /// without any left out.
+    pub recent_activity: Vec<(Timestamp, u64)>,
+}

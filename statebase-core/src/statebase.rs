@@ -505,6 +505,23 @@ impl<S: Store> StateBase<S> {
         Ok(page(traces, limit, |t| &t.id))
     }
 
+    /// The tenant's totals, and its activity (traces per hour) over the last 24 hours: counted
+    /// by the store, not read.
+    pub async fn stats(&self) -> Result<Stats> {
+        let now = self.now();
+        let day_ago = now - Duration::hours(24);
+        let store = self.store();
+        let sessions = store.count_sessions(&self.tenant, now, day_ago).await?;
+        Ok(Stats {
+            sessions: sessions.sessions,
+            turns: sessions.turns,
+            memories: store.count_memories(&self.tenant).await?,
+            entities: store.count_entities(&self.tenant).await?,
+            active_sessions_24h: sessions.changed,
+            recent_activity: store.trace_activity(&self.tenant, day_ago).await?,
+        })
+    }
+
     // ----- internals -----
 
     /// Now, by the configured clock, at the precision timestamps are stored with.

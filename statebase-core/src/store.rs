@@ -226,6 +226,17 @@ pub struct TurnQuery {
     pub after_turn_number: Option<u64>,
 }
 
+/// What [`SessionLog::count_sessions`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Sessions not expired.
+    pub sessions: u64,
+    /// The sum of their `turn_count`s.
+    pub turns: u64,
+    /// Those of them with `updated_at` strictly after the given instant.
+    pub changed: u64,
+}
+
 /// Where a listing resumes: strictly after this key in its order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -395,6 +406,15 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     /// Returns the session as it was; `NotFound` if there is no such session.
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
 
+    /// The tenant's sessions not expired at `live_at`, their turns, and how many of them
+    /// changed after `changed_after`.
+    async fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts>;
+
     /// Up to `limit` sessions of any tenant whose expiry is at or before `now`, with their
     /// tenants.
     async fn expired_sessions(
@@ -457,6 +477,9 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// Memories matching the query, newest first, at most `query.limit`.
     async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
 
+    /// How many memories the tenant has.
+    async fn count_memories(&self, tenant: &str) -> Result<u64>;
+
     /// The memory's revisions, oldest first.
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
 
@@ -477,6 +500,9 @@ pub trait EntityRecords: Send + Sync + Debug + 'static {
     /// session has an entity with the same `(entity_type, entity_id)`, writes nothing and
     /// returns that entity. `NotFound` if its session does not exist.
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
+
+    /// How many entities the tenant has.
+    async fn count_entities(&self, tenant: &str) -> Result<u64>;
 
     /// The entity, or `None`.
     async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
@@ -512,6 +538,11 @@ pub trait TraceLog: Send + Sync + Debug + 'static {
 
     /// Traces matching the query, newest first, at most `query.limit`.
     async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+
+    /// The tenant's traces after `after`, counted per hour (UTC): (the hour's start, count),
+    /// oldest first, hours without traces left out.
+    async fn trace_activity(&self, tenant: &str, after: Timestamp)
+        -> Result<Vec<(Timestamp, u64)>>;
 
     /// Every tenant's traces in commit order, those after `position`, at most `limit`. A
     /// trace is written in the same transaction as its change, so this is an outbox: a
@@ -576,6 +607,7 @@ macro_rules! store_methods {
                 fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
+                fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;
                 fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
                 fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
                 fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
@@ -589,11 +621,13 @@ macro_rules! store_methods {
                 fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
                 fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
                 fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
+                fn count_memories(&self, tenant: &str) -> Result<u64>;
                 fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
                 fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
             }
             EntityRecords {
                 fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;
+                fn count_entities(&self, tenant: &str) -> Result<u64>;
                 fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
                 fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
                 fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
@@ -603,6 +637,7 @@ macro_rules! store_methods {
             TraceLog {
                 fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
                 fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
+                fn trace_activity(&self, tenant: &str, after: Timestamp) -> Result<Vec<(Timestamp, u64)>>;
                 fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>>;
                 fn trace_feed_end(&self) -> Result<u64>;
             }

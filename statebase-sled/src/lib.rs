@@ -214,6 +214,15 @@ impl SessionLog for SledStore {
             .await
     }
 
+    async fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts> {
+        self.trees.count_sessions(tenant, live_at, changed_after)
+    }
+
     async fn expired_sessions(
         &self,
         now: Timestamp,
@@ -286,6 +295,10 @@ impl MemoryRecords for SledStore {
         self.trees.list_memories(tenant, query)
     }
 
+    async fn count_memories(&self, tenant: &str) -> Result<u64> {
+        self.trees.count_index(b'm', tenant)
+    }
+
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
         self.trees.memory_revisions(tenant, id)
     }
@@ -304,6 +317,10 @@ impl MemoryRecords for SledStore {
 impl EntityRecords for SledStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
         self.durable(self.trees.insert_entity(tenant, &new)).await
+    }
+
+    async fn count_entities(&self, tenant: &str) -> Result<u64> {
+        self.trees.count_index(b'i', tenant)
     }
 
     async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {
@@ -342,6 +359,14 @@ impl TraceLog for SledStore {
 
     async fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>> {
         self.trees.list_traces(tenant, query)
+    }
+
+    async fn trace_activity(
+        &self,
+        tenant: &str,
+        after: Timestamp,
+    ) -> Result<Vec<(Timestamp, u64)>> {
+        self.trees.trace_activity(tenant, after)
     }
 
     async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {

@@ -511,6 +511,58 @@ impl Trees {
         }
     }
 
+    pub fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts> {
+        let mut counts = SessionCounts::default();
+        let prefix = Key::new(b's').str(tenant).done();
+        for key in self.index.scan_prefix(&prefix).keys() {
+            let key = key.map_err(storage)?;
+            let id = index_id(&key, prefix.len()).ok_or_else(|| corrupt("index id"))?;
+            let Some(rec) = self.session(tenant, &id)? else {
+                continue;
+            };
+            let s = &rec.session;
+            if !s.is_expired_at(live_at) {
+                counts.sessions += 1;
+                counts.turns += s.turn_count;
+                counts.changed += u64::from(s.updated_at > changed_after);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// How many keys index `kind` has for the tenant.
+    pub fn count_index(&self, kind: u8, tenant: &str) -> Result<u64> {
+        let prefix = Key::new(kind).str(tenant).done();
+        let mut n = 0;
+        for key in self.index.scan_prefix(prefix).keys() {
+            key.map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn trace_activity(&self, tenant: &str, after: Timestamp) -> Result<Vec<(Timestamp, u64)>> {
+        let prefix = Key::new(b't').str(tenant).done();
+        let mut from = prefix.clone();
+        from.extend_from_slice(&time_bytes(after));
+        let mut hours: std::collections::BTreeMap<Timestamp, u64> = Default::default();
+        for key in self.index.range(from..prefix_end(&prefix)).keys() {
+            let key = key.map_err(storage)?;
+            let at = index_time(&key, prefix.len()).ok_or_else(|| corrupt("index time"))?;
+            if at > after {
+                *hours
+                    .entry(statebase_core::clock::hour_start(at))
+                    .or_default() += 1;
+            }
+        }
+        Ok(hours.into_iter().collect())
+    }
+
     pub fn expired_sessions(
         &self,
         now: Timestamp,

@@ -357,6 +357,18 @@ impl SessionLog for SqliteStore {
             .await?)
     }
 
+    async fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .read(move |c| sql::count_sessions(c, &tenant, live_at, changed_after))
+            .await?)
+    }
+
     async fn expired_sessions(
         &self,
         now: Timestamp,
@@ -478,6 +490,13 @@ impl MemoryRecords for SqliteStore {
             .await?)
     }
 
+    async fn count_memories(&self, tenant: &str) -> Result<u64> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .read(move |c| sql::count_rows(c, "memories", &tenant))
+            .await?)
+    }
+
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         Ok(self
@@ -504,6 +523,13 @@ impl EntityRecords for SqliteStore {
         let tenant = tenant.to_owned();
         Ok(self
             .write(move |c| sql::insert_entity(c, &tenant, &new))
+            .await?)
+    }
+
+    async fn count_entities(&self, tenant: &str) -> Result<u64> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .read(move |c| sql::count_rows(c, "entities", &tenant))
             .await?)
     }
 
@@ -557,6 +583,17 @@ impl TraceLog for SqliteStore {
         let (tenant, query) = (tenant.to_owned(), query.clone());
         Ok(self
             .read(move |c| sql::list_traces(c, &tenant, &query))
+            .await?)
+    }
+
+    async fn trace_activity(
+        &self,
+        tenant: &str,
+        after: Timestamp,
+    ) -> Result<Vec<(Timestamp, u64)>> {
+        let tenant = tenant.to_owned();
+        Ok(self
+            .read(move |c| sql::trace_activity(c, &tenant, after))
             .await?)
     }
 

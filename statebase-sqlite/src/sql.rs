@@ -351,6 +351,52 @@ pub fn delete_session(
     Ok(record)
 }
 
+pub fn count_sessions(
+    conn: &Connection,
+    tenant: &str,
+    live_at: Timestamp,
+    changed_after: Timestamp,
+) -> Res<SessionCounts> {
+    first(
+        conn,
+        "SELECT count(*), coalesce(sum(turn_count), 0), coalesce(sum(updated_at > ?3), 0)
+         FROM sessions WHERE tenant = ?1 AND ttl_expires_at > ?2",
+        params![tenant, micros(live_at), micros(changed_after)],
+        |r| {
+            Ok(SessionCounts {
+                sessions: uint(r.get(0)?)?,
+                turns: uint(r.get(1)?)?,
+                changed: uint(r.get(2)?)?,
+            })
+        },
+    )
+    .map(Option::unwrap_or_default)
+}
+
+/// `SELECT count(*) FROM <table> WHERE tenant = ?`: the tenant's rows of a table.
+pub fn count_rows(conn: &Connection, table: &str, tenant: &str) -> Res<u64> {
+    let sql = match table {
+        "memories" => "SELECT count(*) FROM memories WHERE tenant = ?1",
+        "entities" => "SELECT count(*) FROM entities WHERE tenant = ?1",
+        other => return Err(SqliteError::Corrupt(format!("no counted table {other}"))),
+    };
+    first(conn, sql, params![tenant], |r| uint(r.get(0)?)).map(Option::unwrap_or_default)
+}
+
+pub fn trace_activity(
+    conn: &Connection,
+    tenant: &str,
+    after: Timestamp,
+) -> Res<Vec<(Timestamp, u64)>> {
+    collect(
+        conn,
+        "SELECT timestamp - timestamp % 3600000000 AS hour, count(*) FROM traces
+         WHERE tenant = ?1 AND timestamp > ?2 GROUP BY hour ORDER BY hour",
+        params![tenant, micros(after)],
+        |r| Ok((time(r.get(0)?)?, uint(r.get(1)?)?)),
+    )
+}
+
 pub fn expired_sessions(
     conn: &Connection,
     now: Timestamp,

@@ -194,6 +194,7 @@ macro_rules! conformance_suite {
             trace_feed_is_every_trace_in_commit_order,
             meta_records_round_trip,
             writes_answer_the_session_as_stored,
+            stats_count_a_tenants_records,
         );
         $crate::conformance_suite!(@cases $factory; conversation_cases;
             turns_are_numbered_and_keep_their_input,

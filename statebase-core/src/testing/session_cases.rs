@@ -1674,3 +1674,98 @@ pub async fn writes_answer_the_session_as_stored<F: StoreFactory>(factory: F) {
     }
     assert_eq!(checked, 6 * 6 * 2);
 }
+
+/// Stats count one tenant's live sessions, their turns, its memories and entities, the
+/// sessions changed in the last 24 hours and its traces per hour, and nothing of another's.
+pub async fn stats_count_a_tenants_records<F: StoreFactory>(factory: F) {
+    let env = Env::new(factory).await;
+    let (a, b) = (env.sb().tenant("a"), env.sb().tenant("b"));
+    let month = |user: Option<&str>| CreateSession {
+        ttl_seconds: Some(MAX_TTL_SECONDS),
+        user_id: user.map(str::to_owned),
+        ..CreateSession::new("agent")
+    };
+    let s1 = a.create_session(month(Some("u"))).await.unwrap();
+    let s2 = a.create_session(month(None)).await.unwrap();
+    let short = CreateSession {
+        ttl_seconds: Some(60),
+        ..CreateSession::new("agent")
+    };
+    let gone = a.create_session(short).await.unwrap();
+    for sid in [&s1.id, &s1.id, &s2.id, &gone.id] {
+        a.add_turn(sid, crate::AddTurn::text("q", "a"))
+            .await
+            .unwrap();
+    }
+    a.add_memory(AddMemory::new(&s1.id, "likes tea"))
+        .await
+        .unwrap();
+    a.add_memory(AddMemory::new(&s2.id, "likes maps"))
+        .await
+        .unwrap();
+    let user_level = AddMemory {
+        session_id: None,
+        user_id: Some("u".into()),
+        ..AddMemory::new("", "lives in Oslo")
+    };
+    a.add_memory(user_level).await.unwrap();
+    let entity = crate::CreateEntity {
+        session_id: s2.id.clone(),
+        entity_type: "t".into(),
+        entity_id: "x".into(),
+        attributes: None,
+    };
+    a.create_entity(entity).await.unwrap();
+    let bs = b.create_session(month(None)).await.unwrap();
+    b.add_turn(&bs.id, crate::AddTurn::text("q", "a"))
+        .await
+        .unwrap();
+    env.advance(61);
+
+    let stats = a.stats().await.unwrap();
+    let totals = (stats.sessions, stats.turns, stats.memories, stats.entities);
+    assert_eq!(
+        totals,
+        (2, 3, 3, 1),
+        "the expired session and its turn are not counted"
+    );
+    assert_eq!(stats.active_sessions_24h, 2);
+    let traced = a
+        .list_traces(ListTraces {
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .data
+        .len() as u64;
+    let counted: u64 = stats.recent_activity.iter().map(|(_, n)| n).sum();
+    assert_eq!(counted, traced);
+    assert_eq!(
+        stats.recent_activity.len(),
+        1,
+        "{:?}",
+        stats.recent_activity
+    );
+    let bstats = b.stats().await.unwrap();
+    let btotals = (
+        bstats.sessions,
+        bstats.turns,
+        bstats.memories,
+        bstats.entities,
+    );
+    assert_eq!(btotals, (1, 1, 0, 0));
+    assert_eq!(
+        bstats.recent_activity.iter().map(|(_, n)| n).sum::<u64>(),
+        2
+    );
+
+    // A day later only what changed since counts as active, and only its traces as activity.
+    env.advance(25 * 3600);
+    let write = StateWrite::new(json!({"later": true}));
+    a.merge_state(&s1.id, write).await.unwrap();
+    let later = a.stats().await.unwrap();
+    assert_eq!((later.sessions, later.active_sessions_24h), (2, 1));
+    let hour = crate::clock::hour_start(crate::Clock::now(env.clock.as_ref()));
+    assert_eq!(later.recent_activity, [(hour, 1)]);
+}

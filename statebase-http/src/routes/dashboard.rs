@@ -188,94 +188,25 @@ pub struct StatsOut {
 /// Totals of the caller's tenant, and its changes per hour over the last 24 hours.
 #[utoipa::path(get, path = "/dashboard/stats", responses((status = 200, body = StatsOut)))]
 pub async fn stats(Tenant(sb): Tenant) -> Reply {
-    let day_ago = chrono::Utc::now() - chrono::Duration::hours(24);
-    let (mut sessions, mut turns, mut active) = (0u64, 0u64, 0u64);
-    let mut cursor = None;
-    loop {
-        let page = sb
-            .list_sessions(ListSessions {
-                limit: Some(100),
-                starting_after: cursor,
-                ..Default::default()
-            })
-            .await?;
-        for s in &page.data {
-            sessions += 1;
-            turns += s.turn_count;
-            active += u64::from(s.updated_at > day_ago);
-        }
-        if !page.has_more {
-            break;
-        }
-        cursor = page.last_id;
-    }
-    let mut hours: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut cursor = None;
-    loop {
-        let page = sb
-            .list_traces(ListTraces {
-                limit: Some(100),
-                starting_after: cursor,
-                created_after: Some(day_ago),
-                ..Default::default()
-            })
-            .await?;
-        for t in &page.data {
-            let hour = t.timestamp.format("%Y-%m-%dT%H:00:00Z").to_string();
-            *hours.entry(hour).or_default() += 1;
-        }
-        if !page.has_more {
-            break;
-        }
-        cursor = page.last_id;
-    }
-    // Every memory, user-level ones included (session counts miss those).
-    let memories = count_all(|starting_after| {
-        sb.list_memories(ListMemories {
-            limit: Some(100),
-            starting_after,
-            ..Default::default()
-        })
-    })
-    .await?;
-    let entities = count_all(|starting_after| {
-        sb.list_entities(ListEntities {
-            limit: Some(100),
-            starting_after,
-            ..Default::default()
-        })
-    })
-    .await?;
+    let stats = sb.stats().await?;
     ok(StatsOut {
         stats: Totals {
-            total_sessions: sessions,
-            total_turns: turns,
-            total_memories: memories,
-            total_entities: entities,
-            active_sessions_24h: active,
+            total_sessions: stats.sessions,
+            total_turns: stats.turns,
+            total_memories: stats.memories,
+            total_entities: stats.entities,
+            active_sessions_24h: stats.active_sessions_24h,
             storage_usage_bytes: None,
         },
-        recent_activity: hours
+        recent_activity: stats
+            .recent_activity
             .into_iter()
-            .map(|(timestamp, count)| HourOfActivity { timestamp, count })
+            .map(|(hour, count)| HourOfActivity {
+                timestamp: hour.format("%Y-%m-%dT%H:00:00Z").to_string(),
+                count,
+            })
             .collect(),
     })
-}
-
-/// How many items a list has, read a page at a time (`page` takes the `starting_after`).
-async fn count_all<T, P>(page: impl Fn(Option<String>) -> P) -> Result<u64, Error>
-where
-    P: std::future::Future<Output = Result<Page<T>, Error>>,
-{
-    let (mut count, mut cursor) = (0u64, None);
-    loop {
-        let p = page(cursor).await?;
-        count += p.data.len() as u64;
-        if !p.has_more {
-            return Ok(count);
-        }
-        cursor = p.last_id;
-    }
 }
 
 /// These routes, under `/v1`.
