@@ -8,7 +8,7 @@
 //! every round.
 
 use serde_json::json;
-use statebase_core::index::Vector;
+use statebase_core::search::vector::Vector;
 use statebase_core::{
     AddMemory, AddTurn, Config, ContextRequest, CreateSession, ForkFrom, HistoryQuery, HnswConfig,
     HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, ServerStore,

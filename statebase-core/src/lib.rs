@@ -4,17 +4,15 @@
 pub mod action;
 pub mod clock;
 mod codec;
-pub mod embed;
 mod entities;
 mod error;
 pub mod id;
-pub mod index;
 pub mod json;
 pub mod keys;
 mod memories;
 mod memory_store;
 mod model;
-mod search;
+pub mod search;
 mod statebase;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -22,15 +20,15 @@ pub mod testing;
 mod turns;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use embed::{Embedder, HashEmbedder};
 pub use error::{Error, ResourceKind, Result};
 pub use id::{IdSource, RandomIds};
-pub use index::{HnswConfig, HnswIndex, VectorIndex};
 pub use json::Object;
 pub use keys::hash_secret;
 pub use memories::{DRIFT_THRESHOLD, MAX_MEMORY_CHARS};
 pub use memory_store::MemoryStore;
 pub use model::*;
+pub use search::embed::{Embedder, HashEmbedder};
+pub use search::vector::{HnswConfig, HnswIndex, VectorIndex};
 pub use search::IndexFactory;
 pub use statebase::{
     is_blank, Config, Limits, StateBase, DEFAULT_ACTOR, DEFAULT_TENANT, DEFAULT_TTL_SECONDS,

@@ -4,12 +4,12 @@
 use crate::action;
 use crate::clock::{self, Clock, SystemClock, Timestamp};
 use crate::codec::{self, VersionBody};
-use crate::embed::{Embedder, HashEmbedder};
 use crate::error::{Error, ResourceKind, Result};
 use crate::id::{IdSource, RandomIds};
-use crate::index::{HnswConfig, HnswIndex};
 use crate::json::{self, Diff, Object};
 use crate::model::*;
+use crate::search::embed::{Embedder, HashEmbedder};
+use crate::search::vector::{HnswConfig, HnswIndex};
 use crate::search::{IndexFactory, Indexes};
 use crate::store::*;
 use chrono::Duration;

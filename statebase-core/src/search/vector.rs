@@ -1,7 +1,6 @@
 //! Nearest-neighbour search over memory vectors: the [`VectorIndex`] trait and
 //! [`HnswIndex`], exact where the index is small and an HNSW snapshot where it is large.
 
-use crate::embed::dot;
 use instant_distance::{Builder, HnswMap, Search};
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
@@ -271,6 +270,25 @@ impl VectorIndex for HnswIndex {
     fn len(&self) -> usize {
         self.state.read().vectors.len()
     }
+}
+
+/// Dot product; cosine similarity for normalised vectors.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators let the compiler vectorise the loop.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The in-process search index over a store's memories: per tenant, loaded from the store on
+//! Memory search: embedders, the keyword text rules, vector indexes, and the in-process
+//! search index over a store's memories: per tenant, loaded from the store on
 //! first use, then kept current by every memory write of this process.
 //!
 //! Scoring is hybrid. A memory's `vector_score` is the cosine similarity of its vector and
@@ -6,15 +7,20 @@
 //! stopwords) that it contains. Its `score` is the higher of the two, so a memory that
 //! contains every keyword of the query scores 1 and is never lost to a low vector score.
 
-use crate::embed::{dot, keywords, Embedder};
+pub mod embed;
+mod text;
+pub mod vector;
+
 use crate::error::Result;
-use crate::index::{top, Vector, VectorIndex};
 use crate::store::{MemoryRecord, Store};
+use embed::Embedder;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
+use text::keywords;
 use tokio::sync::RwLock;
+use vector::{dot, top, Vector, VectorIndex};
 
 /// Makes the vector index of one tenant.
 #[derive(Clone)]
