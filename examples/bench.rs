@@ -8,7 +8,7 @@
 //! every round.
 
 use serde_json::json;
-use statebase_core::search::vector::Vector;
+use statebase_core::search::vector::{Filter, Vector};
 use statebase_core::{
     AddMemory, AddTurn, Config, ContextRequest, CreateSession, ForkFrom, HistoryQuery, HnswConfig,
     HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, ServerStore,
@@ -472,8 +472,11 @@ impl VectorIndex for SharedIndex {
     fn remove(&self, key: u64) {
         self.0.remove(key);
     }
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
-        self.0.search(query, k, accept)
+    fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)> {
+        self.0.search(query, k, filter)
+    }
+    fn score(&self, query: &[f32], key: u64) -> Option<f32> {
+        self.0.score(query, key)
     }
     fn len(&self) -> usize {
         self.0.len()

@@ -3,6 +3,7 @@
 //!
 //! Run with `cargo run --release -p statebase-examples --bin index_crossover`.
 
+use statebase_core::search::vector::Filter;
 use statebase_core::{HashEmbedder, HnswConfig, HnswIndex, VectorIndex};
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,7 @@ fn main() {
             let mut results = Vec::new();
             for q in &queries {
                 let start = Instant::now();
-                let hits = index.search(q, 10, &|_| true);
+                let hits = index.search(q, 10, &Filter::accepting(&|_| true));
                 samples.push(start.elapsed().as_secs_f64() * 1e6);
                 results.push(hits.into_iter().map(|h| h.0).collect());
             }

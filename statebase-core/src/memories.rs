@@ -6,13 +6,12 @@ use crate::error::{Error, ResourceKind, Result};
 use crate::is_blank;
 use crate::json;
 use crate::model::*;
-use crate::search::{Hit, Query, Scope};
+use crate::search::{Query, Scope};
 use crate::statebase::{page, page_limit, StateBase};
 use crate::store::{Cursor, MemoryQuery, MemoryRecord, MemoryUpdate, NewMemory, Store, TurnQuery};
 use crate::Timestamp;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 
 /// The longest memory, in characters.
 pub const MAX_MEMORY_CHARS: usize = 10_000;
@@ -320,31 +319,10 @@ impl<S: Store> StateBase<S> {
             limit,
             threshold,
         };
-        let hits = self
-            .shared
+        self.shared
             .indexes
             .search(self.store(), &self.tenant, &query)
-            .await?;
-        self.hydrate(hits).await
-    }
-
-    /// The hits as memories, in hit order (a memory deleted meanwhile is left out).
-    async fn hydrate(&self, hits: Vec<Hit>) -> Result<Vec<MemoryHit>> {
-        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-        let mut found: HashMap<String, MemoryRecord> = self
-            .store()
-            .memories(&self.tenant, &ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.memory.id.clone(), r))
-            .collect();
-        Ok(hits
-            .into_iter()
-            .filter_map(|h| {
-                let m = found.remove(&h.id)?.memory;
-                Some(memory_hit(m, h.score, h.vector_score, h.keyword_score))
-            })
-            .collect())
+            .await
     }
 
     /// The newest memories of the session and its user's user-level memories.
@@ -366,7 +344,7 @@ impl<S: Store> StateBase<S> {
         records.truncate(limit);
         Ok(records
             .into_iter()
-            .map(|r| memory_hit(r.memory, 0.0, 0.0, 0.0))
+            .map(|r| MemoryHit::of(r.memory, 0.0, 0.0, 0.0))
             .collect())
     }
 
@@ -419,22 +397,6 @@ impl<S: Store> StateBase<S> {
             }
         }
         Ok(out)
-    }
-}
-
-fn memory_hit(m: Memory, score: f32, vector_score: f32, keyword_score: f32) -> MemoryHit {
-    MemoryHit {
-        id: m.id,
-        session_id: m.session_id,
-        user_id: m.user_id,
-        content: m.content,
-        memory_type: m.memory_type,
-        tags: m.tags,
-        metadata: m.metadata,
-        score,
-        vector_score,
-        keyword_score,
-        created_at: m.created_at,
     }
 }
 

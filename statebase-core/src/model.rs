@@ -692,6 +692,25 @@ pub struct MemoryHit {
     pub created_at: Timestamp,
 }
 
+impl MemoryHit {
+    /// Memory `m` with its scores.
+    pub(crate) fn of(m: Memory, score: f32, vector_score: f32, keyword_score: f32) -> Self {
+        Self {
+            id: m.id,
+            session_id: m.session_id,
+            user_id: m.user_id,
+            content: m.content,
+            memory_type: m.memory_type,
+            tags: m.tags,
+            metadata: m.metadata,
+            score,
+            vector_score,
+            keyword_score,
+            created_at: m.created_at,
+        }
+    }
+}
+
 /// Input of [`StateBase::context`](crate::StateBase::context).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContextRequest {

@@ -12,6 +12,7 @@ mod text;
 pub mod vector;
 
 use crate::error::Result;
+use crate::model::{Memory, MemoryHit};
 use crate::store::{MemoryRecord, Store};
 use embed::Embedder;
 use parking_lot::Mutex;
@@ -20,7 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 use text::keywords;
 use tokio::sync::RwLock;
-use vector::{dot, top, Vector, VectorIndex};
+use vector::{Filter, Vector, VectorIndex};
 
 /// Makes the vector index of one tenant.
 #[derive(Clone)]
@@ -67,26 +68,11 @@ pub(crate) struct Query<'a> {
     pub threshold: f32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Hit {
-    pub id: String,
-    pub score: f32,
-    pub vector_score: f32,
-    pub keyword_score: f32,
-}
-
-/// Above this many candidates a scoped query asks the vector index (with a filter) instead
-/// of scanning the candidates exactly: the crossover `examples/index_crossover.rs` measures.
-const EXACT_SCOPE_LIMIT: usize = 3_000;
-
+/// A memory as the search keeps it: the record a hit answers with (its vector lives in the
+/// vector index), and its keywords.
 struct Entry {
-    id: String,
-    session_id: Option<String>,
-    user_id: Option<String>,
-    memory_type: String,
-    tags: Vec<String>,
+    memory: Memory,
     keywords: Vec<String>,
-    vector: Option<Vector>,
 }
 
 /// One tenant's memories as the search sees them.
@@ -136,20 +122,15 @@ impl TenantIndex {
             _ => None,
         };
         let entry = Entry {
-            id: m.id.clone(),
-            session_id: m.session_id.clone(),
-            user_id: m.user_id.clone(),
-            memory_type: m.memory_type.clone(),
-            tags: m.tags.clone(),
+            memory: m.clone(),
             keywords: keywords(&m.content),
-            vector: vector.clone(),
         };
-        if let Some(s) = &entry.session_id {
+        if let Some(s) = &m.session_id {
             self.by_session.entry(s.clone()).or_default().insert(key);
         }
-        if let Some(u) = &entry.user_id {
+        if let Some(u) = &m.user_id {
             self.by_user.entry(u.clone()).or_default().insert(key);
-            if entry.session_id.is_none() {
+            if m.session_id.is_none() {
                 self.user_level.entry(u.clone()).or_default().insert(key);
             }
         }
@@ -175,19 +156,18 @@ impl TenantIndex {
         let Some(entry) = self.entries.remove(&key) else {
             return;
         };
-        if let Some(s) = &entry.session_id {
+        let m = &entry.memory;
+        if let Some(s) = &m.session_id {
             unlink(&mut self.by_session, s, key);
         }
-        if let Some(u) = &entry.user_id {
+        if let Some(u) = &m.user_id {
             unlink(&mut self.by_user, u, key);
             unlink(&mut self.user_level, u, key);
         }
         for k in &entry.keywords {
             unlink(&mut self.by_keyword, k, key);
         }
-        if entry.vector.is_some() {
-            self.vectors.remove(key);
-        }
+        self.vectors.remove(key);
     }
 
     fn remove_session(&mut self, session_id: &str) {
@@ -197,7 +177,7 @@ impl TenantIndex {
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         for key in keys {
-            if let Some(id) = self.entries.get(&key).map(|e| e.id.clone()) {
+            if let Some(id) = self.entries.get(&key).map(|e| e.memory.id.clone()) {
                 self.remove(&id);
             }
         }
@@ -221,33 +201,22 @@ impl TenantIndex {
         Some(Candidates(sets.into_iter().flatten().collect()))
     }
 
-    fn search(&self, q: &Query<'_>) -> Vec<Hit> {
+    fn search(&self, q: &Query<'_>) -> Vec<MemoryHit> {
         let candidates = self.candidates(q.scope);
-        let filters = |e: &Entry| {
-            (q.types.is_empty() || q.types.contains(&e.memory_type))
-                && (q.tags.is_empty() || q.tags.iter().any(|t| e.tags.contains(t)))
+        let filters = |key: u64| {
+            self.entries.get(&key).is_some_and(|e| {
+                let m = &e.memory;
+                (q.types.is_empty() || q.types.contains(&m.memory_type))
+                    && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)))
+            })
         };
-        let accept = |key: u64| {
-            candidates.as_ref().is_none_or(|c| c.contains(&key))
-                && self.entries.get(&key).is_some_and(filters)
+        let filter = Filter {
+            among: candidates.as_ref().map(|c| c.0.as_slice()),
+            accept: &filters,
         };
         let mut scores: HashMap<u64, (f32, f32)> = HashMap::new();
         if let Some(qv) = &q.vector {
-            let vector_hits = match &candidates {
-                Some(c) if c.len() <= EXACT_SCOPE_LIMIT => {
-                    // Walking the candidates themselves: one lookup each.
-                    let hits = c
-                        .iter()
-                        .filter_map(|k| {
-                            let e = self.entries.get(k).filter(|e| filters(e))?;
-                            Some((*k, dot(qv, e.vector.as_ref()?)))
-                        })
-                        .collect();
-                    top(hits, q.limit)
-                }
-                _ => self.vectors.search(qv, q.limit, &accept),
-            };
-            for (key, s) in vector_hits {
+            for (key, s) in self.vectors.search(qv, q.limit, &filter) {
                 scores.insert(key, (s, 0.0));
             }
         }
@@ -278,41 +247,33 @@ impl TenantIndex {
                     break;
                 }
                 for &key in &by_count[n] {
-                    if !accept(key) {
+                    if !filter.admits(key) {
                         continue;
                     }
-                    let vs = match (
-                        &q.vector,
-                        self.entries.get(&key).and_then(|e| e.vector.as_ref()),
-                    ) {
-                        (Some(qv), Some(v)) => dot(qv, v),
-                        _ => 0.0,
-                    };
-                    scores.insert(key, (vs, s));
+                    let vs = q.vector.as_ref().and_then(|qv| self.vectors.score(qv, key));
+                    scores.insert(key, (vs.unwrap_or(0.0), s));
                 }
             }
         }
-        let mut hits: Vec<Hit> = scores
+        let mut hits: Vec<(f32, f32, f32, &Memory)> = scores
             .into_iter()
             .filter_map(|(key, (vector_score, keyword_score))| {
                 let score = vector_score.max(keyword_score).clamp(0.0, 1.0);
-                let entry = self.entries.get(&key)?;
-                (score >= q.threshold).then(|| Hit {
-                    id: entry.id.clone(),
-                    score,
-                    vector_score,
-                    keyword_score,
-                })
+                let m = &self.entries.get(&key)?.memory;
+                (score >= q.threshold).then_some((score, vector_score, keyword_score, m))
             })
             .collect();
         hits.sort_unstable_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(b.vector_score.total_cmp(&a.vector_score))
-                .then_with(|| a.id.cmp(&b.id))
+            b.0.total_cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then_with(|| a.3.id.cmp(&b.3.id))
         });
         hits.truncate(q.limit);
-        hits
+        hits.into_iter()
+            .map(|(score, vector_score, keyword_score, m)| {
+                MemoryHit::of(m.clone(), score, vector_score, keyword_score)
+            })
+            .collect()
     }
 }
 
@@ -328,20 +289,6 @@ fn limit_th_best(scores: &HashMap<u64, (f32, f32)>, limit: usize) -> f32 {
 
 /// Disjoint key sets whose union is a query's candidates.
 struct Candidates<'a>(Vec<&'a HashSet<u64>>);
-
-impl Candidates<'_> {
-    fn contains(&self, key: &u64) -> bool {
-        self.0.iter().any(|s| s.contains(key))
-    }
-
-    fn len(&self) -> usize {
-        self.0.iter().map(|s| s.len()).sum()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &u64> {
-        self.0.iter().flat_map(|s| s.iter())
-    }
-}
 
 type Slot = Arc<RwLock<Option<TenantIndex>>>;
 
@@ -400,7 +347,7 @@ impl Indexes {
         store: &S,
         tenant: &str,
         q: &Query<'_>,
-    ) -> Result<Vec<Hit>> {
+    ) -> Result<Vec<MemoryHit>> {
         let slot = self.slot(tenant);
         {
             let guard = slot.read().await;

@@ -26,8 +26,12 @@ pub trait VectorIndex: Send + Sync + Debug + 'static {
     /// Removes a vector; later searches don't return it.
     fn remove(&self, key: u64);
 
-    /// Up to `k` keys for which `accept` is true, best first, with their scores.
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)>;
+    /// Up to `k` keys that `filter` lets through, best first, with their scores. The index
+    /// chooses how: scanning `filter.among` while it is small, or searching all it holds.
+    fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)>;
+
+    /// The score of `key`'s vector against `query`; `None` if it has none here.
+    fn score(&self, query: &[f32], key: u64) -> Option<f32>;
 
     /// How many vectors it holds.
     fn len(&self) -> usize;
@@ -38,11 +42,43 @@ pub trait VectorIndex: Send + Sync + Debug + 'static {
     }
 }
 
+/// Which keys a [`VectorIndex::search`] may return.
+#[derive(Clone, Copy)]
+pub struct Filter<'a> {
+    /// When the caller knows them (a session's memories), the only keys a hit may have, as
+    /// disjoint sets; `None`: any key.
+    pub among: Option<&'a [&'a HashSet<u64>]>,
+    /// What else a hit's key must pass.
+    pub accept: &'a dyn Fn(u64) -> bool,
+}
+
+impl Filter<'_> {
+    /// Any key that `accept` passes.
+    pub fn accepting(accept: &dyn Fn(u64) -> bool) -> Filter<'_> {
+        Filter {
+            among: None,
+            accept,
+        }
+    }
+
+    /// True if `key` may be a hit.
+    pub fn admits(&self, key: u64) -> bool {
+        self.among
+            .is_none_or(|sets| sets.iter().any(|s| s.contains(&key)))
+            && (self.accept)(key)
+    }
+
+    /// How many keys `among` holds; `None` without it.
+    fn among_len(&self) -> Option<usize> {
+        self.among.map(|sets| sets.iter().map(|s| s.len()).sum())
+    }
+}
+
 /// Tuning of [`HnswIndex`].
 #[derive(Debug, Clone, Copy)]
 pub struct HnswConfig {
-    /// Up to this many vectors, every search is an exact scan (faster than a graph walk for
-    /// small sets, and exact).
+    /// Up to this many vectors (held, or among a search's candidates), a search is an exact
+    /// scan: faster than a graph walk for small sets, and exact.
     pub exact_limit: usize,
     /// HNSW `efConstruction`.
     pub ef_construction: usize,
@@ -235,15 +271,20 @@ impl VectorIndex for HnswIndex {
         self.maybe_rebuild(&mut s);
     }
 
-    fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u64) -> bool) -> Vec<(u64, f32)> {
+    fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)> {
         let s = self.state.read();
         let exact = |keys: &mut dyn Iterator<Item = u64>| -> Vec<(u64, f32)> {
             let hits = keys
-                .filter(|key| accept(*key))
+                .filter(|key| filter.admits(*key))
                 .filter_map(|key| s.vectors.get(&key).map(|v| (key, dot(query, v))))
                 .collect();
             top(hits, k)
         };
+        if let (Some(among), Some(n)) = (filter.among, filter.among_len()) {
+            if n <= self.config.exact_limit {
+                return exact(&mut among.iter().flat_map(|set| set.iter().copied()));
+            }
+        }
         let snapshot = match &s.snapshot {
             Some(snap) if s.vectors.len() > self.config.exact_limit => snap,
             _ => return exact(&mut s.vectors.keys().copied()),
@@ -254,7 +295,7 @@ impl VectorIndex for HnswIndex {
         for item in snapshot.map.search(&Point(query.into()), &mut search) {
             graph_hits += 1;
             let key = *item.value;
-            if !s.tombstones.contains(&key) && accept(key) {
+            if !s.tombstones.contains(&key) && filter.admits(key) {
                 hits.push((key, 1.0 - item.distance));
             }
         }
@@ -265,6 +306,10 @@ impl VectorIndex for HnswIndex {
         }
         hits.extend(exact(&mut s.tail.iter().map(|(key, _)| *key)));
         top(hits, k)
+    }
+
+    fn score(&self, query: &[f32], key: u64) -> Option<f32> {
+        Some(dot(query, self.state.read().vectors.get(&key)?))
     }
 
     fn len(&self) -> usize {
@@ -350,15 +395,61 @@ mod tests {
             index.insert(i as u64, v.clone());
         }
         let q = &vectors[3];
-        let got: Vec<u64> = index.search(q, 5, &|_| true).iter().map(|h| h.0).collect();
+        let got: Vec<u64> = index
+            .search(q, 5, &Filter::accepting(&|_| true))
+            .iter()
+            .map(|h| h.0)
+            .collect();
         assert_eq!(got, exact_top(&vectors, q, 5));
         assert_eq!(got[0], 3);
         index.remove(3);
-        assert!(index.search(q, 5, &|_| true).iter().all(|h| h.0 != 3));
-        let odd = index.search(q, 5, &|k| k % 2 == 1);
+        assert!(index
+            .search(q, 5, &Filter::accepting(&|_| true))
+            .iter()
+            .all(|h| h.0 != 3));
+        let odd = index.search(q, 5, &Filter::accepting(&|k| k % 2 == 1));
         assert_eq!(odd.len(), 5);
         assert!(odd.iter().all(|h| h.0 % 2 == 1));
         assert_eq!(index.len(), 499);
+    }
+
+    /// A few candidates of a large index are scanned exactly, whatever the graph holds, and
+    /// only they are returned.
+    #[test]
+    fn a_small_candidate_set_of_a_large_index_is_searched_exactly() {
+        let vectors = embedding_like(3_000, 32, 11);
+        let config = HnswConfig {
+            exact_limit: 100,
+            ..HnswConfig::default()
+        };
+        let index = HnswIndex::new(config);
+        index.insert_many(
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u64, v.clone()))
+                .collect(),
+        );
+        index.rebuild_now();
+        let (evens, few): (HashSet<u64>, HashSet<u64>) =
+            ((0..60).map(|i| i * 2).collect(), (1000..1030).collect());
+        let sets = [&evens, &few];
+        let q = &vectors[2_999];
+        let filter = Filter {
+            among: Some(&sets),
+            accept: &|k| k != 1_000,
+        };
+        let got: Vec<(u64, f32)> = index.search(q, 7, &filter);
+        let wanted: Vec<(u64, f32)> = evens
+            .iter()
+            .chain(&few)
+            .filter(|&&k| k != 1_000)
+            .map(|&k| (k, dot(q, &vectors[k as usize])))
+            .collect();
+        assert_eq!(got, top(wanted, 7));
+        assert_eq!(index.score(q, 4), Some(dot(q, &vectors[4])));
+        index.remove(4);
+        assert_eq!(index.score(q, 4), None);
     }
 
     #[test]
@@ -384,7 +475,7 @@ mod tests {
         let mut found = 0;
         for q in &queries {
             let truth: HashSet<u64> = exact_top(&vectors, q, 10).into_iter().collect();
-            let got = index.search(q, 10, &|_| true);
+            let got = index.search(q, 10, &Filter::accepting(&|_| true));
             found += got.iter().filter(|h| truth.contains(&h.0)).count();
         }
         let recall = found as f64 / (10 * queries.len()) as f64;
@@ -405,16 +496,16 @@ mod tests {
         index.rebuild_now();
         // Added after the snapshot: found through the exact tail.
         index.insert(5_000, vectors[2_500].clone());
-        let hit = index.search(&vectors[2_500], 1, &|_| true);
+        let hit = index.search(&vectors[2_500], 1, &Filter::accepting(&|_| true));
         assert_eq!(hit[0].0, 5_000);
         // Removed after the snapshot: hidden by its tombstone.
         index.remove(10);
         assert!(index
-            .search(&vectors[10], 10, &|_| true)
+            .search(&vectors[10], 10, &Filter::accepting(&|_| true))
             .iter()
             .all(|h| h.0 != 10));
         // A filter that rejects nearly everything still finds its one match.
-        let only = index.search(&vectors[0], 3, &|k| k == 1_999);
+        let only = index.search(&vectors[0], 3, &Filter::accepting(&|k| k == 1_999));
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].0, 1_999);
     }
