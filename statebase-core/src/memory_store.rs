@@ -446,15 +446,6 @@ impl MemoryRecords for MemoryStore {
             .map(|m| m.record.clone()))
     }
 
-    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
-        let inner = self.inner.lock();
-        Ok(ids
-            .iter()
-            .filter_map(|id| inner.memories.get(&key(tenant, id)))
-            .map(|m| m.record.clone())
-            .collect())
-    }
-
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
         let mut inner = self.inner.lock();
         let id = update.record.memory.id.clone();

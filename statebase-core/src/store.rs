@@ -452,9 +452,6 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// The memory, or `None`.
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
 
-    /// The memories with these ids that exist, in any order.
-    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
-
     /// Replaces the memory, adds the revision, writes the trace. `Conflict` if its version
     /// is not `expected_version`; `NotFound` if it does not exist; `InvalidInput` (param
     /// `content`) if another memory of the tenant has the new dedupe key.
@@ -616,7 +613,6 @@ macro_rules! store_methods {
             MemoryRecords {
                 fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
                 fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
-                fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>>;
                 fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
                 fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
                 fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;

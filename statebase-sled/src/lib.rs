@@ -259,14 +259,6 @@ impl MemoryRecords for SledStore {
         self.trees.memory(tenant, id)
     }
 
-    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.extend(self.trees.memory(tenant, id)?);
-        }
-        Ok(out)
-    }
-
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
         self.durable(self.trees.update_memory(tenant, &update))
             .await

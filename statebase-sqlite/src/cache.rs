@@ -1,10 +1,8 @@
-//! Rows read recently, kept in memory so that reading them again needs no read connection:
-//! agents read their session, its latest turns and the memories a search finds at every
-//! turn.
+//! Sessions read recently, kept in memory so that reading them again needs no read
+//! connection: agents read their session and its latest turns at every turn.
 //!
-//! A cache never answers with a row older than the file's. The writer connection's update
-//! hook reports every row of `sessions` and `memories` a transaction changes, as it changes
-//! it: the row's entry is dropped and the row is held until the transaction is over, and
+//! The cache never answers with a row older than the file's. The writer connection's update
+//! hook reports every row of `sessions` a transaction changes, as it changes it: the row's entry is dropped and the row is held until the transaction is over, and
 //! while it is held no read may put it back. A read puts what it found only if no
 //! transaction that changed the cache's table ended while it read (an epoch counts them),
 //! so it cannot put back what a commit replaced. A session's turns are kept with it: adding
@@ -19,7 +17,7 @@
 //! [`SqliteOptions::session_cache_bytes`](crate::SqliteOptions::session_cache_bytes).
 
 use parking_lot::Mutex;
-use statebase_core::store::{MemoryRecord, SessionRecord};
+use statebase_core::store::SessionRecord;
 use statebase_core::{Object, Turn};
 use std::collections::{HashMap, HashSet};
 
@@ -27,24 +25,20 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug)]
 pub struct Caches {
     pub sessions: RowCache<CachedSession>,
-    pub memories: RowCache<MemoryRecord>,
 }
 
 impl Caches {
-    /// Caches of at most these many bytes of stored data; 0 keeps nothing.
-    pub fn new(sessions: usize, memories: usize) -> Self {
+    /// A sessions cache of at most these many bytes of stored data; 0 keeps nothing.
+    pub fn new(sessions: usize) -> Self {
         Self {
             sessions: RowCache::new(sessions),
-            memories: RowCache::new(memories),
         }
     }
 
     /// Called by the update hook: the transaction in progress changes `row` of `table`.
     pub fn changing(&self, table: &str, row: i64) {
-        match table {
-            "sessions" => self.sessions.changing(row),
-            "memories" => self.memories.changing(row),
-            _ => {}
+        if table == "sessions" {
+            self.sessions.changing(row);
         }
     }
 
@@ -52,7 +46,6 @@ impl Caches {
     /// answers the writes: a committed one's staged rows are kept.
     pub fn transaction_over(&self, committed: bool) {
         self.sessions.transaction_over(committed);
-        self.memories.transaction_over(committed);
     }
 }
 
@@ -188,21 +181,6 @@ impl<V> RowCache<V> {
                 inner.insert(self.budget, key, entry);
             }
         }
-    }
-}
-
-impl<V: Clone> RowCache<V> {
-    /// The cached values of `ids`, the ids not cached, and a ticket to fill those.
-    pub fn get_many(&self, tenant: &str, ids: &[String]) -> (Vec<V>, Vec<String>, Ticket) {
-        let inner = self.inner.lock();
-        let (mut found, mut missing) = (Vec::new(), Vec::new());
-        for id in ids {
-            match inner.entries.get(&key(tenant, id)) {
-                Some(entry) => found.push(entry.value.clone()),
-                None => missing.push(id.clone()),
-            }
-        }
-        (found, missing, Ticket(inner.epoch))
     }
 }
 

@@ -15,8 +15,8 @@
 //! locked` never reaches a caller; reads run on a pool of read connections on tokio's
 //! blocking threads and see every acknowledged write (WAL snapshots).
 //!
-//! **Caches.** Recently read sessions with their latest turns, and memories, are kept in
-//! memory and are never older than an acknowledged write of this store; see
+//! **Cache.** Recently read sessions with their latest turns are kept in memory and are
+//! never older than an acknowledged write of this store; see
 //! [`SqliteOptions::session_cache_bytes`] for writes by other processes.
 //!
 //! **Group commit.** Writes that arrive while the writer commits are applied together in
@@ -82,10 +82,6 @@ pub struct SqliteOptions {
     /// Default 64 MiB; 0 turns the cache off. It sees every write of this store, but not
     /// the writes of another process to the same file: turn it off if one writes sessions.
     pub session_cache_bytes: usize,
-    /// Memories kept in memory for reads (search results), up to this many bytes of
-    /// content, tags, metadata and vectors. Default 64 MiB; 0 turns the cache off. Like the
-    /// sessions cache, it does not see the writes of another process.
-    pub memory_cache_bytes: usize,
 }
 
 impl Default for SqliteOptions {
@@ -95,7 +91,6 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             readers: 8,
             session_cache_bytes: 64 << 20,
-            memory_cache_bytes: 64 << 20,
         }
     }
 }
@@ -166,10 +161,7 @@ impl SqliteStore {
         // every commit changes (sessions, index tops) are copied back once per checkpoint.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         schema::migrate(&mut conn)?;
-        let caches = Arc::new(Caches::new(
-            options.session_cache_bytes,
-            options.memory_cache_bytes,
-        ));
+        let caches = Arc::new(Caches::new(options.session_cache_bytes));
         let writer = Writer::start(conn, caches.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -429,32 +421,14 @@ impl MemoryRecords for SqliteStore {
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
-        Ok(self.memories(tenant, &[id.to_owned()]).await?.pop())
-    }
-
-    async fn memories(&self, tenant: &str, ids: &[String]) -> Result<Vec<MemoryRecord>> {
-        let cache = &self.inner.caches.memories;
-        let (mut found, missing, ticket) = cache.get_many(tenant, ids);
-        if missing.is_empty() {
-            return Ok(found);
-        }
-        let t = tenant.to_owned();
-        let rows = self
-            .read(move |c| sql::memory_rows(c, &t, &missing))
-            .await?;
-        for (row, size, record) in rows {
-            cache.fill(ticket, tenant, &record.memory.id, row, record.clone(), size);
-            found.push(record);
-        }
-        Ok(found)
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::memory(c, &tenant, &id)).await?)
     }
 
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
-        let (t, id) = (tenant.to_owned(), update.record.memory.id.clone());
+        let t = tenant.to_owned();
         Ok(self
-            .write_cached(&self.inner.caches.memories, tenant, &id, move |c| {
-                sql::update_memory(c, &t, &update)
-            })
+            .write(move |c| sql::update_memory(c, &t, &update))
             .await?)
     }
 
@@ -468,18 +442,14 @@ impl MemoryRecords for SqliteStore {
     ) -> Result<()> {
         let (t, i, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
         Ok(self
-            .write_cached(&self.inner.caches.memories, tenant, id, move |c| {
-                sql::set_embedding(c, &t, &i, version, &model, &vector)
-            })
+            .write(move |c| sql::set_embedding(c, &t, &i, version, &model, &vector))
             .await?)
     }
 
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
         let (t, i) = (tenant.to_owned(), id.to_owned());
         Ok(self
-            .write_cached(&self.inner.caches.memories, tenant, id, move |c| {
-                sql::delete_memory(c, &t, &i, &trace)
-            })
+            .write(move |c| sql::delete_memory(c, &t, &i, &trace))
             .await?)
     }
 

@@ -800,38 +800,6 @@ pub fn insert_memory(
     Ok(None)
 }
 
-/// The memories with these ids that exist, each with its row id and the size of its stored
-/// content, tags, metadata and vector.
-pub fn memory_rows(
-    conn: &Connection,
-    tenant: &str,
-    ids: &[String],
-) -> Res<Vec<(i64, usize, MemoryRecord)>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let args = std::iter::once(tenant).chain(chunk.iter().map(String::as_str));
-        let sql = memories_sql(chunk.len());
-        out.extend(collect(conn, &sql, params_from_iter(args), |r| {
-            let size = uint(r.get(MEMORY_ROW)?)? as usize;
-            Ok((r.get(MEMORY_ROW + 1)?, size, read_memory(r)?))
-        })?);
-    }
-    Ok(out)
-}
-
-/// Where [`memories_sql`] puts the size and then the row id, after the memory's columns.
-const MEMORY_ROW: usize = 13;
-
-/// The tenant's memories with `n` ids: the tenant, then the ids.
-fn memories_sql(n: usize) -> String {
-    let marks = vec!["?"; n].join(", ");
-    format!(
-        "SELECT {MEMORY_COLUMNS}, length(content) + length(tags) + length(metadata)
-             + coalesce(length(embedding), 0), rowid
-         FROM memories WHERE tenant = ? AND id IN ({marks})"
-    )
-}
-
 pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<()> {
     let m = &u.record.memory;
     let current = memory(conn, tenant, &m.id)?.ok_or_else(|| Error::NotFound {
@@ -1363,10 +1331,6 @@ mod tests {
         plans.push((
             "SELECT body FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number < ?3 ORDER BY turn_number DESC LIMIT ?4".into(),
             vec![Sql::Text("t".into()), Sql::Text("s".into()), Sql::Integer(9), Sql::Integer(10)],
-        ));
-        plans.push((
-            memories_sql(3),
-            ["t", "a", "b", "c"].map(|v| Sql::Text(v.into())).to_vec(),
         ));
         for (sql, args) in plans {
             let p = plan(&conn, &sql, args);

@@ -179,7 +179,7 @@ mod tests {
     /// connection is closed when the drop returns.
     #[tokio::test]
     async fn drop_waits_for_queued_writes_and_the_thread() {
-        let cache = Arc::new(Caches::new(0, 0));
+        let cache = Arc::new(Caches::new(0));
         let writer = Writer::start(Connection::open_in_memory().unwrap(), cache).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();

@@ -290,10 +290,10 @@ async fn writes_blocked_by_another_process_past_the_busy_timeout_fail_and_change
     assert_eq!(history.versions.len(), 2);
 }
 
-/// A cached memory is dropped by every write that changes its row: an update, a new
-/// vector, a delete, and the delete of its session (a cascade of the `sessions` delete).
+/// A memory reads back as every write left it: an update, a new vector, a delete, and the
+/// delete of its session (a cascade of the `sessions` delete).
 #[tokio::test]
-async fn cached_memories_follow_every_write_that_changes_them() {
+async fn memories_follow_every_write_that_changes_them() {
     use statebase_core::store::MemoryRecords;
     use statebase_core::{AddMemory, SearchMemories, UpdateMemory, DEFAULT_TENANT};
     let dir = tempfile::tempdir().unwrap();
@@ -343,8 +343,12 @@ async fn cached_memories_follow_every_write_that_changes_them() {
         )
         .await
         .unwrap();
-    let read = store.memories(DEFAULT_TENANT, &ids[1..2]).await.unwrap();
-    assert_eq!(read[0].embedding.as_ref(), Some(&vector));
+    let read = store
+        .memory(DEFAULT_TENANT, &ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.embedding.as_ref(), Some(&vector));
 
     sb.delete_memory(&ids[1]).await.unwrap();
     assert_eq!(
@@ -357,11 +361,10 @@ async fn cached_memories_follow_every_write_that_changes_them() {
     }
 }
 
-/// The memories cache never hides an acknowledged update: while writers update memories,
-/// every read and every search returns at least the version last acknowledged before it
-/// began.
+/// No read hides an acknowledged memory update: while writers update memories, every read
+/// and every search returns at least the version last acknowledged before it began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_see_every_acknowledged_write_through_the_memories_cache() {
+async fn reads_see_every_acknowledged_memory_write() {
     use statebase_core::{AddMemory, SearchMemories, UpdateMemory};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
