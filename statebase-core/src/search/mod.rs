@@ -203,12 +203,15 @@ impl TenantIndex {
 
     fn search(&self, q: &Query<'_>) -> Vec<MemoryHit> {
         let candidates = self.candidates(q.scope);
+        // Every key of the candidates and of the vector index is an entry's.
+        let unfiltered = q.types.is_empty() && q.tags.is_empty();
         let filters = |key: u64| {
-            self.entries.get(&key).is_some_and(|e| {
-                let m = &e.memory;
-                (q.types.is_empty() || q.types.contains(&m.memory_type))
-                    && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)))
-            })
+            unfiltered
+                || self.entries.get(&key).is_some_and(|e| {
+                    let m = &e.memory;
+                    (q.types.is_empty() || q.types.contains(&m.memory_type))
+                        && (q.tags.is_empty() || q.tags.iter().any(|t| m.tags.contains(t)))
+                })
         };
         let filter = Filter {
             among: candidates.as_ref().map(|c| c.0.as_slice()),

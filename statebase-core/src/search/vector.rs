@@ -273,16 +273,19 @@ impl VectorIndex for HnswIndex {
 
     fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)> {
         let s = self.state.read();
-        let exact = |keys: &mut dyn Iterator<Item = u64>| -> Vec<(u64, f32)> {
+        let scan = |keys: &mut dyn Iterator<Item = u64>, admit: &dyn Fn(u64) -> bool| {
             let hits = keys
-                .filter(|key| filter.admits(*key))
+                .filter(|key| admit(*key))
                 .filter_map(|key| s.vectors.get(&key).map(|v| (key, dot(query, v))))
                 .collect();
             top(hits, k)
         };
+        let exact = |keys: &mut dyn Iterator<Item = u64>| scan(keys, &|key| filter.admits(key));
         if let (Some(among), Some(n)) = (filter.among, filter.among_len()) {
             if n <= self.config.exact_limit {
-                return exact(&mut among.iter().flat_map(|set| set.iter().copied()));
+                // The keys are among the candidates by construction: only `accept` is left.
+                let keys = &mut among.iter().flat_map(|set| set.iter().copied());
+                return scan(keys, filter.accept);
             }
         }
         let snapshot = match &s.snapshot {
