@@ -1739,6 +1739,19 @@ async fn entities_are_versioned_and_kept_per_tenant() {
         (&then["version"], &then["attributes"]),
         (&json!(1), &json!({"name": "Ada", "tier": "gold"}))
     );
+    for bad in [
+        "?version=abc",
+        "?version=-1",
+        "/versions?limit=0",
+        "/versions?starting_after=x",
+    ] {
+        let (st, v) = srv.a(Method::GET, &format!("{path}{bad}"), None).await;
+        assert!(
+            st.is_client_error() && st != StatusCode::NOT_FOUND,
+            "{bad}: {st} {v}"
+        );
+        assert_eq!(code(&v), "invalid_request", "{bad}");
+    }
     let (st, missing) = srv.a(Method::GET, &format!("{path}?version=9"), None).await;
     assert_eq!(
         (st, code(&missing)),

@@ -288,7 +288,7 @@ impl MemoryRecords for SledStore {
     }
 
     async fn count_memories(&self, tenant: &str) -> Result<u64> {
-        self.trees.count_index(b'm', tenant)
+        self.trees.count_memories(tenant)
     }
 
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
@@ -312,7 +312,7 @@ impl EntityRecords for SledStore {
     }
 
     async fn count_entities(&self, tenant: &str) -> Result<u64> {
-        self.trees.count_index(b'i', tenant)
+        self.trees.count_entities(tenant)
     }
 
     async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {

@@ -535,8 +535,16 @@ impl Trees {
         Ok(counts)
     }
 
+    pub fn count_memories(&self, tenant: &str) -> Result<u64> {
+        self.count_index(b'm', tenant)
+    }
+
+    pub fn count_entities(&self, tenant: &str) -> Result<u64> {
+        self.count_index(b'i', tenant)
+    }
+
     /// How many keys index `kind` has for the tenant.
-    pub fn count_index(&self, kind: u8, tenant: &str) -> Result<u64> {
+    fn count_index(&self, kind: u8, tenant: &str) -> Result<u64> {
         let prefix = Key::new(kind).str(tenant).done();
         let mut n = 0;
         for key in self.index.scan_prefix(prefix).keys() {

@@ -462,9 +462,7 @@ impl MemoryRecords for SqliteStore {
 
     async fn count_memories(&self, tenant: &str) -> Result<u64> {
         let tenant = tenant.to_owned();
-        Ok(self
-            .read(move |c| sql::count_rows(c, "memories", &tenant))
-            .await?)
+        Ok(self.read(move |c| sql::count_memories(c, &tenant)).await?)
     }
 
     async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
@@ -498,9 +496,7 @@ impl EntityRecords for SqliteStore {
 
     async fn count_entities(&self, tenant: &str) -> Result<u64> {
         let tenant = tenant.to_owned();
-        Ok(self
-            .read(move |c| sql::count_rows(c, "entities", &tenant))
-            .await?)
+        Ok(self.read(move |c| sql::count_entities(c, &tenant)).await?)
     }
 
     async fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>> {

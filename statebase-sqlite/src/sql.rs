@@ -373,13 +373,23 @@ pub fn count_sessions(
     .map(Option::unwrap_or_default)
 }
 
-/// `SELECT count(*) FROM <table> WHERE tenant = ?`: the tenant's rows of a table.
-pub fn count_rows(conn: &Connection, table: &str, tenant: &str) -> Res<u64> {
-    let sql = match table {
-        "memories" => "SELECT count(*) FROM memories WHERE tenant = ?1",
-        "entities" => "SELECT count(*) FROM entities WHERE tenant = ?1",
-        other => return Err(SqliteError::Corrupt(format!("no counted table {other}"))),
-    };
+pub fn count_memories(conn: &Connection, tenant: &str) -> Res<u64> {
+    count(
+        conn,
+        "SELECT count(*) FROM memories WHERE tenant = ?1",
+        tenant,
+    )
+}
+
+pub fn count_entities(conn: &Connection, tenant: &str) -> Res<u64> {
+    count(
+        conn,
+        "SELECT count(*) FROM entities WHERE tenant = ?1",
+        tenant,
+    )
+}
+
+fn count(conn: &Connection, sql: &str, tenant: &str) -> Res<u64> {
     first(conn, sql, params![tenant], |r| uint(r.get(0)?)).map(Option::unwrap_or_default)
 }
 

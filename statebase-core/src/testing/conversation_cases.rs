@@ -1,23 +1,15 @@
 //! Cases for a conversation: turns, memories, search, context, and the API keys it is reached by.
 
-use super::{Env, StoreFactory};
+use super::{code, Env, StoreFactory};
 use crate::store::*;
 use crate::{
     action, AddMemory, AddTurn, ContextRequest, CreateSession, ForkFrom, HashEmbedder,
-    HistoryQuery, KeyLimits, ListMemories, ListTraces, ListTurns, Memory, Order, Result,
-    SearchMemories, Session, StateBase, UpdateMemory, VersionChange, MAX_MEMORY_CHARS,
+    HistoryQuery, KeyLimits, ListMemories, ListTraces, ListTurns, Memory, Order, SearchMemories,
+    Session, StateBase, UpdateMemory, VersionChange, MAX_MEMORY_CHARS,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::fmt::Debug;
 use std::sync::Arc;
-
-fn code<T: Debug>(r: Result<T>) -> &'static str {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code(),
-    }
-}
 
 async fn session<S: Store>(sb: &StateBase<S>, user: Option<&str>) -> Session {
     let req = CreateSession {

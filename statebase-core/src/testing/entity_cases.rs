@@ -1,21 +1,13 @@
 //! Cases for entities: versioned records of a session under the application's type and id.
 
-use super::{Env, StoreFactory};
+use super::{code, Env, StoreFactory};
 use crate::store::*;
 use crate::{
     action, Clock, CreateEntity, CreateSession, Entity, ListEntities, ListEntityVersions,
-    ListTraces, Result, Session, StateBase, UpdateEntity,
+    ListTraces, Session, StateBase, UpdateEntity,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::fmt::Debug;
-
-fn code<T: Debug>(r: Result<T>) -> &'static str {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code(),
-    }
-}
 
 async fn session<S: Store>(sb: &StateBase<S>) -> Session {
     sb.create_session(CreateSession::new("agent"))

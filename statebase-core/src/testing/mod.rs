@@ -98,6 +98,14 @@ impl<F: StoreFactory> StoreFactory for DynFactory<F> {
     }
 }
 
+/// The error code of a call that must fail.
+fn code<T: std::fmt::Debug>(r: crate::Result<T>) -> &'static str {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
 /// The instant every case's clock starts at.
 pub fn epoch() -> Timestamp {
     chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")

@@ -1,32 +1,23 @@
 //! Cases for sessions: state, history, rollback, forks, TTL, tenancy, traces and the
 //! server's records. Each takes a fresh factory and panics on a violation.
 
-use super::{epoch, Env, StoreFactory};
+use super::{code, epoch, Env, StoreFactory};
 use crate::id::ID_RANDOM_LEN;
 use crate::json::Object;
 use crate::store::*;
 use crate::{
     action, AddMemory, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces,
-    Result, RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
+    RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
     DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
 use chrono::Duration;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::fmt::Debug;
 
 fn obj(v: Value) -> Object {
     match v {
         Value::Object(o) => o,
         other => panic!("not an object: {other}"),
-    }
-}
-
-/// The error code of a call that must fail.
-fn code<T: Debug>(r: Result<T>) -> &'static str {
-    match r {
-        Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code(),
     }
 }
 
