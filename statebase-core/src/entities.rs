@@ -131,7 +131,7 @@ impl<S: Store> StateBase<S> {
                 // Changed meanwhile: without an expected version, the last write wins.
                 Err(Error::Conflict { .. }) if req.expected_version.is_none() => continue,
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(entity),
+                Ok(stored) => return Ok(stored),
             }
         }
     }

@@ -140,21 +140,20 @@ impl<S: Store> StateBase<S> {
             let trace = self.memory_trace(m, action::MEMORY_UPDATED, details, now);
             record.dedupe_key = dedupe_key(&record.memory);
             let update = MemoryUpdate {
-                record: record.clone(),
+                record,
                 expected_version: old.memory.version,
                 trace,
             };
-            match self.store().update_memory(&self.tenant, update).await {
+            let stored = match self.store().update_memory(&self.tenant, update).await {
                 // Changed meanwhile by another writer: apply ours to the new version.
                 Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-                Ok(()) => {}
-            }
+                other => other?,
+            };
             self.shared
                 .indexes
-                .update(&self.tenant, |index| index.upsert(&record))
+                .update(&self.tenant, |index| index.upsert(&stored))
                 .await;
-            return Ok(record.memory);
+            return Ok(stored.memory);
         }
     }
 

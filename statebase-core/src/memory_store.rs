@@ -222,7 +222,7 @@ impl SessionLog for MemoryStore {
         )
     }
 
-    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord> {
         let mut inner = self.inner.lock();
         let stored = inner.session_mut(tenant, &update.session_id)?;
         if stored.record.revision != update.expected_revision {
@@ -236,8 +236,9 @@ impl SessionLog for MemoryStore {
         s.metadata = update.metadata;
         s.ttl_expires_at = update.ttl_expires_at;
         s.updated_at = update.updated_at;
+        let record = stored.record.clone();
         inner.insert_trace(tenant, update.trace);
-        Ok(())
+        Ok(record)
     }
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
@@ -336,7 +337,7 @@ impl SessionLog for MemoryStore {
             .collect())
     }
 
-    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord> {
         let mut inner = self.inner.lock();
         let session_id = append.turn.session_id.clone();
         let stored = inner.session_mut(tenant, &session_id)?;
@@ -358,11 +359,12 @@ impl SessionLog for MemoryStore {
         inner
             .turn_sessions
             .insert(key(tenant, &append.turn.id), session_id);
-        if let Some(state) = append.state {
-            inner.append_version(tenant, &k, state)?;
-        }
+        let record = match append.state {
+            Some(state) => inner.append_version(tenant, &k, state)?,
+            None => inner.sessions[&k].record.clone(),
+        };
         inner.insert_trace(tenant, append.trace);
-        Ok(())
+        Ok(record)
     }
 
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
@@ -446,7 +448,7 @@ impl MemoryRecords for MemoryStore {
             .map(|m| m.record.clone()))
     }
 
-    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord> {
         let mut inner = self.inner.lock();
         let id = update.record.memory.id.clone();
         let new_key = key(tenant, &update.record.dedupe_key);
@@ -472,11 +474,11 @@ impl MemoryRecords for MemoryStore {
         stored
             .revisions
             .push(MemoryRevision::of(&update.record.memory));
-        stored.record = update.record;
+        stored.record = update.record.clone();
         inner.dedupe.remove(&old_key);
         inner.dedupe.insert(new_key, id);
         inner.insert_trace(tenant, update.trace);
-        Ok(())
+        Ok(update.record)
     }
 
     async fn set_embedding(
@@ -612,7 +614,7 @@ impl EntityRecords for MemoryStore {
         )
     }
 
-    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<Entity> {
         let mut inner = self.inner.lock();
         let id = &update.entity.id;
         let stored = inner
@@ -626,9 +628,9 @@ impl EntityRecords for MemoryStore {
             });
         }
         stored.versions.push(EntityVersion::of(&update.entity));
-        stored.entity = update.entity;
+        stored.entity = update.entity.clone();
         inner.insert_trace(tenant, update.trace);
-        Ok(())
+        Ok(update.entity)
     }
 
     async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {

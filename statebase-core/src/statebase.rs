@@ -260,7 +260,7 @@ impl<S: Store> StateBase<S> {
             match self.store().update_session(&self.tenant, update).await {
                 // Another writer changed the session since we read it: merge again.
                 Err(Error::Conflict { .. }) => continue,
-                other => return other.map(|()| session),
+                other => return other.map(|stored| stored.session),
             }
         }
     }

@@ -382,9 +382,10 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     async fn list_sessions(&self, tenant: &str, query: &SessionQuery)
         -> Result<Vec<SessionRecord>>;
 
-    /// Replaces metadata and expiry, bumps the revision, writes the trace. `Conflict` if the
-    /// revision is not `expected_revision`; `NotFound` if there is no such session.
-    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
+    /// Replaces metadata and expiry, sets `updated_at`, bumps the revision, writes the
+    /// trace, and returns the session as stored. `Conflict` if the revision is not
+    /// `expected_revision`; `NotFound` if there is no such session.
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord>;
 
     /// Appends version `expected_version + 1`, makes its state current, sets `updated_at`,
     /// bumps the revision, writes the trace, and returns the session as stored: the writes
@@ -424,10 +425,10 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     ) -> Result<Vec<(String, SessionRecord)>>;
 
     /// Inserts the turn, sets `turn_count` to its number, applies the state version if any,
-    /// sets `updated_at`, bumps the revision, writes the traces. `Conflict` if the turn
-    /// number is not `turn_count + 1` or the state version is not the next one; `NotFound`
-    /// if there is no such session.
-    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
+    /// sets `updated_at`, bumps the revision, writes the traces, and returns the session as
+    /// stored. `Conflict` if the turn number is not `turn_count + 1` or the state version
+    /// is not the next one; `NotFound` if there is no such session.
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord>;
 
     /// The turn, or `None`.
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
@@ -452,10 +453,11 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// The memory, or `None`.
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
 
-    /// Replaces the memory, adds the revision, writes the trace. `Conflict` if its version
-    /// is not `expected_version`; `NotFound` if it does not exist; `InvalidInput` (param
-    /// `content`) if another memory of the tenant has the new dedupe key.
-    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
+    /// Replaces the memory, adds the revision, writes the trace, and returns the memory as
+    /// stored. `Conflict` if its version is not `expected_version`; `NotFound` if it does
+    /// not exist; `DuplicateContent` if another memory of the tenant has the new dedupe
+    /// key.
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord>;
 
     /// Replaces the vector of the memory if it is still at `version` (else does nothing).
     async fn set_embedding(
@@ -507,10 +509,10 @@ pub trait EntityRecords: Send + Sync + Debug + 'static {
     /// Entities matching the query, newest first, at most `query.limit`.
     async fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
 
-    /// Replaces the entity with its next version, keeps that version, writes the trace.
-    /// `Conflict` if its version is not `expected_version`; `NotFound` if it does not
-    /// exist.
-    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
+    /// Replaces the entity with its next version, keeps that version, writes the trace, and
+    /// returns the entity as stored. `Conflict` if its version is not `expected_version`;
+    /// `NotFound` if it does not exist.
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<Entity>;
 
     /// Deletes the entity and its versions, writes the trace, and returns it. `NotFound` if
     /// it does not exist.
@@ -600,20 +602,20 @@ macro_rules! store_methods {
                 fn create_session(&self, tenant: &str, new: NewSession) -> Result<()>;
                 fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>>;
                 fn list_sessions(&self, tenant: &str, query: &SessionQuery) -> Result<Vec<SessionRecord>>;
-                fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()>;
+                fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord>;
                 fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
                 fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;
                 fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
-                fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()>;
+                fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord>;
                 fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
                 fn list_turns(&self, tenant: &str, session_id: &str, query: &TurnQuery) -> Result<Vec<Turn>>;
             }
             MemoryRecords {
                 fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
                 fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
-                fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()>;
+                fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord>;
                 fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
                 fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
                 fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
@@ -626,7 +628,7 @@ macro_rules! store_methods {
                 fn count_entities(&self, tenant: &str) -> Result<u64>;
                 fn entity(&self, tenant: &str, id: &str) -> Result<Option<Entity>>;
                 fn list_entities(&self, tenant: &str, query: &EntityQuery) -> Result<Vec<Entity>>;
-                fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()>;
+                fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<Entity>;
                 fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity>;
                 fn entity_versions(&self, tenant: &str, id: &str, range: Range<u64>) -> Result<Vec<EntityVersion>>;
             }

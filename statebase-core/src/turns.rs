@@ -92,7 +92,7 @@ impl<S: Store> StateBase<S> {
             match self.store().append_turn(&self.tenant, append).await {
                 // Another turn or state write got in first: number and diff again.
                 Err(Error::Conflict { .. }) => continue,
-                other => return other.map(|()| turn),
+                other => return other.map(|_| turn),
             }
         }
     }

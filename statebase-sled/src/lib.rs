@@ -190,7 +190,7 @@ impl SessionLog for SledStore {
         self.trees.list_sessions(tenant, query)
     }
 
-    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord> {
         self.durable(self.trees.update_session(tenant, &update))
             .await
     }
@@ -231,7 +231,7 @@ impl SessionLog for SledStore {
         self.trees.expired_sessions(now, limit)
     }
 
-    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord> {
         self.durable(self.trees.append_turn(tenant, &append)).await
     }
 
@@ -259,7 +259,7 @@ impl MemoryRecords for SledStore {
         self.trees.memory(tenant, id)
     }
 
-    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord> {
         self.durable(self.trees.update_memory(tenant, &update))
             .await
     }
@@ -323,7 +323,7 @@ impl EntityRecords for SledStore {
         self.trees.list_entities(tenant, query)
     }
 
-    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<Entity> {
         self.durable(self.trees.update_entity(tenant, &update))
             .await
     }

@@ -373,7 +373,7 @@ impl Trees {
         })
     }
 
-    pub fn update_session(&self, tenant: &str, u: &SessionUpdate) -> Result<()> {
+    pub fn update_session(&self, tenant: &str, u: &SessionUpdate) -> Result<SessionRecord> {
         let metadata = u.metadata.clone();
         self.transact(|r, _, i| {
             let mut rec = tx_session(r, tenant, &u.session_id)?;
@@ -390,7 +390,8 @@ impl Trees {
             rec.session.updated_at = u.updated_at;
             i.insert(expiry_key(tenant, &rec.session), &[])?;
             put_session(r, tenant, &rec)?;
-            put_trace(r, i, tenant, &u.trace)
+            put_trace(r, i, tenant, &u.trace)?;
+            Ok(rec)
         })
     }
 
@@ -608,7 +609,7 @@ impl Trees {
 
     // ----- turns -----
 
-    pub fn append_turn(&self, tenant: &str, a: &AppendTurn) -> Result<()> {
+    pub fn append_turn(&self, tenant: &str, a: &AppendTurn) -> Result<SessionRecord> {
         let turn_json = to_json(&a.turn)?;
         self.transact(|r, l, i| {
             let mut rec = tx_session(r, tenant, &a.turn.session_id)?;
@@ -634,7 +635,8 @@ impl Trees {
             rec.session.updated_at = a.updated_at;
             rec.revision += 1;
             put_session(r, tenant, &rec)?;
-            put_trace(r, i, tenant, &a.trace)
+            put_trace(r, i, tenant, &a.trace)?;
+            Ok(rec)
         })
     }
 
@@ -718,7 +720,7 @@ impl Trees {
         })
     }
 
-    pub fn update_memory(&self, tenant: &str, u: &MemoryUpdate) -> Result<()> {
+    pub fn update_memory(&self, tenant: &str, u: &MemoryUpdate) -> Result<MemoryRecord> {
         let m = &u.record.memory;
         let value = encode_memory(&u.record)?;
         let revision = to_json(&MemoryRevision::of(m))?;
@@ -756,7 +758,8 @@ impl Trees {
                 rec.revision += 1;
                 put_session(r, tenant, &rec)?;
             }
-            put_trace(r, i, tenant, &u.trace)
+            put_trace(r, i, tenant, &u.trace)?;
+            Ok(u.record.clone())
         })
     }
 
@@ -919,7 +922,7 @@ impl Trees {
         })
     }
 
-    pub fn update_entity(&self, tenant: &str, u: &EntityUpdate) -> Result<()> {
+    pub fn update_entity(&self, tenant: &str, u: &EntityUpdate) -> Result<Entity> {
         let e = &u.entity;
         let value = to_json(e)?;
         let version = to_json(&EntityVersion::of(e))?;
@@ -943,7 +946,8 @@ impl Trees {
             let mut rec = tx_session(r, tenant, &e.session_id)?;
             rec.revision += 1;
             put_session(r, tenant, &rec)?;
-            put_trace(r, i, tenant, &u.trace)
+            put_trace(r, i, tenant, &u.trace)?;
+            Ok(e.clone())
         })
     }
 

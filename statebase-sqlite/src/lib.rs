@@ -41,13 +41,13 @@ pub use error::SqliteError;
 pub use schema::SCHEMA_VERSION;
 
 use async_trait::async_trait;
-use cache::{CachedSession, Caches, RowCache};
+use cache::{Change, SessionCache};
 use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, MemoryRevision, Object, Result, Timestamp, Trace, Turn,
+    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn,
 };
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// One per read connection (`options.readers`).
     reader_permits: Arc<Semaphore>,
-    caches: Arc<Caches>,
+    sessions: Arc<SessionCache>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -161,15 +161,14 @@ impl SqliteStore {
         // every commit changes (sessions, index tops) are copied back once per checkpoint.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         schema::migrate(&mut conn)?;
-        let caches = Arc::new(Caches::new(options.session_cache_bytes));
-        let writer = Writer::start(conn, caches.clone())?;
+        let writer = Writer::start(conn)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers: Mutex::new(Vec::new()),
                 reader_permits: Arc::new(Semaphore::new(options.readers.max(1))),
-                caches,
+                sessions: Arc::new(SessionCache::new(options.session_cache_bytes)),
                 options,
             }),
         })
@@ -209,95 +208,80 @@ impl SqliteStore {
         .await?
     }
 
+    /// Runs `write` in the next group commit. Once it committed, before it is answered, the
+    /// sessions cache is told what `change` says it did to a session.
     async fn write<R: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+        change: impl FnOnce(&R) -> Option<Change> + Send + 'static,
     ) -> Result<R, SqliteError> {
-        self.inner.writer.write(write).await
+        let cache = Arc::clone(&self.inner.sessions);
+        let on_commit = move |r: &R| cache.committed(change(r).into_iter().collect());
+        self.inner.writer.write(write, on_commit).await
     }
 
-    /// A write to row `id` of a cached table. One refused (a stale expected version, a row
-    /// gone) may have been checked against a cached copy that a write of another process
-    /// made stale: then the row's next read goes to the file, and a retry does not fail
-    /// forever.
-    async fn write_cached<V, R: Send + 'static>(
+    /// `result` of a write to session `id`. One refused against the file (a stale expected
+    /// version, a session gone) may have been checked against a cached copy that a write of
+    /// another process made stale: the copy goes, so that a retry reads the file.
+    fn unless_refused<R>(
         &self,
-        cache: &RowCache<V>,
         tenant: &str,
         id: &str,
-        write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+        result: Result<R, SqliteError>,
     ) -> Result<R, SqliteError> {
-        let result = self.write(write).await;
         if let Err(SqliteError::Store(_)) = &result {
-            cache.forget(tenant, id);
+            self.inner.sessions.forget(tenant, id);
         }
         result
     }
+}
 
-    /// A write to session `id` that leaves it cached as written, with its latest turns, for
-    /// the read that usually follows (agents read their session again at once), and returns
-    /// the session as stored, its state only if the write set one (else `{}`). `write`
-    /// returns the state it set and the turn it added, with the bytes of its stored body;
-    /// `sets_state` says beforehand whether it sets a state.
-    async fn write_session(
-        &self,
-        tenant: &str,
-        id: &str,
-        sets_state: bool,
-        write: impl FnOnce(&Connection) -> Result<(Option<Object>, Option<(Turn, usize)>), SqliteError>
-            + Send
-            + 'static,
-    ) -> Result<SessionRecord, SqliteError> {
-        let caches = self.inner.caches.clone();
-        let before = caches.sessions.before_write(tenant, id, sets_state);
-        let (t, i) = (tenant.to_owned(), id.to_owned());
-        let cache = &self.inner.caches.sessions;
-        self.write_cached(cache, tenant, id, move |c| {
-            let (state, turn) = write(c)?;
-            let (row, size, mut record) = sql::session_row(c, &t, &i, false)?
-                .ok_or_else(|| SqliteError::Corrupt(format!("session {i} gone in its write")))?;
-            let cache = &caches.sessions;
-            if !cache.is_on() {
-                record.session.state = state.unwrap_or_default();
-                return Ok(record);
-            }
-            // The record read back has no state: a cheap copy for the cache.
-            if let Some(session) = CachedSession::after_write(before, record.clone(), state, turn) {
-                if sets_state {
-                    record.session.state = session.state().clone();
-                }
-                let size = size + session.turns_size();
-                cache.stage(&t, &i, row, session, size);
-            }
-            Ok(record)
+/// For writes that change no session.
+fn no_change<R>(_: &R) -> Option<Change> {
+    None
+}
+
+/// The session as `tenant`'s write stored it.
+fn stored(tenant: String) -> impl FnOnce(&SessionRecord) -> Option<Change> {
+    move |record| {
+        Some(Change::Stored {
+            tenant,
+            record: record.clone(),
+            turn: None,
         })
-        .await
     }
+}
+
+/// Session `id` of `tenant` changed.
+fn changed(tenant: String, id: String) -> Option<Change> {
+    Some(Change::Changed { tenant, id })
 }
 
 #[async_trait]
 impl SessionLog for SqliteStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
-        let tenant = tenant.to_owned();
+        let (t, record) = (tenant.to_owned(), new.record.clone());
+        let change = stored(tenant.to_owned());
         Ok(self
-            .write(move |c| sql::create_session(c, &tenant, &new))
+            .write(
+                move |c| sql::create_session(c, &t, &new),
+                move |()| change(&record),
+            )
             .await?)
     }
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
-        let cache = &self.inner.caches.sessions;
+        let cache = &self.inner.sessions;
         let ticket = match cache.session(tenant, id) {
             Ok(record) => return Ok(Some(record)),
             Err(ticket) => ticket,
         };
         let (t, i) = (tenant.to_owned(), id.to_owned());
-        let found = self
-            .read(move |c| sql::session_row(c, &t, &i, true))
-            .await?;
-        Ok(found.map(|(row, size, record)| {
-            cache.fill(ticket, tenant, id, row, record.clone().into(), size);
-            record
-        }))
+        let found = self.read(move |c| sql::session(c, &t, &i)).await?;
+        if let Some(record) = &found {
+            cache.fill(ticket, tenant, record.clone());
+        }
+        Ok(found)
     }
 
     async fn list_sessions(
@@ -311,23 +295,18 @@ impl SessionLog for SqliteStore {
             .await?)
     }
 
-    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<()> {
+    async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), update.session_id.clone());
-        Ok(self
-            .write_cached(&self.inner.caches.sessions, tenant, &id, move |c| {
-                sql::update_session(c, &t, &update)
-            })
-            .await?)
+        let write = move |c: &Connection| sql::update_session(c, &t, &update);
+        let result = self.write(write, stored(tenant.to_owned())).await;
+        Ok(self.unless_refused(tenant, &id, result)?)
     }
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
-        Ok(self
-            .write_session(tenant, &id, true, move |c| {
-                sql::append_version(c, &t, &append)?;
-                Ok((Some(append.state), None))
-            })
-            .await?)
+        let write = move |c: &Connection| sql::append_version(c, &t, &append);
+        let result = self.write(write, stored(tenant.to_owned())).await;
+        Ok(self.unless_refused(tenant, &id, result)?)
     }
 
     async fn versions(
@@ -343,10 +322,11 @@ impl SessionLog for SqliteStore {
     }
 
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
-        let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        Ok(self
-            .write(move |c| sql::delete_session(c, &tenant, &id, &trace))
-            .await?)
+        let (t, i) = (tenant.to_owned(), id.to_owned());
+        let change = changed(tenant.to_owned(), id.to_owned());
+        let write = move |c: &Connection| sql::delete_session(c, &t, &i, &trace);
+        let result = self.write(write, move |_| change).await;
+        Ok(self.unless_refused(tenant, id, result)?)
     }
 
     async fn count_sessions(
@@ -371,15 +351,19 @@ impl SessionLog for SqliteStore {
             .await?)
     }
 
-    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<()> {
+    async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
-        let sets_state = append.state.is_some();
-        self.write_session(tenant, &id, sets_state, move |c| {
-            let bytes = sql::append_turn(c, &t, &append)?;
-            Ok((append.state.map(|a| a.state), Some((append.turn, bytes))))
-        })
-        .await?;
-        Ok(())
+        let (owner, turn) = (tenant.to_owned(), append.turn.clone());
+        let write = move |c: &Connection| sql::append_turn(c, &t, &append);
+        let change = move |record: &SessionRecord| {
+            Some(Change::Stored {
+                tenant: owner,
+                record: record.clone(),
+                turn: Some(turn),
+            })
+        };
+        let result = self.write(write, change).await;
+        Ok(self.unless_refused(tenant, &id, result)?)
     }
 
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
@@ -394,30 +378,36 @@ impl SessionLog for SqliteStore {
         query: &TurnQuery,
     ) -> Result<Vec<Turn>> {
         let latest = query.descending && query.after_turn_number.is_none();
-        let cache = &self.inner.caches.sessions;
+        let cache = &self.inner.sessions;
         let ticket = match latest.then(|| cache.turns(tenant, session_id, query.limit)) {
             Some(Ok(turns)) => return Ok(turns),
             Some(Err(ticket)) => ticket,
             None => None,
         };
         let (t, id, q) = (tenant.to_owned(), session_id.to_owned(), query.clone());
-        let turns = self
-            .read(move |c| sql::list_turns_sized(c, &t, &id, &q))
-            .await?;
+        let turns = self.read(move |c| sql::list_turns(c, &t, &id, &q)).await?;
         if let Some(ticket) = ticket {
             cache.fill_turns(ticket, tenant, session_id, query.limit, &turns);
         }
-        Ok(turns.into_iter().map(|(turn, _)| turn).collect())
+        Ok(turns)
     }
 }
 
 #[async_trait]
 impl MemoryRecords for SqliteStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
-        let tenant = tenant.to_owned();
-        Ok(self
-            .write(move |c| sql::insert_memory(c, &tenant, &new))
-            .await?)
+        let t = tenant.to_owned();
+        let Some(session_id) = new.record.memory.session_id.clone() else {
+            let write = move |c: &Connection| sql::insert_memory(c, &t, &new);
+            return Ok(self.write(write, no_change).await?);
+        };
+        // Its session's memory count goes up, unless it was there already.
+        let change = changed(tenant.to_owned(), session_id.clone());
+        let write = move |c: &Connection| sql::insert_memory(c, &t, &new);
+        let result = self
+            .write(write, move |existing| change.filter(|_| existing.is_none()))
+            .await;
+        Ok(self.unless_refused(tenant, &session_id, result)?)
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
@@ -425,11 +415,13 @@ impl MemoryRecords for SqliteStore {
         Ok(self.read(move |c| sql::memory(c, &tenant, &id)).await?)
     }
 
-    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<()> {
+    async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord> {
         let t = tenant.to_owned();
-        Ok(self
-            .write(move |c| sql::update_memory(c, &t, &update))
-            .await?)
+        let write = move |c: &Connection| {
+            sql::update_memory(c, &t, &update)?;
+            Ok(update.record)
+        };
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn set_embedding(
@@ -441,16 +433,16 @@ impl MemoryRecords for SqliteStore {
         vector: Vec<f32>,
     ) -> Result<()> {
         let (t, i, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
-        Ok(self
-            .write(move |c| sql::set_embedding(c, &t, &i, version, &model, &vector))
-            .await?)
+        let write = move |c: &Connection| sql::set_embedding(c, &t, &i, version, &model, &vector);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
-        let (t, i) = (tenant.to_owned(), id.to_owned());
-        Ok(self
-            .write(move |c| sql::delete_memory(c, &t, &i, &trace))
-            .await?)
+        let (t, i, tenant) = (tenant.to_owned(), id.to_owned(), tenant.to_owned());
+        let write = move |c: &Connection| sql::delete_memory(c, &t, &i, &trace);
+        // Its session's memory count goes down.
+        let change = |m: &MemoryRecord| changed(tenant, m.memory.session_id.clone()?);
+        Ok(self.write(write, change).await?)
     }
 
     async fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
@@ -489,9 +481,8 @@ impl MemoryRecords for SqliteStore {
 impl EntityRecords for SqliteStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
         let tenant = tenant.to_owned();
-        Ok(self
-            .write(move |c| sql::insert_entity(c, &tenant, &new))
-            .await?)
+        let write = move |c: &Connection| sql::insert_entity(c, &tenant, &new);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn count_entities(&self, tenant: &str) -> Result<u64> {
@@ -511,18 +502,19 @@ impl EntityRecords for SqliteStore {
             .await?)
     }
 
-    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<()> {
+    async fn update_entity(&self, tenant: &str, update: EntityUpdate) -> Result<Entity> {
         let tenant = tenant.to_owned();
-        Ok(self
-            .write(move |c| sql::update_entity(c, &tenant, &update))
-            .await?)
+        let write = move |c: &Connection| {
+            sql::update_entity(c, &tenant, &update)?;
+            Ok(update.entity)
+        };
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
-        Ok(self
-            .write(move |c| sql::delete_entity(c, &tenant, &id, &trace))
-            .await?)
+        let write = move |c: &Connection| sql::delete_entity(c, &tenant, &id, &trace);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn entity_versions(
@@ -575,7 +567,8 @@ impl TraceLog for SqliteStore {
 #[async_trait]
 impl ServerRecords for SqliteStore {
     async fn put_api_key(&self, key: ApiKey) -> Result<()> {
-        Ok(self.write(move |c| sql::put_api_key(c, &key)).await?)
+        let write = move |c: &Connection| sql::put_api_key(c, &key);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
@@ -602,9 +595,8 @@ impl ServerRecords for SqliteStore {
 
     async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
         let space = space.to_owned();
-        Ok(self
-            .write(move |c| sql::put_meta(c, &space, &writes))
-            .await?)
+        let write = move |c: &Connection| sql::put_meta(c, &space, &writes);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn scan_meta(

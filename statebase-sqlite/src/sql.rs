@@ -118,30 +118,38 @@ fn read_session(r: &Row<'_>) -> Res<SessionRecord> {
     read_session_at(r, 0)
 }
 
-fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
-    Ok(session_row(conn, tenant, id, true)?.map(|(_, _, record)| record))
+pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
+    first(
+        conn,
+        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?1 AND id = ?2"),
+        params![tenant, id],
+        read_session,
+    )
 }
 
-/// The session with its row id and the size of its stored state and metadata. Its state is
-/// left empty unless `with_state`: a write that has just stored it has it at hand.
-pub fn session_row(
+/// `UPDATE sessions SET {set} WHERE tenant = ?1 AND id = ?2`, bumping the revision, and
+/// the session as stored. Its state is read back only if `state` is `None` (the write left
+/// the state as it was); else it is `state`, which the write stored.
+fn update_session_row(
     conn: &Connection,
-    tenant: &str,
-    id: &str,
-    with_state: bool,
-) -> Res<Option<(i64, usize, SessionRecord)>> {
-    // Built once: every read that misses the sessions cache runs it.
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let columns = SESSION_COLUMNS.replacen("state", "iif(?3, state, '{}')", 1);
-        format!(
-            "SELECT rowid, length(state) + length(metadata), {columns} FROM sessions
-             WHERE tenant = ?1 AND id = ?2"
-        )
-    });
-    first(conn, &SQL, params![tenant, id, with_state], |r| {
-        let size = uint(r.get(1)?)? as usize;
-        Ok((r.get(0)?, size, read_session_at(r, 2)?))
-    })
+    set: &str,
+    params: &[&dyn rusqlite::ToSql],
+    state: Option<&Object>,
+) -> Res<SessionRecord> {
+    let columns = match state {
+        Some(_) => SESSION_COLUMNS.replacen("state", "'{}'", 1),
+        None => SESSION_COLUMNS.to_owned(),
+    };
+    let sql = format!(
+        "UPDATE sessions SET {set}, revision = revision + 1 WHERE tenant = ?1 AND id = ?2
+         RETURNING {columns}"
+    );
+    let mut record = first(conn, &sql, params, read_session)?
+        .ok_or_else(|| SqliteError::Corrupt("a session gone in its write".into()))?;
+    if let Some(state) = state {
+        record.session.state = state.clone();
+    }
+    Ok(record)
 }
 
 /// The session, or `NotFound`.
@@ -252,7 +260,7 @@ fn counters(conn: &Connection, tenant: &str, id: &str) -> Res<Counters> {
     .ok_or_else(|| Error::not_found(ResourceKind::Session, id).into())
 }
 
-pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<()> {
+pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res<SessionRecord> {
     let current = counters(conn, tenant, &u.session_id)?;
     if current.revision != u.expected_revision {
         return Err(Error::Conflict {
@@ -261,28 +269,30 @@ pub fn update_session(conn: &Connection, tenant: &str, u: &SessionUpdate) -> Res
         }
         .into());
     }
-    conn.prepare_cached(
-        "UPDATE sessions SET metadata = ?3, ttl_expires_at = ?4, updated_at = ?5,
-             revision = revision + 1
-         WHERE tenant = ?1 AND id = ?2",
-    )?
-    .execute(params![
-        tenant,
-        u.session_id,
-        json(&u.metadata)?,
-        micros(u.ttl_expires_at),
-        micros(u.updated_at)
-    ])?;
-    insert_trace(conn, tenant, &u.trace)
+    let record = update_session_row(
+        conn,
+        "metadata = ?3, ttl_expires_at = ?4, updated_at = ?5",
+        params![
+            tenant,
+            u.session_id,
+            json(&u.metadata)?,
+            micros(u.ttl_expires_at),
+            micros(u.updated_at)
+        ],
+        None,
+    )?;
+    insert_trace(conn, tenant, &u.trace)?;
+    Ok(record)
 }
 
-/// Checks that `a` appends the version after `current_version`, then writes it.
+/// Checks that `a` appends the version after `current_version`, then writes it; the
+/// session as stored.
 fn append_checked(
     conn: &Connection,
     tenant: &str,
     current_version: u64,
     a: &AppendVersion,
-) -> Res<()> {
+) -> Res<SessionRecord> {
     if current_version != a.expected_version {
         return Err(Error::Conflict {
             expected: a.expected_version,
@@ -291,21 +301,23 @@ fn append_checked(
         .into());
     }
     insert_version(conn, tenant, &a.session_id, &a.version)?;
-    conn.prepare_cached(
-        "UPDATE sessions SET state = ?3, version = ?4, updated_at = ?5, revision = revision + 1
-         WHERE tenant = ?1 AND id = ?2",
-    )?
-    .execute(params![
-        tenant,
-        a.session_id,
-        json(&a.state)?,
-        int(a.version.version)?,
-        micros(a.updated_at)
-    ])?;
-    insert_trace(conn, tenant, &a.trace)
+    let record = update_session_row(
+        conn,
+        "state = ?3, version = ?4, updated_at = ?5",
+        params![
+            tenant,
+            a.session_id,
+            json(&a.state)?,
+            int(a.version.version)?,
+            micros(a.updated_at)
+        ],
+        Some(&a.state),
+    )?;
+    insert_trace(conn, tenant, &a.trace)?;
+    Ok(record)
 }
 
-pub fn append_version(conn: &Connection, tenant: &str, a: &AppendVersion) -> Res<()> {
+pub fn append_version(conn: &Connection, tenant: &str, a: &AppendVersion) -> Res<SessionRecord> {
     let current = counters(conn, tenant, &a.session_id)?;
     append_checked(conn, tenant, current.version, a)
 }
@@ -621,17 +633,12 @@ fn list_traces_sql(tenant: &str, q: &TraceQuery) -> (String, Vec<Sql>) {
 // ----- turns -----
 
 fn read_turn(r: &Row<'_>) -> Res<Turn> {
-    Ok(read_turn_sized(r)?.0)
-}
-
-/// The turn, and the bytes of its stored body.
-fn read_turn_sized(r: &Row<'_>) -> Res<(Turn, usize)> {
     let body = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-    Ok((serde_json::from_str(body)?, body.len()))
+    Ok(serde_json::from_str(body)?)
 }
 
-/// Adds the turn; returns the bytes of its stored body.
-pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<usize> {
+/// Adds the turn; the session as stored.
+pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<SessionRecord> {
     let current = counters(conn, tenant, &a.turn.session_id)?;
     if a.turn.turn_number != current.turn_count + 1 {
         return Err(Error::Conflict {
@@ -654,20 +661,19 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<usize
         int(a.turn.turn_number)?,
         body
     ])?;
-    // The session row changes with every turn: the sessions cache drops the latest turns
-    // it keeps when that row changes (cache.rs).
-    conn.prepare_cached(
-        "UPDATE sessions SET turn_count = ?3, updated_at = ?4, revision = revision + 1
-         WHERE tenant = ?1 AND id = ?2",
-    )?
-    .execute(params![
-        tenant,
-        a.turn.session_id,
-        int(a.turn.turn_number)?,
-        micros(a.updated_at)
-    ])?;
+    let record = update_session_row(
+        conn,
+        "turn_count = ?3, updated_at = ?4",
+        params![
+            tenant,
+            a.turn.session_id,
+            int(a.turn.turn_number)?,
+            micros(a.updated_at)
+        ],
+        a.state.as_ref().map(|s| &s.state),
+    )?;
     insert_trace(conn, tenant, &a.trace)?;
-    Ok(body.len())
+    Ok(record)
 }
 
 pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
@@ -679,13 +685,12 @@ pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
     )
 }
 
-/// The turns, each with the bytes of its stored body.
-pub fn list_turns_sized(
+pub fn list_turns(
     conn: &Connection,
     tenant: &str,
     session_id: &str,
     q: &TurnQuery,
-) -> Res<Vec<(Turn, usize)>> {
+) -> Res<Vec<Turn>> {
     let (op, order) = if q.descending {
         ("<", "DESC")
     } else {
@@ -703,7 +708,7 @@ pub fn list_turns_sized(
              ORDER BY turn_number {order} LIMIT ?4"
         ),
         params![tenant, session_id, after, q.limit as i64],
-        read_turn_sized,
+        read_turn,
     )
 }
 

@@ -3,10 +3,9 @@
 //! alone), all under one `COMMIT`, so concurrent writers share the fsync. A write is
 //! acknowledged only after the commit that holds it returns.
 
-use crate::cache::Caches;
 use crate::error::SqliteError;
 use rusqlite::Connection;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// The most writes one commit takes.
@@ -29,25 +28,32 @@ struct Done {
     answer: Answer,
 }
 
-struct WriteJob<F, R> {
+struct WriteJob<F, C, R> {
     write: F,
+    on_commit: C,
     reply: oneshot::Sender<Result<R, SqliteError>>,
 }
 
-impl<F, R> Job for WriteJob<F, R>
+impl<F, C, R> Job for WriteJob<F, C, R>
 where
     F: FnOnce(&Connection) -> Result<R, SqliteError> + Send,
+    C: FnOnce(&R) + Send + 'static,
     R: Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> Done {
         let result = (self.write)(conn);
-        let reply = self.reply;
+        let (reply, on_commit) = (self.reply, self.on_commit);
         Done {
             ok: result.is_ok(),
             answer: Box::new(move |commit_error| {
                 let answer = match commit_error {
                     Some(e) => Err(SqliteError::Commit(e.to_string())),
-                    None => result,
+                    None => {
+                        if let Ok(r) = &result {
+                            on_commit(r);
+                        }
+                        result
+                    }
                 };
                 // The caller may have gone away; the write stands either way.
                 let _ = reply.send(answer);
@@ -78,17 +84,12 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`, telling `caches` which rows each transaction
-    /// changes.
-    pub fn start(mut conn: Connection, caches: Arc<Caches>) -> Result<Self, SqliteError> {
-        let hook = caches.clone();
-        conn.update_hook(Some(move |_, _: &str, table: &str, row| {
-            hook.changing(table, row)
-        }))?;
+    /// Starts the writer thread on `conn`.
+    pub fn start(conn: Connection) -> Result<Self, SqliteError> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("statebase-sqlite-writer".into())
-            .spawn(move || run(conn, rx, caches))
+            .spawn(move || run(conn, rx))
             .map_err(|e| SqliteError::Commit(e.to_string()))?;
         Ok(Self {
             jobs: Some(jobs),
@@ -96,13 +97,20 @@ impl Writer {
         })
     }
 
-    /// Runs `write` in the next group commit and returns its result once committed.
+    /// Runs `write` in the next group commit and returns its result once committed. If it
+    /// succeeded and committed, `on_commit` sees its result first, on the writer thread:
+    /// in commit order, before any later write runs.
     pub async fn write<R: Send + 'static>(
         &self,
         write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
+        on_commit: impl FnOnce(&R) + Send + 'static,
     ) -> Result<R, SqliteError> {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(WriteJob { write, reply });
+        let job = Box::new(WriteJob {
+            write,
+            on_commit,
+            reply,
+        });
         self.jobs
             .as_ref()
             .and_then(|jobs| jobs.send(job).ok())
@@ -111,7 +119,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, caches: Arc<Caches>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -121,7 +129,6 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, caches: Arc<Caches>) 
             }
         }
         let (result, answers) = commit(&conn, batch);
-        caches.transaction_over(result.is_ok());
         for answer in answers {
             answer(result.as_ref().err());
         }
@@ -179,15 +186,17 @@ mod tests {
     /// connection is closed when the drop returns.
     #[tokio::test]
     async fn drop_waits_for_queued_writes_and_the_thread() {
-        let cache = Arc::new(Caches::new(0));
-        let writer = Writer::start(Connection::open_in_memory().unwrap(), cache).unwrap();
+        let writer = Writer::start(Connection::open_in_memory().unwrap()).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
-        let mut write = Box::pin(writer.write(move |_| {
-            std::thread::sleep(Duration::from_millis(200));
-            flag.store(true, Ordering::SeqCst);
-            Ok(())
-        }));
+        let mut write = Box::pin(writer.write(
+            move |_| {
+                std::thread::sleep(Duration::from_millis(200));
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+            |_| {},
+        ));
         // Long enough to hand the job over, not to finish it.
         let pending = tokio::time::timeout(Duration::from_millis(20), &mut write).await;
         assert!(pending.is_err());
