@@ -4,7 +4,7 @@
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 
-use crate::model::{ApiKey, Entity, EntityVersion, MemoryRevision, Trace, Turn};
+use crate::model::{ApiKey, Entity, EntityVersion, MemoryRevision, Trace, Turn, WebhookEndpoint};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -51,8 +51,12 @@ struct Inner {
     api_keys: Vec<ApiKey>,
     /// (tenant, trace id) in commit order: position n is at index n - 1.
     feed: Vec<Key>,
-    /// (space, key) -> value
-    meta: BTreeMap<Key, Vec<u8>>,
+    webhooks: Vec<WebhookEndpoint>,
+    /// (endpoint id, position) -> delivery
+    deliveries: BTreeMap<(String, u64), DeliveryRecord>,
+    delivery_cursor: u64,
+    /// key -> response
+    idempotent: HashMap<String, IdempotentResponse>,
 }
 
 #[derive(Debug)]
@@ -755,37 +759,110 @@ impl ServerRecords for MemoryStore {
             .collect())
     }
 
-    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.inner.lock().meta.get(&self::key(space, key)).cloned())
-    }
-
-    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
+    async fn put_webhook(&self, endpoint: WebhookEndpoint) -> Result<()> {
         let mut inner = self.inner.lock();
-        for (k, value) in writes {
-            match value {
-                Some(v) => inner.meta.insert((space.to_owned(), k), v),
-                None => inner.meta.remove(&(space.to_owned(), k)),
-            };
+        match inner.webhooks.iter_mut().find(|e| e.id == endpoint.id) {
+            Some(e) => *e = endpoint,
+            None => inner.webhooks.push(endpoint),
         }
         Ok(())
     }
 
-    async fn scan_meta(
-        &self,
-        space: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>> {
         let inner = self.inner.lock();
-        let from = key(space, after.filter(|a| *a > prefix).unwrap_or(prefix));
+        let found = inner
+            .webhooks
+            .iter()
+            .find(|e| e.id == id && e.tenant == tenant);
+        Ok(found.cloned())
+    }
+
+    async fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>> {
+        let inner = self.inner.lock();
+        let mut found: Vec<WebhookEndpoint> = inner
+            .webhooks
+            .iter()
+            .filter(|e| tenant.is_none_or(|t| e.tenant == t))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
+    async fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let before = inner.webhooks.len();
+        inner
+            .webhooks
+            .retain(|e| !(e.id == id && e.tenant == tenant));
+        if inner.webhooks.len() == before {
+            return Err(Error::not_found(crate::ResourceKind::Webhook, id));
+        }
+        inner.deliveries.retain(|(endpoint, _), _| endpoint != id);
+        Ok(())
+    }
+
+    async fn put_deliveries(
+        &self,
+        deliveries: Vec<DeliveryRecord>,
+        cursor: Option<u64>,
+    ) -> Result<()> {
+        let mut inner = self.inner.lock();
+        for d in deliveries {
+            if inner.webhooks.iter().any(|e| e.id == d.endpoint_id) {
+                inner
+                    .deliveries
+                    .insert((d.endpoint_id.clone(), d.position), d);
+            }
+        }
+        if let Some(c) = cursor {
+            inner.delivery_cursor = c;
+        }
+        Ok(())
+    }
+
+    async fn delivery_cursor(&self) -> Result<u64> {
+        Ok(self.inner.lock().delivery_cursor)
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: Option<&str>,
+        owed_only: bool,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let inner = self.inner.lock();
         Ok(inner
-            .meta
-            .range(from..)
-            .filter(|((_, k), _)| Some(k.as_str()) != after)
-            .take_while(|((s, k), _)| s == space && k.starts_with(prefix))
-            .take(limit)
-            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .deliveries
+            .values()
+            .filter(|d| endpoint_id.is_none_or(|e| d.endpoint_id == e))
+            .filter(|d| !owed_only || d.done_at.is_none())
+            .cloned()
             .collect())
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let count = inner.deliveries.len();
+        inner
+            .deliveries
+            .retain(|_, d| d.done_at.is_none_or(|at| at >= before));
+        Ok((count - inner.deliveries.len()) as u64)
+    }
+
+    async fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        Ok(self.inner.lock().idempotent.get(key).cloned())
+    }
+
+    async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()> {
+        let mut inner = self.inner.lock();
+        inner.idempotent.insert(response.key.clone(), response);
+        Ok(())
+    }
+
+    async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let count = inner.idempotent.len();
+        inner.idempotent.retain(|_, r| r.at >= before);
+        Ok((count - inner.idempotent.len()) as u64)
     }
 }

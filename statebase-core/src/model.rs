@@ -766,6 +766,30 @@ pub struct ApiKey {
     pub expires_at: Option<Timestamp>,
 }
 
+/// A webhook endpoint: where the HTTP server POSTs a tenant's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    /// `wh_` + 12 random characters.
+    pub id: String,
+    /// The tenant whose events it receives.
+    pub tenant: String,
+    /// Where events are POSTed (`http` or `https`).
+    pub url: String,
+    /// The event types it receives; empty (or `*`) means all.
+    pub events: Vec<String>,
+    /// The HMAC key of its signatures, `whsec_…`.
+    pub secret: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+}
+
+impl WebhookEndpoint {
+    /// Whether it receives events of `event_type`.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event_type || e == "*")
+    }
+}
+
 /// A key's own rate limit; what is `None` follows the server's setting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyLimits {

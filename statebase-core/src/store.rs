@@ -9,7 +9,9 @@
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
-use crate::model::{ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn};
+use crate::model::{
+    ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn, WebhookEndpoint,
+};
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::ops::Range;
@@ -554,12 +556,38 @@ pub trait TraceLog: Send + Sync + Debug + 'static {
     async fn trace_feed_end(&self) -> Result<u64>;
 }
 
-/// What the HTTP server keeps besides the data it serves: API keys, and records of its own
-/// bookkeeping (webhook endpoints, deliveries and cursors; idempotent responses) in named
-/// spaces. Core's [`StateBase`](crate::StateBase) needs it only for its key methods.
+/// One event owed to, or done with for, one webhook endpoint: what the store indexes by,
+/// and the rest as the server encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The feed position of the event's trace; with the endpoint, the delivery's key.
+    pub position: u64,
+    /// When it was delivered or given up; `None` while it is owed.
+    pub done_at: Option<Timestamp>,
+    /// The event, its attempts and their outcome, encoded by the server.
+    pub body: Vec<u8>,
+}
+
+/// The response kept for retries of a request with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentResponse {
+    /// The server's key for it (the API key's and the client's, together).
+    pub key: String,
+    /// When it was kept.
+    pub at: Timestamp,
+    /// The response, encoded by the server.
+    pub body: Vec<u8>,
+}
+
+/// What the HTTP server keeps besides the data it serves: API keys, webhook endpoints with
+/// their deliveries, and idempotent responses. Core's [`StateBase`](crate::StateBase) needs
+/// it only for its key methods.
 ///
-/// The contract of [`Store`] holds, except tenancy: keys are found by hash across tenants and
-/// meta spaces are the server's, not a tenant's.
+/// The contract of [`Store`] holds, except tenancy where a method says so: keys are found by
+/// hash across tenants, and the webhook dispatcher reads every tenant's endpoints and
+/// deliveries.
 #[async_trait]
 pub trait ServerRecords: Send + Sync + Debug + 'static {
     /// Inserts or replaces (by id) an API key. Keys belong to a tenant but are found by
@@ -575,22 +603,50 @@ pub trait ServerRecords: Send + Sync + Debug + 'static {
     /// Every key, or one tenant's, oldest first.
     async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
 
-    /// A record of the server's own bookkeeping (webhook endpoints, deliveries, cursors):
-    /// the value under `key` in `space`, or `None`.
-    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Inserts or replaces (by id) a webhook endpoint.
+    async fn put_webhook(&self, endpoint: WebhookEndpoint) -> Result<()>;
 
-    /// Writes (`Some`) or deletes (`None`) records of `space`, all or none.
-    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
+    /// The tenant's endpoint with this id, or `None`.
+    async fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>>;
 
-    /// Records of `space` whose keys start with `prefix` and sort after `after`, by key, at
-    /// most `limit`.
-    async fn scan_meta(
+    /// Every endpoint, or one tenant's, oldest first.
+    async fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>>;
+
+    /// Deletes the tenant's endpoint and all its deliveries. `NotFound` if there is none.
+    async fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()>;
+
+    /// Inserts or replaces (by endpoint and position) these deliveries and, with `cursor`,
+    /// sets the delivery cursor, all or none. A delivery to an endpoint that does not exist
+    /// (deleted meanwhile) is left out.
+    async fn put_deliveries(
         &self,
-        space: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>>;
+        deliveries: Vec<DeliveryRecord>,
+        cursor: Option<u64>,
+    ) -> Result<()>;
+
+    /// The delivery cursor: the feed position up to which deliveries were planned (0 at
+    /// first).
+    async fn delivery_cursor(&self) -> Result<u64>;
+
+    /// Deliveries to `endpoint_id` (or to every endpoint), only those owed if `owed_only`,
+    /// by endpoint then position.
+    async fn deliveries(
+        &self,
+        endpoint_id: Option<&str>,
+        owed_only: bool,
+    ) -> Result<Vec<DeliveryRecord>>;
+
+    /// Deletes the deliveries done with before `before`; returns how many.
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64>;
+
+    /// The response kept under `key`, or `None`.
+    async fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>>;
+
+    /// Keeps a response, replacing one under the same key.
+    async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()>;
+
+    /// Deletes the responses kept before `before`; returns how many.
+    async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64>;
 }
 
 /// Calls `$callback!` with every store trait and its methods' signatures, so that the
@@ -644,9 +700,17 @@ macro_rules! store_methods {
                 fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
                 fn api_key(&self, id: &str) -> Result<Option<ApiKey>>;
                 fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
-                fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>>;
-                fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()>;
-                fn scan_meta(&self, space: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Vec<u8>)>>;
+                fn put_webhook(&self, endpoint: WebhookEndpoint) -> Result<()>;
+                fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>>;
+                fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>>;
+                fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()>;
+                fn put_deliveries(&self, deliveries: Vec<DeliveryRecord>, cursor: Option<u64>) -> Result<()>;
+                fn delivery_cursor(&self) -> Result<u64>;
+                fn deliveries(&self, endpoint_id: Option<&str>, owed_only: bool) -> Result<Vec<DeliveryRecord>>;
+                fn prune_deliveries(&self, before: Timestamp) -> Result<u64>;
+                fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>>;
+                fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()>;
+                fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64>;
             }
         }
     };

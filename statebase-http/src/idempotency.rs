@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use statebase_core::keys::hex;
+use statebase_core::store::IdempotentResponse;
 use statebase_core::{ServerRecords, ServerStore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,12 +25,11 @@ use std::sync::Arc;
 pub const KEEP: chrono::Duration = chrono::Duration::hours(24);
 /// The longest idempotency key accepted.
 const MAX_KEY_CHARS: usize = 255;
-const SPACE: &str = "idempotency";
 
 /// Held while the first request with a key runs, so that a concurrent retry waits for it.
 type Slot = Arc<tokio::sync::Mutex<()>>;
 
-/// Responses by (API key id, idempotency key), kept in the store's `idempotency` space.
+/// Responses by (API key id, idempotency key), kept in the store.
 #[derive(Debug)]
 pub struct Idempotency {
     store: Arc<dyn ServerStore>,
@@ -43,6 +43,7 @@ struct Stored {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    #[serde(skip)]
     at: DateTime<Utc>,
 }
 
@@ -65,38 +66,30 @@ impl Idempotency {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, ApiError> {
-        let Some(bytes) = self.store.get_meta(SPACE, key).await? else {
+        let Some(kept) = self.store.idempotent_response(key).await? else {
             return Ok(None);
         };
-        let stored: Stored =
-            serde_json::from_slice(&bytes).map_err(statebase_core::Error::backend)?;
+        let mut stored: Stored =
+            serde_json::from_slice(&kept.body).map_err(statebase_core::Error::backend)?;
+        stored.at = kept.at;
         Ok((Utc::now() - stored.at < KEEP).then_some(stored))
     }
 
     async fn put(&self, key: &str, stored: &Stored) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(stored).map_err(statebase_core::Error::backend)?;
-        Ok(self
-            .store
-            .put_meta(SPACE, vec![(key.to_owned(), Some(bytes))])
-            .await?)
+        let body = serde_json::to_vec(stored).map_err(statebase_core::Error::backend)?;
+        let kept = IdempotentResponse {
+            key: key.to_owned(),
+            at: stored.at,
+            body,
+        };
+        Ok(self.store.put_idempotent_response(kept).await?)
     }
 
     /// Forgets responses older than [`KEEP`]; returns how many.
-    pub async fn prune(&self) -> statebase_core::Result<usize> {
-        let now = Utc::now();
-        let gone: Vec<_> = crate::scan_all_meta(self.store.as_ref(), SPACE, "")
-            .await?
-            .into_iter()
-            .filter(|(_, bytes)| {
-                serde_json::from_slice::<Stored>(bytes).map_or(true, |s| now - s.at >= KEEP)
-            })
-            .map(|(key, _)| (key, None))
-            .collect();
-        let count = gone.len();
-        if count > 0 {
-            self.store.put_meta(SPACE, gone).await?;
-        }
-        Ok(count)
+    pub async fn prune(&self) -> statebase_core::Result<u64> {
+        self.store
+            .prune_idempotent_responses(Utc::now() - KEEP)
+            .await
     }
 }
 
@@ -220,12 +213,8 @@ mod tests {
             .unwrap();
         assert!(keep.get("key_1/old").await.unwrap().is_none(), "expired");
         assert_eq!(keep.prune().await.unwrap(), 1);
-        assert!(keep
-            .store
-            .get_meta(SPACE, "key_1/old")
-            .await
-            .unwrap()
-            .is_none());
+        let old = keep.store.idempotent_response("key_1/old").await.unwrap();
+        assert!(old.is_none(), "kept past its day");
         assert!(keep.get("key_1/new").await.unwrap().is_some());
     }
 }

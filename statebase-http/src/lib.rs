@@ -108,27 +108,6 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
     false
 }
 
-/// Every record of `space` under `prefix`, read a page at a time.
-pub(crate) async fn scan_all_meta(
-    store: &dyn ServerStore,
-    space: &str,
-    prefix: &str,
-) -> statebase_core::Result<Vec<(String, Vec<u8>)>> {
-    const PAGE: usize = 500;
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    loop {
-        let after = out.last().map(|(k, _)| k.clone());
-        let page = store
-            .scan_meta(space, prefix, after.as_deref(), PAGE)
-            .await?;
-        let done = page.len() < PAGE;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
-}
-
 /// Every `interval`, forever: deletes expired sessions (each emits `session.expired`) and
 /// forgets idempotent responses past their 24 hours.
 pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {

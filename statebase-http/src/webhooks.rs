@@ -2,12 +2,8 @@
 //! same transaction as each change, so none is lost to a crash), and a dispatcher that
 //! signs and delivers them at least once, in order per session, retrying with backoff.
 //!
-//! Everything it keeps is in the store's `webhooks` meta space:
-//! - `endpoint/{tenant length}:{tenant}/{id}`: an endpoint (the length keeps tenant `a` from
-//!   reading `a/b`'s);
-//! - `pending/{endpoint}/{position}` and `done/{endpoint}/{position}`: one delivery of one
-//!   event to one endpoint, while it is owed and once it is delivered or given up;
-//! - `cursor`: the last feed position turned into deliveries (written with them).
+//! It keeps its endpoints, deliveries and cursor (the last feed position turned into
+//! deliveries, written with them) in the store's [`ServerRecords`].
 
 use crate::outbound::{CheckedResolver, NotPublic, Targets};
 use crate::wire;
@@ -17,17 +13,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use statebase_core::keys::hex;
-use statebase_core::store::FeedEntry;
+use statebase_core::store::{DeliveryRecord, FeedEntry};
 use statebase_core::{
     action, Error, Memory, ResourceKind, Result, ServerRecords, ServerStore, Session, StateBase,
-    Trace, TraceLog,
+    Trace, TraceLog, WebhookEndpoint,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
-const SPACE: &str = "webhooks";
-const CURSOR: &str = "cursor";
 /// Events an endpoint can ask for.
 pub const EVENTS: [&str; 7] = [
     "session.created",
@@ -48,31 +42,8 @@ const MAX_BACKOFF_SECONDS: i64 = 3600;
 pub const KEEP_DONE: Duration = Duration::days(7);
 
 type Sb = StateBase<Arc<dyn ServerStore>>;
-/// A pending delivery and its key.
-type Owed = (String, Delivery);
-
-/// A webhook endpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// `wh_` + 12 random characters.
-    pub id: String,
-    /// The tenant whose events it receives.
-    pub tenant: String,
-    /// Where events are POSTed (`http` or `https`).
-    pub url: String,
-    /// The event types it receives; empty means all.
-    pub events: Vec<String>,
-    /// The HMAC key of its signatures, `whsec_…`.
-    pub secret: String,
-    /// When it was made.
-    pub created_at: DateTime<Utc>,
-}
-
-impl Endpoint {
-    fn wants(&self, event_type: &str) -> bool {
-        self.events.is_empty() || self.events.iter().any(|e| e == event_type || e == "*")
-    }
-}
+/// An owed delivery: where it is kept (endpoint id, position) and what it is.
+type Owed = (String, u64, Delivery);
 
 /// An endpoint as the API shows it.
 #[derive(Serialize, ToSchema)]
@@ -94,7 +65,7 @@ pub struct EndpointOut<'a> {
 
 impl<'a> EndpointOut<'a> {
     /// As listed: the secret masked.
-    pub fn listed(e: &'a Endpoint) -> Self {
+    pub fn listed(e: &'a WebhookEndpoint) -> Self {
         Self {
             object: "webhook_endpoint",
             id: &e.id,
@@ -107,7 +78,7 @@ impl<'a> EndpointOut<'a> {
     }
 
     /// As just created: with the whole secret, this once.
-    pub fn created(e: &'a Endpoint) -> Self {
+    pub fn created(e: &'a WebhookEndpoint) -> Self {
         Self {
             secret: Some(&e.secret),
             ..Self::listed(e)
@@ -208,9 +179,22 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(Error::backend)
 }
 
-/// Every record of the space under `prefix`.
-async fn scan(store: &dyn ServerStore, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    crate::scan_all_meta(store, SPACE, prefix).await
+impl Delivery {
+    /// The record that keeps it: owed until it is delivered or given up.
+    fn record(&self, endpoint_id: &str, position: u64) -> Result<DeliveryRecord> {
+        // A given-up delivery's last attempt was the one due at `next_attempt_at`.
+        let done_at = match self.status {
+            Status::Pending => None,
+            Status::Delivered => self.delivered_at,
+            Status::Failed => Some(self.next_attempt_at),
+        };
+        Ok(DeliveryRecord {
+            endpoint_id: endpoint_id.to_owned(),
+            position,
+            done_at,
+            body: encode(self)?,
+        })
+    }
 }
 
 /// Makes an endpoint of `tenant`, refusing a URL whose address `targets` does not allow.
@@ -221,7 +205,7 @@ pub async fn create(
     events: Vec<String>,
     secret: Option<String>,
     targets: Targets,
-) -> Result<Endpoint> {
+) -> Result<WebhookEndpoint> {
     let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid("url", e.to_string()))?;
     // A host of letters, digits, dots and dashes, or an address: nothing a URL parser
     // would take that a person would not read as a host.
@@ -265,7 +249,7 @@ pub async fn create(
             format!("whsec_{}{}", ids.new_id(""), ids.new_id(""))
         }
     };
-    let endpoint = Endpoint {
+    let endpoint = WebhookEndpoint {
         id: sb.config().ids.new_id("wh_"),
         tenant: tenant.to_owned(),
         url: url.to_owned(),
@@ -273,75 +257,41 @@ pub async fn create(
         secret,
         created_at: sb.now(),
     };
-    let key = endpoint_key(tenant, &endpoint.id);
-    sb.store()
-        .put_meta(SPACE, vec![(key, Some(encode(&endpoint)?))])
-        .await?;
+    sb.store().put_webhook(endpoint.clone()).await?;
     Ok(endpoint)
 }
 
-/// The endpoints of `tenant`, or of every tenant.
-pub async fn list(sb: &Sb, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
-    let prefix = match tenant {
-        Some(t) => endpoint_key(t, ""),
-        None => "endpoint/".to_owned(),
-    };
-    let mut out: Vec<Endpoint> = Vec::new();
-    for (_, v) in scan(sb.store().as_ref(), &prefix).await? {
-        out.push(decode(&v)?);
-    }
-    out.sort_by_key(|e| e.created_at);
-    Ok(out)
+/// The endpoints of `tenant`, or of every tenant, oldest first.
+pub async fn list(sb: &Sb, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>> {
+    sb.store().list_webhooks(tenant).await
 }
 
-/// The key of an endpoint; with an empty `id`, the prefix of the tenant's endpoints.
-fn endpoint_key(tenant: &str, id: &str) -> String {
-    format!("endpoint/{}:{tenant}/{id}", tenant.len())
-}
-
-async fn get(sb: &Sb, tenant: &str, id: &str) -> Result<Endpoint> {
-    // Ids are ours (`wh_` and alphanumerics): anything else, a `/` above all, names none.
-    if !id.starts_with("wh_") || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(Error::not_found(ResourceKind::Webhook, id));
-    }
-    match sb
-        .store()
-        .get_meta(SPACE, &endpoint_key(tenant, id))
+async fn get(sb: &Sb, tenant: &str, id: &str) -> Result<WebhookEndpoint> {
+    sb.store()
+        .webhook(tenant, id)
         .await?
-    {
-        Some(v) => decode(&v),
-        None => Err(Error::not_found(ResourceKind::Webhook, id)),
-    }
+        .ok_or_else(|| Error::not_found(ResourceKind::Webhook, id))
 }
 
-/// Deletes an endpoint of `tenant` and what it was still owed.
+/// Deletes an endpoint of `tenant` and its deliveries.
 pub async fn delete(sb: &Sb, tenant: &str, id: &str) -> Result<()> {
-    get(sb, tenant, id).await?;
-    let mut writes = vec![(endpoint_key(tenant, id), None)];
-    for (k, _) in scan(sb.store().as_ref(), &format!("pending/{id}/")).await? {
-        writes.push((k, None));
-    }
-    sb.store().put_meta(SPACE, writes).await
+    sb.store().delete_webhook(tenant, id).await
 }
 
 /// An endpoint's deliveries, newest event first.
 pub async fn deliveries(sb: &Sb, tenant: &str, id: &str) -> Result<Vec<Delivery>> {
     get(sb, tenant, id).await?;
-    let store = sb.store().as_ref();
-    let mut rows = scan(store, &format!("pending/{id}/")).await?;
-    rows.extend(scan(store, &format!("done/{id}/")).await?);
-    // Keys end in the zero-padded feed position: newest first by that.
-    rows.sort_by(|a, b| b.0.rsplit('/').next().cmp(&a.0.rsplit('/').next()));
-    rows.iter().map(|(_, v)| decode(v)).collect()
+    let records = sb.store().deliveries(Some(id), false).await?;
+    records.iter().rev().map(|r| decode(&r.body)).collect()
 }
 
 /// Owes the event `event_id` to the endpoint again, now, whatever became of it.
 pub async fn redeliver(sb: &Sb, tenant: &str, id: &str, event_id: &str) -> Result<Delivery> {
     get(sb, tenant, id).await?;
-    let store = sb.store().as_ref();
-    for (key, v) in scan(store, &format!("done/{id}/")).await? {
-        let mut d: Delivery = decode(&v)?;
-        if d.event["id"] != event_id {
+    let store = sb.store();
+    for record in store.deliveries(Some(id), false).await? {
+        let mut d: Delivery = decode(&record.body)?;
+        if d.event["id"] != event_id || d.status == Status::Pending {
             continue;
         }
         d.status = Status::Pending;
@@ -349,9 +299,8 @@ pub async fn redeliver(sb: &Sb, tenant: &str, id: &str, event_id: &str) -> Resul
         d.first_attempt_at = None;
         d.next_attempt_at = sb.now();
         d.delivered_at = None;
-        let pending = key.replacen("done/", "pending/", 1);
         store
-            .put_meta(SPACE, vec![(key, None), (pending, Some(encode(&d)?))])
+            .put_deliveries(vec![d.record(id, record.position)?], None)
             .await?;
         return Ok(d);
     }
@@ -506,21 +455,9 @@ impl Dispatcher {
     }
 
     /// Forgets delivered and given-up deliveries older than `keep`; returns how many.
-    pub async fn prune(&self, keep: Duration) -> Result<usize> {
+    pub async fn prune(&self, keep: Duration) -> Result<u64> {
         let cutoff = self.sb.now() - keep;
-        let mut gone = Vec::new();
-        for (key, v) in scan(self.sb.store().as_ref(), "done/").await? {
-            let d: Delivery = decode(&v)?;
-            // A given-up delivery's last attempt was the one due at `next_attempt_at`.
-            if d.delivered_at.unwrap_or(d.next_attempt_at) < cutoff {
-                gone.push((key, None));
-            }
-        }
-        let count = gone.len();
-        if count > 0 {
-            self.sb.store().put_meta(SPACE, gone).await?;
-        }
-        Ok(count)
+        self.sb.store().prune_deliveries(cutoff).await
     }
 
     /// One round: plan deliveries for new events, then make every due attempt.
@@ -532,18 +469,13 @@ impl Dispatcher {
     /// Turns the next feed entries into deliveries; true if there may be more.
     async fn plan(&self) -> Result<bool> {
         let store = self.sb.store();
-        let cursor: u64 = match store.get_meta(SPACE, CURSOR).await? {
-            Some(v) => decode(&v)?,
-            None => 0,
-        };
+        let cursor = store.delivery_cursor().await?;
         let endpoints = list(&self.sb, None).await?;
         if endpoints.is_empty() {
             // Nobody to tell: skip what happened without reading it.
             let end = store.trace_feed_end().await?;
             if end > cursor {
-                store
-                    .put_meta(SPACE, vec![(CURSOR.to_owned(), Some(encode(&end)?))])
-                    .await?;
+                store.put_deliveries(Vec::new(), Some(end)).await?;
             }
             return Ok(false);
         }
@@ -551,12 +483,12 @@ impl Dispatcher {
         let Some(last) = feed.last().map(|e| e.position) else {
             return Ok(false);
         };
-        let mut writes = Vec::new();
+        let mut owed = Vec::new();
         for entry in &feed {
             let Some(kind) = event_type(&entry.trace.action) else {
                 continue;
             };
-            let targets: Vec<&Endpoint> = endpoints
+            let targets: Vec<&WebhookEndpoint> = endpoints
                 .iter()
                 .filter(|e| e.tenant == entry.tenant && e.wants(kind))
                 .collect();
@@ -583,12 +515,10 @@ impl Dispatcher {
                     last_error: None,
                     delivered_at: None,
                 };
-                let key = format!("pending/{}/{:020}", e.id, entry.position);
-                writes.push((key, Some(encode(&d)?)));
+                owed.push(d.record(&e.id, entry.position)?);
             }
         }
-        writes.push((CURSOR.to_owned(), Some(encode(&last)?)));
-        store.put_meta(SPACE, writes).await?;
+        store.put_deliveries(owed, Some(last)).await?;
         Ok(feed.len() == 200)
     }
 
@@ -596,28 +526,27 @@ impl Dispatcher {
     /// events of one session go out in order, each after the one before it is done with.
     async fn deliver_due(&self) -> Result<()> {
         let endpoints = list(&self.sb, None).await?;
-        // Keys sort by endpoint, then feed position: each chain is in event order.
-        // (endpoint id, session id) -> the owed deliveries, by key.
+        // Deliveries come by endpoint, then feed position: each chain is in event order.
+        // (endpoint id, session id) -> the owed deliveries.
         let mut chains: BTreeMap<(String, Option<String>), Vec<Owed>> = BTreeMap::new();
-        for (key, v) in scan(self.sb.store().as_ref(), "pending/").await? {
-            let d: Delivery = decode(&v)?;
-            let endpoint_id = key.split('/').nth(1).unwrap_or_default().to_owned();
+        for r in self.sb.store().deliveries(None, true).await? {
+            let d: Delivery = decode(&r.body)?;
             chains
-                .entry((endpoint_id, d.session_id.clone()))
+                .entry((r.endpoint_id.clone(), d.session_id.clone()))
                 .or_default()
-                .push((key, d));
+                .push((r.endpoint_id, r.position, d));
         }
         let mut sending = tokio::task::JoinSet::new();
         for ((endpoint_id, _), chain) in chains {
+            // Deleted since it was listed: its deliveries went with it.
             let Some(endpoint) = endpoints.iter().find(|e| e.id == endpoint_id).cloned() else {
-                let gone = chain.into_iter().map(|(key, _)| (key, None)).collect();
-                self.sb.store().put_meta(SPACE, gone).await?;
                 continue;
             };
             let this = self.clone();
             sending.spawn(async move {
-                for (key, d) in chain {
-                    if d.next_attempt_at > this.sb.now() || !this.attempt(&endpoint, key, d).await?
+                for (_, position, d) in chain {
+                    if d.next_attempt_at > this.sb.now()
+                        || !this.attempt(&endpoint, position, d).await?
                     {
                         break;
                     }
@@ -634,7 +563,7 @@ impl Dispatcher {
     /// POSTs the delivery's event, unless the endpoint's address is not allowed.
     async fn send(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &WebhookEndpoint,
         d: &Delivery,
         now: DateTime<Utc>,
         body: Vec<u8>,
@@ -670,7 +599,12 @@ impl Dispatcher {
 
     /// One attempt, and its outcome recorded; true once the delivery is done with (delivered
     /// or given up), so that the session's next event may go.
-    async fn attempt(&self, endpoint: &Endpoint, key: String, mut d: Delivery) -> Result<bool> {
+    async fn attempt(
+        &self,
+        endpoint: &WebhookEndpoint,
+        position: u64,
+        mut d: Delivery,
+    ) -> Result<bool> {
         let body = encode(&d.event)?;
         let now = self.sb.now();
         let result = self.send(endpoint, &d, now, body).await;
@@ -702,14 +636,8 @@ impl Dispatcher {
             d.next_attempt_at = now + Duration::seconds(wait);
             Status::Pending
         };
-        let done = d.status != Status::Pending;
-        let writes = if done {
-            let done_key = key.replacen("pending/", "done/", 1);
-            vec![(key, None), (done_key, Some(encode(&d)?))]
-        } else {
-            vec![(key, Some(encode(&d)?))]
-        };
-        self.sb.store().put_meta(SPACE, writes).await?;
-        Ok(done)
+        let record = d.record(&endpoint.id, position)?;
+        self.sb.store().put_deliveries(vec![record], None).await?;
+        Ok(d.status != Status::Pending)
     }
 }

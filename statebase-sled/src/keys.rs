@@ -20,7 +20,12 @@
 //! - `K` key id → API key (JSON)
 //! - `H` key hash → key id
 //! - `P` → the last trace feed position given out (`u64`)
-//! - `Q` str(space) key → a record of the server's own (webhooks, deliveries, cursors)
+//! - `W` endpoint id → webhook endpoint (JSON)
+//! - `L` str(endpoint) `u64`(position) → webhook delivery: `u8` done, time(done at) if
+//!   done, then its body
+//! - `C` → the webhook delivery cursor (`u64`)
+//! - `J` key → idempotent response: time(kept at), then its body
+//! - `Q` str(space) key → the server's records before format 4 (moved to the above on open)
 //!
 //! `log` (ordered per owner):
 //! - `V` str(tenant) str(session) `u64`(version) → time(created) body

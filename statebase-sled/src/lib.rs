@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn,
+    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -388,21 +388,58 @@ impl ServerRecords for SledStore {
         self.trees.list_api_keys(tenant)
     }
 
-    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        self.trees.get_meta(space, key)
+    async fn put_webhook(&self, endpoint: WebhookEndpoint) -> Result<()> {
+        self.durable(self.trees.put_webhook(&endpoint)).await
     }
 
-    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
-        self.durable(self.trees.put_meta(space, &writes)).await
+    async fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>> {
+        self.trees.webhook(tenant, id)
     }
 
-    async fn scan_meta(
+    async fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>> {
+        self.trees.list_webhooks(tenant)
+    }
+
+    async fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()> {
+        self.durable(self.trees.delete_webhook(tenant, id)).await
+    }
+
+    async fn put_deliveries(
         &self,
-        space: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        self.trees.scan_meta(space, prefix, after, limit)
+        deliveries: Vec<DeliveryRecord>,
+        cursor: Option<u64>,
+    ) -> Result<()> {
+        self.durable(self.trees.put_deliveries(&deliveries, cursor))
+            .await
+    }
+
+    async fn delivery_cursor(&self) -> Result<u64> {
+        self.trees.delivery_cursor()
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: Option<&str>,
+        owed_only: bool,
+    ) -> Result<Vec<DeliveryRecord>> {
+        self.trees.deliveries(endpoint_id, owed_only)
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64> {
+        self.durable(self.trees.prune_deliveries(before)).await
+    }
+
+    async fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        self.trees.idempotent_response(key)
+    }
+
+    async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()> {
+        self.durable(self.trees.put_idempotent_response(&response))
+            .await
+    }
+
+    async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
+        self.durable(self.trees.prune_idempotent_responses(before))
+            .await
     }
 }

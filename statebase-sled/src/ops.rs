@@ -7,14 +7,14 @@ use sled::{IVec, Transactional, Tree};
 use statebase_core::store::*;
 use statebase_core::{
     ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, ResourceKind, Result, Session,
-    Timestamp, Trace, Turn,
+    Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::{Bound, Range};
 
 /// This code's on-disk format; data of a newer one is refused. 2: version bodies may be
 /// deltas (statebase-core's codec format 2), which format-1 code cannot read. 3: entities,
 /// which format-2 code would leave behind when it deletes their session.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
@@ -297,8 +297,10 @@ impl Trees {
                         supported: FORMAT_VERSION,
                     });
                 }
-                // Format 1 data is format 2 data without deltas yet: mark it as ours.
+                // Format 1 data is format 2 data without deltas yet, format 2 is format 3
+                // without entities, format 3 keeps the server's records as `Q` strings.
                 if found < FORMAT_VERSION {
+                    trees.move_server_records()?;
                     trees.records.insert(b"F", &FORMAT_VERSION.to_be_bytes())?;
                     trees.db.flush()?;
                 }
@@ -1114,46 +1116,224 @@ impl Trees {
 
     // ----- the server's records -----
 
-    pub fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .records
-            .get(meta_key(space, key))
-            .map_err(storage)?
-            .map(|v| v.to_vec()))
+    pub fn put_webhook(&self, e: &WebhookEndpoint) -> Result<()> {
+        self.records
+            .insert(webhook_key(&e.id), to_json(e)?)
+            .map_err(storage)?;
+        Ok(())
     }
 
-    pub fn put_meta(&self, space: &str, writes: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+    pub fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>> {
+        let found = self.records.get(webhook_key(id)).map_err(storage)?;
+        let endpoint: Option<WebhookEndpoint> = found.map(|v| from_json(&v)).transpose()?;
+        Ok(endpoint.filter(|e| e.tenant == tenant))
+    }
+
+    pub fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>> {
+        let mut all: Vec<WebhookEndpoint> = self
+            .records
+            .scan_prefix([b'W'])
+            .values()
+            .map(|v| from_json(&v.map_err(storage)?))
+            .collect::<Result<_>>()?;
+        all.retain(|e| tenant.is_none_or(|t| e.tenant == t));
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    pub fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()> {
+        if self.webhook(tenant, id)?.is_none() {
+            return Err(Error::not_found(ResourceKind::Webhook, id));
+        }
+        // Deliveries are written only while the endpoint exists (checked in their
+        // transaction), so once it is gone the scan below sees them all. Those a crash
+        // leaves between the two are not listed, and pruned.
+        self.records.remove(webhook_key(id)).map_err(storage)?;
+        let prefix = Key::new(b'L').str(id).done();
+        let mut batch = sled::Batch::default();
+        for key in self.records.scan_prefix(&prefix).keys() {
+            batch.remove(key.map_err(storage)?);
+        }
+        self.records.apply_batch(batch).map_err(storage)
+    }
+
+    pub fn put_deliveries(&self, deliveries: &[DeliveryRecord], cursor: Option<u64>) -> Result<()> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    webhook_key(&d.endpoint_id),
+                    delivery_key(d),
+                    encode_delivery(d),
+                )
+            })
+            .collect();
         self.transact(|r, _, _| {
-            for (key, value) in writes {
-                match value {
-                    Some(v) => r.insert(meta_key(space, key), v.as_slice())?,
-                    None => r.remove(meta_key(space, key))?,
-                };
+            for (endpoint, key, value) in &encoded {
+                if r.get(endpoint)?.is_some() {
+                    r.insert(key.as_slice(), value.as_slice())?;
+                }
+            }
+            if let Some(c) = cursor {
+                r.insert(b"C", &c.to_be_bytes())?;
             }
             Ok(())
         })
     }
 
-    pub fn scan_meta(
+    pub fn delivery_cursor(&self) -> Result<u64> {
+        match self.records.get(b"C").map_err(storage)? {
+            Some(v) => trailing_num(&v).ok_or_else(|| corrupt("delivery cursor")),
+            None => Ok(0),
+        }
+    }
+
+    pub fn deliveries(
         &self,
-        space: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        let space_len = Key::new(b'Q').str(space).done().len();
+        endpoint_id: Option<&str>,
+        owed_only: bool,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let prefix = match endpoint_id {
+            Some(e) => Key::new(b'L').str(e).done(),
+            None => Key::new(b'L').done(),
+        };
         let mut out = Vec::new();
-        for entry in self.records.scan_prefix(meta_key(space, prefix)) {
-            if out.len() == limit {
-                break;
-            }
-            let (k, v) = entry.map_err(storage)?;
-            let key = String::from_utf8(k[space_len..].to_vec()).map_err(storage)?;
-            if after.is_none_or(|a| key.as_str() > a) {
-                out.push((key, v.to_vec()));
+        for d in self.all_deliveries(prefix) {
+            let (d, endpoint_exists) = d?;
+            if endpoint_exists && (!owed_only || d.done_at.is_none()) {
+                out.push(d);
             }
         }
         Ok(out)
+    }
+
+    /// The deliveries under `prefix`, each with whether its endpoint exists.
+    fn all_deliveries(
+        &self,
+        prefix: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(DeliveryRecord, bool)>> + '_ {
+        let mut checked: Option<(String, bool)> = None;
+        self.records.scan_prefix(prefix).map(move |entry| {
+            let (key, value) = entry.map_err(storage)?;
+            let d = decode_delivery(&key, &value).ok_or_else(|| corrupt("webhook delivery"))?;
+            let exists = match &checked {
+                Some((id, exists)) if *id == d.endpoint_id => *exists,
+                _ => {
+                    let exists = self
+                        .records
+                        .contains_key(webhook_key(&d.endpoint_id))
+                        .map_err(storage)?;
+                    checked = Some((d.endpoint_id.clone(), exists));
+                    exists
+                }
+            };
+            Ok((d, exists))
+        })
+    }
+
+    pub fn prune_deliveries(&self, before: Timestamp) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for d in self.all_deliveries(Key::new(b'L').done()) {
+            let (d, endpoint_exists) = d?;
+            if !endpoint_exists || d.done_at.is_some_and(|at| at < before) {
+                batch.remove(delivery_key(&d));
+                count += 1;
+            }
+        }
+        self.records.apply_batch(batch).map_err(storage)?;
+        Ok(count)
+    }
+
+    pub fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        let Some(v) = self.records.get(idempotent_key(key)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let at = time_from(&v).ok_or_else(|| corrupt("idempotent response"))?;
+        Ok(Some(IdempotentResponse {
+            key: key.to_owned(),
+            at,
+            body: v[8..].to_vec(),
+        }))
+    }
+
+    pub fn put_idempotent_response(&self, kept: &IdempotentResponse) -> Result<()> {
+        let mut value = time_bytes(kept.at).to_vec();
+        value.extend_from_slice(&kept.body);
+        self.records
+            .insert(idempotent_key(&kept.key), value)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for entry in self.records.scan_prefix([b'J']) {
+            let (key, value) = entry.map_err(storage)?;
+            if time_from(&value).is_some_and(|at| at < before) {
+                batch.remove(key);
+                count += 1;
+            }
+        }
+        self.records.apply_batch(batch).map_err(storage)?;
+        Ok(count)
+    }
+
+    /// Moves the server's records of format 3 (`Q` strings: `endpoint/{len}:{tenant}/{id}`,
+    /// `pending/` and `done/{endpoint}/{position}`, `cursor`; idempotency keys) to their own
+    /// keys, in one batch.
+    fn move_server_records(&self) -> std::result::Result<(), crate::SledError> {
+        #[derive(Deserialize)]
+        struct OldDelivery {
+            delivered_at: Option<Timestamp>,
+            next_attempt_at: Timestamp,
+        }
+        #[derive(Deserialize)]
+        struct OldResponse {
+            at: Timestamp,
+        }
+        let bad = || crate::SledError::Corrupt("a server record of format 3");
+        let mut batch = sled::Batch::default();
+        for space in ["webhooks", "idempotency"] {
+            let prefix = Key::new(b'Q').str(space).done();
+            for entry in self.records.scan_prefix(&prefix) {
+                let (k, v) = entry?;
+                let key = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| bad())?;
+                batch.remove(k.clone());
+                if space == "idempotency" {
+                    let old: OldResponse = serde_json::from_slice(&v).map_err(|_| bad())?;
+                    let mut value = time_bytes(old.at).to_vec();
+                    value.extend_from_slice(&v);
+                    batch.insert(idempotent_key(key), value);
+                } else if key == "cursor" {
+                    let position: u64 = serde_json::from_slice(&v).map_err(|_| bad())?;
+                    batch.insert(b"C".to_vec(), position.to_be_bytes().to_vec());
+                } else if key.starts_with("endpoint/") {
+                    let e: WebhookEndpoint = serde_json::from_slice(&v).map_err(|_| bad())?;
+                    batch.insert(webhook_key(&e.id), v);
+                } else {
+                    let (state, rest) = key.split_once('/').ok_or_else(bad)?;
+                    let (endpoint_id, position) = rest.rsplit_once('/').ok_or_else(bad)?;
+                    let done_at = match state {
+                        "pending" => None,
+                        _ => {
+                            let old: OldDelivery = serde_json::from_slice(&v).map_err(|_| bad())?;
+                            Some(old.delivered_at.unwrap_or(old.next_attempt_at))
+                        }
+                    };
+                    let d = DeliveryRecord {
+                        endpoint_id: endpoint_id.to_owned(),
+                        position: position.parse().map_err(|_| bad())?,
+                        done_at,
+                        body: v.to_vec(),
+                    };
+                    batch.insert(delivery_key(&d), encode_delivery(&d));
+                }
+            }
+        }
+        self.records.apply_batch(batch)?;
+        Ok(())
     }
 
     pub fn list_traces(&self, tenant: &str, q: &TraceQuery) -> Result<Vec<Trace>> {
@@ -1177,8 +1357,41 @@ impl Trees {
     }
 }
 
-fn meta_key(space: &str, key: &str) -> Vec<u8> {
-    Key::new(b'Q').str(space).raw(key).done()
+fn webhook_key(id: &str) -> Vec<u8> {
+    Key::new(b'W').raw(id).done()
+}
+
+fn delivery_key(d: &DeliveryRecord) -> Vec<u8> {
+    Key::new(b'L').str(&d.endpoint_id).num(d.position).done()
+}
+
+fn idempotent_key(key: &str) -> Vec<u8> {
+    Key::new(b'J').raw(key).done()
+}
+
+fn encode_delivery(d: &DeliveryRecord) -> Vec<u8> {
+    let mut value = match d.done_at {
+        Some(at) => [&[1u8][..], &time_bytes(at)].concat(),
+        None => vec![0],
+    };
+    value.extend_from_slice(&d.body);
+    value
+}
+
+fn decode_delivery(key: &[u8], value: &[u8]) -> Option<DeliveryRecord> {
+    let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
+    let endpoint_id = String::from_utf8(key.get(5..5 + len)?.to_vec()).ok()?;
+    let position = trailing_num(key)?;
+    let (done_at, body) = match value.first()? {
+        0 => (None, &value[1..]),
+        _ => (Some(time_from(value.get(1..9)?)?), value.get(9..)?),
+    };
+    Some(DeliveryRecord {
+        endpoint_id,
+        position,
+        done_at,
+        body: body.to_vec(),
+    })
 }
 
 /// (position, tenant, trace id) of a `p` index key.

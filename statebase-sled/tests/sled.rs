@@ -83,3 +83,83 @@ async fn background_durability_keeps_writes_across_a_clean_reopen() {
     let sb = StateBase::new(SledStore::open_with(&path, options).unwrap());
     assert_eq!(sb.get_session(&id).await.unwrap().version, 1);
 }
+
+/// Format 3 kept the server's records as strings in one key space: opened, they are moved to
+/// their own keys (an endpoint, its owed and done deliveries, the cursor, an idempotent
+/// response), the old keys are gone, and the data is marked as the current format.
+#[tokio::test]
+async fn format_3_server_records_move_to_their_own_keys() {
+    use statebase_core::ServerRecords;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("format3.sled");
+    drop(SledStore::open(&path).unwrap());
+    let endpoint = r#"{"id":"wh_a","tenant":"t","url":"https://example.com/","events":[],"secret":"whsec_0123456789abcdef","created_at":"2026-01-02T03:04:05Z"}"#;
+    let owed =
+        r#"{"status":"pending","delivered_at":null,"next_attempt_at":"2026-01-02T00:00:00Z"}"#;
+    let done =
+        r#"{"status":"failed","delivered_at":null,"next_attempt_at":"2026-01-03T00:00:00Z"}"#;
+    let response =
+        r#"{"request":"r","status":201,"headers":[],"body":"{}","at":"2026-01-04T00:00:00Z"}"#;
+    {
+        let db = sled::open(&path).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let old_key = |space: &str, key: &str| {
+            let mut k = vec![b'Q'];
+            k.extend_from_slice(&(space.len() as u32).to_be_bytes());
+            k.extend_from_slice(space.as_bytes());
+            k.extend_from_slice(key.as_bytes());
+            k
+        };
+        for (space, key, value) in [
+            ("webhooks", "endpoint/1:t/wh_a".to_owned(), endpoint),
+            ("webhooks", format!("pending/wh_a/{:020}", 12), owed),
+            ("webhooks", format!("done/wh_a/{:020}", 7), done),
+            ("webhooks", "cursor".to_owned(), "12"),
+            ("idempotency", "key_1/k".to_owned(), response),
+        ] {
+            records
+                .insert(old_key(space, &key), value.as_bytes())
+                .unwrap();
+        }
+        records.insert(b"F", &3u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = SledStore::open(&path).unwrap();
+        let e = store.webhook("t", "wh_a").await.unwrap().unwrap();
+        assert_eq!(e.url, "https://example.com/");
+        let deliveries = store.deliveries(None, false).await.unwrap();
+        let found: Vec<(u64, Option<String>, &[u8])> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.position,
+                    d.done_at.map(|t| t.to_rfc3339()),
+                    d.body.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (7, Some("2026-01-03T00:00:00+00:00".into()), done.as_bytes()),
+                (12, None, owed.as_bytes())
+            ]
+        );
+        assert_eq!(store.delivery_cursor().await.unwrap(), 12);
+        let kept = store.idempotent_response("key_1/k").await.unwrap().unwrap();
+        assert_eq!(kept.body, response.as_bytes());
+        assert_eq!(kept.at.to_rfc3339(), "2026-01-04T00:00:00+00:00");
+    }
+    let db = sled::open(&path).unwrap();
+    let records = db.open_tree("records").unwrap();
+    assert_eq!(
+        records.scan_prefix([b'Q']).count(),
+        0,
+        "the old keys are gone"
+    );
+    assert_eq!(
+        records.get(b"F").unwrap().as_deref(),
+        Some(&FORMAT_VERSION.to_be_bytes()[..])
+    );
+}

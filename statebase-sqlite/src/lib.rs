@@ -47,7 +47,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn,
+    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -588,29 +588,73 @@ impl ServerRecords for SqliteStore {
             .await?)
     }
 
-    async fn get_meta(&self, space: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        let (space, key) = (space.to_owned(), key.to_owned());
-        Ok(self.read(move |c| sql::get_meta(c, &space, &key)).await?)
-    }
-
-    async fn put_meta(&self, space: &str, writes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
-        let space = space.to_owned();
-        let write = move |c: &Connection| sql::put_meta(c, &space, &writes);
+    async fn put_webhook(&self, endpoint: WebhookEndpoint) -> Result<()> {
+        let write = move |c: &Connection| sql::put_webhook(c, &endpoint);
         Ok(self.write(write, no_change).await?)
     }
 
-    async fn scan_meta(
-        &self,
-        space: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
-        let (space, prefix) = (space.to_owned(), prefix.to_owned());
-        let after = after.map(str::to_owned);
+    async fn webhook(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        Ok(self.read(move |c| sql::webhook(c, &tenant, &id)).await?)
+    }
+
+    async fn list_webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookEndpoint>> {
+        let tenant = tenant.map(str::to_owned);
         Ok(self
-            .read(move |c| sql::scan_meta(c, &space, &prefix, after.as_deref(), limit))
+            .read(move |c| sql::list_webhooks(c, tenant.as_deref()))
             .await?)
+    }
+
+    async fn delete_webhook(&self, tenant: &str, id: &str) -> Result<()> {
+        let (tenant, id) = (tenant.to_owned(), id.to_owned());
+        let write = move |c: &Connection| sql::delete_webhook(c, &tenant, &id);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn put_deliveries(
+        &self,
+        deliveries: Vec<DeliveryRecord>,
+        cursor: Option<u64>,
+    ) -> Result<()> {
+        let write = move |c: &Connection| sql::put_deliveries(c, &deliveries, cursor);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn delivery_cursor(&self) -> Result<u64> {
+        Ok(self.read(sql::delivery_cursor).await?)
+    }
+
+    async fn deliveries(
+        &self,
+        endpoint_id: Option<&str>,
+        owed_only: bool,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let endpoint_id = endpoint_id.map(str::to_owned);
+        Ok(self
+            .read(move |c| sql::deliveries(c, endpoint_id.as_deref(), owed_only))
+            .await?)
+    }
+
+    async fn prune_deliveries(&self, before: Timestamp) -> Result<u64> {
+        let write = move |c: &Connection| sql::prune_deliveries(c, before);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>> {
+        let key = key.to_owned();
+        Ok(self
+            .read(move |c| sql::idempotent_response(c, &key))
+            .await?)
+    }
+
+    async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()> {
+        let write = move |c: &Connection| sql::put_idempotent_response(c, &response);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
+        let write = move |c: &Connection| sql::prune_idempotent_responses(c, before);
+        Ok(self.write(write, no_change).await?)
     }
 }
 

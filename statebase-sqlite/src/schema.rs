@@ -176,6 +176,73 @@ CREATE TABLE entity_versions (
     FOREIGN KEY (tenant, entity) REFERENCES entities (tenant, id) ON DELETE CASCADE
 ) STRICT, WITHOUT ROWID;
 "#,
+    // The server's records in their own tables, moved from the key-value meta space (which
+    // goes): webhook endpoints (as JSON), their deliveries and cursor, idempotent responses.
+    r#"
+CREATE TABLE webhooks (
+    id          TEXT    PRIMARY KEY,
+    tenant      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    body        TEXT    NOT NULL
+) STRICT;
+CREATE INDEX webhooks_by_tenant ON webhooks (tenant, created_at);
+
+CREATE TABLE webhook_deliveries (
+    endpoint_id  TEXT    NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,
+    done_at      INTEGER,
+    body         BLOB    NOT NULL,
+    PRIMARY KEY (endpoint_id, position)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX webhook_deliveries_owed ON webhook_deliveries (endpoint_id, position)
+    WHERE done_at IS NULL;
+CREATE INDEX webhook_deliveries_done ON webhook_deliveries (done_at)
+    WHERE done_at IS NOT NULL;
+
+CREATE TABLE webhook_cursor (
+    id        INTEGER PRIMARY KEY CHECK (id = 0),
+    position  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE idempotent_responses (
+    key   TEXT    PRIMARY KEY,
+    at    INTEGER NOT NULL,
+    body  BLOB    NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX idempotent_responses_by_at ON idempotent_responses (at);
+
+INSERT INTO webhooks (id, tenant, created_at, body)
+SELECT json_extract(v, '$.id'), json_extract(v, '$.tenant'),
+       CAST(unixepoch(json_extract(v, '$.created_at'), 'subsec') * 1000000 AS INTEGER), v
+FROM (SELECT CAST(value AS TEXT) AS v FROM meta
+      WHERE space = 'webhooks' AND key LIKE 'endpoint/%');
+
+-- Keys were pending/{endpoint}/{position, 20 digits} and done/{endpoint}/{position}.
+INSERT INTO webhook_deliveries (endpoint_id, position, done_at, body)
+SELECT endpoint_id, position, done_at, value FROM (
+    SELECT substr(key, 9, length(key) - 29) AS endpoint_id,
+           CAST(substr(key, -20) AS INTEGER) AS position, NULL AS done_at, value
+    FROM meta WHERE space = 'webhooks' AND key LIKE 'pending/%'
+    UNION ALL
+    SELECT substr(key, 6, length(key) - 26), CAST(substr(key, -20) AS INTEGER),
+           CAST(unixepoch(coalesce(json_extract(CAST(value AS TEXT), '$.delivered_at'),
+                                   json_extract(CAST(value AS TEXT), '$.next_attempt_at')),
+                          'subsec') * 1000000 AS INTEGER),
+           value
+    FROM meta WHERE space = 'webhooks' AND key LIKE 'done/%'
+) WHERE endpoint_id IN (SELECT id FROM webhooks);
+
+INSERT INTO webhook_cursor (id, position)
+SELECT 0, CAST(CAST(value AS TEXT) AS INTEGER) FROM meta
+WHERE space = 'webhooks' AND key = 'cursor';
+
+INSERT INTO idempotent_responses (key, at, body)
+SELECT key, CAST(unixepoch(json_extract(CAST(value AS TEXT), '$.at'), 'subsec') * 1000000
+                 AS INTEGER), value
+FROM meta WHERE space = 'idempotency';
+
+DROP TABLE meta;
+"#,
 ];
 
 /// The schema version this code writes.
@@ -328,5 +395,73 @@ mod tests {
             let ids: Vec<&str> = found.iter().map(|t| t.id.as_str()).collect();
             assert_eq!(ids, [id]);
         }
+    }
+
+    /// The server's records of a file that kept them in the meta space: endpoints, owed and
+    /// done deliveries (with when they were done), the cursor and idempotent responses are
+    /// in their tables after the upgrade; a delivery of an endpoint that was gone is not.
+    #[test]
+    fn migration_7_moves_the_server_records_out_of_the_meta_space() {
+        let mut conn = file_at(6);
+        let endpoint = r#"{"id":"wh_a","tenant":"t","url":"https://example.com/","events":[],"secret":"whsec_0123456789abcdef","created_at":"2026-01-02T03:04:05.678901Z"}"#;
+        let owed = r#"{"session_id":null,"status":"pending","delivered_at":null,"next_attempt_at":"2026-01-02T00:00:00Z"}"#;
+        let done = r#"{"session_id":null,"status":"delivered","delivered_at":"2026-01-03T00:00:01Z","next_attempt_at":"2026-01-02T00:00:00Z"}"#;
+        let response =
+            r#"{"request":"r","status":201,"headers":[],"body":"{}","at":"2026-01-04T00:00:00Z"}"#;
+        let position = |p: u64| format!("{p:020}");
+        for (space, key, value) in [
+            ("webhooks", "endpoint/1:t/wh_a".to_owned(), endpoint),
+            ("webhooks", format!("pending/wh_a/{}", position(12)), owed),
+            ("webhooks", format!("done/wh_a/{}", position(7)), done),
+            ("webhooks", format!("pending/wh_gone/{}", position(3)), owed),
+            ("webhooks", "cursor".to_owned(), "12"),
+            ("idempotency", "key_1/k".to_owned(), response),
+        ] {
+            conn.execute(
+                "INSERT INTO meta (space, key, value) VALUES (?1, ?2, ?3)",
+                rusqlite::params![space, key, value.as_bytes()],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let e = crate::sql::webhook(&conn, "t", "wh_a").unwrap().unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.created_at.timestamp_micros() % 1_000_000),
+            ("https://example.com/", 678_901)
+        );
+        assert_eq!(crate::sql::list_webhooks(&conn, None).unwrap().len(), 1);
+        let deliveries = crate::sql::deliveries(&conn, None, false).unwrap();
+        let found: Vec<(&str, u64, Option<i64>, &[u8])> = deliveries
+            .iter()
+            .map(|d| {
+                let done = d.done_at.map(|t| t.timestamp());
+                (d.endpoint_id.as_str(), d.position, done, d.body.as_slice())
+            })
+            .collect();
+        let done_at = chrono::DateTime::parse_from_rfc3339("2026-01-03T00:00:01Z").unwrap();
+        assert_eq!(
+            found,
+            [
+                ("wh_a", 7, Some(done_at.timestamp()), done.as_bytes()),
+                ("wh_a", 12, None, owed.as_bytes())
+            ]
+        );
+        assert_eq!(crate::sql::delivery_cursor(&conn).unwrap(), 12);
+        let kept = crate::sql::idempotent_response(&conn, "key_1/k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kept.at.to_rfc3339(), kept.body.as_slice()),
+            ("2026-01-04T00:00:00+00:00".to_owned(), response.as_bytes())
+        );
+        let meta: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(meta, None, "the meta space is gone");
     }
 }

@@ -7,7 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
     ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, Object, ResourceKind, Session,
-    Timestamp, Trace, Turn,
+    Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 
@@ -530,68 +530,147 @@ pub fn trace_feed(conn: &Connection, after: u64, limit: usize) -> Res<Vec<FeedEn
 
 // ----- the server's records -----
 
-pub fn get_meta(conn: &Connection, space: &str, key: &str) -> Res<Option<Vec<u8>>> {
+pub fn put_webhook(conn: &Connection, e: &WebhookEndpoint) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO webhooks (id, tenant, created_at, body) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![e.id, e.tenant, micros(e.created_at), json(e)?])?;
+    Ok(())
+}
+
+fn read_webhook(r: &Row<'_>) -> Res<WebhookEndpoint> {
+    Ok(serde_json::from_str(
+        r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?,
+    )?)
+}
+
+pub fn webhook(conn: &Connection, tenant: &str, id: &str) -> Res<Option<WebhookEndpoint>> {
     first(
         conn,
-        "SELECT value FROM meta WHERE space = ?1 AND key = ?2",
-        params![space, key],
-        |r| Ok(r.get(0)?),
+        "SELECT body FROM webhooks WHERE id = ?1 AND tenant = ?2",
+        params![id, tenant],
+        read_webhook,
     )
 }
 
-pub fn put_meta(conn: &Connection, space: &str, writes: &[(String, Option<Vec<u8>>)]) -> Res<()> {
-    for (key, value) in writes {
-        match value {
-            Some(v) => conn
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO meta (space, key, value) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![space, key, v])?,
-            None => conn
-                .prepare_cached("DELETE FROM meta WHERE space = ?1 AND key = ?2")?
-                .execute(params![space, key])?,
-        };
+pub fn list_webhooks(conn: &Connection, tenant: Option<&str>) -> Res<Vec<WebhookEndpoint>> {
+    match tenant {
+        Some(t) => collect(
+            conn,
+            "SELECT body FROM webhooks WHERE tenant = ?1 ORDER BY created_at, id",
+            params![t],
+            read_webhook,
+        ),
+        None => collect(
+            conn,
+            "SELECT body FROM webhooks ORDER BY created_at, id",
+            [],
+            read_webhook,
+        ),
+    }
+}
+
+pub fn delete_webhook(conn: &Connection, tenant: &str, id: &str) -> Res<()> {
+    // Its deliveries go by ON DELETE CASCADE.
+    let gone = conn
+        .prepare_cached("DELETE FROM webhooks WHERE id = ?1 AND tenant = ?2")?
+        .execute(params![id, tenant])?;
+    if gone == 0 {
+        return Err(Error::not_found(ResourceKind::Webhook, id).into());
     }
     Ok(())
 }
 
-pub fn scan_meta(
+pub fn put_deliveries(
     conn: &Connection,
-    space: &str,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Res<Vec<(String, Vec<u8>)>> {
-    // Keys with the prefix are exactly those in [prefix, prefix with its last character
-    // bumped): a range the primary key walks and stops at.
-    let select = "SELECT key, value FROM meta WHERE space = ?1 AND key >= ?2 AND key > ?3";
-    let read = |r: &Row<'_>| Ok((r.get(0)?, r.get(1)?));
-    let (after, limit) = (after.unwrap_or(""), limit as i64);
-    match prefix_end(prefix) {
-        Some(end) => collect(
-            conn,
-            &format!("{select} AND key < ?4 ORDER BY key LIMIT ?5"),
-            params![space, prefix, after, end, limit],
-            read,
-        ),
-        None => collect(
-            conn,
-            &format!("{select} ORDER BY key LIMIT ?4"),
-            params![space, prefix, after, limit],
-            read,
-        ),
+    deliveries: &[DeliveryRecord],
+    cursor: Option<u64>,
+) -> Res<()> {
+    for d in deliveries {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO webhook_deliveries (endpoint_id, position, done_at, body)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?1)",
+        )?
+        .execute(params![
+            d.endpoint_id,
+            int(d.position)?,
+            d.done_at.map(micros),
+            d.body
+        ])?;
     }
+    if let Some(c) = cursor {
+        conn.prepare_cached("INSERT OR REPLACE INTO webhook_cursor (id, position) VALUES (0, ?1)")?
+            .execute(params![int(c)?])?;
+    }
+    Ok(())
 }
 
-/// The least string after every string that starts with `prefix`; `None` if there is none
-/// to name (an empty prefix, or one ending in the last character).
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    let last = chars.pop()?;
-    // Skip the surrogate gap; past the last character there is no bound.
-    let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32)?;
-    chars.push(next);
-    Some(chars.into_iter().collect())
+pub fn delivery_cursor(conn: &Connection) -> Res<u64> {
+    let found: Option<i64> = first(
+        conn,
+        "SELECT position FROM webhook_cursor WHERE id = 0",
+        [],
+        |r| Ok(r.get(0)?),
+    )?;
+    uint(found.unwrap_or(0))
+}
+
+pub fn deliveries(
+    conn: &Connection,
+    endpoint_id: Option<&str>,
+    owed_only: bool,
+) -> Res<Vec<DeliveryRecord>> {
+    let read = |r: &Row<'_>| {
+        Ok(DeliveryRecord {
+            endpoint_id: r.get(0)?,
+            position: uint(r.get(1)?)?,
+            done_at: r.get::<_, Option<i64>>(2)?.map(time).transpose()?,
+            body: r.get(3)?,
+        })
+    };
+    let owed = if owed_only { "AND done_at IS NULL" } else { "" };
+    let sql = format!(
+        "SELECT endpoint_id, position, done_at, body FROM webhook_deliveries
+         WHERE (?1 IS NULL OR endpoint_id = ?1) {owed} ORDER BY endpoint_id, position"
+    );
+    collect(conn, &sql, params![endpoint_id], read)
+}
+
+pub fn prune_deliveries(conn: &Connection, before: Timestamp) -> Res<u64> {
+    let gone = conn
+        .prepare_cached("DELETE FROM webhook_deliveries WHERE done_at < ?1")?
+        .execute(params![micros(before)])?;
+    Ok(gone as u64)
+}
+
+pub fn idempotent_response(conn: &Connection, key: &str) -> Res<Option<IdempotentResponse>> {
+    first(
+        conn,
+        "SELECT key, at, body FROM idempotent_responses WHERE key = ?1",
+        params![key],
+        |r| {
+            Ok(IdempotentResponse {
+                key: r.get(0)?,
+                at: time(r.get(1)?)?,
+                body: r.get(2)?,
+            })
+        },
+    )
+}
+
+pub fn put_idempotent_response(conn: &Connection, kept: &IdempotentResponse) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotent_responses (key, at, body) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![kept.key, micros(kept.at), kept.body])?;
+    Ok(())
+}
+
+pub fn prune_idempotent_responses(conn: &Connection, before: Timestamp) -> Res<u64> {
+    let gone = conn
+        .prepare_cached("DELETE FROM idempotent_responses WHERE at < ?1")?
+        .execute(params![micros(before)])?;
+    Ok(gone as u64)
 }
 
 pub fn list_traces(conn: &Connection, tenant: &str, q: &TraceQuery) -> Res<Vec<Trace>> {
@@ -1163,14 +1242,6 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
 mod tests {
     use super::*;
     use rusqlite::StatementStatus;
-
-    #[test]
-    fn prefix_end_bounds_exactly_the_keys_with_the_prefix() {
-        assert_eq!(prefix_end("t1/").as_deref(), Some("t10"));
-        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
-        assert_eq!(prefix_end(""), None);
-        assert_eq!(prefix_end("a\u{10FFFF}"), None);
-    }
 
     fn plan(conn: &Connection, sql: &str, args: Vec<Sql>) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();

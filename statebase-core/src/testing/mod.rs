@@ -200,7 +200,7 @@ macro_rules! conformance_suite {
             concurrent_updates_lose_nothing,
             reopen_keeps_every_acknowledged_write,
             trace_feed_is_every_trace_in_commit_order,
-            meta_records_round_trip,
+            server_records_round_trip,
             writes_answer_the_session_as_stored,
             stats_count_a_tenants_records,
         );

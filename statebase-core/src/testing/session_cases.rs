@@ -8,7 +8,7 @@ use crate::store::*;
 use crate::{
     action, AddMemory, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces,
     RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
-    DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
+    WebhookEndpoint, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
 use chrono::Duration;
 use serde_json::{json, Value};
@@ -1483,94 +1483,152 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
     assert_eq!(unique.len(), got.len());
 }
 
-/// The server's records: written and deleted together, read back by key, listed by prefix
-/// in key order after a key, separate per space, and kept across a reopen.
-pub async fn meta_records_round_trip<F: StoreFactory>(factory: F) {
+/// The server's records: webhook endpoints by tenant, their deliveries (which go with them
+/// and are not written for an endpoint that is gone) with the cursor, idempotent responses,
+/// each pruned by age, and all kept across a reopen.
+pub async fn server_records_round_trip<F: StoreFactory>(factory: F) {
     let mut env = Env::new(factory).await;
     let store = env.sb().store();
-    let put = |k: &str, v: &str| (k.to_owned(), Some(v.as_bytes().to_vec()));
+    let at = |s: i64| epoch() + Duration::seconds(s);
+    let endpoint = |id: &str, tenant: &str, created: i64| WebhookEndpoint {
+        id: id.into(),
+        tenant: tenant.into(),
+        url: "https://example.com/hook".into(),
+        events: vec!["turn.added".into()],
+        secret: "whsec_0123456789abcdef".into(),
+        created_at: at(created),
+    };
+    for e in [
+        endpoint("wh_b", "t1", 2),
+        endpoint("wh_a", "t1", 1),
+        endpoint("wh_c", "t2", 3),
+    ] {
+        store.put_webhook(e).await.unwrap();
+    }
+    let ids = |v: Vec<WebhookEndpoint>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_webhooks(Some("t1")).await.unwrap()),
+        ["wh_a", "wh_b"]
+    );
+    assert_eq!(
+        ids(store.list_webhooks(None).await.unwrap()),
+        ["wh_a", "wh_b", "wh_c"]
+    );
+    assert_eq!(
+        store.webhook("t1", "wh_a").await.unwrap(),
+        Some(endpoint("wh_a", "t1", 1))
+    );
+    assert_eq!(
+        store.webhook("t2", "wh_a").await.unwrap(),
+        None,
+        "another tenant's"
+    );
+    let mut renamed = endpoint("wh_a", "t1", 1);
+    renamed.url = "https://example.org/".into();
+    store.put_webhook(renamed.clone()).await.unwrap();
+    assert_eq!(store.webhook("t1", "wh_a").await.unwrap(), Some(renamed));
+
+    let delivery = |endpoint: &str, position: u64, done: Option<i64>| DeliveryRecord {
+        endpoint_id: endpoint.into(),
+        position,
+        done_at: done.map(at),
+        body: format!("{endpoint}/{position}").into_bytes(),
+    };
+    assert_eq!(store.delivery_cursor().await.unwrap(), 0);
+    let owed = vec![
+        delivery("wh_b", 7, None),
+        delivery("wh_a", 9, None),
+        delivery("wh_a", 3, Some(10)),
+        delivery("wh_c", 4, None),
+        delivery("wh_gone", 5, None),
+    ];
+    store.put_deliveries(owed, Some(9)).await.unwrap();
+    assert_eq!(store.delivery_cursor().await.unwrap(), 9);
+    let keys = |v: Vec<DeliveryRecord>| {
+        v.into_iter()
+            .map(|d| (d.endpoint_id, d.position))
+            .collect::<Vec<_>>()
+    };
+    let key = |e: &str, p: u64| (e.to_owned(), p);
+    assert_eq!(
+        keys(store.deliveries(None, false).await.unwrap()),
+        [
+            key("wh_a", 3),
+            key("wh_a", 9),
+            key("wh_b", 7),
+            key("wh_c", 4)
+        ],
+        "by endpoint then position, none for an endpoint that is gone"
+    );
+    assert_eq!(
+        keys(store.deliveries(None, true).await.unwrap()),
+        [key("wh_a", 9), key("wh_b", 7), key("wh_c", 4)]
+    );
+    assert_eq!(
+        store.deliveries(Some("wh_a"), false).await.unwrap(),
+        [delivery("wh_a", 3, Some(10)), delivery("wh_a", 9, None)]
+    );
+    // Done with: replaced in place.
     store
-        .put_meta(
-            "hooks",
-            vec![
-                put("t1/b", "2"),
-                put("t1/a", "1"),
-                put("t10", "x"),
-                put("t2/a", "3"),
-            ],
-        )
+        .put_deliveries(vec![delivery("wh_a", 9, Some(20))], None)
         .await
         .unwrap();
-    store
-        .put_meta("other", vec![put("t1/a", "x")])
-        .await
-        .unwrap();
     assert_eq!(
-        store.get_meta("hooks", "t1/a").await.unwrap(),
-        Some(b"1".to_vec())
-    );
-    assert_eq!(store.get_meta("hooks", "t1/c").await.unwrap(), None);
-    let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-    assert_eq!(
-        keys(store.scan_meta("hooks", "t1/", None, 10).await.unwrap()),
-        ["t1/a", "t1/b"]
+        store.delivery_cursor().await.unwrap(),
+        9,
+        "cursor left alone"
     );
     assert_eq!(
-        keys(
-            store
-                .scan_meta("hooks", "t1/", Some("t1/a"), 10)
-                .await
-                .unwrap()
-        ),
-        ["t1/b"]
+        keys(store.deliveries(Some("wh_a"), true).await.unwrap()),
+        []
     );
+    assert_eq!(store.prune_deliveries(at(15)).await.unwrap(), 1);
     assert_eq!(
-        keys(store.scan_meta("hooks", "", None, 2).await.unwrap()),
-        ["t1/a", "t1/b"]
+        keys(store.deliveries(Some("wh_a"), false).await.unwrap()),
+        [key("wh_a", 9)]
     );
-    // "t10" sorts right after the "t1/" range (the scan above left it out) and within "t1".
+    // An endpoint goes with its deliveries, and only its tenant can delete it.
     assert_eq!(
-        keys(
-            store
-                .scan_meta("hooks", "t1", Some("t1/b"), 10)
-                .await
-                .unwrap()
-        ),
-        ["t10"]
+        code(store.delete_webhook("t2", "wh_b").await),
+        "webhook_not_found"
     );
+    store.delete_webhook("t1", "wh_b").await.unwrap();
+    assert_eq!(store.webhook("t1", "wh_b").await.unwrap(), None);
     assert_eq!(
-        keys(
-            store
-                .scan_meta("hooks", "t2/", Some("t1/z"), 10)
-                .await
-                .unwrap()
-        ),
-        ["t2/a"]
+        keys(store.deliveries(Some("wh_b"), false).await.unwrap()),
+        []
     );
-    store
-        .put_meta(
-            "hooks",
-            vec![
-                ("t1/a".to_owned(), None),
-                ("t10".to_owned(), None),
-                put("t1/b", "22"),
-            ],
-        )
-        .await
-        .unwrap();
+
+    let response = |k: &str, s: i64| IdempotentResponse {
+        key: k.into(),
+        at: at(s),
+        body: k.as_bytes().to_vec(),
+    };
+    for r in [response("key_1/a", 1), response("key_1/b", 100)] {
+        store.put_idempotent_response(r).await.unwrap();
+    }
+    assert_eq!(
+        store.idempotent_response("key_1/a").await.unwrap(),
+        Some(response("key_1/a", 1))
+    );
+    assert_eq!(store.idempotent_response("key_1/c").await.unwrap(), None);
+    assert_eq!(store.prune_idempotent_responses(at(50)).await.unwrap(), 1);
+    assert_eq!(store.idempotent_response("key_1/a").await.unwrap(), None);
+
     env.reopen().await;
     let store = env.sb().store();
-    let all = store.scan_meta("hooks", "", None, 10).await.unwrap();
     assert_eq!(
-        all,
-        [
-            ("t1/b".to_owned(), b"22".to_vec()),
-            ("t2/a".to_owned(), b"3".to_vec())
-        ]
+        ids(store.list_webhooks(None).await.unwrap()),
+        ["wh_a", "wh_c"]
+    );
+    assert_eq!(store.delivery_cursor().await.unwrap(), 9);
+    assert_eq!(
+        keys(store.deliveries(None, false).await.unwrap()),
+        [key("wh_a", 9), key("wh_c", 4)]
     );
     assert_eq!(
-        store.get_meta("other", "t1/a").await.unwrap(),
-        Some(b"x".to_vec())
+        store.idempotent_response("key_1/b").await.unwrap(),
+        Some(response("key_1/b", 100))
     );
 }
 
