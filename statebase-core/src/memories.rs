@@ -93,6 +93,62 @@ impl<S: Store> StateBase<S> {
         Ok(record.memory)
     }
 
+    /// Re-embeds, with the configured embedder, the tenant's memories whose vectors another
+    /// model made (the embedder changed), a page at a time, and returns how many. Until
+    /// then search compares them by keywords only. Memories that change meanwhile keep what
+    /// their change wrote.
+    pub async fn reembed_memories(&self) -> Result<u64> {
+        let embedder = &self.config().embedder;
+        let model = embedder.model_id();
+        let mut count = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store()
+                .scan_memories(&self.tenant, after.as_deref(), crate::search::LOAD_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.memory.id.clone());
+            let stale: Vec<&MemoryRecord> = page
+                .iter()
+                .filter(|r| {
+                    r.memory
+                        .embedding_model
+                        .as_ref()
+                        .is_some_and(|m| m != model)
+                })
+                .collect();
+            let texts: Vec<String> = stale.iter().map(|r| r.memory.content.clone()).collect();
+            let vectors = if texts.is_empty() {
+                Vec::new()
+            } else {
+                embedder.embed(&texts).await?
+            };
+            let mut fresh = Vec::new();
+            for (r, vector) in stale.into_iter().zip(vectors) {
+                let m = &r.memory;
+                self.store()
+                    .set_embedding(&self.tenant, &m.id, m.version, model, vector)
+                    .await?;
+                // Not written if the memory changed meanwhile: that change embedded it.
+                if let Some(now) = self.store().memory(&self.tenant, &m.id).await? {
+                    count += u64::from(now.memory.version == m.version);
+                    fresh.push(now);
+                }
+            }
+            self.shared
+                .indexes
+                .update(&self.tenant, |index| {
+                    fresh.iter().for_each(|r| index.refresh(r))
+                })
+                .await;
+            if page.len() < crate::search::LOAD_PAGE {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
     /// The memory.
     pub async fn get_memory(&self, id: &str) -> Result<Memory> {
         Ok(self.memory_record(id).await?.memory)

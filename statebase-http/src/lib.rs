@@ -108,11 +108,15 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
     false
 }
 
-/// Every `interval`, forever: deletes expired sessions (each emits `session.expired`) and
-/// forgets idempotent responses past their 24 hours.
+/// Once, at start: re-embeds the memories of every tenant with an API key whose vectors
+/// another embedding model made. Then every `interval`, forever: deletes expired sessions
+/// (each emits `session.expired`) and forgets idempotent responses past their 24 hours.
 pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {
     let (sb, idempotency) = (state.sb.clone(), state.idempotency.clone());
     tokio::spawn(async move {
+        if let Err(e) = reembed_every_tenant(&sb).await {
+            tracing::warn!(error = %e, "re-embedding memories failed");
+        }
         loop {
             tokio::time::sleep(interval).await;
             match sb.sweep_expired().await {
@@ -127,6 +131,20 @@ pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::J
             }
         }
     })
+}
+
+/// [`StateBase::reembed_memories`] for every tenant that has an API key.
+async fn reembed_every_tenant(sb: &StateBase<Arc<dyn ServerStore>>) -> statebase_core::Result<()> {
+    let keys = sb.store().list_api_keys(None).await?;
+    let tenants: std::collections::BTreeSet<&str> =
+        keys.iter().map(|k| k.tenant.as_str()).collect();
+    for tenant in tenants {
+        let count = sb.tenant(tenant).reembed_memories().await?;
+        if count > 0 {
+            tracing::info!(tenant, count, "memories re-embedded with the current model");
+        }
+    }
+    Ok(())
 }
 
 /// The whole API, and `/openapi.json` describing it.
@@ -223,6 +241,7 @@ async fn method_not_allowed() -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -247,5 +266,48 @@ mod tests {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "internal_error");
+    }
+
+    /// At start the server re-embeds the memories of its tenants that another model
+    /// embedded, and only theirs.
+    #[tokio::test]
+    async fn memories_of_another_model_are_re_embedded_for_every_tenant() {
+        use statebase_core::{AddMemory, Config, CreateSession, HashEmbedder, KeyLimits};
+        let store: Arc<dyn ServerStore> = Arc::new(statebase_core::MemoryStore::new());
+        let old = Config {
+            embedder: Arc::new(HashEmbedder::with_dimensions(64)),
+            ..Config::default()
+        };
+        let before = StateBase::with_config(store.clone(), old);
+        let mut ids = Vec::new();
+        for tenant in ["a", "b", "keyless"] {
+            let sb = before.tenant(tenant);
+            let s = sb.create_session(CreateSession::new("bot")).await.unwrap();
+            let m = sb
+                .add_memory(AddMemory::new(&s.id, "likes tea"))
+                .await
+                .unwrap();
+            ids.push((tenant, m.id));
+        }
+        let sb = StateBase::new(store);
+        for (tenant, secret) in [
+            ("a", "sb_reembedreembedreembed0001"),
+            ("b", "sb_reembedreembedreembed0002"),
+        ] {
+            sb.import_api_key(tenant, "k", secret, KeyLimits::default(), None)
+                .await
+                .unwrap();
+        }
+        reembed_every_tenant(&sb).await.unwrap();
+        let current = sb.config().embedder.model_id().to_owned();
+        for (tenant, id) in ids {
+            let m = sb.tenant(tenant).get_memory(&id).await.unwrap();
+            let expected = if tenant == "keyless" {
+                "statebase-hash-v1-64"
+            } else {
+                current.as_str()
+            };
+            assert_eq!(m.embedding_model.as_deref(), Some(expected), "{tenant}");
+        }
     }
 }

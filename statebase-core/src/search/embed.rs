@@ -9,8 +9,9 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Turns texts into vectors for semantic memory search.
 ///
 /// Implement it to plug in an embedding API or a local model. Statebase records
-/// [`model_id`](Embedder::model_id) with every vector and re-embeds stored memories whose
-/// vectors came from another model.
+/// [`model_id`](Embedder::model_id) with every vector; after a change of model,
+/// [`StateBase::reembed_memories`](crate::StateBase::reembed_memories) re-embeds stored
+/// memories (until then search compares them by keywords only).
 #[async_trait]
 pub trait Embedder: Send + Sync + Debug + 'static {
     /// Names the model and its version; vectors of different ids are never compared.

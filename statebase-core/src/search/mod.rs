@@ -312,7 +312,7 @@ impl fmt::Debug for Indexes {
 }
 
 /// Memories read per store call while loading an index.
-const LOAD_PAGE: usize = 1_000;
+pub(crate) const LOAD_PAGE: usize = 1_000;
 
 impl Indexes {
     pub fn new(embedder: Arc<dyn Embedder>, factory: IndexFactory) -> Self {
@@ -366,46 +366,21 @@ impl Indexes {
         Ok(index)
     }
 
-    /// Reads every memory of the tenant, re-embedding those whose vectors came from another
-    /// model, and builds the index. Runs under the tenant's write lock, so memory writes that
-    /// commit meanwhile wait and are applied after it.
+    /// Reads every memory of the tenant and builds the index; it writes nothing (vectors of
+    /// another model are left to [`StateBase::reembed_memories`](crate::StateBase::reembed_memories)).
+    /// Runs under the tenant's write lock, so memory writes that commit meanwhile wait and
+    /// are applied after it.
     async fn load<S: Store + ?Sized>(&self, store: &S, tenant: &str) -> Result<TenantIndex> {
         let model = self.embedder.model_id().to_owned();
         let mut index = TenantIndex::new(self.factory.make());
         let mut vectors = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut page = store
+            let page = store
                 .scan_memories(tenant, after.as_deref(), LOAD_PAGE)
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.memory.id.clone());
-            let stale: Vec<usize> = page
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| {
-                    r.memory
-                        .embedding_model
-                        .as_ref()
-                        .is_some_and(|m| *m != model)
-                })
-                .map(|(i, _)| i)
-                .collect();
-            if !stale.is_empty() {
-                let texts: Vec<String> = stale
-                    .iter()
-                    .map(|&i| page[i].memory.content.clone())
-                    .collect();
-                let fresh = self.embedder.embed(&texts).await?;
-                for (&i, v) in stale.iter().zip(fresh) {
-                    let m = &page[i].memory;
-                    store
-                        .set_embedding(tenant, &m.id, m.version, &model, v.clone())
-                        .await?;
-                    page[i].memory.embedding_model = Some(model.clone());
-                    page[i].embedding = Some(v);
-                }
-            }
             let done = page.len() < LOAD_PAGE;
             for record in &page {
                 vectors.extend(index.upsert(record, &model, true));
@@ -428,6 +403,20 @@ pub(crate) struct TenantIndexHandle<'a> {
 impl TenantIndexHandle<'_> {
     pub fn upsert(&mut self, record: &MemoryRecord) {
         self.index.upsert(record, self.model, false);
+    }
+
+    /// Upserts `record` if the index holds it at that version or an older one: not if a
+    /// newer write or a delete got there first.
+    pub fn refresh(&mut self, record: &MemoryRecord) {
+        let m = &record.memory;
+        let indexed = self
+            .index
+            .keys
+            .get(&m.id)
+            .and_then(|k| self.index.entries.get(k));
+        if indexed.is_some_and(|e| e.memory.version <= m.version) {
+            self.index.upsert(record, self.model, false);
+        }
     }
 
     pub fn remove(&mut self, id: &str) {

@@ -874,7 +874,8 @@ pub async fn context_gathers_state_memories_and_turns<F: StoreFactory>(factory: 
 }
 
 /// Turns, memories, revisions and the search index survive a reopen; after a reopen with
-/// another embedding model, memories are re-embedded and found again.
+/// another embedding model, stale vectors are not compared (and a search writes nothing)
+/// until the memories are re-embedded, then they are found by meaning again.
 pub async fn turns_and_memories_survive_reopen<F: StoreFactory>(factory: F) {
     let mut env = Env::new(factory).await;
     let (s, m, turns, history) = {
@@ -923,7 +924,7 @@ pub async fn turns_and_memories_survive_reopen<F: StoreFactory>(factory: F) {
     );
     let h = sb.history(&s.id, HistoryQuery::default()).await.unwrap();
     assert_eq!(h.versions.len(), 4);
-    // A new model: stored vectors are stale, and are re-embedded when the index loads.
+    // A new model: stored vectors are stale until they are re-embedded.
     env.reopen_with(|c| c.embedder = Arc::new(HashEmbedder::with_dimensions(64)))
         .await;
     let sb = env.sb();
@@ -931,6 +932,13 @@ pub async fn turns_and_memories_survive_reopen<F: StoreFactory>(factory: F) {
         threshold: Some(0.3),
         ..SearchMemories::new("birthday is on the 4th of july")
     };
+    let hits = sb.search_memories(semantic.clone()).await.unwrap();
+    assert_eq!(ids(&hits), vec![m.id.clone()], "found by its keywords");
+    assert_eq!(hits[0].vector_score, 0.0, "a stale vector compared");
+    let before = sb.get_memory(&m.id).await.unwrap();
+    assert_eq!(before.embedding_model, m.embedding_model, "a search wrote");
+    assert_eq!(sb.reembed_memories().await.unwrap(), 1);
+    assert_eq!(sb.reembed_memories().await.unwrap(), 0, "re-embedded twice");
     let hits = sb.search_memories(semantic).await.unwrap();
     assert_eq!(ids(&hits), vec![m.id.clone()]);
     assert!(hits[0].vector_score > 0.9, "{hits:?}");
