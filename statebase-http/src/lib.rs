@@ -14,6 +14,7 @@ mod openapi;
 mod outbound;
 mod routes;
 mod server;
+mod web;
 pub mod webhooks;
 mod wire;
 
@@ -177,6 +178,7 @@ pub fn router(state: AppState) -> Router {
     // methods under /v1 are authenticated and counted like the others (it lets paths
     // outside /v1 through); it runs before idempotency, which needs the caller.
     router
+        .merge(web::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

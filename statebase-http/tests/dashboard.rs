@@ -1,0 +1,443 @@
+//! The dashboard in a real browser: Debian's `chromium`, driven through `chromedriver` by
+//! WebDriver, against a server on loopback. Screenshots of each page go to
+//! `target/dashboard-screenshots/`.
+//!
+//! Without `chromedriver` (apt: `chromium chromium-driver`) the test says so and passes,
+//! unless `STATEBASE_REQUIRE_BROWSER` is set (CI sets it), when it fails.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::Method;
+use serde_json::{json, Value};
+use statebase_core::{KeyLimits, ServerStore};
+use statebase_http::{router, webhooks, AppState, Rate, RateLimiter, Targets};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "sb_dashboardkeydashboardkey1";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn find_program(env: &str, candidates: &[&str]) -> Option<PathBuf> {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(candidates.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The server under test, with a webhook dispatcher and a receiver that counts deliveries.
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    delivered: Arc<AtomicUsize>,
+    receiver: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ServerStore> =
+            Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("dash.db")).unwrap());
+        let state = AppState::new(
+            store,
+            RateLimiter::new(Rate::new(10_000, 10_000)),
+            Targets::Any,
+        );
+        state
+            .sb
+            .import_api_key("t", "dashboard", KEY, KeyLimits::default(), None)
+            .await
+            .unwrap();
+        webhooks::Dispatcher::new(state.sb.clone(), Targets::Any).spawn(Duration::from_millis(100));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(statebase_http::serve(
+            listener,
+            router(state),
+            statebase_http::Limits::default(),
+            std::future::pending(),
+        ));
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let count = delivered.clone();
+        let receiver = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                count.fetch_add(1, Ordering::SeqCst);
+                async { "ok" }
+            }),
+        );
+        let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver_url = format!("http://{}/hook", hook.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(hook, receiver).await.unwrap() });
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            delivered,
+            receiver: receiver_url,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("X-API-Key", key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(KEY, method, path, body).await;
+        assert!(status < 300, "{path}: {status} {v}");
+        v
+    }
+}
+
+/// A headless browser session through a chromedriver of our own.
+struct Browser {
+    client: Client,
+    shots: PathBuf,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(chromedriver: PathBuf, chromium: PathBuf) -> Self {
+        let port = free_port();
+        let driver = tokio::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let webdriver = format!("http://127.0.0.1:{port}");
+        let status = format!("{webdriver}/status");
+        let started = std::time::Instant::now();
+        while reqwest::get(&status).await.is_err() {
+            assert!(started.elapsed() < WAIT, "chromedriver did not answer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        // The flags that keep Chromium from reaching for the network on its own.
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1000",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let capabilities = json!({
+            "goog:chromeOptions": { "binary": chromium, "args": args },
+        });
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(capabilities.as_object().unwrap().clone())
+            .connect(&webdriver)
+            .await
+            .expect("a browser session");
+        let shots =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Self {
+            client,
+            shots,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+    }
+
+    /// Waits until the element's text contains `text`, and returns the text.
+    async fn wait_for_text(&self, css: &str, text: &str) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(e) = self.client.find(Locator::Css(css)).await {
+                if let Ok(t) = e.text().await {
+                    if t.contains(text) {
+                        return t;
+                    }
+                }
+            }
+            assert!(started.elapsed() < WAIT, "{css} never said {text:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait_for(css).await.click().await.unwrap();
+    }
+
+    async fn accept(&self) {
+        let started = std::time::Instant::now();
+        while self.client.accept_alert().await.is_err() {
+            assert!(started.elapsed() < WAIT, "no confirmation was asked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.client.execute(js, vec![]).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_a_real_browser() {
+    let chromedriver = find_program("STATEBASE_CHROMEDRIVER", &["/usr/bin/chromedriver"]);
+    let chromium = find_program("STATEBASE_CHROMIUM", &["/usr/bin/chromium"]);
+    let (Some(chromedriver), Some(chromium)) = (chromedriver, chromium) else {
+        let message = "the dashboard test needs chromium and chromedriver \
+                       (apt-get install chromium chromium-driver)";
+        assert!(
+            std::env::var_os("STATEBASE_REQUIRE_BROWSER").is_none(),
+            "{message}"
+        );
+        eprintln!("skipped: {message}");
+        return;
+    };
+    let srv = Server::start().await;
+    // Through the API: a session whose state holds markup, two edits and a turn, a memory,
+    // and a webhook endpoint that will be told of them.
+    srv.api(
+        Method::POST,
+        "/v1/webhooks",
+        Some(json!({"url": srv.receiver, "events": []})),
+    )
+    .await;
+    let hostile = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\">";
+    let s = srv
+        .api(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "support-bot", "user_id": "ada",
+                "initial_state": {"step": 1, "note": hostile}})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let state_path = format!("/v1/sessions/{id}/state");
+    for (i, body) in [
+        json!({"state": {"step": 2, "plan": ["greet", "refund"]}, "reasoning": "made a plan"}),
+        json!({"state": {"step": 3, "plan": null, "refund": {"amount": 20}}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = srv.api(Method::PATCH, &state_path, Some(body)).await;
+        assert_eq!(v["version"], i + 1);
+    }
+    srv.api(
+        Method::POST,
+        &format!("/v1/sessions/{id}/turns"),
+        Some(
+            json!({"input": {"type": "text", "content": "I want a refund"},
+            "output": {"type": "text", "content": "Refunded 20"}}),
+        ),
+    )
+    .await;
+    srv.api(
+        Method::POST,
+        "/v1/memories",
+        Some(json!({"session_id": id, "content": "Ada prefers refunds to store credit"})),
+    )
+    .await;
+
+    let browser = Browser::start(chromedriver, chromium).await;
+    let b = &browser;
+    let dashboard = format!("{}/dashboard", srv.url);
+
+    // A wrong key is refused with a clear message.
+    b.client.goto(&dashboard).await.unwrap();
+    b.wait_for("#api-key")
+        .await
+        .send_keys("sb_notakeynotakeynotakey00")
+        .await
+        .unwrap();
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("#notice", "not accepted").await;
+    b.shot("sign-in-refused").await;
+
+    // Sign in; the session is listed.
+    let input = b.wait_for("#api-key").await;
+    input.clear().await.unwrap();
+    input.send_keys(KEY).await.unwrap();
+    b.click("form button[type=submit]").await;
+    b.wait_for(&format!("tr[data-session='{id}']")).await;
+    b.shot("sessions").await;
+
+    // Its page: the state as a tree, markup shown as text and never run.
+    b.click(&format!("tr[data-session='{id}'] a")).await;
+    b.wait_for("#timeline li.version").await;
+    let state = b.wait_for_text("#state", "refund").await;
+    assert!(
+        state.contains("<script>window.pwned = 1</script><img src=x"),
+        "the markup is not shown as text: {state}"
+    );
+    b.click("li.version[data-version='1'] details summary")
+        .await;
+    b.wait_for_text("li.version[data-version='1'] .diff", "+ /plan")
+        .await;
+    let page = b
+        .script("return [document.scripts.length, window.pwned === undefined, document.querySelectorAll('#main img, #main script').length]")
+        .await;
+    assert_eq!(
+        page,
+        json!([1, true, 0]),
+        "markup in a state was interpreted"
+    );
+    let turn = b.wait_for_text("#timeline li.turn", "Turn 1").await;
+    assert!(turn.contains("I want a refund"), "{turn}");
+    b.shot("session").await;
+
+    // Two versions picked: their diff by path.
+    b.click("input[data-version='1']").await;
+    b.click("input[data-version='2']").await;
+    let diff = b.wait_for_text("#compare", "Version 1 → version 2").await;
+    for change in ["~ /step: 2 → 3", "− /plan", "+ /refund"] {
+        assert!(diff.contains(change), "{change} missing from {diff}");
+    }
+    b.shot("diff").await;
+
+    // Roll back to version 1 through the UI: version 3 appears, a copy of version 1.
+    b.click("li.version[data-version='1'] button.rollback")
+        .await;
+    b.accept().await;
+    let v3 = b
+        .wait_for_text("li.version[data-version='3']", "rolled back to 1")
+        .await;
+    assert!(v3.contains("Version 3"), "{v3}");
+    let now = srv
+        .api(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(
+        (now["version"].clone(), now["state"]["step"].clone()),
+        (json!(3), json!(2))
+    );
+    b.shot("rolled-back").await;
+
+    // A key created (shown once, and it works), then revoked (and it no longer does).
+    b.client.goto(&format!("{dashboard}#/keys")).await.unwrap();
+    b.wait_for("#key-name")
+        .await
+        .send_keys("ci key")
+        .await
+        .unwrap();
+    b.click("form button[type=submit]").await;
+    let full = b.wait_for_text("#full-key", "sb_").await;
+    assert_eq!(
+        srv.call(&full, Method::GET, "/v1/sessions", None).await.0,
+        200
+    );
+    let keys = srv.api(Method::GET, "/v1/dashboard/keys", None).await;
+    let new_id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ci key")
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    b.shot("key-created").await;
+    b.click(&format!("tr[data-key='{new_id}'] button.revoke"))
+        .await;
+    b.accept().await;
+    b.wait_for_text(&format!("tr[data-key='{new_id}']"), "revoked")
+        .await;
+    assert_eq!(
+        srv.call(&full, Method::GET, "/v1/sessions", None).await.0,
+        401
+    );
+    b.shot("keys").await;
+
+    // The webhook's deliveries: the session's events reached the receiver.
+    let started = std::time::Instant::now();
+    while srv.delivered.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < WAIT, "no webhook was delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.client
+        .goto(&format!("{dashboard}#/webhooks"))
+        .await
+        .unwrap();
+    b.click("tr[data-webhook] button.deliveries").await;
+    let deliveries = b.wait_for_text("#delivery-list", "delivered").await;
+    assert!(deliveries.contains("session.created"), "{deliveries}");
+    b.shot("webhooks").await;
+    // A retry sends the event again.
+    let before = srv.delivered.load(Ordering::SeqCst);
+    b.click("#delivery-list tr.delivery button.retry").await;
+    let started = std::time::Instant::now();
+    while srv.delivered.load(Ordering::SeqCst) == before {
+        assert!(started.elapsed() < WAIT, "the retry was not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Memories searched, with their scores.
+    b.client
+        .goto(&format!("{dashboard}#/memories?query=refunds"))
+        .await
+        .unwrap();
+    let found = b.wait_for_text("#memories", "store credit").await;
+    assert!(found.contains("Score"), "{found}");
+    b.click("#memories button.revisions").await;
+    b.wait_for_text("#revisions", "v1").await;
+    b.shot("memories").await;
+
+    // Stats.
+    b.client.goto(&format!("{dashboard}#/stats")).await.unwrap();
+    let totals = b.wait_for_text("#totals", "sessions").await;
+    assert!(totals.contains("memories"), "{totals}");
+    b.shot("stats").await;
+
+    // At a phone's width the session page fits without scrolling sideways.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.client
+        .goto(&format!("{dashboard}#/sessions/{id}"))
+        .await
+        .unwrap();
+    b.wait_for("#timeline li.version").await;
+    let fits = b
+        .script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        .await;
+    assert_eq!(fits, json!(true), "the page scrolls sideways at 390 px");
+    b.shot("session-phone").await;
+    browser.client.clone().close().await.unwrap();
+}
