@@ -54,7 +54,9 @@ class ApiError extends Error {
     const e = body?.error ?? {};
     let message = e.message ?? `HTTP ${status}`;
     if (status === 401) message = "That API key was not accepted. Check it and sign in again.";
-    if (status === 429) message = `Too many requests: try again in ${retryAfter ?? "a few"} seconds.`;
+    if (status === 429) {
+      message = `Too many requests: try again in ${retryAfter ? count(Number(retryAfter), "second") : "a few seconds"}.`;
+    }
     super(message);
     this.status = status;
     this.code = e.code;
@@ -395,7 +397,9 @@ async function route() {
     else if (parts[0] === "stats") await stats();
     else await sessions(params);
   } catch (err) {
-    if (err.status === 401) { sessionStorage.removeItem(KEY); signIn(); }
+    if (err.status === 401) { sessionStorage.removeItem(KEY); signIn(); } else {
+      show(h("h1", { tabindex: -1 }, "This page did not load"), h("button", { onclick: route }, "Try again"));
+    }
     say(err.message);
   }
 }

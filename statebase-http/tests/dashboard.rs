@@ -41,13 +41,14 @@ struct Server {
 }
 
 impl Server {
-    async fn start() -> Self {
+    /// A server whose key may make `rate` requests a minute, bursts of `burst`.
+    async fn start(rate: u32, burst: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ServerStore> =
             Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("dash.db")).unwrap());
         let state = AppState::new(
             store,
-            RateLimiter::new(Rate::new(10_000, 10_000)),
+            RateLimiter::new(Rate::new(rate, burst)),
             Targets::Any,
         );
         state
@@ -235,7 +236,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         eprintln!("skipped: {message}");
         return;
     };
-    let srv = Server::start().await;
+    let srv = Server::start(10_000, 10_000).await;
     // Through the API: a session whose state holds markup, two edits and a turn, a memory,
     // and a webhook endpoint that will be told of them.
     srv.api(
@@ -439,5 +440,23 @@ async fn the_dashboard_works_in_a_real_browser() {
         .await;
     assert_eq!(fits, json!(true), "the page scrolls sideways at 390 px");
     b.shot("session-phone").await;
+
+    // A key past its rate limit: the page says when to try again.
+    let slow = Server::start(60, 3).await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    b.click("#sign-out").await;
+    b.client
+        .goto(&format!("{}/dashboard", slow.url))
+        .await
+        .unwrap();
+    b.wait_for("#api-key").await.send_keys(KEY).await.unwrap();
+    b.click("form button[type=submit]").await;
+    b.wait_for("#sessions, main p.muted").await;
+    for _ in 0..3 {
+        b.client.refresh().await.unwrap();
+    }
+    let refused = b.wait_for_text("#notice", "Too many requests").await;
+    assert!(refused.contains("try again in"), "{refused}");
+    b.shot("rate-limited").await;
     browser.client.clone().close().await.unwrap();
 }
