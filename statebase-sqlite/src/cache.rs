@@ -205,8 +205,9 @@ impl SessionCache {
         }
     }
 
-    /// Keeps the session's latest `limit` turns, read after `ticket` was given, with the
-    /// session, if it is still cached and no commit came since.
+    /// Keeps the session's latest `limit` turns (newest first), read after `ticket` was
+    /// given, with the session, if it is still cached, no commit came since, and the turns
+    /// are those of its turn count (a turn committed but not yet reported is not).
     pub fn fill_turns(&self, ticket: Ticket, tenant: &str, id: &str, limit: usize, turns: &[Turn]) {
         let Some(entries) = &self.entries else { return };
         let epoch = self.epoch.lock();
@@ -216,9 +217,13 @@ impl SessionCache {
         let Some(entry) = entries.get(&KeyRef(tenant, id)) else {
             return;
         };
+        let turn_count = turns.first().map_or(0, |t| t.turn_number);
+        if turn_count != entry.record.session.turn_count {
+            return;
+        }
         let latest = LatestTurns {
             limit,
-            turn_count: entry.record.session.turn_count,
+            turn_count,
             turns: turns.to_vec(),
         };
         let entry = Entry::new(entry.record.clone(), Some(latest));
@@ -374,6 +379,23 @@ mod tests {
         cache.committed(vec![stored(record("s", 1, 7), Some(turn(7)))]);
         cache.fill_turns(old, "t", "s", 2, &[turn(6), turn(5)]);
         assert!(cache.turns("t", "s", 2).is_err(), "filled across a commit");
+        // Turns read after a turn committed but before it was reported do not fill either:
+        // the report would add that turn again.
+        let Err(Some(early)) = cache.turns("t", "s", 2) else {
+            panic!("turns before they were filled")
+        };
+        cache.fill_turns(early, "t", "s", 2, &[turn(8), turn(7)]);
+        assert!(
+            cache.turns("t", "s", 2).is_err(),
+            "filled ahead of the record"
+        );
+        cache.committed(vec![stored(record("s", 1, 8), Some(turn(8)))]);
+        let Err(Some(now)) = cache.turns("t", "s", 2) else {
+            panic!("turns before they were filled")
+        };
+        cache.fill_turns(now, "t", "s", 2, &[turn(8), turn(7)]);
+        cache.committed(vec![stored(record("s", 1, 9), Some(turn(9)))]);
+        assert_eq!(numbers(cache.turns("t", "s", 2).unwrap()), [9, 8]);
     }
 
     #[test]
