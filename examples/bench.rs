@@ -2,7 +2,8 @@
 //! same run (the machines are small and noisy, so ratios mean more than absolute figures).
 //!
 //! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick]
-//! [--full] [--json] [--only GROUP]` (groups: memory, search, storage, sqlite, sled, http).
+//! [--full] [--json] [--only GROUP]` (groups: retrieval, memory, search, storage, sqlite, sled,
+//! http).
 //!
 //! Every figure is the median over rounds; latencies are p50/p99 over every operation of
 //! every round.
@@ -22,6 +23,8 @@ use std::time::Instant;
 #[path = "corpus.rs"]
 mod corpus;
 use corpus::sentence;
+#[path = "retrieval.rs"]
+mod retrieval;
 
 // Many small allocations from many threads: mimalloc serves them with less contention than
 // the system allocator.
@@ -826,6 +829,10 @@ async fn main() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut figures = Vec::new();
+    // Recall is not a rate: its tables print as they are measured.
+    if runs("retrieval") && !as_json {
+        retrieval::run().await;
+    }
     if runs("memory") {
         let raw = raw_memory(sizes.rounds, sizes.writes, sizes.reads);
         let sb = StateBase::new(MemoryStore::new());
@@ -879,6 +886,9 @@ async fn main() {
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         );
+        return;
+    }
+    if figures.is_empty() {
         return;
     }
     println!(
