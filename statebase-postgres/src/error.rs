@@ -1,0 +1,40 @@
+//! The PostgreSQL backend's own errors, and how they become statebase errors.
+
+/// What can go wrong in the PostgreSQL backend.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// PostgreSQL or the connection to it failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be had in time: the database is unreachable or every
+    /// connection is busy.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The pool could not be built from the options.
+    #[error("connection pool: {0}")]
+    Pool(String),
+    /// The database cannot use pgvector.
+    #[error(
+        "the database cannot use the `vector` extension (pgvector): {0}. Install pgvector \
+         on the server and run `CREATE EXTENSION vector;` in this database as a user allowed \
+         to, then connect again"
+    )]
+    NoVectorExtension(String),
+    /// The database was written by a newer statebase; nothing was changed.
+    #[error(
+        "the database has schema version {found}, newer than the {supported} this statebase \
+         knows: upgrade statebase to open it"
+    )]
+    NewerSchema {
+        /// The database's schema version.
+        found: i64,
+        /// The newest this code knows.
+        supported: i64,
+    },
+}
+
+impl From<PostgresError> for statebase_core::Error {
+    fn from(e: PostgresError) -> Self {
+        statebase_core::Error::backend(e)
+    }
+}
