@@ -282,6 +282,12 @@ async fn the_dashboard_works_in_a_real_browser() {
     )
     .await;
 
+    // Newer sessions of another agent fill the first page of the list.
+    for _ in 0..20 {
+        let filler = json!({"agent_id": "filler-bot"});
+        srv.api(Method::POST, "/v1/sessions", Some(filler)).await;
+    }
+
     let browser = Browser::start(chromedriver, chromium).await;
     let b = &browser;
     let dashboard = format!("{}/dashboard", srv.url);
@@ -302,7 +308,25 @@ async fn the_dashboard_works_in_a_real_browser() {
     input.clear().await.unwrap();
     input.send_keys(KEY).await.unwrap();
     b.click("form button[type=submit]").await;
-    b.wait_for(&format!("tr[data-session='{id}']")).await;
+    // Newest first, 20 a page: it is on the second page, and first when filtered by agent.
+    let ours = format!("tr[data-session='{id}']");
+    b.wait_for("#sessions").await;
+    assert!(
+        b.client.find(Locator::Css(&ours)).await.is_err(),
+        "on page 1"
+    );
+    b.click("#next-page").await;
+    b.wait_for(&ours).await;
+    b.shot("sessions-page-2").await;
+    b.wait_for("input[name=agent_id]")
+        .await
+        .send_keys("support-bot")
+        .await
+        .unwrap();
+    b.click("form button[type=submit]").await;
+    let listed = b.wait_for_text("#sessions", "support-bot").await;
+    assert!(!listed.contains("filler-bot"), "{listed}");
+    b.wait_for(&ours).await;
     b.shot("sessions").await;
 
     // Its page: the state as a tree, markup shown as text and never run.
@@ -354,6 +378,26 @@ async fn the_dashboard_works_in_a_real_browser() {
         (json!(3), json!(2))
     );
     b.shot("rolled-back").await;
+
+    // Fork from version 0: a new session whose state is version 0's.
+    b.click("li.version[data-version='0'] button.fork").await;
+    b.accept().await;
+    let started = std::time::Instant::now();
+    let fork = loop {
+        let url = b.client.current_url().await.unwrap();
+        let fragment = url.fragment().unwrap_or_default().to_owned();
+        match fragment.strip_prefix("/sessions/") {
+            Some(f) if f != id => break f.to_owned(),
+            _ => {}
+        }
+        assert!(started.elapsed() < WAIT, "no fork was opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.wait_for_text("h1", &fork).await;
+    let forked = srv
+        .api(Method::GET, &format!("/v1/sessions/{fork}"), None)
+        .await;
+    assert_eq!(forked["state"]["step"], 1, "{forked}");
 
     // A key created (shown once, and it works), then revoked (and it no longer does).
     b.client.goto(&format!("{dashboard}#/keys")).await.unwrap();
