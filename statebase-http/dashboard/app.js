@@ -180,12 +180,7 @@ async function session(id) {
   const byVersion = new Map(versions.map((v) => [v.version, v]));
   const picked = [];
   const compare = h("div", { id: "compare" });
-  const pick = (version, box) => {
-    if (box.checked) picked.push(version); else picked.splice(picked.indexOf(version), 1);
-    while (picked.length > 2) {
-      const dropped = picked.shift();
-      main.querySelector(`input[data-version="${dropped}"]`).checked = false;
-    }
+  const renderCompare = () => {
     if (picked.length === 2) {
       const [a, b] = [...picked].sort((x, y) => x - y);
       compare.replaceChildren(h("h2", {}, `Version ${a} → version ${b}`),
@@ -194,7 +189,16 @@ async function session(id) {
       compare.replaceChildren(h("p", { class: "muted" }, "Pick two versions to compare them."));
     }
   };
-  pick(null, { checked: false });
+  // The last two picked are compared; picking a third unpicks the oldest pick.
+  const pick = (version, box) => {
+    if (box.checked) picked.push(version); else picked.splice(picked.indexOf(version), 1);
+    while (picked.length > 2) {
+      const dropped = picked.shift();
+      main.querySelector(`input[data-version="${dropped}"]`).checked = false;
+    }
+    renderCompare();
+  };
+  renderCompare();
   const act = async (what, body, then) => {
     if (!confirm(`${what}?`)) return;
     try { then(await api("POST", `${path}/${body.path}`, body.body)); } catch (err) { say(err.message); }

@@ -26,6 +26,22 @@ fn find_program(env: &str, candidates: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// What `probe` gives once it gives something, trying every 50 ms for [`WAIT`]; `what`
+/// names it if it never does.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(started.elapsed() < WAIT, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -132,11 +148,10 @@ impl Browser {
             .expect("chromedriver starts");
         let webdriver = format!("http://127.0.0.1:{port}");
         let status = format!("{webdriver}/status");
-        let started = std::time::Instant::now();
-        while reqwest::get(&status).await.is_err() {
-            assert!(started.elapsed() < WAIT, "chromedriver did not answer");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually("chromedriver did not answer", || async {
+            reqwest::get(&status).await.ok()
+        })
+        .await;
         let profile = tempfile::tempdir().unwrap();
         // The flags that keep Chromium from reaching for the network on its own.
         let args = [
@@ -191,18 +206,12 @@ impl Browser {
 
     /// Waits until the element's text contains `text`, and returns the text.
     async fn wait_for_text(&self, css: &str, text: &str) -> String {
-        let started = std::time::Instant::now();
-        loop {
-            if let Ok(e) = self.client.find(Locator::Css(css)).await {
-                if let Ok(t) = e.text().await {
-                    if t.contains(text) {
-                        return t;
-                    }
-                }
-            }
-            assert!(started.elapsed() < WAIT, "{css} never said {text:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{css} never said {text:?}");
+        eventually(&what, || async {
+            let found = self.client.find(Locator::Css(css)).await.ok()?;
+            found.text().await.ok().filter(|t| t.contains(text))
+        })
+        .await
     }
 
     async fn click(&self, css: &str) {
@@ -210,11 +219,10 @@ impl Browser {
     }
 
     async fn accept(&self) {
-        let started = std::time::Instant::now();
-        while self.client.accept_alert().await.is_err() {
-            assert!(started.elapsed() < WAIT, "no confirmation was asked");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("no confirmation was asked", || async {
+            self.client.accept_alert().await.ok()
+        })
+        .await;
     }
 
     async fn script(&self, js: &str) -> Value {
@@ -382,17 +390,12 @@ async fn the_dashboard_works_in_a_real_browser() {
     // Fork from version 0: a new session whose state is version 0's.
     b.click("li.version[data-version='0'] button.fork").await;
     b.accept().await;
-    let started = std::time::Instant::now();
-    let fork = loop {
-        let url = b.client.current_url().await.unwrap();
-        let fragment = url.fragment().unwrap_or_default().to_owned();
-        match fragment.strip_prefix("/sessions/") {
-            Some(f) if f != id => break f.to_owned(),
-            _ => {}
-        }
-        assert!(started.elapsed() < WAIT, "no fork was opened");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let fork = eventually("no fork was opened", || async {
+        let url = b.client.current_url().await.ok()?;
+        let fork = url.fragment()?.strip_prefix("/sessions/")?.to_owned();
+        (fork != id).then_some(fork)
+    })
+    .await;
     b.wait_for_text("h1", &fork).await;
     let forked = srv
         .api(Method::GET, &format!("/v1/sessions/{fork}"), None)
@@ -433,11 +436,8 @@ async fn the_dashboard_works_in_a_real_browser() {
     b.shot("keys").await;
 
     // The webhook's deliveries: the session's events reached the receiver.
-    let started = std::time::Instant::now();
-    while srv.delivered.load(Ordering::SeqCst) == 0 {
-        assert!(started.elapsed() < WAIT, "no webhook was delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let delivered = || async { (srv.delivered.load(Ordering::SeqCst) > 0).then_some(()) };
+    eventually("no webhook was delivered", delivered).await;
     b.client
         .goto(&format!("{dashboard}#/webhooks"))
         .await
@@ -449,11 +449,8 @@ async fn the_dashboard_works_in_a_real_browser() {
     // A retry sends the event again.
     let before = srv.delivered.load(Ordering::SeqCst);
     b.click("#delivery-list tr.delivery button.retry").await;
-    let started = std::time::Instant::now();
-    while srv.delivered.load(Ordering::SeqCst) == before {
-        assert!(started.elapsed() < WAIT, "the retry was not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let again = || async { (srv.delivered.load(Ordering::SeqCst) > before).then_some(()) };
+    eventually("the retry was not delivered", again).await;
 
     // Memories searched, with their scores.
     b.client
