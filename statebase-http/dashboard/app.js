@@ -140,6 +140,8 @@ function signIn() {
     } catch (err) {
       sessionStorage.removeItem(KEY);
       say(err.message);
+      input.select();
+      input.focus();
     }
   } }, h("label", {}, "API key", input), h("button", { class: "primary", type: "submit" }, "Sign in"));
   show(h("h1", { tabindex: -1 }, "Sign in"),

@@ -310,12 +310,18 @@ async fn the_dashboard_works_in_a_real_browser() {
     b.click("form button[type=submit]").await;
     b.wait_for_text("#notice", "not accepted").await;
     b.shot("sign-in-refused").await;
+    // The key field has the focus again, for the next try.
+    let focused = b.script("return document.activeElement.id").await;
+    assert_eq!(focused, json!("api-key"));
 
     // Sign in; the session is listed.
     let input = b.wait_for("#api-key").await;
     input.clear().await.unwrap();
-    input.send_keys(KEY).await.unwrap();
-    b.click("form button[type=submit]").await;
+    // Enter signs in.
+    input
+        .send_keys(&format!("{KEY}{}", char::from(fantoccini::key::Key::Enter)))
+        .await
+        .unwrap();
     // Newest first, 20 a page: it is on the second page, and first when filtered by agent.
     let ours = format!("tr[data-session='{id}']");
     b.wait_for("#sessions").await;
