@@ -507,3 +507,46 @@ async fn the_dashboard_works_in_a_real_browser() {
     b.shot("rate-limited").await;
     browser.client.clone().close().await.unwrap();
 }
+
+/// Without a browser: the root names the dashboard, and its page and assets come with a
+/// policy that runs no script but its own, in no frame.
+#[tokio::test]
+async fn the_dashboard_is_served_under_a_strict_policy() {
+    let srv = Server::start(10_000, 10_000).await;
+    let root: Value = reqwest::get(format!("{}/", srv.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(root["dashboard"], "/dashboard");
+    for (path, kind) in [
+        ("/dashboard", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let r = reqwest::get(format!("{}{path}", srv.url)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        let policy = header("content-security-policy");
+        for rule in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(rule), "{path}: {policy}");
+        }
+        assert_eq!(header("x-content-type-options"), "nosniff");
+    }
+    let missing = reqwest::get(format!("{}/dashboard/nope.js", srv.url))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -39,6 +39,8 @@ pub struct RootOut {
     health: &'static str,
     /// This server's OpenAPI document.
     openapi: &'static str,
+    /// The dashboard, a web app for people.
+    dashboard: &'static str,
 }
 
 /// The server's name and where its API is (no key needed).
@@ -50,6 +52,7 @@ pub async fn root() -> Reply {
         api: "/v1",
         health: "/health",
         openapi: "/openapi.json",
+        dashboard: "/dashboard",
     })
 }
 
