@@ -173,12 +173,15 @@ async function sessions(params) {
 
 async function session(id) {
   const path = `/v1/sessions/${encodeURIComponent(id)}`;
-  const [s, history, turns] = await Promise.all([
+  // The latest versions and turns (states can be large): earlier versions on request.
+  const PAGE = 50;
+  const [s, history, latest] = await Promise.all([
     api("GET", path),
-    api("GET", `${path}/history?from_version=0&limit=1000`),
-    api("GET", `${path}/turns?limit=100&order=asc`),
+    api("GET", `${path}/history?limit=${PAGE}`),
+    api("GET", `${path}/turns?limit=100&order=desc`),
   ]);
-  const versions = [...history.data].sort((a, b) => a.version - b.version);
+  let versions = [...history.data].sort((a, b) => a.version - b.version);
+  const turns = [...latest.data].reverse();
   const byVersion = new Map(versions.map((v) => [v.version, v]));
   const picked = [];
   const compare = h("div", { id: "compare" });
@@ -227,15 +230,32 @@ async function session(id) {
       h("span", { class: "muted" }, when(t.created_at))),
     h("p", {}, "In: ", t.input_preview), h("p", {}, "Out: ", t.output_preview),
     t.reasoning ? h("p", { class: "muted" }, "Reasoning: ", t.reasoning) : null);
+  const timeline = h("ol", { class: "timeline", id: "timeline" });
+  const earlier = h("button", { id: "earlier-versions", onclick: async () => {
+    const first = versions[0].version;
+    const from = Math.max(0, first - PAGE);
+    try {
+      const more = await api("GET", `${path}/history?from_version=${from}&limit=${first - from}`);
+      for (const v of more.data) byVersion.set(v.version, v);
+      versions = [...byVersion.values()].sort((a, b) => a.version - b.version);
+      renderTimeline();
+    } catch (err) { say(err.message); }
+  } }, "Earlier versions");
   // Turns go right after the version they wrote, others where their time falls.
-  const items = [];
-  const pending = [...turns.data];
-  for (const v of versions) {
-    while (pending.length && pending[0].state_version === null && pending[0].created_at < v.created_at) items.push(turnItem(pending.shift()));
-    items.push(versionItem(v));
-    while (pending.length && pending[0].state_version === v.version) items.push(turnItem(pending.shift()));
-  }
-  items.push(...pending.map(turnItem));
+  const renderTimeline = () => {
+    const items = [];
+    const first = versions[0];
+    const pending = turns.filter((t) => t.created_at >= first.created_at || (t.state_version ?? -1) >= first.version);
+    for (const v of versions) {
+      while (pending.length && pending[0].state_version === null && pending[0].created_at < v.created_at) items.push(turnItem(pending.shift()));
+      items.push(versionItem(v));
+      while (pending.length && pending[0].state_version === v.version) items.push(turnItem(pending.shift()));
+    }
+    items.push(...pending.map(turnItem));
+    timeline.replaceChildren(...items);
+    earlier.hidden = versions[0].version === 0;
+  };
+  renderTimeline();
   show(h("h1", { tabindex: -1 }, `Session ${s.id}`),
     h("div", { class: "card" },
       h("p", {}, `Agent ${s.agent_id} · user ${s.user_id ?? "—"} · version ${s.version} · `,
@@ -243,7 +263,7 @@ async function session(id) {
       h("p", { class: "muted" }, `Updated ${when(s.updated_at)} · expires ${when(s.ttl_expires_at)}`)),
     h("h2", {}, "Current state"), h("div", { class: "card", id: "state" }, tree(s.state)),
     h("h2", {}, "Compare"), compare,
-    h("h2", {}, "Timeline"), h("ol", { class: "timeline", id: "timeline" }, items));
+    h("h2", {}, "Timeline"), earlier, timeline);
 }
 
 async function memories(params) {

@@ -488,9 +488,42 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(fits, json!(true), "the page scrolls sideways at 390 px");
     b.shot("session-phone").await;
 
+    // A long history opens at its latest 50 versions; earlier ones load on request.
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    let long = srv
+        .api(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "long"})),
+        )
+        .await;
+    let long = long["id"].as_str().unwrap();
+    for i in 1..=55 {
+        let path = format!("/v1/sessions/{long}/state");
+        srv.api(Method::PATCH, &path, Some(json!({"state": {"i": i}})))
+            .await;
+    }
+    b.client
+        .goto(&format!("{dashboard}#/sessions/{long}"))
+        .await
+        .unwrap();
+    b.wait_for("li.version[data-version='55']").await;
+    let shown = b.client.find_all(Locator::Css("li.version")).await.unwrap();
+    assert_eq!(shown.len(), 50);
+    b.click("#earlier-versions").await;
+    b.wait_for("li.version[data-version='0']").await;
+    let shown = b.client.find_all(Locator::Css("li.version")).await.unwrap();
+    assert_eq!(shown.len(), 56);
+    let more = b.wait_for("#earlier-versions").await;
+    assert!(
+        !more.is_displayed().await.unwrap(),
+        "nothing earlier to load"
+    );
+    b.wait_for_text("li.version[data-version='6'] details", "version 5")
+        .await;
+
     // A key past its rate limit: the page says when to try again.
     let slow = Server::start(60, 3).await;
-    b.client.set_window_size(1280, 1000).await.unwrap();
     b.click("#sign-out").await;
     b.client
         .goto(&format!("{}/dashboard", slow.url))
