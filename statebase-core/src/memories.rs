@@ -127,15 +127,19 @@ impl<S: Store> StateBase<S> {
             let mut fresh = Vec::new();
             for (r, vector) in stale.into_iter().zip(vectors) {
                 let m = &r.memory;
-                self.store()
-                    .set_embedding(&self.tenant, &m.id, m.version, model, vector)
+                let written = self
+                    .store()
+                    .set_embedding(&self.tenant, &m.id, m.version, model, vector.clone())
                     .await?;
                 // Not written if the memory changed meanwhile: that change embedded it.
-                if let Some(now) = self.store().memory(&self.tenant, &m.id).await? {
-                    count += u64::from(now.memory.version == m.version);
+                if written {
+                    let mut now = r.clone();
+                    now.memory.embedding_model = Some(model.to_owned());
+                    now.embedding = Some(vector);
                     fresh.push(now);
                 }
             }
+            count += fresh.len() as u64;
             self.shared
                 .indexes
                 .update(&self.tenant, |index| {

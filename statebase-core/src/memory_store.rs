@@ -492,15 +492,17 @@ impl MemoryRecords for MemoryStore {
         version: u64,
         model: &str,
         vector: Vec<f32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut inner = self.inner.lock();
-        if let Some(stored) = inner.memories.get_mut(&key(tenant, id)) {
-            if stored.record.memory.version == version {
-                stored.record.memory.embedding_model = Some(model.to_owned());
-                stored.record.embedding = Some(vector);
-            }
+        let Some(stored) = inner.memories.get_mut(&key(tenant, id)) else {
+            return Ok(false);
+        };
+        if stored.record.memory.version != version {
+            return Ok(false);
         }
-        Ok(())
+        stored.record.memory.embedding_model = Some(model.to_owned());
+        stored.record.embedding = Some(vector);
+        Ok(true)
     }
 
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {

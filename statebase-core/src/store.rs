@@ -461,7 +461,8 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// key.
     async fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord>;
 
-    /// Replaces the vector of the memory if it is still at `version` (else does nothing).
+    /// Replaces the vector of the memory if it is still at `version`, and says whether it
+    /// did (not if the memory changed or went meanwhile).
     async fn set_embedding(
         &self,
         tenant: &str,
@@ -469,7 +470,7 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
         version: u64,
         model: &str,
         vector: Vec<f32>,
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Deletes the memory and its revisions, lowers its session's `memory_count`, writes the
     /// trace, and returns it. `NotFound` if it does not exist.
@@ -672,7 +673,7 @@ macro_rules! store_methods {
                 fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
                 fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
                 fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord>;
-                fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<()>;
+                fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<bool>;
                 fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord>;
                 fn list_memories(&self, tenant: &str, query: &MemoryQuery) -> Result<Vec<MemoryRecord>>;
                 fn count_memories(&self, tenant: &str) -> Result<u64>;

@@ -22,23 +22,14 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 
 /// `/dashboard` and its assets (no key needed: the page asks for one).
 pub fn router() -> Router<AppState> {
+    let page = || async { asset("text/html; charset=utf-8", INDEX) };
+    let script = || async { asset("text/javascript; charset=utf-8", APP_JS) };
+    let styles = || async { asset("text/css; charset=utf-8", APP_CSS) };
     Router::new()
-        .route(
-            "/dashboard",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/dashboard/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/dashboard/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/dashboard/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
+        .route("/dashboard", get(page))
+        .route("/dashboard/", get(page))
+        .route("/dashboard/app.js", get(script))
+        .route("/dashboard/app.css", get(styles))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

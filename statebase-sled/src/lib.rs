@@ -271,7 +271,7 @@ impl MemoryRecords for SledStore {
         version: u64,
         model: &str,
         vector: Vec<f32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let result = self
             .trees
             .set_embedding(tenant, id, version, model, &vector);

@@ -772,19 +772,20 @@ impl Trees {
         version: u64,
         model: &str,
         vector: &[f32],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.transact(|r, _, _| {
             let Some(v) = r.get(memory_key(tenant, id))? else {
-                return Ok(());
+                return Ok(false);
             };
             let mut rec = decode_memory(&v).map_err(abort_now)?;
-            if rec.memory.version == version {
-                rec.memory.embedding_model = Some(model.to_owned());
-                rec.embedding = Some(vector.to_vec());
-                let value = encode_memory(&rec).map_err(abort_now)?;
-                r.insert(memory_key(tenant, id), value)?;
+            if rec.memory.version != version {
+                return Ok(false);
             }
-            Ok(())
+            rec.memory.embedding_model = Some(model.to_owned());
+            rec.embedding = Some(vector.to_vec());
+            let value = encode_memory(&rec).map_err(abort_now)?;
+            r.insert(memory_key(tenant, id), value)?;
+            Ok(true)
         })
     }
 

@@ -163,3 +163,64 @@ async fn format_3_server_records_move_to_their_own_keys() {
         Some(&FORMAT_VERSION.to_be_bytes()[..])
     );
 }
+
+/// Deleting an endpoint removes it, then its deliveries: a process killed between the two
+/// leaves deliveries of an endpoint that is gone. They are not listed, and pruning removes
+/// them.
+#[tokio::test]
+async fn deliveries_a_crash_left_behind_are_not_listed_and_are_pruned() {
+    use statebase_core::store::DeliveryRecord;
+    use statebase_core::{ServerRecords, WebhookEndpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orphans.sled");
+    {
+        let store = SledStore::open(&path).unwrap();
+        let endpoint = WebhookEndpoint {
+            id: "wh_kept".into(),
+            tenant: "t".into(),
+            url: "https://example.com/".into(),
+            events: vec![],
+            secret: "whsec_0123456789abcdef".into(),
+            created_at: statebase_core::Timestamp::UNIX_EPOCH,
+        };
+        store.put_webhook(endpoint).await.unwrap();
+        let owed = DeliveryRecord {
+            endpoint_id: "wh_kept".into(),
+            position: 1,
+            done_at: None,
+            body: b"{}".to_vec(),
+        };
+        store.put_deliveries(vec![owed], None).await.unwrap();
+    }
+    {
+        // What the crash left: an owed delivery (format 4: `L` str(endpoint) u64(position)
+        // -> 0, body) of an endpoint that is gone.
+        let db = sled::open(&path).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let mut key = vec![b'L'];
+        key.extend_from_slice(&7u32.to_be_bytes());
+        key.extend_from_slice(b"wh_gone");
+        key.extend_from_slice(&3u64.to_be_bytes());
+        records.insert(key, &b"\x00{}"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    let listed: Vec<String> = store
+        .deliveries(None, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.endpoint_id)
+        .collect();
+    assert_eq!(listed, ["wh_kept"]);
+    let far_past = statebase_core::Timestamp::UNIX_EPOCH;
+    assert_eq!(
+        store.prune_deliveries(far_past).await.unwrap(),
+        1,
+        "the orphan"
+    );
+    drop(store);
+    let db = sled::open(&path).unwrap();
+    let records = db.open_tree("records").unwrap();
+    assert_eq!(records.scan_prefix([b'L']).count(), 1, "only the kept one");
+}

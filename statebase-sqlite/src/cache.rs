@@ -167,6 +167,11 @@ impl SessionCache {
         }
     }
 
+    /// Whether it keeps anything: when not, writes need not build their changes.
+    pub fn is_on(&self) -> bool {
+        self.entries.is_some()
+    }
+
     fn get(&self, tenant: &str, id: &str) -> Option<Arc<Entry>> {
         self.entries.as_ref()?.get(&KeyRef(tenant, id))
     }
@@ -184,12 +189,12 @@ impl SessionCache {
     }
 
     /// Keeps `record`, read after `ticket` was given, unless a commit came since.
-    pub fn fill(&self, ticket: Ticket, tenant: &str, record: SessionRecord) {
+    pub fn fill(&self, ticket: Ticket, tenant: &str, record: &SessionRecord) {
         let Some(entries) = &self.entries else { return };
         let epoch = self.epoch.lock();
         if *epoch == ticket.0 {
             let key = (tenant.to_owned(), record.session.id.clone());
-            entries.insert(key, Arc::new(Entry::new(record, None)));
+            entries.insert(key, Arc::new(Entry::new(record.clone(), None)));
         }
     }
 
@@ -332,12 +337,12 @@ mod tests {
             tenant: "t".into(),
             id: "other".into(),
         }]);
-        cache.fill(before, "t", record("s", 1, 0));
+        cache.fill(before, "t", &record("s", 1, 0));
         assert!(cache.session("t", "s").is_err(), "filled across a commit");
         let Err(after) = cache.session("t", "s") else {
             panic!("empty cache hit")
         };
-        cache.fill(after, "t", record("s", 1, 0));
+        cache.fill(after, "t", &record("s", 1, 0));
         assert_eq!(cache.session("t", "s").unwrap().session.version, 1);
         assert!(cache.session("u", "s").is_err(), "another tenant's session");
         // A read filled before a commit is replaced by it.

@@ -216,7 +216,11 @@ impl SqliteStore {
         change: impl FnOnce(&R) -> Option<Change> + Send + 'static,
     ) -> Result<R, SqliteError> {
         let cache = Arc::clone(&self.inner.sessions);
-        let on_commit = move |r: &R| cache.committed(change(r).into_iter().collect());
+        let on_commit = move |r: &R| {
+            if cache.is_on() {
+                cache.committed(change(r).into_iter().collect());
+            }
+        };
         self.inner.writer.write(write, on_commit).await
     }
 
@@ -241,13 +245,13 @@ fn no_change<R>(_: &R) -> Option<Change> {
     None
 }
 
-/// The session as `tenant`'s write stored it.
-fn stored(tenant: String) -> impl FnOnce(&SessionRecord) -> Option<Change> {
+/// The session as `tenant`'s write stored it, with the turn it added, if any.
+fn stored(tenant: String, turn: Option<Turn>) -> impl FnOnce(&SessionRecord) -> Option<Change> {
     move |record| {
         Some(Change::Stored {
             tenant,
             record: record.clone(),
-            turn: None,
+            turn,
         })
     }
 }
@@ -260,14 +264,13 @@ fn changed(tenant: String, id: String) -> Option<Change> {
 #[async_trait]
 impl SessionLog for SqliteStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
-        let (t, record) = (tenant.to_owned(), new.record.clone());
-        let change = stored(tenant.to_owned());
-        Ok(self
-            .write(
-                move |c| sql::create_session(c, &t, &new),
-                move |()| change(&record),
-            )
-            .await?)
+        let t = tenant.to_owned();
+        let write = move |c: &Connection| {
+            sql::create_session(c, &t, &new)?;
+            Ok(new.record)
+        };
+        self.write(write, stored(tenant.to_owned(), None)).await?;
+        Ok(())
     }
 
     async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
@@ -279,7 +282,7 @@ impl SessionLog for SqliteStore {
         let (t, i) = (tenant.to_owned(), id.to_owned());
         let found = self.read(move |c| sql::session(c, &t, &i)).await?;
         if let Some(record) = &found {
-            cache.fill(ticket, tenant, record.clone());
+            cache.fill(ticket, tenant, record);
         }
         Ok(found)
     }
@@ -298,14 +301,14 @@ impl SessionLog for SqliteStore {
     async fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), update.session_id.clone());
         let write = move |c: &Connection| sql::update_session(c, &t, &update);
-        let result = self.write(write, stored(tenant.to_owned())).await;
+        let result = self.write(write, stored(tenant.to_owned(), None)).await;
         Ok(self.unless_refused(tenant, &id, result)?)
     }
 
     async fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), append.session_id.clone());
         let write = move |c: &Connection| sql::append_version(c, &t, &append);
-        let result = self.write(write, stored(tenant.to_owned())).await;
+        let result = self.write(write, stored(tenant.to_owned(), None)).await;
         Ok(self.unless_refused(tenant, &id, result)?)
     }
 
@@ -353,15 +356,8 @@ impl SessionLog for SqliteStore {
 
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord> {
         let (t, id) = (tenant.to_owned(), append.turn.session_id.clone());
-        let (owner, turn) = (tenant.to_owned(), append.turn.clone());
+        let change = stored(tenant.to_owned(), Some(append.turn.clone()));
         let write = move |c: &Connection| sql::append_turn(c, &t, &append);
-        let change = move |record: &SessionRecord| {
-            Some(Change::Stored {
-                tenant: owner,
-                record: record.clone(),
-                turn: Some(turn),
-            })
-        };
         let result = self.write(write, change).await;
         Ok(self.unless_refused(tenant, &id, result)?)
     }
@@ -431,7 +427,7 @@ impl MemoryRecords for SqliteStore {
         version: u64,
         model: &str,
         vector: Vec<f32>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let (t, i, model) = (tenant.to_owned(), id.to_owned(), model.to_owned());
         let write = move |c: &Connection| sql::set_embedding(c, &t, &i, version, &model, &vector);
         Ok(self.write(write, no_change).await?)

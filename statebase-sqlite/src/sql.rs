@@ -119,12 +119,11 @@ fn read_session(r: &Row<'_>) -> Res<SessionRecord> {
 }
 
 pub fn session(conn: &Connection, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
-    first(
-        conn,
-        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?1 AND id = ?2"),
-        params![tenant, id],
-        read_session,
-    )
+    // Built once: every read that misses the sessions cache runs it.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant = ?1 AND id = ?2")
+    });
+    first(conn, &SQL, params![tenant, id], read_session)
 }
 
 /// `UPDATE sessions SET {set} WHERE tenant = ?1 AND id = ?2`, bumping the revision, and
@@ -944,19 +943,20 @@ pub fn set_embedding(
     version: u64,
     model: &str,
     vector: &[f32],
-) -> Res<()> {
-    conn.prepare_cached(
-        "UPDATE memories SET embedding_model = ?4, embedding = ?5
-         WHERE tenant = ?1 AND id = ?2 AND version = ?3",
-    )?
-    .execute(params![
-        tenant,
-        id,
-        int(version)?,
-        model,
-        vector_blob(vector)
-    ])?;
-    Ok(())
+) -> Res<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE memories SET embedding_model = ?4, embedding = ?5
+             WHERE tenant = ?1 AND id = ?2 AND version = ?3",
+        )?
+        .execute(params![
+            tenant,
+            id,
+            int(version)?,
+            model,
+            vector_blob(vector)
+        ])?;
+    Ok(changed > 0)
 }
 
 pub fn delete_memory(

@@ -947,6 +947,48 @@ pub async fn turns_and_memories_survive_reopen<F: StoreFactory>(factory: F) {
     assert_eq!(now.version, m.version);
 }
 
+/// A vector is set only on the version it was made for: not once the memory changed, not on
+/// a memory that is gone, not on another tenant's; each call says whether it wrote.
+pub async fn a_vector_is_set_only_on_its_version<F: StoreFactory>(factory: F) {
+    let env = Env::new(factory).await;
+    let sb = env.sb();
+    let s = session(sb, None).await;
+    let m = remember(sb, &s.id, "Likes green tea").await;
+    let store = sb.store();
+    let tenant = crate::DEFAULT_TENANT;
+    let vector = || vec![0.0; sb.config().embedder.dimensions()];
+    let set = |tenant: &'static str, id: String, version: u64| async move {
+        store
+            .set_embedding(tenant, &id, version, "model-b", vector())
+            .await
+            .unwrap()
+    };
+    assert!(
+        !set("another-tenant", m.id.clone(), 1).await,
+        "another tenant's"
+    );
+    assert!(
+        !set(tenant, m.id.clone(), 2).await,
+        "a version it is not at"
+    );
+    assert!(set(tenant, m.id.clone(), 1).await);
+    let read = store.memory(tenant, &m.id).await.unwrap().unwrap();
+    assert_eq!(read.memory.embedding_model.as_deref(), Some("model-b"));
+    let update = UpdateMemory {
+        content: Some("Likes black tea".into()),
+        ..Default::default()
+    };
+    sb.update_memory(&m.id, update).await.unwrap();
+    assert!(!set(tenant, m.id.clone(), 1).await, "an old version");
+    let read = store.memory(tenant, &m.id).await.unwrap().unwrap();
+    assert_eq!(
+        read.memory.embedding_model, m.embedding_model,
+        "overwritten"
+    );
+    sb.delete_memory(&m.id).await.unwrap();
+    assert!(!set(tenant, m.id.clone(), 2).await, "a deleted memory");
+}
+
 /// Turn and memory changes each write one trace with their resource.
 pub async fn turn_and_memory_changes_are_traced<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;

@@ -220,6 +220,7 @@ macro_rules! conformance_suite {
             session_delete_takes_turns_and_memories,
             context_gathers_state_memories_and_turns,
             turns_and_memories_survive_reopen,
+            a_vector_is_set_only_on_its_version,
             turn_and_memory_changes_are_traced,
             api_keys_authenticate_until_revoked,
         );

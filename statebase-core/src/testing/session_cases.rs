@@ -152,39 +152,31 @@ pub async fn create_session_rejects_bad_input<F: StoreFactory>(factory: F) {
     assert_eq!(all_sessions(sb).await.len(), 1);
 }
 
+/// Every call that takes a session id answers `session_not_found` for `id`.
+async fn every_session_call_is_not_found<S: Store>(sb: &StateBase<S>, id: &str) {
+    let not_found = "session_not_found";
+    assert_eq!(code(sb.get_session(id).await), not_found);
+    let update = sb.update_session(id, UpdateSession::default()).await;
+    assert_eq!(code(update), not_found);
+    let write = || StateWrite::new(json!({}));
+    assert_eq!(code(sb.replace_state(id, write()).await), not_found);
+    assert_eq!(code(sb.merge_state(id, write()).await), not_found);
+    assert_eq!(code(sb.state_at(id, 0).await), not_found);
+    let history = sb.history(id, HistoryQuery::default()).await;
+    assert_eq!(code(history), not_found);
+    assert_eq!(code(sb.diff(id, 0, 0).await), not_found);
+    let rollback = sb.rollback(id, RollbackTo::default()).await;
+    assert_eq!(code(rollback), not_found);
+    assert_eq!(code(sb.fork(id, ForkFrom::default()).await), not_found);
+    assert_eq!(code(sb.delete_session(id).await), not_found);
+}
+
 /// Unknown ids are `session_not_found` for every call that takes one.
 pub async fn unknown_session_is_not_found<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let sb = env.sb();
     let id = "sess_doesnotexist";
-    assert_eq!(code(sb.get_session(id).await), "session_not_found");
-    assert_eq!(
-        code(sb.replace_state(id, StateWrite::new(json!({}))).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(sb.merge_state(id, StateWrite::new(json!({}))).await),
-        "session_not_found"
-    );
-    assert_eq!(code(sb.state_at(id, 0).await), "session_not_found");
-    assert_eq!(
-        code(sb.history(id, HistoryQuery::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(code(sb.diff(id, 0, 0).await), "session_not_found");
-    assert_eq!(
-        code(sb.rollback(id, RollbackTo::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(sb.fork(id, ForkFrom::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(sb.update_session(id, UpdateSession::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(code(sb.delete_session(id).await), "session_not_found");
+    every_session_call_is_not_found(sb, id).await;
     assert_eq!(code(sb.get_trace("trace_nope").await), "trace_not_found");
 }
 
@@ -1027,35 +1019,8 @@ pub async fn tenants_are_isolated<F: StoreFactory>(factory: F) {
     let id = s.id.as_str();
     a.get_memory(&m.id).await.unwrap();
     assert_eq!(code(b.get_memory(&m.id).await), "memory_not_found");
-    assert_eq!(code(b.get_session(id).await), "session_not_found");
+    every_session_call_is_not_found(&b, id).await;
     assert!(all_sessions(&b).await.is_empty());
-    assert_eq!(
-        code(b.update_session(id, UpdateSession::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(b.replace_state(id, StateWrite::new(json!({}))).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(b.merge_state(id, StateWrite::new(json!({}))).await),
-        "session_not_found"
-    );
-    assert_eq!(code(b.state_at(id, 0).await), "session_not_found");
-    assert_eq!(
-        code(b.history(id, HistoryQuery::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(code(b.diff(id, 0, 0).await), "session_not_found");
-    assert_eq!(
-        code(b.rollback(id, RollbackTo::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(
-        code(b.fork(id, ForkFrom::default()).await),
-        "session_not_found"
-    );
-    assert_eq!(code(b.delete_session(id).await), "session_not_found");
     let q = ListSessions {
         starting_after: Some(s.id.clone()),
         ..Default::default()
