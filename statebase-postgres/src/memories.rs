@@ -1,0 +1,278 @@
+//! Memories with their revisions and vectors (a pgvector column).
+
+use crate::query::{self, get_uint, int, Filtered, Res};
+use crate::sessions::touch_session;
+use crate::traces::insert_trace;
+use crate::{PostgresError, PostgresStore};
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use pgvector::Vector;
+use statebase_core::store::*;
+use statebase_core::{Error, Memory, MemoryRevision, Object, ResourceKind, Result, Trace};
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+
+const COLUMNS: &str = "id, session_id, user_id, content, memory_type, tags, metadata, \
+     version, embedding_model, embedding, dedupe_key, created_at, updated_at";
+
+fn read_memory(r: &Row) -> Res<MemoryRecord> {
+    Ok(MemoryRecord {
+        memory: Memory {
+            id: r.try_get("id")?,
+            session_id: r.try_get("session_id")?,
+            user_id: r.try_get("user_id")?,
+            content: r.try_get("content")?,
+            memory_type: r.try_get("memory_type")?,
+            tags: r.try_get("tags")?,
+            metadata: r.try_get::<_, Json<Object>>("metadata")?.0,
+            version: get_uint(r, "version")?,
+            embedding_model: r.try_get("embedding_model")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        },
+        embedding: r.try_get::<_, Option<Vector>>("embedding")?.map(Vec::from),
+        dedupe_key: r.try_get("dedupe_key")?,
+    })
+}
+
+async fn memory(c: &impl GenericClient, tenant: &str, id: &str) -> Res<Option<MemoryRecord>> {
+    let found = query::row(
+        c,
+        &format!("SELECT {COLUMNS} FROM memories WHERE tenant = $1 AND id = $2"),
+        &[&tenant, &id],
+    )
+    .await?;
+    found.as_ref().map(read_memory).transpose()
+}
+
+async fn memory_by_key(
+    c: &impl GenericClient,
+    tenant: &str,
+    key: &str,
+) -> Res<Option<MemoryRecord>> {
+    let found = query::row(
+        c,
+        &format!("SELECT {COLUMNS} FROM memories WHERE tenant = $1 AND dedupe_key = $2"),
+        &[&tenant, &key],
+    )
+    .await?;
+    found.as_ref().map(read_memory).transpose()
+}
+
+async fn insert_revision(c: &impl GenericClient, tenant: &str, m: &Memory) -> Res<()> {
+    query::execute(
+        c,
+        "INSERT INTO memory_revisions (tenant, memory_id, version, body) VALUES ($1, $2, $3, $4)",
+        &[
+            &tenant,
+            &m.id,
+            &int(m.version)?,
+            &Json(MemoryRevision::of(m)),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl MemoryRecords for PostgresStore {
+    async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
+        let m = &new.record.memory;
+        loop {
+            let mut conn = self.conn().await?;
+            let tx = conn.transaction().await.map_err(PostgresError::from)?;
+            if let Some(session_id) = &m.session_id {
+                touch_session(&tx, tenant, session_id, 1).await?;
+            }
+            let inserted = query::execute(
+                &tx,
+                &format!(
+                    "INSERT INTO memories (tenant, {COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                     ON CONFLICT (tenant, dedupe_key) DO NOTHING"
+                ),
+                &[
+                    &tenant,
+                    &m.id,
+                    &m.session_id,
+                    &m.user_id,
+                    &m.content,
+                    &m.memory_type,
+                    &m.tags,
+                    &Json(&m.metadata),
+                    &int(m.version)?,
+                    &m.embedding_model,
+                    &new.record.embedding.clone().map(Vector::from),
+                    &new.record.dedupe_key,
+                    &m.created_at,
+                    &m.updated_at,
+                ],
+            )
+            .await?;
+            if inserted == 1 {
+                insert_revision(&tx, tenant, m).await?;
+                insert_trace(&tx, tenant, &new.trace).await?;
+                tx.commit().await.map_err(PostgresError::from)?;
+                return Ok(None);
+            }
+            // The session's count goes back with the rest.
+            tx.rollback().await.map_err(PostgresError::from)?;
+            // Else it went between the insert and the read: try again.
+            if let Some(existing) = memory_by_key(&conn, tenant, &new.record.dedupe_key).await? {
+                return Ok(Some(existing));
+            }
+        }
+    }
+
+    async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
+        let conn = self.conn().await?;
+        Ok(memory(&conn, tenant, id).await?)
+    }
+
+    async fn update_memory(&self, tenant: &str, u: MemoryUpdate) -> Result<MemoryRecord> {
+        let m = &u.record.memory;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let other = query::row(
+            &tx,
+            "SELECT id FROM memories WHERE tenant = $1 AND dedupe_key = $2 AND id <> $3",
+            &[&tenant, &u.record.dedupe_key, &m.id],
+        )
+        .await?;
+        if let Some(other) = other {
+            let other = other.try_get("id").map_err(PostgresError::from)?;
+            return Err(Error::DuplicateContent { other });
+        }
+        let changed = query::execute(
+            &tx,
+            "UPDATE memories SET content = $4, memory_type = $5, tags = $6, metadata = $7,
+                 version = $8, embedding_model = $9, embedding = $10, dedupe_key = $11,
+                 updated_at = $12
+             WHERE tenant = $1 AND id = $2 AND version = $3",
+            &[
+                &tenant,
+                &m.id,
+                &int(u.expected_version)?,
+                &m.content,
+                &m.memory_type,
+                &m.tags,
+                &Json(&m.metadata),
+                &int(m.version)?,
+                &m.embedding_model,
+                &u.record.embedding.clone().map(Vector::from),
+                &u.record.dedupe_key,
+                &m.updated_at,
+            ],
+        )
+        .await?;
+        if changed == 0 {
+            let current = memory(&tx, tenant, &m.id)
+                .await?
+                .ok_or_else(|| Error::not_found(ResourceKind::Memory, &m.id))?;
+            return Err(Error::Conflict {
+                expected: u.expected_version,
+                actual: current.memory.version,
+            });
+        }
+        insert_revision(&tx, tenant, m).await?;
+        insert_trace(&tx, tenant, &u.trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        Ok(u.record)
+    }
+
+    async fn set_embedding(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        model: &str,
+        vector: Vec<f32>,
+    ) -> Result<bool> {
+        let conn = self.conn().await?;
+        let changed = query::execute(
+            &conn,
+            "UPDATE memories SET embedding_model = $4, embedding = $5
+             WHERE tenant = $1 AND id = $2 AND version = $3",
+            &[&tenant, &id, &int(version)?, &model, &Vector::from(vector)],
+        )
+        .await?;
+        Ok(changed > 0)
+    }
+
+    async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        // Its revisions go by ON DELETE CASCADE.
+        let gone = query::row(
+            &tx,
+            &format!("DELETE FROM memories WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"),
+            &[&tenant, &id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Memory, id))?;
+        let gone = read_memory(&gone)?;
+        if let Some(session_id) = &gone.memory.session_id {
+            touch_session(&tx, tenant, session_id, -1).await?;
+        }
+        insert_trace(&tx, tenant, &trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        Ok(gone)
+    }
+
+    async fn list_memories(&self, tenant: &str, q: &MemoryQuery) -> Result<Vec<MemoryRecord>> {
+        let mut f = Filtered::new(&format!("SELECT {COLUMNS} FROM memories"), "tenant", tenant);
+        f.before("created_at", "id", q.after.as_ref());
+        f.eq("session_id", q.session_id.as_ref());
+        f.eq("user_id", q.user_id.as_ref());
+        f.eq("memory_type", q.memory_type.as_ref());
+        if q.user_level_only {
+            f.and("session_id IS NULL");
+        }
+        if !q.tags.is_empty() {
+            let tags = f.bind(q.tags.clone());
+            f.and(&format!("tags && {tags}"));
+        }
+        let conn = self.conn().await?;
+        let found = f.newest_first(&conn, "created_at", "id", q.limit).await?;
+        Ok(found.iter().map(read_memory).collect::<Res<_>>()?)
+    }
+
+    async fn count_memories(&self, tenant: &str) -> Result<u64> {
+        Ok(self.count("memories", tenant).await?)
+    }
+
+    async fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            "SELECT body FROM memory_revisions WHERE tenant = $1 AND memory_id = $2
+             ORDER BY version",
+            &[&tenant, &id],
+        )
+        .await?;
+        let revisions = found
+            .iter()
+            .map(|r| Ok(r.try_get::<_, Json<MemoryRevision>>("body")?.0))
+            .collect::<Res<_>>()?;
+        Ok(revisions)
+    }
+
+    async fn scan_memories(
+        &self,
+        tenant: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS} FROM memories WHERE tenant = $1 AND id > $2
+                 ORDER BY id LIMIT $3"
+            ),
+            &[&tenant, &after_id.unwrap_or(""), &query::limit(limit)],
+        )
+        .await?;
+        Ok(found.iter().map(read_memory).collect::<Res<_>>()?)
+    }
+}

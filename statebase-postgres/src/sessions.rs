@@ -1,0 +1,499 @@
+//! Sessions with their state versions and turns.
+//!
+//! Every write is one transaction whose first statement is a compare-and-set `UPDATE` of
+//! the session row: it takes the row's lock, so concurrent writes to a session run one
+//! after the other, and a stale expectation changes no row (then a read says why).
+
+use crate::query::{self, clamp, get_uint, int, Filtered, Res};
+use crate::traces::insert_trace;
+use crate::{PostgresError, PostgresStore};
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use statebase_core::store::*;
+use statebase_core::{Error, Object, ResourceKind, Result, Session, Timestamp, Trace, Turn};
+use std::ops::Range;
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+
+const COLUMNS: &str = "id, agent_id, user_id, state, version, metadata, memory_count, \
+     turn_count, ttl_expires_at, created_at, updated_at, revision";
+
+/// The columns, with the state left out when the caller already has it.
+fn returning(state_known: bool) -> String {
+    if state_known {
+        COLUMNS.replacen("state", "'{}'::json AS state", 1)
+    } else {
+        COLUMNS.to_owned()
+    }
+}
+
+/// Sessions read at a time while a list filters by metadata.
+const METADATA_BATCH: usize = 256;
+
+/// The sessions of a list query, its metadata filter aside, after `after`.
+fn sessions_query(tenant: &str, q: &SessionQuery, after: Option<&Cursor>) -> Filtered {
+    let mut f = Filtered::new(&format!("SELECT {COLUMNS} FROM sessions"), "tenant", tenant);
+    f.before("created_at", "id", after);
+    f.time("ttl_expires_at", ">", q.live_at);
+    f.eq("agent_id", q.agent_id.as_ref());
+    f.eq("user_id", q.user_id.as_ref());
+    f.time("created_at", ">", q.created_after);
+    f.time("created_at", "<", q.created_before);
+    f
+}
+
+fn read_session(r: &Row) -> Res<SessionRecord> {
+    Ok(SessionRecord {
+        session: Session {
+            id: r.try_get("id")?,
+            agent_id: r.try_get("agent_id")?,
+            user_id: r.try_get("user_id")?,
+            state: r.try_get::<_, Json<Object>>("state")?.0,
+            version: get_uint(r, "version")?,
+            metadata: r.try_get::<_, Json<Object>>("metadata")?.0,
+            memory_count: get_uint(r, "memory_count")?,
+            turn_count: get_uint(r, "turn_count")?,
+            ttl_expires_at: r.try_get("ttl_expires_at")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        },
+        revision: get_uint(r, "revision")?,
+    })
+}
+
+pub async fn session(c: &impl GenericClient, tenant: &str, id: &str) -> Res<Option<SessionRecord>> {
+    let found = query::row(
+        c,
+        &format!("SELECT {COLUMNS} FROM sessions WHERE tenant = $1 AND id = $2"),
+        &[&tenant, &id],
+    )
+    .await?;
+    found.as_ref().map(read_session).transpose()
+}
+
+/// The numbers a write's preconditions check, or `NotFound`: read after a
+/// compare-and-set changed nothing, to say why.
+struct Counters {
+    version: u64,
+    turn_count: u64,
+    revision: u64,
+}
+
+async fn counters(c: &impl GenericClient, tenant: &str, id: &str) -> Res<Counters> {
+    let found = query::row(
+        c,
+        "SELECT version, turn_count, revision FROM sessions WHERE tenant = $1 AND id = $2",
+        &[&tenant, &id],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found(ResourceKind::Session, id))?;
+    Ok(Counters {
+        version: get_uint(&found, "version")?,
+        turn_count: get_uint(&found, "turn_count")?,
+        revision: get_uint(&found, "revision")?,
+    })
+}
+
+fn conflict(expected: u64, actual: u64) -> PostgresError {
+    Error::Conflict { expected, actual }.into()
+}
+
+/// Takes the session's row lock and bumps its revision if the session exists: what a write
+/// of something the session counts (a memory) does first. `NotFound` if it does not.
+pub async fn touch_session(
+    c: &impl GenericClient,
+    tenant: &str,
+    id: &str,
+    memory_count_change: i64,
+) -> Res<()> {
+    let changed = query::execute(
+        c,
+        "UPDATE sessions SET memory_count = greatest(memory_count + $3, 0),
+             revision = revision + 1
+         WHERE tenant = $1 AND id = $2",
+        &[&tenant, &id, &memory_count_change],
+    )
+    .await?;
+    if changed == 0 {
+        return Err(Error::not_found(ResourceKind::Session, id).into());
+    }
+    Ok(())
+}
+
+async fn insert_version(
+    c: &impl GenericClient,
+    tenant: &str,
+    session_id: &str,
+    v: &VersionRecord,
+) -> Res<()> {
+    query::execute(
+        c,
+        "INSERT INTO versions (tenant, session_id, version, created_at, body)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &tenant,
+            &session_id,
+            &int(v.version)?,
+            &v.created_at,
+            &v.body,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The version, turn and trace rows of an append whose session row was already written.
+async fn insert_rows(c: &impl GenericClient, tenant: &str, append: &AppendVersion) -> Res<()> {
+    insert_version(c, tenant, &append.session_id, &append.version).await?;
+    insert_trace(c, tenant, &append.trace).await
+}
+
+#[async_trait]
+impl SessionLog for PostgresStore {
+    async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
+        let s = &new.record.session;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let inserted = query::execute(
+            &tx,
+            &format!(
+                "INSERT INTO sessions (tenant, {COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[
+                &tenant,
+                &s.id,
+                &s.agent_id,
+                &s.user_id,
+                &Json(&s.state),
+                &int(s.version)?,
+                &Json(&s.metadata),
+                &int(s.memory_count)?,
+                &int(s.turn_count)?,
+                &s.ttl_expires_at,
+                &s.created_at,
+                &s.updated_at,
+                &int(new.record.revision)?,
+            ],
+        )
+        .await?;
+        if inserted == 0 {
+            return Err(
+                PostgresError::Corrupt(format!("session id {} already exists", s.id)).into(),
+            );
+        }
+        insert_version(&tx, tenant, &s.id, &new.initial).await?;
+        insert_trace(&tx, tenant, &new.trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        Ok(())
+    }
+
+    async fn session(&self, tenant: &str, id: &str) -> Result<Option<SessionRecord>> {
+        let conn = self.conn().await?;
+        Ok(session(&conn, tenant, id).await?)
+    }
+
+    async fn list_sessions(&self, tenant: &str, q: &SessionQuery) -> Result<Vec<SessionRecord>> {
+        let conn = self.conn().await?;
+        let Some(metadata) = q.metadata.as_ref().filter(|m| !m.is_empty()) else {
+            let found = sessions_query(tenant, q, q.after.as_ref())
+                .newest_first(&conn, "created_at", "id", q.limit)
+                .await?;
+            return Ok(found.iter().map(read_session).collect::<Res<_>>()?);
+        };
+        // Metadata is compared here, not in SQL: a `json` value cannot be compared there,
+        // and a key with a "\u0000" cannot even be named. So the other filters pick
+        // sessions a batch at a time, in list order, until `limit` of them match.
+        let batch = q.limit.max(METADATA_BATCH);
+        let (mut found, mut after) = (Vec::new(), q.after.clone());
+        loop {
+            let rows = sessions_query(tenant, q, after.as_ref())
+                .newest_first(&conn, "created_at", "id", batch)
+                .await?;
+            for r in &rows {
+                let record = read_session(r)?;
+                after = Some(Cursor {
+                    at: record.session.created_at,
+                    id: record.session.id.clone(),
+                });
+                if statebase_core::json::contains(&record.session.metadata, metadata) {
+                    found.push(record);
+                    if found.len() == q.limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if rows.len() < batch {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn update_session(&self, tenant: &str, u: SessionUpdate) -> Result<SessionRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let updated = query::row(
+            &tx,
+            &format!(
+                "UPDATE sessions SET metadata = $4, ttl_expires_at = $5, updated_at = $6,
+                     revision = revision + 1
+                 WHERE tenant = $1 AND id = $2 AND revision = $3 RETURNING {COLUMNS}"
+            ),
+            &[
+                &tenant,
+                &u.session_id,
+                &int(u.expected_revision)?,
+                &Json(&u.metadata),
+                &u.ttl_expires_at,
+                &u.updated_at,
+            ],
+        )
+        .await?;
+        let Some(updated) = updated else {
+            let current = counters(&tx, tenant, &u.session_id).await?;
+            return Err(conflict(u.expected_revision, current.revision).into());
+        };
+        insert_trace(&tx, tenant, &u.trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        Ok(read_session(&updated)?)
+    }
+
+    async fn append_version(&self, tenant: &str, a: AppendVersion) -> Result<SessionRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let updated = query::row(
+            &tx,
+            &format!(
+                "UPDATE sessions SET state = $4, version = $5, updated_at = $6,
+                     revision = revision + 1
+                 WHERE tenant = $1 AND id = $2 AND version = $3 RETURNING {}",
+                returning(true)
+            ),
+            &[
+                &tenant,
+                &a.session_id,
+                &int(a.expected_version)?,
+                &Json(&a.state),
+                &int(a.version.version)?,
+                &a.updated_at,
+            ],
+        )
+        .await?;
+        let Some(updated) = updated else {
+            let current = counters(&tx, tenant, &a.session_id).await?;
+            return Err(conflict(a.expected_version, current.version).into());
+        };
+        insert_rows(&tx, tenant, &a).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        let mut record = read_session(&updated)?;
+        record.session.state = a.state;
+        Ok(record)
+    }
+
+    async fn versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        range: Range<u64>,
+    ) -> Result<Vec<VersionRecord>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            "SELECT version, created_at, body FROM versions
+             WHERE tenant = $1 AND session_id = $2 AND version >= $3 AND version < $4
+             ORDER BY version",
+            &[&tenant, &session_id, &clamp(range.start), &clamp(range.end)],
+        )
+        .await?;
+        let versions = found
+            .iter()
+            .map(|r| {
+                Ok(VersionRecord {
+                    version: get_uint(r, "version")?,
+                    created_at: r.try_get("created_at")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect::<Res<_>>()?;
+        Ok(versions)
+    }
+
+    async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        // What it owns goes by ON DELETE CASCADE.
+        let gone = query::row(
+            &tx,
+            &format!("DELETE FROM sessions WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"),
+            &[&tenant, &id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Session, id))?;
+        insert_trace(&tx, tenant, &trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        Ok(read_session(&gone)?)
+    }
+
+    async fn count_sessions(
+        &self,
+        tenant: &str,
+        live_at: Timestamp,
+        changed_after: Timestamp,
+    ) -> Result<SessionCounts> {
+        let conn = self.conn().await?;
+        let counts = query::row(
+            &conn,
+            "SELECT count(*) AS sessions, coalesce(sum(turn_count), 0)::bigint AS turns,
+                 count(*) FILTER (WHERE updated_at > $3) AS changed
+             FROM sessions WHERE tenant = $1 AND ttl_expires_at > $2",
+            &[&tenant, &live_at, &changed_after],
+        )
+        .await?
+        .ok_or_else(|| PostgresError::Corrupt("an aggregate without a row".into()))?;
+        Ok(SessionCounts {
+            sessions: get_uint(&counts, "sessions")?,
+            turns: get_uint(&counts, "turns")?,
+            changed: get_uint(&counts, "changed")?,
+        })
+    }
+
+    async fn expired_sessions(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(String, SessionRecord)>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            &format!(
+                "SELECT tenant, {COLUMNS} FROM sessions WHERE ttl_expires_at <= $1
+                 ORDER BY ttl_expires_at LIMIT $2"
+            ),
+            &[&now, &query::limit(limit)],
+        )
+        .await?;
+        let expired = found
+            .iter()
+            .map(|r| Ok((r.try_get("tenant")?, read_session(r)?)))
+            .collect::<Res<_>>()?;
+        Ok(expired)
+    }
+
+    async fn append_turn(&self, tenant: &str, a: AppendTurn) -> Result<SessionRecord> {
+        let t = &a.turn;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        // One compare-and-set of the turn number and, with a state, of the version. The
+        // revision moves as if the version and the turn were written one after the other.
+        let updated = match &a.state {
+            None => {
+                query::row(
+                    &tx,
+                    &format!(
+                        "UPDATE sessions SET turn_count = $3, updated_at = $4,
+                             revision = revision + 1
+                         WHERE tenant = $1 AND id = $2 AND turn_count + 1 = $3
+                         RETURNING {COLUMNS}"
+                    ),
+                    &[&tenant, &t.session_id, &int(t.turn_number)?, &a.updated_at],
+                )
+                .await?
+            }
+            Some(v) => {
+                query::row(
+                    &tx,
+                    &format!(
+                        "UPDATE sessions SET turn_count = $3, updated_at = $4, state = $6,
+                             version = $7, revision = revision + 2
+                         WHERE tenant = $1 AND id = $2 AND turn_count + 1 = $3
+                             AND version = $5
+                         RETURNING {}",
+                        returning(true)
+                    ),
+                    &[
+                        &tenant,
+                        &t.session_id,
+                        &int(t.turn_number)?,
+                        &a.updated_at,
+                        &int(v.expected_version)?,
+                        &Json(&v.state),
+                        &int(v.version.version)?,
+                    ],
+                )
+                .await?
+            }
+        };
+        let Some(updated) = updated else {
+            let current = counters(&tx, tenant, &t.session_id).await?;
+            if t.turn_number != current.turn_count + 1 {
+                return Err(conflict(t.turn_number.saturating_sub(1), current.turn_count).into());
+            }
+            let expected = a.state.as_ref().map_or(0, |v| v.expected_version);
+            return Err(conflict(expected, current.version).into());
+        };
+        if let Some(v) = &a.state {
+            insert_rows(&tx, tenant, v).await?;
+        }
+        query::execute(
+            &tx,
+            "INSERT INTO turns (tenant, id, session_id, turn_number, body)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &tenant,
+                &t.id,
+                &t.session_id,
+                &int(t.turn_number)?,
+                &Json(t),
+            ],
+        )
+        .await?;
+        insert_trace(&tx, tenant, &a.trace).await?;
+        tx.commit().await.map_err(PostgresError::from)?;
+        let mut record = read_session(&updated)?;
+        if let Some(v) = a.state {
+            record.session.state = v.state;
+        }
+        Ok(record)
+    }
+
+    async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
+        let conn = self.conn().await?;
+        let found = query::row(
+            &conn,
+            "SELECT body FROM turns WHERE tenant = $1 AND id = $2",
+            &[&tenant, &id],
+        )
+        .await?;
+        Ok(found.as_ref().map(read_turn).transpose()?)
+    }
+
+    async fn list_turns(&self, tenant: &str, session_id: &str, q: &TurnQuery) -> Result<Vec<Turn>> {
+        let (op, order) = if q.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let after = match q.after_turn_number {
+            Some(n) => clamp(n),
+            None if q.descending => i64::MAX,
+            None => 0,
+        };
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            &format!(
+                "SELECT body FROM turns WHERE tenant = $1 AND session_id = $2
+                     AND turn_number {op} $3
+                 ORDER BY turn_number {order} LIMIT $4"
+            ),
+            &[&tenant, &session_id, &after, &query::limit(q.limit)],
+        )
+        .await?;
+        Ok(found.iter().map(read_turn).collect::<Res<_>>()?)
+    }
+}
+
+fn read_turn(r: &Row) -> Res<Turn> {
+    Ok(r.try_get::<_, Json<Turn>>("body")?.0)
+}

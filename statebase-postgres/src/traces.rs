@@ -1,0 +1,169 @@
+//! The audit trail and its feed.
+//!
+//! A feed position must grow with commit order, which a sequence read inside concurrent
+//! transactions does not give: a transaction holding position 7 may commit after the one
+//! holding 8, and a reader past 8 would miss 7. So writes insert their traces without a
+//! position, and readers of the feed first number every committed trace that has none, one
+//! reader at a time (an advisory lock): whatever commits later gets a higher number.
+//! Writers never wait for one another on the feed; traces written at once may be numbered
+//! in either order.
+
+use crate::query::{self, get_uint, int, Filtered, Res};
+use crate::PostgresStore;
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use statebase_core::store::{FeedEntry, TraceLog, TraceQuery};
+use statebase_core::{Result, Timestamp, Trace};
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+
+const COLUMNS: &str =
+    "id, session_id, action, resource_type, resource_id, actor, timestamp, details";
+
+/// Serialises the numbering of the feed ("feed" in ASCII, under statebase's lock space).
+const FEED_LOCK: i64 = 0x7374_6174_6566_6565;
+
+pub fn read_trace(r: &Row) -> Res<Trace> {
+    Ok(Trace {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        action: r.try_get("action")?,
+        resource_type: r.try_get("resource_type")?,
+        resource_id: r.try_get("resource_id")?,
+        actor: r.try_get("actor")?,
+        timestamp: r.try_get("timestamp")?,
+        details: r.try_get::<_, Json<serde_json::Value>>("details")?.0,
+    })
+}
+
+/// Writes the trace of a change, in the change's transaction.
+pub async fn insert_trace(c: &impl GenericClient, tenant: &str, t: &Trace) -> Res<()> {
+    query::execute(
+        c,
+        &format!(
+            "INSERT INTO traces (tenant, {COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ),
+        &[
+            &tenant,
+            &t.id,
+            &t.session_id,
+            &t.action,
+            &t.resource_type,
+            &t.resource_id,
+            &t.actor,
+            &t.timestamp,
+            &Json(&t.details),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+impl PostgresStore {
+    /// Numbers the committed traces that have no feed position yet, in the order they were
+    /// written: of two writes one after the other, the first is numbered first.
+    async fn sequence_feed(&self) -> Res<()> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        query::execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK]).await?;
+        query::execute(
+            &tx,
+            "WITH pending AS (
+                 SELECT tenant, id FROM traces WHERE position IS NULL ORDER BY seq
+             ), numbered AS (
+                 SELECT tenant, id, nextval('statebase_feed') AS position FROM pending
+             )
+             UPDATE traces t SET position = numbered.position FROM numbered
+             WHERE t.tenant = numbered.tenant AND t.id = numbered.id",
+            &[],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TraceLog for PostgresStore {
+    async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
+        let conn = self.conn().await?;
+        let found = query::row(
+            &conn,
+            &format!("SELECT {COLUMNS} FROM traces WHERE tenant = $1 AND id = $2"),
+            &[&tenant, &id],
+        )
+        .await?;
+        Ok(found.as_ref().map(read_trace).transpose()?)
+    }
+
+    async fn list_traces(&self, tenant: &str, q: &TraceQuery) -> Result<Vec<Trace>> {
+        let mut f = Filtered::new(&format!("SELECT {COLUMNS} FROM traces"), "tenant", tenant);
+        f.before("timestamp", "id", q.after.as_ref());
+        f.eq("session_id", q.session_id.as_ref());
+        f.eq("action", q.action.as_ref());
+        f.eq("resource_type", q.resource_type.as_ref());
+        f.eq("resource_id", q.resource_id.as_ref());
+        f.time("timestamp", ">", q.created_after);
+        f.time("timestamp", "<", q.created_before);
+        let conn = self.conn().await?;
+        let found = f.newest_first(&conn, "timestamp", "id", q.limit).await?;
+        Ok(found.iter().map(read_trace).collect::<Res<_>>()?)
+    }
+
+    async fn trace_activity(
+        &self,
+        tenant: &str,
+        after: Timestamp,
+    ) -> Result<Vec<(Timestamp, u64)>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            "SELECT date_trunc('hour', timestamp, 'UTC') AS hour, count(*) AS n FROM traces
+             WHERE tenant = $1 AND timestamp > $2 GROUP BY hour ORDER BY hour",
+            &[&tenant, &after],
+        )
+        .await?;
+        let hours = found
+            .iter()
+            .map(|r| Ok((r.try_get("hour")?, get_uint(r, "n")?)))
+            .collect::<Res<_>>()?;
+        Ok(hours)
+    }
+
+    async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
+        self.sequence_feed().await?;
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            &format!(
+                "SELECT {COLUMNS}, position, tenant FROM traces WHERE position > $1
+                 ORDER BY position LIMIT $2"
+            ),
+            &[&int(after)?, &query::limit(limit)],
+        )
+        .await?;
+        let entries = found
+            .iter()
+            .map(|r| {
+                Ok(FeedEntry {
+                    position: get_uint(r, "position")?,
+                    tenant: r.try_get("tenant")?,
+                    trace: read_trace(r)?,
+                })
+            })
+            .collect::<Res<_>>()?;
+        Ok(entries)
+    }
+
+    async fn trace_feed_end(&self) -> Result<u64> {
+        self.sequence_feed().await?;
+        let conn = self.conn().await?;
+        let end = query::row(
+            &conn,
+            "SELECT coalesce(max(position), 0) AS end FROM traces",
+            &[],
+        )
+        .await?;
+        Ok(end.map(|r| get_uint(&r, "end")).transpose()?.unwrap_or(0))
+    }
+}
