@@ -6,9 +6,11 @@ use crate::error::{Error, ResourceKind, Result};
 use crate::is_blank;
 use crate::json;
 use crate::model::*;
-use crate::search::{Query, Scope};
 use crate::statebase::{page, page_limit, StateBase};
-use crate::store::{Cursor, MemoryQuery, MemoryRecord, MemoryUpdate, NewMemory, Store, TurnQuery};
+use crate::store::{
+    Cursor, MemoryQuery, MemoryRecord, MemorySearch, MemoryUpdate, NewMemory, SearchScope, Store,
+    TurnQuery,
+};
 use crate::Timestamp;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -284,9 +286,9 @@ impl<S: Store> StateBase<S> {
             Some(t) => return Err(Error::invalid("threshold", format!("{t} is outside 0..=1"))),
         };
         let scope = match (&req.session_id, &req.user_id) {
-            (Some(s), _) => Scope::Session(s),
-            (None, Some(u)) => Scope::User(u),
-            (None, None) => Scope::Tenant,
+            (Some(s), _) => SearchScope::Session(s.clone()),
+            (None, Some(u)) => SearchScope::User(u.clone()),
+            (None, None) => SearchScope::Tenant,
         };
         let hits = self
             .search(&req.query, scope, &req.types, &req.tags, limit, threshold)
@@ -308,7 +310,10 @@ impl<S: Store> StateBase<S> {
         let query = req.query.filter(|q| !is_blank(q));
         let memories = match &query {
             Some(q) => {
-                let scope = Scope::SessionAndUserLevel(session_id, session.user_id.as_deref());
+                let scope = SearchScope::SessionAndUserLevel(
+                    session_id.to_owned(),
+                    session.user_id.clone(),
+                );
                 self.search(q, scope, &[], &[], memory_limit, 0.0).await?
             }
             None => self.recent_memories(&session, memory_limit).await?,
@@ -363,24 +368,28 @@ impl<S: Store> StateBase<S> {
     async fn search(
         &self,
         text: &str,
-        scope: Scope<'_>,
+        scope: SearchScope,
         types: &[String],
         tags: &[String],
         limit: usize,
         threshold: f32,
     ) -> Result<Vec<MemoryHit>> {
-        let query = Query {
-            text,
+        let search = MemorySearch {
+            keywords: crate::search::keywords(text),
             vector: Some(self.embed(text).await?),
+            model: self.config().embedder.model_id().to_owned(),
             scope,
-            types,
-            tags,
+            types: types.to_vec(),
+            tags: tags.to_vec(),
             limit,
             threshold,
         };
+        if let Some(found) = self.store().search_memories(&self.tenant, &search).await? {
+            return Ok(crate::search::rank_found(&found, threshold, limit));
+        }
         self.shared
             .indexes
-            .search(self.store(), &self.tenant, &query)
+            .search(self.store(), &self.tenant, &search)
             .await
     }
 

@@ -168,6 +168,62 @@ impl MemoryQuery {
     }
 }
 
+/// Which memories a search looks at, before its type and tag filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchScope {
+    /// Every memory of the tenant.
+    Tenant,
+    /// One session's memories.
+    Session(String),
+    /// Every memory of one user (their sessions' and their user-level ones).
+    User(String),
+    /// One session's memories and, with a user, that user's user-level memories: what
+    /// context searches.
+    SessionAndUserLevel(String, Option<String>),
+}
+
+/// A hybrid search of memories: by vector and by keywords.
+#[derive(Debug, Clone)]
+pub struct MemorySearch {
+    /// The query's keywords (see [`keywords`](crate::search::keywords)).
+    pub keywords: Vec<String>,
+    /// The query's vector, made by `model`.
+    pub vector: Option<Vec<f32>>,
+    /// The embedding model: only memories whose vector it made are compared with the query's.
+    pub model: String,
+    /// The memories looked at.
+    pub scope: SearchScope,
+    /// Any of these types (empty: any).
+    pub types: Vec<String>,
+    /// Any of these tags (empty: any).
+    pub tags: Vec<String>,
+    /// Hits wanted.
+    pub limit: usize,
+    /// The lowest score kept.
+    pub threshold: f32,
+}
+
+impl MemorySearch {
+    /// The fewest of the query's keywords a memory must contain for its keyword share alone
+    /// to reach the threshold; `None` when no share can (or there are no keywords).
+    pub fn min_keywords(&self) -> Option<usize> {
+        let n = self.keywords.len();
+        (1..=n).find(|&k| k as f32 / n as f32 >= self.threshold)
+    }
+}
+
+/// A memory a store's search found, with its scores: cosine similarity to the query's
+/// vector (0 without a comparable vector) and the share of the query's keywords it contains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredMemory {
+    /// The memory.
+    pub memory: Memory,
+    /// Cosine similarity of its vector and the query's.
+    pub vector_score: f32,
+    /// The share of the query's keywords it contains.
+    pub keyword_score: f32,
+}
+
 /// Inserts an entity, unless its session already has one of the same type and application
 /// id.
 #[derive(Debug, Clone)]
@@ -493,6 +549,24 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<MemoryRecord>>;
+
+    /// Searches in the store itself, for a backend whose index every process sharing it
+    /// sees at once. `None` (what this provided method answers) leaves search to core's
+    /// in-process index, loaded with [`scan_memories`](Self::scan_memories).
+    ///
+    /// A store that searches answers the candidates among the memories of `search`'s
+    /// scope, types and tags: the `limit` nearest to its vector of those whose vector
+    /// `search.model` made, and every one containing at least
+    /// [`min_keywords`](MemorySearch::min_keywords) of its keywords, each once with both its
+    /// scores, in any order. Core ranks them.
+    async fn search_memories(
+        &self,
+        tenant: &str,
+        search: &MemorySearch,
+    ) -> Result<Option<Vec<ScoredMemory>>> {
+        let _ = (tenant, search);
+        Ok(None)
+    }
 }
 
 /// Entities with their versions. An entity belongs to a session and goes with it.
@@ -679,6 +753,7 @@ macro_rules! store_methods {
                 fn count_memories(&self, tenant: &str) -> Result<u64>;
                 fn memory_revisions(&self, tenant: &str, id: &str) -> Result<Vec<MemoryRevision>>;
                 fn scan_memories(&self, tenant: &str, after_id: Option<&str>, limit: usize) -> Result<Vec<MemoryRecord>>;
+                fn search_memories(&self, tenant: &str, search: &MemorySearch) -> Result<Option<Vec<ScoredMemory>>>;
             }
             EntityRecords {
                 fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>>;

@@ -7,6 +7,7 @@ use crate::{PostgresError, PostgresStore};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use pgvector::Vector;
+use statebase_core::search::keywords;
 use statebase_core::store::*;
 use statebase_core::{Error, Memory, MemoryRevision, Object, ResourceKind, Result, Trace};
 use tokio_postgres::types::Json;
@@ -14,6 +15,32 @@ use tokio_postgres::Row;
 
 const COLUMNS: &str = "id, session_id, user_id, content, memory_type, tags, metadata, \
      version, embedding_model, embedding, dedupe_key, created_at, updated_at";
+
+/// The `WHERE` of a search's scope, types and tags.
+fn search_filters(tenant: &str, q: &MemorySearch) -> Filtered {
+    let mut f = Filtered::new("", "tenant", tenant);
+    match &q.scope {
+        SearchScope::Tenant => {}
+        SearchScope::Session(s) => f.eq("session_id", Some(s)),
+        SearchScope::User(u) => f.eq("user_id", Some(u)),
+        SearchScope::SessionAndUserLevel(s, None) => f.eq("session_id", Some(s)),
+        SearchScope::SessionAndUserLevel(s, Some(u)) => {
+            let (s, u) = (f.bind(s.clone()), f.bind(u.clone()));
+            f.and(&format!(
+                "(session_id = {s} OR (session_id IS NULL AND user_id = {u}))"
+            ));
+        }
+    }
+    if !q.types.is_empty() {
+        let types = f.bind(q.types.clone());
+        f.and(&format!("memory_type = ANY({types})"));
+    }
+    if !q.tags.is_empty() {
+        let tags = f.bind(q.tags.clone());
+        f.and(&format!("tags && {tags}"));
+    }
+    f
+}
 
 fn read_memory(r: &Row) -> Res<MemoryRecord> {
     Ok(MemoryRecord {
@@ -87,8 +114,8 @@ impl MemoryRecords for PostgresStore {
             let inserted = query::execute(
                 &tx,
                 &format!(
-                    "INSERT INTO memories (tenant, {COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                    "INSERT INTO memories (tenant, {COLUMNS}, keywords)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                      ON CONFLICT (tenant, dedupe_key) DO NOTHING"
                 ),
                 &[
@@ -106,6 +133,7 @@ impl MemoryRecords for PostgresStore {
                     &new.record.dedupe_key,
                     &m.created_at,
                     &m.updated_at,
+                    &keywords(&m.content),
                 ],
             )
             .await?;
@@ -147,7 +175,7 @@ impl MemoryRecords for PostgresStore {
             &tx,
             "UPDATE memories SET content = $4, memory_type = $5, tags = $6, metadata = $7,
                  version = $8, embedding_model = $9, embedding = $10, dedupe_key = $11,
-                 updated_at = $12
+                 updated_at = $12, keywords = $13
              WHERE tenant = $1 AND id = $2 AND version = $3",
             &[
                 &tenant,
@@ -162,6 +190,7 @@ impl MemoryRecords for PostgresStore {
                 &u.record.embedding.clone().map(Vector::from),
                 &u.record.dedupe_key,
                 &m.updated_at,
+                &keywords(&m.content),
             ],
         )
         .await?;
@@ -255,6 +284,60 @@ impl MemoryRecords for PostgresStore {
             .map(|r| Ok(r.try_get::<_, Json<MemoryRevision>>("body")?.0))
             .collect::<Res<_>>()?;
         Ok(revisions)
+    }
+
+    async fn search_memories(
+        &self,
+        tenant: &str,
+        q: &MemorySearch,
+    ) -> Result<Option<Vec<ScoredMemory>>> {
+        let mut f = search_filters(tenant, q);
+        let scope = f.conditions().to_owned();
+        let words = f.bind(q.keywords.clone());
+        let matched = format!(
+            "cardinality(ARRAY(SELECT unnest(keywords) INTERSECT SELECT unnest({words}::text[])))"
+        );
+        let mut candidates = Vec::new();
+        let vector_score = match &q.vector {
+            Some(v) => {
+                let (v, model) = (f.bind(Vector::from(v.clone())), f.bind(q.model.clone()));
+                let limit = f.bind(query::limit(q.limit));
+                candidates.push(format!(
+                    "id IN (SELECT id FROM memories WHERE {scope} AND embedding_model = {model}
+                         ORDER BY embedding <=> {v} LIMIT {limit})"
+                ));
+                format!(
+                    "CASE WHEN embedding_model = {model} THEN 1 - (embedding <=> {v}) ELSE 0 END"
+                )
+            }
+            None => "0".to_owned(),
+        };
+        if let Some(min) = q.min_keywords() {
+            let min = f.bind(i32::try_from(min).unwrap_or(i32::MAX));
+            candidates.push(format!("(keywords && {words} AND {matched} >= {min})"));
+        }
+        if candidates.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        f.and(&format!("({})", candidates.join(" OR ")));
+        f.select(format!(
+            "SELECT {COLUMNS}, ({vector_score})::real AS vector_score, {matched} AS matched
+             FROM memories"
+        ));
+        let conn = self.conn().await?;
+        let found = f.rows(&conn, "").await?;
+        let n = q.keywords.len().max(1) as f32;
+        let scored = found
+            .iter()
+            .map(|r| {
+                Ok(ScoredMemory {
+                    memory: read_memory(r)?.memory,
+                    vector_score: r.try_get("vector_score")?,
+                    keyword_score: r.try_get::<_, i32>("matched")? as f32 / n,
+                })
+            })
+            .collect::<Res<_>>()?;
+        Ok(Some(scored))
     }
 
     async fn scan_memories(

@@ -72,7 +72,8 @@ pub async fn execute(
 /// A `SELECT` whose filters depend on the request: conditions joined by `AND`, each with
 /// its own `$n` parameters.
 pub struct Filtered {
-    sql: String,
+    select: String,
+    conditions: String,
     params: Vec<Param>,
 }
 
@@ -81,9 +82,20 @@ impl Filtered {
     /// `{tenant_column} = $1`.
     pub fn new(select: &str, tenant_column: &str, tenant: &str) -> Self {
         Self {
-            sql: format!("{select} WHERE {tenant_column} = $1"),
+            select: select.to_owned(),
+            conditions: format!("{tenant_column} = $1"),
             params: vec![Box::new(tenant.to_owned())],
         }
+    }
+
+    /// The conditions so far, to repeat in a subquery (their parameters are shared).
+    pub fn conditions(&self) -> &str {
+        &self.conditions
+    }
+
+    /// Replaces the statement up to its `WHERE`.
+    pub fn select(&mut self, select: String) {
+        self.select = select;
     }
 
     /// The next parameter's placeholder, for `value`.
@@ -94,8 +106,8 @@ impl Filtered {
 
     /// Adds `AND {condition}`.
     pub fn and(&mut self, condition: &str) {
-        self.sql.push_str(" AND ");
-        self.sql.push_str(condition);
+        self.conditions.push_str(" AND ");
+        self.conditions.push_str(condition);
     }
 
     /// `AND column = value`, when there is a value.
@@ -123,15 +135,14 @@ impl Filtered {
     }
 
     /// Runs it with `tail` (ordering and limit) appended.
-    pub async fn rows(mut self, c: &impl GenericClient, tail: &str) -> Res<Vec<Row>> {
-        self.sql.push(' ');
-        self.sql.push_str(tail);
+    pub async fn rows(self, c: &impl GenericClient, tail: &str) -> Res<Vec<Row>> {
+        let sql = format!("{} WHERE {} {tail}", self.select, self.conditions);
         let params: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        rows(c, &self.sql, &params).await
+        rows(c, &sql, &params).await
     }
 
     /// `ORDER BY {at} DESC, {id} DESC LIMIT limit`, run.

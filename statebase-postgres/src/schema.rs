@@ -67,6 +67,7 @@ CREATE TABLE memories (
     version          bigint      NOT NULL,
     embedding_model  text,
     embedding        vector,
+    keywords         text[]      NOT NULL,
     dedupe_key       text        NOT NULL,
     created_at       timestamptz NOT NULL,
     updated_at       timestamptz NOT NULL,
@@ -79,6 +80,7 @@ CREATE INDEX memories_by_session ON memories (tenant, session_id, created_at, id
 CREATE INDEX memories_by_user ON memories (tenant, user_id, created_at, id);
 CREATE INDEX memories_by_type ON memories (tenant, memory_type, created_at, id);
 CREATE INDEX memories_by_tag ON memories USING gin (tags);
+CREATE INDEX memories_by_keyword ON memories USING gin (keywords);
 
 CREATE TABLE memory_revisions (
     tenant     text   NOT NULL,

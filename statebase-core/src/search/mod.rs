@@ -13,13 +13,13 @@ pub mod vector;
 
 use crate::error::Result;
 use crate::model::{Memory, MemoryHit};
-use crate::store::{MemoryRecord, Store};
+use crate::store::{MemoryRecord, MemorySearch, ScoredMemory, SearchScope, Store};
 use embed::Embedder;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use text::keywords;
+pub use text::keywords;
 use tokio::sync::RwLock;
 use vector::{Filter, Vector, VectorIndex};
 
@@ -42,30 +42,6 @@ impl fmt::Debug for IndexFactory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("IndexFactory")
     }
-}
-
-/// Which memories a search looks at, before type and tag filters.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Scope<'a> {
-    /// Every memory of the tenant.
-    Tenant,
-    /// One session's memories.
-    Session(&'a str),
-    /// Every memory of one user (their sessions' and their user-level ones).
-    User(&'a str),
-    /// One session's memories and its user's user-level memories: what context searches.
-    SessionAndUserLevel(&'a str, Option<&'a str>),
-}
-
-#[derive(Debug)]
-pub(crate) struct Query<'a> {
-    pub text: &'a str,
-    pub vector: Option<Vec<f32>>,
-    pub scope: Scope<'a>,
-    pub types: &'a [String],
-    pub tags: &'a [String],
-    pub limit: usize,
-    pub threshold: f32,
 }
 
 /// A memory as the search keeps it: the record a hit answers with (its vector lives in the
@@ -185,24 +161,24 @@ impl TenantIndex {
 
     /// The candidate keys of a scope, as disjoint sets borrowed from the postings (no copy
     /// on the query path); `None` for the whole tenant.
-    fn candidates(&self, scope: Scope<'_>) -> Option<Candidates<'_>> {
+    fn candidates(&self, scope: &SearchScope) -> Option<Candidates<'_>> {
         let sets = match scope {
-            Scope::Tenant => return None,
-            Scope::Session(s) => vec![self.by_session.get(s)],
-            Scope::User(u) => vec![self.by_user.get(u)],
+            SearchScope::Tenant => return None,
+            SearchScope::Session(s) => vec![self.by_session.get(s)],
+            SearchScope::User(u) => vec![self.by_user.get(u)],
             // A session's memories and user-level ones (no session) never overlap.
-            Scope::SessionAndUserLevel(s, user) => {
+            SearchScope::SessionAndUserLevel(s, user) => {
                 vec![
                     self.by_session.get(s),
-                    user.and_then(|u| self.user_level.get(u)),
+                    user.as_ref().and_then(|u| self.user_level.get(u)),
                 ]
             }
         };
         Some(Candidates(sets.into_iter().flatten().collect()))
     }
 
-    fn search(&self, q: &Query<'_>) -> Vec<MemoryHit> {
-        let candidates = self.candidates(q.scope);
+    fn search(&self, q: &MemorySearch) -> Vec<MemoryHit> {
+        let candidates = self.candidates(&q.scope);
         // Every key of the candidates and of the vector index is an entry's.
         let unfiltered = q.types.is_empty() && q.tags.is_empty();
         let filters = |key: u64| {
@@ -223,10 +199,10 @@ impl TenantIndex {
                 scores.insert(key, (s, 0.0));
             }
         }
-        let words = keywords(q.text);
+        let words = &q.keywords;
         if !words.is_empty() {
             let mut counts: HashMap<u64, usize> = HashMap::new();
-            for w in &words {
+            for w in words {
                 for key in self.by_keyword.get(w).into_iter().flatten() {
                     *counts.entry(*key).or_default() += 1;
                 }
@@ -258,26 +234,48 @@ impl TenantIndex {
                 }
             }
         }
-        let mut hits: Vec<(f32, f32, f32, &Memory)> = scores
+        let scored = scores
             .into_iter()
             .filter_map(|(key, (vector_score, keyword_score))| {
-                let score = vector_score.max(keyword_score).clamp(0.0, 1.0);
-                let m = &self.entries.get(&key)?.memory;
-                (score >= q.threshold).then_some((score, vector_score, keyword_score, m))
-            })
-            .collect();
-        hits.sort_unstable_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(b.1.total_cmp(&a.1))
-                .then_with(|| a.3.id.cmp(&b.3.id))
-        });
-        hits.truncate(q.limit);
-        hits.into_iter()
-            .map(|(score, vector_score, keyword_score, m)| {
-                MemoryHit::of(m.clone(), score, vector_score, keyword_score)
-            })
-            .collect()
+                Some((vector_score, keyword_score, &self.entries.get(&key)?.memory))
+            });
+        rank(scored, q.threshold, q.limit)
     }
+}
+
+/// The hits of a search, from its candidates with their vector and keyword scores: the
+/// best `limit` of those scoring at least `threshold`, best first (ties: the higher vector
+/// score, then the smaller id). What every search ranks with, in process or in a store.
+pub(crate) fn rank<'a>(
+    scored: impl Iterator<Item = (f32, f32, &'a Memory)>,
+    threshold: f32,
+    limit: usize,
+) -> Vec<MemoryHit> {
+    let mut hits: Vec<(f32, f32, f32, &Memory)> = scored
+        .filter_map(|(vector_score, keyword_score, m)| {
+            let score = vector_score.max(keyword_score).clamp(0.0, 1.0);
+            (score >= threshold).then_some((score, vector_score, keyword_score, m))
+        })
+        .collect();
+    hits.sort_unstable_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(b.1.total_cmp(&a.1))
+            .then_with(|| a.3.id.cmp(&b.3.id))
+    });
+    hits.truncate(limit);
+    hits.into_iter()
+        .map(|(score, vector_score, keyword_score, m)| {
+            MemoryHit::of(m.clone(), score, vector_score, keyword_score)
+        })
+        .collect()
+}
+
+/// [`rank`] of what a store's search found.
+pub(crate) fn rank_found(found: &[ScoredMemory], threshold: f32, limit: usize) -> Vec<MemoryHit> {
+    let scored = found
+        .iter()
+        .map(|f| (f.vector_score, f.keyword_score, &f.memory));
+    rank(scored, threshold, limit)
 }
 
 /// The `limit`-th best score (higher of vector and keyword) so far; -∞ while fewer.
@@ -349,7 +347,7 @@ impl Indexes {
         &self,
         store: &S,
         tenant: &str,
-        q: &Query<'_>,
+        q: &MemorySearch,
     ) -> Result<Vec<MemoryHit>> {
         let slot = self.slot(tenant);
         {

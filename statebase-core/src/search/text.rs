@@ -19,7 +19,7 @@ const STOPWORDS: &[&str] = &[
 
 /// The words of `text` that keyword matching uses: no stopwords, common English endings
 /// cut (`meals` and `meal`, `asked` and `ask` match), no repeats, sorted.
-pub(crate) fn keywords(text: &str) -> Vec<String> {
+pub fn keywords(text: &str) -> Vec<String> {
     let mut k: Vec<String> = words(text)
         .into_iter()
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
