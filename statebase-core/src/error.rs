@@ -123,6 +123,11 @@ pub enum Error {
     /// written.
     #[error("user_id differs from the session's user_id")]
     UserMismatch,
+    /// The store cannot be reached now (its server is down or restarting, every connection
+    /// is busy, a statement ran out of time): retrying later may succeed. A write that
+    /// failed so may or may not have been applied. The message is internal.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The storage backend failed. The message is internal and must not reach API clients.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -140,6 +145,7 @@ impl Error {
             Error::DuplicateContent { .. } => "duplicate_content",
             Error::DuplicateEntity { .. } => "duplicate_entity",
             Error::UserMismatch => "user_id_mismatch",
+            Error::Unavailable(_) => "service_unavailable",
             Error::Backend(_) => "internal_error",
         }
     }
@@ -147,6 +153,11 @@ impl Error {
     /// Wraps any backend failure.
     pub fn backend(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Backend(err.into())
+    }
+
+    /// The store cannot be reached now.
+    pub fn unavailable(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Unavailable(err.into())
     }
 
     /// Bad input in `param`.

@@ -76,7 +76,14 @@ impl<S: ServerStore> StateBase<S> {
             created_at: self.now(),
             expires_at,
         };
-        self.store().put_api_key(key.clone()).await?;
+        if let Err(e) = self.store().put_api_key(key.clone()).await {
+            // Imported meanwhile by another process on the same store (servers starting
+            // together with the same `--api-key`): that one stands.
+            return match self.store().api_key_by_hash(&key.key_hash).await? {
+                Some(existing) => Ok(existing),
+                None => Err(e),
+            };
+        }
         Ok(key)
     }
 

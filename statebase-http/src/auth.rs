@@ -283,15 +283,18 @@ impl RateLimiter {
 
 /// Keys recently found by their secret's hash, so that a request does not read the store
 /// to authenticate. A key revoked through this server stops working at once; one revoked
-/// by another process (`statebase keys revoke`) within [`KeyCache::TTL`].
+/// by another process (`statebase keys revoke`, another server on the same database)
+/// within [`KeyCache::TTL`].
 #[derive(Debug, Default)]
 pub struct KeyCache {
     entries: Mutex<HashMap<String, (Caller, Instant)>>,
 }
 
 impl KeyCache {
-    /// How long a key read from the store is trusted without reading it again.
-    pub const TTL: Duration = Duration::from_secs(5);
+    /// How long a key read from the store is trusted without reading it again: under a
+    /// second, so that a key revoked anywhere stops working everywhere within one, for a
+    /// read per key and half second.
+    pub const TTL: Duration = Duration::from_millis(500);
     /// Entries kept at most; past it the cache starts over.
     const CAPACITY: usize = 10_000;
 

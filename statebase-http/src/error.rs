@@ -151,6 +151,7 @@ impl From<Error> for ApiError {
             Error::PayloadTooLarge { .. } | Error::ContentTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &e {
@@ -158,6 +159,10 @@ impl From<Error> for ApiError {
             Error::Backend(source) => {
                 tracing::error!(error = %source, "store failed");
                 "internal error".to_owned()
+            }
+            Error::Unavailable(source) => {
+                tracing::warn!(error = %source, "store unavailable");
+                "the store is unavailable; retry shortly".to_owned()
             }
             other => other.to_string(),
         };
@@ -173,6 +178,7 @@ impl From<Error> for ApiError {
         };
         Self {
             param,
+            retry_after: matches!(e, Error::Unavailable(_)).then_some(1),
             ..Self::new(status, e.code(), message)
         }
     }

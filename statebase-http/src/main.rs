@@ -51,7 +51,8 @@ fn init_logs(format: LogFormat) {
 enum Command {
     /// Serve the API.
     Serve {
-        /// `sqlite:PATH`, `sled:DIR` or `memory`.
+        /// `sqlite:PATH`, `sled:DIR`, `postgres://USER@HOST:PORT/DB` (any number of servers
+        /// may share one) or `memory`.
         #[arg(long, default_value = "sqlite:./statebase.db")]
         db: String,
         /// Where to listen.
@@ -95,7 +96,7 @@ enum Command {
     },
     /// Manage webhook endpoints in the database.
     Webhooks {
-        /// `sqlite:PATH` or `sled:DIR`.
+        /// `sqlite:PATH`, `sled:DIR` or `postgres://USER@HOST:PORT/DB`.
         #[arg(long, default_value = "sqlite:./statebase.db")]
         db: String,
         /// Accept endpoints at loopback, private and other internal addresses (a server
@@ -107,7 +108,7 @@ enum Command {
     },
     /// Manage API keys in the database.
     Keys {
-        /// `sqlite:PATH` or `sled:DIR`.
+        /// `sqlite:PATH`, `sled:DIR` or `postgres://USER@HOST:PORT/DB`.
         #[arg(long, default_value = "sqlite:./statebase.db")]
         db: String,
         #[command(subcommand)]
@@ -230,12 +231,19 @@ enum WebhookAction {
     },
 }
 
-fn open(db: &str) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Error>> {
+async fn open(db: &str) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Error>> {
     Ok(match db.split_once(':') {
         Some(("sqlite", path)) => Arc::new(statebase_sqlite::SqliteStore::open(path)?),
         Some(("sled", path)) => Arc::new(statebase_sled::SledStore::open(path)?),
+        Some(("postgres" | "postgresql", _)) => {
+            let options = statebase_postgres::PostgresOptions::default();
+            Arc::new(statebase_postgres::PostgresStore::connect(db, options).await?)
+        }
         None if db == "memory" => Arc::new(statebase_core::MemoryStore::new()),
-        _ => return Err(format!("--db must be sqlite:PATH, sled:DIR or memory, not {db}").into()),
+        _ => {
+            let expected = "sqlite:PATH, sled:DIR, postgres://USER@HOST:PORT/DB or memory";
+            return Err(format!("--db must be {expected}, not {db}").into());
+        }
     })
 }
 
@@ -295,7 +303,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     auth_failures_per_minute,
                     auth_failures_per_minute,
                 ));
-            let state = AppState::new(open(&db)?, limiter, targets);
+            let state = AppState::new(open(&db).await?, limiter, targets);
             let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));
@@ -330,7 +338,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             allow_private,
             action,
         } => {
-            let sb = StateBase::new(open(&db)?);
+            let sb = StateBase::new(open(&db).await?);
             match action {
                 WebhookAction::Create {
                     tenant,
@@ -359,7 +367,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Keys { db, action } => {
-            let sb = StateBase::new(open(&db)?);
+            let sb = StateBase::new(open(&db).await?);
             match action {
                 KeyAction::Create {
                     tenant,

@@ -18,6 +18,7 @@ use statebase_core::{
     action, Error, Memory, ResourceKind, Result, ServerRecords, ServerStore, Session, StateBase,
     Trace, TraceLog, WebhookEndpoint,
 };
+use statebase_core::{IdSource, RandomIds};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -34,6 +35,10 @@ pub const EVENTS: [&str; 7] = [
 ];
 /// How long a receiver has to answer an attempt.
 pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the dispatcher's lease lasts unless renewed: longer than a round takes (its
+/// attempts run at once, each within [`DELIVERY_TIMEOUT`]).
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a failing delivery is retried before it is given up.
 const RETRY_WINDOW: Duration = Duration::hours(24);
 /// The longest wait between two attempts.
@@ -435,11 +440,30 @@ impl Dispatcher {
         Self { sb, http, targets }
     }
 
-    /// Runs [`Dispatcher::step`] every `interval`, forever.
+    /// Runs [`Dispatcher::step`] every `interval`, forever, while this process holds the
+    /// dispatcher's lease: of the servers sharing a store, one delivers at a time, and
+    /// another takes over within [`LEASE`] of its stopping.
     pub fn spawn(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let holder = RandomIds.new_id("dispatcher_");
         tokio::spawn(async move {
             let mut pruned: Option<std::time::Instant> = None;
+            let mut leading = false;
             loop {
+                match self.sb.store().take_lease("webhooks", &holder, LEASE).await {
+                    Ok(lead) if lead != leading => {
+                        leading = lead;
+                        tracing::info!(leading, "webhook dispatcher lease");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        leading = false;
+                        tracing::warn!(error = %e, "taking the webhook dispatcher's lease failed");
+                    }
+                }
+                if !leading {
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
                 if let Err(e) = self.step().await {
                     tracing::warn!(error = %e, "webhook dispatch failed; retrying");
                 }

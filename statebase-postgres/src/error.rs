@@ -39,10 +39,38 @@ pub enum PostgresError {
     },
 }
 
+impl PostgresError {
+    /// Whether it may pass on its own: the server unreachable, restarting or shutting
+    /// down, a connection lost, a statement out of time, a transaction that lost a
+    /// serialisation race.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PostgresError::Unavailable(_) => true,
+            PostgresError::Postgres(e) => {
+                let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+                e.is_closed()
+                    || io
+                    || match e.code() {
+                        None => false,
+                        Some(code) => {
+                            let class = &code.code()[..2];
+                            // 08: connection exception; 57: operator intervention (shutdown,
+                            // statement timeout); 53: insufficient resources; 40:
+                            // transaction rollback (serialisation failure, deadlock).
+                            matches!(class, "08" | "57" | "53" | "40")
+                        }
+                    }
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<PostgresError> for statebase_core::Error {
     fn from(e: PostgresError) -> Self {
         match e {
             PostgresError::Store(e) => e,
+            e if e.is_transient() => statebase_core::Error::unavailable(e),
             other => statebase_core::Error::backend(other),
         }
     }

@@ -180,6 +180,12 @@ CREATE TABLE idempotent_responses (
     body  bytea       NOT NULL
 );
 CREATE INDEX idempotent_responses_by_age ON idempotent_responses (at);
+
+CREATE TABLE leases (
+    name        text        PRIMARY KEY,
+    holder      text        NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
 "#,
 ];
 
@@ -220,13 +226,15 @@ pub async fn migrate(conn: &mut tokio_postgres::Client) -> Result<(), PostgresEr
             supported: SCHEMA_VERSION,
         });
     }
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS statebase_schema_version (
-            version     bigint PRIMARY KEY,
-            applied_at  timestamptz NOT NULL DEFAULT now()
-        )",
-    )
-    .await?;
+    if from == 0 {
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS statebase_schema_version (
+                version     bigint PRIMARY KEY,
+                applied_at  timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    }
     for (i, script) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         let applied = tx.batch_execute(script).await;
         // The first script creates the extension: its failure says why pgvector is missing.

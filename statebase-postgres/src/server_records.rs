@@ -243,6 +243,21 @@ impl ServerRecords for PostgresStore {
         Ok(())
     }
 
+    async fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let taken = self
+            .change(
+                "INSERT INTO leases (name, holder, expires_at)
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE
+                 SET holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < now()",
+                &[&name, &holder, &(ttl_ms as f64)],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
     async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
         self.change("DELETE FROM idempotent_responses WHERE at < $1", &[&before])
             .await

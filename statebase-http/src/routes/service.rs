@@ -17,16 +17,49 @@ pub struct HealthOut {
     services: Value,
 }
 
-/// Whether the server is up (no key needed). Also at `/health/live` and `/health/ready`.
+impl HealthOut {
+    fn of(app: &AppState, status: &'static str) -> Self {
+        HealthOut {
+            status,
+            timestamp: chrono::Utc::now(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: app.started.elapsed().as_secs_f64(),
+            services: json!({"store": {"status": status}}),
+        }
+    }
+}
+
+/// Whether the server is up (no key needed), whatever its store's state. Also at
+/// `/health/live`.
 #[utoipa::path(get, path = "/health", security(()), responses((status = 200, body = HealthOut)))]
 pub async fn health(State(app): State<AppState>) -> Reply {
-    ok(HealthOut {
-        status: "healthy",
-        timestamp: chrono::Utc::now(),
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: app.started.elapsed().as_secs_f64(),
-        services: json!({"store": {"status": "healthy"}}),
-    })
+    ok(HealthOut::of(&app, "healthy"))
+}
+
+/// How long readiness waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the server can serve requests now (no key needed): its store answers a read
+/// within two seconds. 503 `unavailable` otherwise, so a load balancer sends requests
+/// elsewhere.
+#[utoipa::path(get, path = "/health/ready", security(()), responses(
+    (status = 200, body = HealthOut),
+    (status = 503, body = HealthOut),
+))]
+pub async fn ready(State(app): State<AppState>) -> Response {
+    let read = app.sb.store().session("", "");
+    match tokio::time::timeout(READY_TIMEOUT, read).await {
+        Ok(Ok(_)) => Json(HealthOut::of(&app, "healthy")).into_response(),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {READY_TIMEOUT:?}"),
+            };
+            tracing::warn!(error = %why, "not ready: the store does not answer");
+            let body = Json(HealthOut::of(&app, "unavailable"));
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
+    }
 }
 
 /// What this server is.
@@ -58,6 +91,8 @@ pub async fn root() -> Reply {
 
 /// These routes, outside `/v1`.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    let router = OpenApiRouter::new().routes(routes!(root));
-    also_at(router, routes!(health), &["/health/live", "/health/ready"])
+    let router = OpenApiRouter::new()
+        .routes(routes!(root))
+        .routes(routes!(ready));
+    also_at(router, routes!(health), &["/health/live"])
 }

@@ -1,0 +1,414 @@
+//! Three `statebase serve` processes on one PostgreSQL database, as behind a load balancer:
+//! what one acknowledges the others read at once, a revoked key stops working on all within
+//! a second, each webhook event is delivered once, a retry with an idempotency key to
+//! another server replays the first answer, and a server killed under 32 writers loses no
+//! acknowledged write and leaves no gap.
+
+use parking_lot::Mutex;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use statebase_postgres::testing::TestCluster;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sb_scaleoutkeyscaleoutkey01";
+
+fn statebase() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_statebase"))
+}
+
+/// One server process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` servers on a new database, each answering `/health`, and the database's URL.
+async fn servers(n: usize) -> (Vec<Server>, String) {
+    let db = TestCluster::required().database().await;
+    let mut started = Vec::new();
+    for _ in 0..n {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = statebase()
+            .args(["serve", "--db", &db, "--addr", &addr])
+            .args(["--api-key", &format!("default:{KEY}")])
+            .args(["--allow-private-webhooks", "--webhook-interval-ms", "50"])
+            // The writers below are many; the limits have tests of their own.
+            .args(["--rate-limit", "1000000", "--burst", "1000000"])
+            .args([
+                "--tenant-rate-limit",
+                "1000000",
+                "--tenant-burst",
+                "1000000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        started.push(Server {
+            child,
+            url: format!("http://{addr}"),
+            log,
+        });
+    }
+    let http = reqwest::Client::new();
+    for s in &mut started {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.get(format!("{}/health", s.url)).send().await.is_err() {
+            let log = || std::fs::read_to_string(s.log.path()).unwrap_or_default();
+            if let Some(exit) = s.child.try_wait().unwrap() {
+                panic!("a server stopped ({exit}): {}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never answered: {}",
+                s.url,
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (started, db)
+}
+
+async fn call(
+    http: &reqwest::Client,
+    key: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Value,
+) -> (StatusCode, Value) {
+    let r = http
+        .request(method, url)
+        .header("X-API-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
+    let (status, body) = call(http, KEY, reqwest::Method::POST, url, body).await;
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    let (status, body) = call(http, KEY, reqwest::Method::GET, url, Value::Null).await;
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_server_acknowledges_every_other_reads_at_once() {
+    let (s, _) = servers(3).await;
+    let http = reqwest::Client::new();
+    let session = post(
+        &http,
+        format!("{}/v1/sessions", s[0].url),
+        json!({"agent_id": "bot"}),
+    )
+    .await;
+    let id = session["id"].as_str().unwrap().to_owned();
+    for n in 1..=6u64 {
+        let writer = &s[n as usize % 3];
+        let state = json!({"state": {"n": n}});
+        let (status, _) = call(
+            &http,
+            KEY,
+            reqwest::Method::PATCH,
+            format!("{}/v1/sessions/{id}/state", writer.url),
+            state,
+        )
+        .await;
+        assert!(status.is_success());
+        for reader in &s {
+            let got = get(&http, format!("{}/v1/sessions/{id}", reader.url)).await;
+            assert_eq!(
+                (got["version"].as_u64(), got["state"]["n"].as_u64()),
+                (Some(n), Some(n))
+            );
+        }
+    }
+    // A memory added through one is found by a search through each other at once.
+    post(
+        &http,
+        format!("{}/v1/sessions/{id}/memories", s[1].url),
+        json!({"content": "The user's cat is called Miso"}),
+    )
+    .await;
+    for reader in [&s[0], &s[2]] {
+        let found = post(
+            &http,
+            format!("{}/v1/memory/search", reader.url),
+            json!({"query": "cat called Miso", "session_id": id}),
+        )
+        .await;
+        let contents: Vec<&str> = found["data"]
+            .as_array()
+            .or(found.as_array())
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, ["The user's cat is called Miso"], "{found}");
+    }
+    // A retry with the same idempotency key, sent to another server, is answered with the
+    // first answer and creates nothing.
+    let create = |server: &Server| {
+        http.post(format!("{}/v1/sessions", server.url))
+            .header("X-API-Key", KEY)
+            .header("Idempotency-Key", "one-session-please")
+            .json(&json!({"agent_id": "idem"}))
+            .send()
+    };
+    let first: Value = create(&s[0]).await.unwrap().json().await.unwrap();
+    let retry: Value = create(&s[2]).await.unwrap().json().await.unwrap();
+    assert_eq!(first["id"], retry["id"]);
+    let listed = get(&http, format!("{}/v1/sessions?agent_id=idem", s[1].url)).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_anywhere_stops_working_everywhere_within_a_second() {
+    let (s, db) = servers(3).await;
+    let out = statebase()
+        .args(["keys", "--db", &db, "create", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fields: Vec<&str> = created.split_whitespace().collect();
+    let (key_id, secret) = (fields[0].to_owned(), fields[2].to_owned());
+    let http = reqwest::Client::new();
+    let status_on = |server: &Server| {
+        let url = format!("{}/v1/sessions", server.url);
+        let r = http.get(url).header("X-API-Key", &secret).send();
+        async move { r.await.unwrap().status() }
+    };
+    for server in &s {
+        assert_eq!(status_on(server).await, StatusCode::OK);
+    }
+    let out = statebase()
+        .args(["keys", "--db", &db, "revoke", &key_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for server in &s {
+        assert_eq!(status_on(server).await, StatusCode::UNAUTHORIZED);
+    }
+    assert!(revoked.elapsed() < Duration::from_millis(1500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_webhook_event_is_delivered_once_by_three_servers() {
+    let (s, _) = servers(3).await;
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let sink = sink.clone();
+            async move {
+                let id = headers["x-statebase-event-id"].to_str().unwrap().to_owned();
+                sink.lock().push(id);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    post(
+        &http,
+        format!("{}/v1/webhooks", s[0].url),
+        json!({"url": hook, "events": ["session.created"]}),
+    )
+    .await;
+    for i in 0..12 {
+        post(
+            &http,
+            format!("{}/v1/sessions", s[i % 3].url),
+            json!({"agent_id": "bot"}),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().len() < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 12 events arrived",
+            got.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for any server to deliver one again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for id in got.lock().iter() {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 12);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+/// An acknowledged turn: its session, number, state version and state.
+#[derive(Clone)]
+struct Acked {
+    session: String,
+    number: u64,
+    version: u64,
+    state: Value,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_32_writers_loses_no_acknowledged_write() {
+    let (mut s, _) = servers(3).await;
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        let created = post(
+            &http,
+            format!("{}/v1/sessions", s[0].url),
+            json!({"agent_id": "w"}),
+        )
+        .await;
+        sessions.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let urls: Vec<String> = s.iter().map(|x| x.url.clone()).collect();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut writers = Vec::new();
+    for w in 0..32usize {
+        let (http, urls, acked) = (http.clone(), urls.clone(), acked.clone());
+        let session = sessions[w % sessions.len()].clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < stop {
+                i += 1;
+                let url = format!("{}/v1/sessions/{session}/turns", urls[i % urls.len()]);
+                let state = json!({"w": w, "i": i});
+                let body = json!({"input": "q", "output": "a", "state_after": state});
+                let sent = http
+                    .post(url)
+                    .header("X-API-Key", KEY)
+                    .json(&body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                // A killed server's requests fail; a conflict is a lost race: both are
+                // fine, neither was acknowledged.
+                let Ok(r) = sent else { continue };
+                if r.status() != StatusCode::CREATED && r.status() != StatusCode::OK {
+                    continue;
+                }
+                let turn: Value = r.json().await.unwrap();
+                let number = turn["turn_number"].as_u64().unwrap();
+                let version = turn["state_version"].as_u64().unwrap();
+                acked.lock().push(Acked {
+                    session: session.clone(),
+                    number,
+                    version,
+                    state,
+                });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = s.remove(1);
+    drop(killed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().clone();
+    assert!(
+        acked.len() > 100,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    for session in &sessions {
+        let reader = &s[0].url;
+        let got = get(&http, format!("{reader}/v1/sessions/{session}")).await;
+        let turn_count = got["turn_count"].as_u64().unwrap();
+        let turns = get(
+            &http,
+            format!("{reader}/v1/sessions/{session}/turns?limit=100&order=asc"),
+        )
+        .await;
+        let mut numbers: Vec<u64> = Vec::new();
+        let mut page = turns;
+        loop {
+            let data = page["data"].as_array().unwrap();
+            numbers.extend(data.iter().map(|t| t["turn_number"].as_u64().unwrap()));
+            if !page["has_more"].as_bool().unwrap_or(false) {
+                break;
+            }
+            let last = data.last().unwrap()["id"].as_str().unwrap();
+            let next = format!(
+                "{reader}/v1/sessions/{session}/turns?limit=100&order=asc&starting_after={last}"
+            );
+            page = get(&http, next).await;
+        }
+        let expected: Vec<u64> = (1..=turn_count).collect();
+        assert_eq!(numbers, expected, "turn numbers of {session} have a gap");
+        let mine = || acked.iter().filter(|a| a.session == *session);
+        for Acked { number, .. } in mine() {
+            assert!(
+                *number <= turn_count,
+                "acknowledged turn {number} of {session} is gone"
+            );
+        }
+        // Every acknowledged version is there, with the state its turn wrote.
+        let history = get(
+            &http,
+            format!("{reader}/v1/sessions/{session}/history?from_version=0&limit=1000"),
+        )
+        .await;
+        let versions = history["data"].as_array().unwrap();
+        let numbers: Vec<u64> = versions
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect();
+        let current = got["version"].as_u64().unwrap();
+        assert_eq!(
+            numbers,
+            (0..=current).collect::<Vec<_>>(),
+            "versions of {session}"
+        );
+        for Acked { version, state, .. } in mine() {
+            let stored = versions.get(*version as usize).map(|v| &v["state"]);
+            assert_eq!(
+                stored,
+                Some(state),
+                "acknowledged version {version} of {session}"
+            );
+        }
+    }
+}
