@@ -9,9 +9,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use statebase_postgres::testing::TestCluster;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Server;
 
 const KEY: &str = "sb_scaleoutkeyscaleoutkey01";
 
@@ -19,68 +22,29 @@ fn statebase() -> Command {
     Command::new(env!("CARGO_BIN_EXE_statebase"))
 }
 
-/// One server process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: tempfile::NamedTempFile,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `n` servers on a new database, each answering `/health`, and the database's URL.
+/// `n` servers on a new database, and the database's URL.
 async fn servers(n: usize) -> (Vec<Server>, String) {
     let db = TestCluster::required().database().await;
+    let key = format!("default:{KEY}");
+    let args = [
+        "--api-key",
+        &key,
+        "--allow-private-webhooks",
+        "--webhook-interval-ms",
+        "50",
+        // The writers below are many; the limits have tests of their own.
+        "--rate-limit",
+        "1000000",
+        "--burst",
+        "1000000",
+        "--tenant-rate-limit",
+        "1000000",
+        "--tenant-burst",
+        "1000000",
+    ];
     let mut started = Vec::new();
     for _ in 0..n {
-        let addr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        };
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = statebase()
-            .args(["serve", "--db", &db, "--addr", &addr])
-            .args(["--api-key", &format!("default:{KEY}")])
-            .args(["--allow-private-webhooks", "--webhook-interval-ms", "50"])
-            // The writers below are many; the limits have tests of their own.
-            .args(["--rate-limit", "1000000", "--burst", "1000000"])
-            .args([
-                "--tenant-rate-limit",
-                "1000000",
-                "--tenant-burst",
-                "1000000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        started.push(Server {
-            child,
-            url: format!("http://{addr}"),
-            log,
-        });
-    }
-    let http = reqwest::Client::new();
-    for s in &mut started {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http.get(format!("{}/health", s.url)).send().await.is_err() {
-            let log = || std::fs::read_to_string(s.log.path()).unwrap_or_default();
-            if let Some(exit) = s.child.try_wait().unwrap() {
-                panic!("a server stopped ({exit}): {}", log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never answered: {}",
-                s.url,
-                log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        started.push(Server::start(&db, &args).await);
     }
     (started, db)
 }

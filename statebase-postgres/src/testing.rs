@@ -12,6 +12,17 @@ use std::sync::OnceLock;
 pub struct TestCluster {
     /// A superuser URL without a database name.
     base: String,
+    /// How to stop and start it again; `None` for a server of `STATEBASE_TEST_PG_URL`.
+    control: Option<Control>,
+}
+
+/// A cluster this process started.
+#[derive(Debug)]
+struct Control {
+    pg_ctl: PathBuf,
+    dir: PathBuf,
+    options: String,
+    log: PathBuf,
 }
 
 /// Why no cluster can be had: what to set or install.
@@ -37,7 +48,10 @@ impl TestCluster {
             let base = url
                 .rsplit_once('/')
                 .map_or(url.clone(), |(b, _)| b.to_owned());
-            return Some(TestCluster { base });
+            return Some(TestCluster {
+                base,
+                control: None,
+            });
         }
         let bin = match std::env::var_os("STATEBASE_PG_BIN") {
             Some(bin) => PathBuf::from(bin),
@@ -61,12 +75,14 @@ impl TestCluster {
                 "--no-instructions",
             ]));
         let port = free_port();
-        let options = format!("-h 127.0.0.1 -p {port} -k {}", data.display());
-        let log = data.join("log");
-        let pg_ctl = bin.join("pg_ctl");
-        run(as_server_user(&pg_ctl)
-            .args(["-D", &dir.to_string_lossy(), "-w", "-o", &options])
-            .args(["-l", &log.to_string_lossy(), "start"]));
+        let control = Control {
+            pg_ctl: bin.join("pg_ctl"),
+            dir: dir.clone(),
+            options: format!("-h 127.0.0.1 -p {port} -k {}", data.display()),
+            log: data.join("log"),
+        };
+        control.start();
+        let pg_ctl = &control.pg_ctl;
         // Statics are never dropped: a watcher stops the cluster once this process is gone.
         let stop =
             format!(
@@ -89,7 +105,28 @@ impl TestCluster {
             .expect("the cluster's watcher starts");
         Some(TestCluster {
             base: format!("postgres://postgres@127.0.0.1:{port}"),
+            control: Some(control),
         })
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no checkpoint, every
+    /// connection cut), runs `meanwhile`, and starts it again on the same port. `None` (and
+    /// nothing done) for a server this process did not start.
+    pub async fn crash_and_restart<F: std::future::Future>(
+        &self,
+        meanwhile: F,
+    ) -> Option<F::Output> {
+        let control = self.control.as_ref()?;
+        run(as_server_user(&control.pg_ctl).args([
+            "-D",
+            &control.dir.to_string_lossy(),
+            "-m",
+            "immediate",
+            "stop",
+        ]));
+        let out = meanwhile.await;
+        control.start();
+        Some(out)
     }
 
     /// A new, empty database and its URL.
@@ -122,6 +159,14 @@ impl TestCluster {
     /// A URL for `user` (no password) to `database`.
     pub fn url_as(&self, user: &str, database: &str) -> String {
         self.base.replacen("postgres@", &format!("{user}@"), 1) + "/" + database
+    }
+}
+
+impl Control {
+    fn start(&self) {
+        run(as_server_user(&self.pg_ctl)
+            .args(["-D", &self.dir.to_string_lossy(), "-w", "-o", &self.options])
+            .args(["-l", &self.log.to_string_lossy(), "start"]));
     }
 }
 
