@@ -656,6 +656,29 @@ pub struct IdempotentResponse {
     pub body: Vec<u8>,
 }
 
+/// A token bucket that every process using the store draws from: `per_minute` tokens a
+/// minute, holding at most `burst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateBucket {
+    /// Its name, e.g. `key:<id>`.
+    pub name: String,
+    /// Tokens added a minute (at least 1).
+    pub per_minute: u32,
+    /// Tokens held at most (at least 1).
+    pub burst: u32,
+}
+
+/// A shared bucket after [`ServerRecords::take_tokens`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketState {
+    /// Whole tokens left.
+    pub remaining: u32,
+    /// Until it is full again.
+    pub reset_in: std::time::Duration,
+    /// Until it has a token, if it had none (then no bucket gave one).
+    pub retry_after: Option<std::time::Duration>,
+}
+
 /// What the HTTP server keeps besides the data it serves: API keys, webhook endpoints with
 /// their deliveries, and idempotent responses. Core's [`StateBase`](crate::StateBase) needs
 /// it only for its key methods.
@@ -732,6 +755,15 @@ pub trait ServerRecords: Send + Sync + Debug + 'static {
         let _ = (name, holder, ttl);
         Ok(true)
     }
+
+    /// Takes a token from each bucket if every one has one, else from none, timed by the
+    /// store's clock; answers each bucket's state, in order. For rate limits that hold
+    /// across every process sharing the store. `None` (what this provided method answers)
+    /// when the store keeps no buckets: one process owns it and limits in memory.
+    async fn take_tokens(&self, buckets: Vec<RateBucket>) -> Result<Option<Vec<BucketState>>> {
+        let _ = buckets;
+        Ok(None)
+    }
 }
 
 /// Calls `$callback!` with every store trait and its methods' signatures, so that the
@@ -798,6 +830,7 @@ macro_rules! store_methods {
                 fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()>;
                 fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64>;
                 fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool>;
+                fn take_tokens(&self, buckets: Vec<RateBucket>) -> Result<Option<Vec<BucketState>>>;
             }
         }
     };

@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use statebase_core::{hash_secret, ApiKey, ServerStore, StateBase};
+use statebase_core::store::RateBucket;
+use statebase_core::{hash_secret, ApiKey, Result, ServerStore, StateBase};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -204,7 +205,47 @@ impl RateLimiter {
         )
     }
 
-    /// Takes a token from the key's bucket and its tenant's, if both have one.
+    /// Takes a token from the key's bucket and its tenant's, if both have one: from the
+    /// store's buckets when it keeps them (shared by every server on it), else from this
+    /// process's ([`RateLimiter::check`]).
+    pub async fn take(&self, key: &ApiKey, store: &dyn ServerStore) -> Result<Decision> {
+        let rate = self.rate_of(key);
+        let bucket = |name: String, rate: Rate| RateBucket {
+            name,
+            per_minute: rate.per_minute,
+            burst: rate.burst,
+        };
+        let mut buckets = vec![bucket(format!("key:{}", key.id), rate)];
+        if let Some(budget) = self.tenant_budget {
+            buckets.push(bucket(format!("tenant:{}", key.tenant), budget));
+        }
+        let Some(states) = store.take_tokens(buckets).await? else {
+            return Ok(self.check(key));
+        };
+        self.count_use(key, rate);
+        let seconds = |d: std::time::Duration| d.as_secs_f64().ceil() as u64;
+        let retry_after = states.iter().filter_map(|s| s.retry_after).max();
+        Ok(Decision {
+            limit: rate.per_minute,
+            remaining: states.iter().map(|s| s.remaining).min().unwrap_or(0),
+            reset_in: seconds(states[0].reset_in),
+            retry_after: retry_after.map(|d| seconds(d).max(1)),
+        })
+    }
+
+    /// Counts a request of `key` in its usage.
+    fn count_use(&self, key: &ApiKey, rate: Rate) {
+        let mut buckets = self.buckets.lock();
+        let (_, usage) = buckets
+            .keys
+            .entry(key.id.clone())
+            .or_insert((Bucket::full(rate, Instant::now()), Usage::default()));
+        usage.requests += 1;
+        usage.last_used = Some(chrono::Utc::now());
+    }
+
+    /// Takes a token from the key's bucket and its tenant's in this process, if both have
+    /// one.
     pub fn check(&self, key: &ApiKey) -> Decision {
         let rate = self.rate_of(key);
         let now = Instant::now();
@@ -389,7 +430,10 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let decision = app.limiter.check(&caller.key);
+    let decision = match app.limiter.take(&caller.key, app.sb.store().as_ref()).await {
+        Ok(decision) => decision,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let mut response = match decision.retry_after {
         Some(seconds) => ApiError::rate_limited(seconds).into_response(),
         None => {

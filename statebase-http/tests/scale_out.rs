@@ -22,31 +22,35 @@ fn statebase() -> Command {
     Command::new(env!("CARGO_BIN_EXE_statebase"))
 }
 
-/// `n` servers on a new database, and the database's URL.
-async fn servers(n: usize) -> (Vec<Server>, String) {
+/// Limits high enough for the many writers below; the limits have tests of their own.
+const UNLIMITED: &[&str] = &[
+    "--rate-limit",
+    "1000000",
+    "--burst",
+    "1000000",
+    "--tenant-rate-limit",
+    "1000000",
+    "--tenant-burst",
+    "1000000",
+];
+
+/// `n` servers with `limits` on a new database, and the database's URL.
+async fn servers_limited(n: usize, limits: &[&str]) -> (Vec<Server>, String) {
     let db = TestCluster::required().database().await;
     let key = format!("default:{KEY}");
-    let args = [
-        "--api-key",
-        &key,
-        "--allow-private-webhooks",
-        "--webhook-interval-ms",
-        "50",
-        // The writers below are many; the limits have tests of their own.
-        "--rate-limit",
-        "1000000",
-        "--burst",
-        "1000000",
-        "--tenant-rate-limit",
-        "1000000",
-        "--tenant-burst",
-        "1000000",
-    ];
+    let mut args = vec!["--api-key", &key, "--allow-private-webhooks"];
+    args.extend(["--webhook-interval-ms", "50"]);
+    args.extend(limits);
     let mut started = Vec::new();
     for _ in 0..n {
         started.push(Server::start(&db, &args).await);
     }
     (started, db)
+}
+
+/// `n` servers on a new database, and the database's URL.
+async fn servers(n: usize) -> (Vec<Server>, String) {
+    servers_limited(n, UNLIMITED).await
 }
 
 async fn call(
@@ -241,6 +245,40 @@ async fn each_webhook_event_is_delivered_once_by_three_servers() {
     }
     assert_eq!(counts.len(), 12);
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_rate_limit_holds_across_servers() {
+    // 10 at once, then one a second: 30 requests in a few hundred milliseconds, spread
+    // over three servers, get about 10 through, not 10 from each.
+    let limits = ["--rate-limit", "60", "--burst", "10"];
+    let (s, _) = servers_limited(3, &limits).await;
+    let http = reqwest::Client::new();
+    let (mut admitted, mut refused) = (0, 0);
+    let started = Instant::now();
+    for i in 0..30 {
+        let r = http
+            .get(format!("{}/v1/sessions", s[i % 3].url))
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // One more token a second came in while they were sent.
+    let refilled = started.elapsed().as_secs() as usize;
+    assert!(
+        (10..=11 + refilled).contains(&admitted),
+        "{admitted} admitted, {refused} refused in {:?}",
+        started.elapsed()
+    );
 }
 
 /// An acknowledged turn: its session, number, state version and state.

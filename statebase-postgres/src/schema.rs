@@ -181,6 +181,12 @@ CREATE TABLE idempotent_responses (
 );
 CREATE INDEX idempotent_responses_by_age ON idempotent_responses (at);
 
+-- Rate limits shared by every server (GCRA: when the bucket would next be full-free).
+CREATE TABLE rate_buckets (
+    name  text        PRIMARY KEY,
+    tat   timestamptz NOT NULL
+);
+
 CREATE TABLE leases (
     name        text        PRIMARY KEY,
     holder      text        NOT NULL,
