@@ -16,6 +16,57 @@ use tokio_postgres::Row;
 const COLUMNS: &str = "id, session_id, user_id, content, memory_type, tags, metadata, \
      version, embedding_model, embedding, dedupe_key, created_at, updated_at";
 
+/// `text` as an SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The HNSW index of the vectors `model` made, `dims` long: partial (one per model, as
+/// vectors of two models are not comparable) and on an expression (an index needs a fixed
+/// dimension, which the column has not).
+pub(crate) fn vector_index_sql(model: &str, dims: usize) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{model}\0{dims}"));
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS memories_hnsw_{name} ON memories
+         USING hnsw ((embedding::vector({dims})) vector_cosine_ops)
+         WHERE embedding_model = {}",
+        literal(model)
+    )
+}
+
+impl PostgresStore {
+    /// Builds the vector index of `model` in the background, once per process: searches
+    /// meanwhile scan (exactly), and a server that stops halfway leaves it to the next.
+    fn see_to_vector_index(&self, model: &str, dims: usize) {
+        let new = self
+            .vector_indexes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((model.to_owned(), dims));
+        if !new {
+            return;
+        }
+        let (store, sql) = (self.clone(), vector_index_sql(model, dims));
+        let model = model.to_owned();
+        tokio::spawn(async move {
+            let build = async {
+                let conn = store.conn().await?;
+                // A big table takes longer than the statement timeout to index.
+                conn.batch_execute("SET statement_timeout = 0").await?;
+                let built = conn.batch_execute(&sql).await;
+                conn.batch_execute("RESET statement_timeout").await?;
+                Ok::<_, PostgresError>(built?)
+            };
+            match build.await {
+                Ok(()) => tracing::info!(model = %model, dims, "vector index ready"),
+                Err(e) => tracing::warn!(error = %e, "building the vector index failed"),
+            }
+        });
+    }
+}
+
 /// The `WHERE` of a search's scope, types and tags.
 fn search_filters(tenant: &str, q: &MemorySearch) -> Filtered {
     let mut f = Filtered::new("", "tenant", tenant);
@@ -300,11 +351,16 @@ impl MemoryRecords for PostgresStore {
         let mut candidates = Vec::new();
         let vector_score = match &q.vector {
             Some(v) => {
-                let (v, model) = (f.bind(Vector::from(v.clone())), f.bind(q.model.clone()));
+                self.see_to_vector_index(&q.model, v.len());
+                // The model and dimensions are written out, so that the planner can use
+                // the model's partial HNSW index (see `vector_index_sql`).
+                let (model, dims) = (literal(&q.model), v.len());
+                let typed = format!("embedding::vector({dims})");
+                let v = f.bind(Vector::from(v.clone()));
                 let limit = f.bind(query::limit(q.limit));
                 candidates.push(format!(
                     "id IN (SELECT id FROM memories WHERE {scope} AND embedding_model = {model}
-                         ORDER BY embedding <=> {v} LIMIT {limit})"
+                         ORDER BY {typed} <=> {v}::vector({dims}) LIMIT {limit})"
                 ));
                 format!(
                     "CASE WHEN embedding_model = {model} THEN 1 - (embedding <=> {v}) ELSE 0 END"
