@@ -3,7 +3,8 @@
 //!
 //! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick]
 //! [--full] [--json] [--only GROUP]` (groups: retrieval, memory, search, storage, sqlite, sled,
-//! http).
+//! postgres, http). The postgres group runs on a throwaway PostgreSQL (see
+//! `statebase_postgres::testing`), or is skipped, saying why, when there is none.
 //!
 //! Every figure is the median over rounds; latencies are p50/p99 over every operation of
 //! every round.
@@ -259,6 +260,55 @@ fn raw_sled(dir: &Path, rounds: usize, writes: usize, reads: usize) -> Raw {
         write: ("raw sled insert+flush".into(), write),
         read: ("raw sled get".into(), read),
     }
+}
+
+/// Raw tokio-postgres on one connection: a one-row insert transaction, and a point read.
+async fn raw_postgres(url: &str, rounds: usize, writes: usize, reads: usize) -> Raw {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE raw_t (k bigint PRIMARY KEY, v bytea NOT NULL)")
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO raw_t (k, v) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let select = client
+        .prepare("SELECT v FROM raw_t WHERE k = $1")
+        .await
+        .unwrap();
+    let client = &client;
+    let (insert, select) = (&insert, &select);
+    let write = sequential(rounds, writes, |_| async move {
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .execute(insert, &[&next_key(), &&RAW_VALUE[..]])
+            .await
+            .unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+    })
+    .await;
+    let read = sequential(rounds, reads, |i| async move {
+        let rows = client
+            .query(select, &[&(1 + i as i64 % writes as i64)])
+            .await
+            .unwrap();
+        assert!(rows.len() <= 1);
+    })
+    .await;
+    Raw {
+        write: ("raw tokio-postgres 1-row tx".into(), write.0),
+        read: ("raw tokio-postgres point read".into(), read.0),
+    }
+}
+
+/// 1, 2, 3, …: the keys of the raw writes.
+fn next_key() -> i64 {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
 }
 
 /// A locked `HashMap` of byte values: what the memory backend is at its simplest.
@@ -861,6 +911,29 @@ async fn main() {
         let raw = raw_sled(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
         let sled = statebase_sled::SledStore::open(dir.path().join("bench.sled")).unwrap();
         bench_backend("sled", StateBase::new(sled), &sizes, raw, &mut figures).await;
+    }
+    if runs("postgres") {
+        match statebase_postgres::testing::TestCluster::get() {
+            Some(pg) => {
+                let raw = raw_postgres(
+                    &pg.database().await,
+                    sizes.rounds,
+                    sizes.writes,
+                    sizes.reads,
+                )
+                .await;
+                let options = statebase_postgres::PostgresOptions::default();
+                let store =
+                    statebase_postgres::PostgresStore::connect(&pg.database().await, options)
+                        .await
+                        .unwrap();
+                bench_backend("postgres", StateBase::new(store), &sizes, raw, &mut figures).await;
+            }
+            None => eprintln!(
+                "postgres: skipped, no PostgreSQL ({})",
+                statebase_postgres::testing::HOW
+            ),
+        }
     }
     if runs("http") {
         bench_http(dir.path(), &sizes, &mut figures).await;
