@@ -345,22 +345,30 @@ impl MemoryRecords for PostgresStore {
         let mut f = search_filters(tenant, q);
         let scope = f.conditions().to_owned();
         let words = f.bind(q.keywords.clone());
-        let matched = format!(
-            "cardinality(ARRAY(SELECT unnest(keywords) INTERSECT SELECT unnest({words}::text[])))"
-        );
+        // Keywords are stored without repeats: those among the query's are its count.
+        let matched =
+            format!("(SELECT count(*) FROM unnest(keywords) k WHERE k = ANY({words}))::int");
         let mut candidates = Vec::new();
         let vector_score = match &q.vector {
             Some(v) => {
                 self.see_to_vector_index(&q.model, v.len());
                 // The model and dimensions are written out, so that the planner can use
-                // the model's partial HNSW index (see `vector_index_sql`).
+                // the model's partial HNSW index (see `vector_index_sql`) for a search of
+                // the whole tenant. A session's or a user's memories are few, found by their
+                // B-tree indexes and compared exactly: walking the graph of every tenant's
+                // vectors for the few that pass such a filter costs far more.
                 let (model, dims) = (literal(&q.model), v.len());
-                let typed = format!("embedding::vector({dims})");
                 let v = f.bind(Vector::from(v.clone()));
+                let distance = match q.scope {
+                    SearchScope::Tenant => {
+                        format!("embedding::vector({dims}) <=> {v}::vector({dims})")
+                    }
+                    _ => format!("embedding <=> {v}"),
+                };
                 let limit = f.bind(query::limit(q.limit));
                 candidates.push(format!(
                     "id IN (SELECT id FROM memories WHERE {scope} AND embedding_model = {model}
-                         ORDER BY {typed} <=> {v}::vector({dims}) LIMIT {limit})"
+                         ORDER BY {distance} LIMIT {limit})"
                 ));
                 format!(
                     "CASE WHEN embedding_model = {model} THEN 1 - (embedding <=> {v}) ELSE 0 END"
@@ -376,8 +384,10 @@ impl MemoryRecords for PostgresStore {
             return Ok(Some(Vec::new()));
         }
         f.and(&format!("({})", candidates.join(" OR ")));
+        // The hits need no vectors: leave them in the database.
+        let columns = COLUMNS.replacen("embedding,", "NULL::vector AS embedding,", 1);
         f.select(format!(
-            "SELECT {COLUMNS}, ({vector_score})::real AS vector_score, {matched} AS matched
+            "SELECT {columns}, ({vector_score})::real AS vector_score, {matched} AS matched
              FROM memories"
         ));
         let conn = self.conn().await?;
