@@ -748,12 +748,20 @@ pub trait ServerRecords: Send + Sync + Debug + 'static {
 
     /// Takes the lease `name` for `holder` for `ttl`, or renews it, if no other holder has
     /// it now; says whether `holder` holds it. For work that one process at a time does of
-    /// all those sharing the store (the webhook dispatcher). The store's own clock times
+    /// all those sharing the store (the webhook dispatcher, a request with an idempotency
+    /// key). The store's own clock times
     /// it, so that the processes' clocks need not agree. The provided method, which always
     /// grants it, suits a store that one process owns.
     async fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
         let _ = (name, holder, ttl);
         Ok(true)
+    }
+
+    /// Gives up the lease `name` if `holder` holds it, so that another may take it before
+    /// it runs out. The provided method does nothing, as its `take_lease` keeps nothing.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        let _ = (name, holder);
+        Ok(())
     }
 
     /// Takes a token from each bucket if every one has one, else from none, timed by the
@@ -830,6 +838,7 @@ macro_rules! store_methods {
                 fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()>;
                 fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64>;
                 fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool>;
+                fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
                 fn take_tokens(&self, buckets: Vec<RateBucket>) -> Result<Option<Vec<BucketState>>>;
             }
         }

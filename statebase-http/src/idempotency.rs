@@ -158,37 +158,98 @@ async fn run(keep: &Idempotency, req: Request, next: Next) -> Result<Response, A
     let key = format!("{}/{key}", caller.key.id);
     let slot = keep.slot(&key);
     let _running = slot.lock().await;
-    if let Some(stored) = keep.get(&key).await? {
-        if stored.request != request {
-            return Err(ApiError::idempotency_key_reused());
-        }
-        return Ok(replay(stored));
-    }
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    // Errors are not kept: a retry after one should really retry.
-    if !response.status().is_success() {
-        return Ok(response);
-    }
-    let (parts, body) = response.into_parts();
-    let bytes = to_bytes(body, usize::MAX)
-        .await
-        .map_err(statebase_core::Error::backend)?;
-    let stored = Stored {
-        request,
-        status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-        at: Utc::now(),
+    // Another server on the same store may be running it: the claim waits for it.
+    let claim = match keep.claim(&key, &request).await? {
+        Claim::Replay(stored) => return Ok(replay(stored)),
+        Claim::Held(claim) => claim,
     };
-    // The change is made; if keeping its response fails, the client still gets it.
-    if let Err(e) = keep.put(&key, &stored).await {
-        tracing::warn!(error = ?e, "could not keep an idempotent response");
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let response = keep.answer(&key, request, response).await;
+    if let Err(e) = keep.store.release_lease(&claim, claim_holder()).await {
+        tracing::warn!(error = %e, "could not release an idempotency claim");
     }
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+    response
+}
+
+/// What [`Idempotency::claim`] found.
+enum Claim {
+    /// The answer to the first request.
+    Replay(Stored),
+    /// This request runs: the lease it holds meanwhile.
+    Held(String),
+}
+
+/// How long a claim holds if its server stops before releasing it.
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// This process's name as a claim holder.
+fn claim_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| {
+        use statebase_core::IdSource;
+        statebase_core::RandomIds.new_id("server_")
+    })
+}
+
+impl Idempotency {
+    /// The kept answer to `key`, or the claim to run it, waiting while another process
+    /// holds it. `idempotency_key_reused` for a kept answer to another request.
+    async fn claim(&self, key: &str, request: &str) -> Result<Claim, ApiError> {
+        let lease = format!("idempotency:{key}");
+        loop {
+            if let Some(stored) = self.get(key).await? {
+                if stored.request != request {
+                    return Err(ApiError::idempotency_key_reused());
+                }
+                return Ok(Claim::Replay(stored));
+            }
+            if self.store.take_lease(&lease, claim_holder(), CLAIM).await? {
+                // Kept between the read and the claim: answer with it.
+                if let Some(stored) = self.get(key).await? {
+                    self.store.release_lease(&lease, claim_holder()).await?;
+                    if stored.request != request {
+                        return Err(ApiError::idempotency_key_reused());
+                    }
+                    return Ok(Claim::Replay(stored));
+                }
+                return Ok(Claim::Held(lease));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Keeps a successful `response` to `key` and answers it.
+    async fn answer(
+        &self,
+        key: &str,
+        request: String,
+        response: Response,
+    ) -> Result<Response, ApiError> {
+        // Errors are not kept: a retry after one should really retry.
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = to_bytes(body, usize::MAX)
+            .await
+            .map_err(statebase_core::Error::backend)?;
+        let stored = Stored {
+            request,
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            at: Utc::now(),
+        };
+        // The change is made; if keeping its response fails, the client still gets it.
+        if let Err(e) = self.put(key, &stored).await {
+            tracing::warn!(error = ?e, "could not keep an idempotent response");
+        }
+        Ok(Response::from_parts(parts, Body::from(bytes)))
+    }
 }
 
 #[cfg(test)]

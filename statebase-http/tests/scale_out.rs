@@ -248,6 +248,39 @@ async fn each_webhook_event_is_delivered_once_by_three_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_an_idempotent_request_sent_to_every_server_at_once_run_once() {
+    let (s, _) = servers(3).await;
+    let http = reqwest::Client::new();
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let agent = format!("race-{round}");
+        let sends: Vec<_> = (0..6)
+            .map(|i| {
+                let request = http
+                    .post(format!("{}/v1/sessions", s[i % 3].url))
+                    .header("X-API-Key", KEY)
+                    .header("Idempotency-Key", &key)
+                    .json(&json!({"agent_id": agent}))
+                    .send();
+                tokio::spawn(async move {
+                    let r = request.await.unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.json::<Value>().await.unwrap()["id"].clone()
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for send in sends {
+            ids.push(send.await.unwrap());
+        }
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let url = format!("{}/v1/sessions?agent_id={agent}", s[0].url);
+        let listed = get(&http, url).await;
+        assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_rate_limit_holds_across_servers() {
     // 10 at once, then one a second: 30 requests in a few hundred milliseconds, spread
     // over three servers, get about 10 through, not 10 from each.

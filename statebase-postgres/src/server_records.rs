@@ -258,6 +258,15 @@ impl ServerRecords for PostgresStore {
         Ok(taken == 1)
     }
 
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        self.change(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[&name, &holder],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn take_tokens(&self, buckets: Vec<RateBucket>) -> Result<Option<Vec<BucketState>>> {
         // GCRA: a bucket is its "theoretical arrival time" `tat`; a request advances it by
         // one interval, and is admitted while `tat` stays within `burst` intervals of now.
