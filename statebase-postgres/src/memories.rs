@@ -10,6 +10,7 @@ use pgvector::Vector;
 use statebase_core::search::keywords;
 use statebase_core::store::*;
 use statebase_core::{Error, Memory, MemoryRevision, Object, ResourceKind, Result, Trace};
+use std::collections::HashMap;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 
@@ -342,64 +343,105 @@ impl MemoryRecords for PostgresStore {
         tenant: &str,
         q: &MemorySearch,
     ) -> Result<Option<Vec<ScoredMemory>>> {
-        let mut f = search_filters(tenant, q);
-        let scope = f.conditions().to_owned();
-        let words = f.bind(q.keywords.clone());
-        // Keywords are stored without repeats: those among the query's are its count.
-        let matched =
-            format!("(SELECT count(*) FROM unnest(keywords) k WHERE k = ANY({words}))::int");
-        let mut candidates = Vec::new();
-        let vector_score = match &q.vector {
-            Some(v) => {
-                self.see_to_vector_index(&q.model, v.len());
-                // The model and dimensions are written out, so that the planner can use
-                // the model's partial HNSW index (see `vector_index_sql`) for a search of
-                // the whole tenant. A session's or a user's memories are few, found by their
-                // B-tree indexes and compared exactly: walking the graph of every tenant's
-                // vectors for the few that pass such a filter costs far more.
-                let (model, dims) = (literal(&q.model), v.len());
-                let v = f.bind(Vector::from(v.clone()));
-                let distance = match q.scope {
-                    SearchScope::Tenant => {
-                        format!("embedding::vector({dims}) <=> {v}::vector({dims})")
-                    }
-                    _ => format!("embedding <=> {v}"),
-                };
-                let limit = f.bind(query::limit(q.limit));
-                candidates.push(format!(
-                    "id IN (SELECT id FROM memories WHERE {scope} AND embedding_model = {model}
-                         ORDER BY {distance} LIMIT {limit})"
+        // As the in-process search: the `limit` nearest by vector; every memory's count of
+        // the query's keywords (counted here, from the keyword index's matches: cheaper
+        // than in SQL); of the others only those whose keyword share alone beats the
+        // `limit`-th best score of the nearest, since that is all they can score on. Then
+        // the candidates' records with their exact vector scores.
+        let conn = self.conn().await?;
+        let mut nearest: Vec<(String, f32)> = Vec::new();
+        let mut vector = None;
+        if let Some(v) = &q.vector {
+            self.see_to_vector_index(&q.model, v.len());
+            let mut f = search_filters(tenant, q);
+            // The model and dimensions are written out, so that the planner can use the
+            // model's partial HNSW index (see `vector_index_sql`) for a search of the whole
+            // tenant. A session's or a user's memories are few, found by their B-tree
+            // indexes and compared exactly: walking the graph of every tenant's vectors for
+            // the few that pass such a filter costs far more.
+            let (model, dims) = (literal(&q.model), v.len());
+            let p = f.bind(Vector::from(v.clone()));
+            let distance = match q.scope {
+                SearchScope::Tenant => format!("embedding::vector({dims}) <=> {p}::vector({dims})"),
+                _ => format!("embedding <=> {p}"),
+            };
+            f.and(&format!("embedding_model = {model}"));
+            f.select(format!(
+                "SELECT id, (1 - ({distance}))::real AS vs FROM memories"
+            ));
+            let limit = f.bind(query::limit(q.limit));
+            for r in f
+                .rows(&conn, &format!("ORDER BY {distance} LIMIT {limit}"))
+                .await?
+            {
+                nearest.push((
+                    r.try_get("id").map_err(PostgresError::from)?,
+                    r.try_get("vs").map_err(PostgresError::from)?,
                 ));
-                format!(
-                    "CASE WHEN embedding_model = {model} THEN 1 - (embedding <=> {v}) ELSE 0 END"
-                )
             }
-            None => "0".to_owned(),
-        };
-        if let Some(min) = q.min_keywords() {
-            let min = f.bind(i32::try_from(min).unwrap_or(i32::MAX));
-            candidates.push(format!("(keywords && {words} AND {matched} >= {min})"));
+            vector = Some((model, Vector::from(v.clone())));
         }
-        if candidates.is_empty() {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        if !q.keywords.is_empty() {
+            let mut f = search_filters(tenant, q);
+            let words = f.bind(q.keywords.clone());
+            f.and(&format!("keywords && {words}"));
+            f.select("SELECT id, keywords FROM memories".to_owned());
+            for r in f.rows(&conn, "").await? {
+                let keywords: Vec<String> = r.try_get("keywords").map_err(PostgresError::from)?;
+                let matched = keywords.iter().filter(|k| q.keywords.contains(k)).count();
+                counts.insert(r.try_get("id").map_err(PostgresError::from)?, matched);
+            }
+        }
+        let n = q.keywords.len().max(1) as f32;
+        let share = |id: &str| counts.get(id).map_or(0.0, |&c| c as f32 / n);
+        let bar = if nearest.len() < q.limit || q.limit == 0 {
+            f32::NEG_INFINITY
+        } else {
+            nearest
+                .iter()
+                .map(|(id, vs)| vs.max(share(id)))
+                .fold(f32::INFINITY, f32::min)
+        };
+        let mut ids: Vec<String> = nearest.into_iter().map(|(id, _)| id).collect();
+        if let Some(min) = q.min_keywords() {
+            let more = counts
+                .iter()
+                .filter(|&(id, &c)| c >= min && c as f32 / n > bar && !ids.contains(id))
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>();
+            ids.extend(more);
+        }
+        if ids.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        f.and(&format!("({})", candidates.join(" OR ")));
         // The hits need no vectors: leave them in the database.
         let columns = COLUMNS.replacen("embedding,", "NULL::vector AS embedding,", 1);
-        f.select(format!(
-            "SELECT {columns}, ({vector_score})::real AS vector_score, {matched} AS matched
-             FROM memories"
-        ));
-        let conn = self.conn().await?;
-        let found = f.rows(&conn, "").await?;
-        let n = q.keywords.len().max(1) as f32;
+        let found = match &vector {
+            Some((model, v)) => {
+                let sql = format!(
+                    "SELECT {columns}, CASE WHEN embedding_model = {model}
+                         THEN (1 - (embedding <=> $3))::real ELSE 0 END AS vector_score
+                     FROM memories WHERE tenant = $1 AND id = ANY($2)"
+                );
+                query::rows(&conn, &sql, &[&tenant, &ids, v]).await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {columns}, 0::real AS vector_score FROM memories
+                     WHERE tenant = $1 AND id = ANY($2)"
+                );
+                query::rows(&conn, &sql, &[&tenant, &ids]).await?
+            }
+        };
         let scored = found
             .iter()
             .map(|r| {
+                let record = read_memory(r)?;
                 Ok(ScoredMemory {
-                    memory: read_memory(r)?.memory,
+                    keyword_score: share(&record.memory.id),
                     vector_score: r.try_get("vector_score")?,
-                    keyword_score: r.try_get::<_, i32>("matched")? as f32 / n,
+                    memory: record.memory,
                 })
             })
             .collect::<Res<_>>()?;

@@ -88,11 +88,6 @@ impl Filtered {
         }
     }
 
-    /// The conditions so far, to repeat in a subquery (their parameters are shared).
-    pub fn conditions(&self) -> &str {
-        &self.conditions
-    }
-
     /// Replaces the statement up to its `WHERE`.
     pub fn select(&mut self, select: String) {
         self.select = select;

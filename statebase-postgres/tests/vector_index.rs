@@ -83,6 +83,25 @@ async fn vector_search_uses_the_hnsw_index_and_agrees_with_an_exact_one() {
             .unwrap();
         r.get::<_, i64>(0)
     };
+    // Hybrid searches (keywords that memories contain) rank as the in-process search does.
+    for (text, threshold) in [("subject 7 detail 12", 0.0), ("note 12 on subject 12", 0.5)] {
+        let hybrid = |store_threshold: f64| SearchMemories {
+            query: text.into(),
+            threshold: Some(store_threshold),
+            limit: Some(10),
+            ..SearchMemories::default()
+        };
+        let contents = |hits: Vec<statebase_core::MemoryHit>| -> Vec<String> {
+            hits.into_iter().map(|h| h.content).collect()
+        };
+        let got = contents(sb.search_memories(hybrid(threshold)).await.unwrap());
+        let want = contents(exact.search_memories(hybrid(threshold)).await.unwrap());
+        let shared = got.iter().filter(|c| want.contains(c)).count();
+        assert!(
+            shared + 1 >= want.len() && !want.is_empty(),
+            "{text:?}: {got:?} against {want:?}"
+        );
+    }
     // At this size the planner rightly sorts all 2,000 exactly; the index pays off from
     // tens of thousands. Told to avoid scans and sorts, new connections take the index,
     // as a big table's would.
