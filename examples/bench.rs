@@ -735,14 +735,28 @@ async fn http_round(connections: usize, n: usize, request: &MakeRequest) -> (f64
 /// The HTTP server on loopback over SQLite: GET state, PATCH state and POST context from 32
 /// connections, next to a trivial JSON endpoint of the same server. Each round runs the
 /// trivial endpoint and then every case, so that the baseline is measured next to them.
-async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
-    let store: Arc<dyn ServerStore> =
-        Arc::new(statebase_sqlite::SqliteStore::open(dir.join("http.db")).unwrap());
-    let state = statebase_http::AppState::new(
-        store,
-        statebase_http::RateLimiter::new(statebase_http::Rate::new(u32::MAX / 2, u32::MAX / 2)),
-        statebase_http::Targets::Public,
-    );
+/// The HTTP cases, against one server per store (each on the same data), requests taken
+/// by each in turn.
+async fn bench_http(
+    backend: &'static str,
+    stores: Vec<Arc<dyn ServerStore>>,
+    sizes: &Sizes,
+    out: &mut Vec<Figure>,
+) {
+    let states: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            statebase_http::AppState::new(
+                store,
+                statebase_http::RateLimiter::new(statebase_http::Rate::new(
+                    u32::MAX / 2,
+                    u32::MAX / 2,
+                )),
+                statebase_http::Targets::Public,
+            )
+        })
+        .collect();
+    let state = &states[0];
     let key = "sb_benchbenchbenchbench00001";
     state
         .sb
@@ -780,32 +794,44 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
             .unwrap();
         own.push(s.id);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = statebase_http::router(state);
-    tokio::spawn(statebase_http::serve(
-        listener,
-        app,
-        statebase_http::Limits::default(),
-        std::future::pending(),
-    ));
-    let trivial_url = format!("{base}/health/live");
-    let state_url = format!("{base}/v1/sessions/{}/state", s.id);
-    let context_url = format!("{base}/v1/sessions/{}/context", s.id);
+    let mut bases = Vec::new();
+    for state in &states {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bases.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(statebase_http::serve(
+            listener,
+            statebase_http::router(state.clone()),
+            statebase_http::Limits::default(),
+            std::future::pending(),
+        ));
+    }
+    // Each request goes to the next server.
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pick = move || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (i, bases[i % bases.len()].clone())
+    };
+    let (state_path, context_path) = (
+        format!("/v1/sessions/{}/state", s.id),
+        format!("/v1/sessions/{}/context", s.id),
+    );
+    let (p1, p2, p3, p4) = (pick.clone(), pick.clone(), pick.clone(), pick);
     let cases: Vec<(&str, MakeRequest)> = vec![
         (
             "GET /health/live (trivial JSON)",
-            Arc::new(move |c: &reqwest::Client| c.get(&trivial_url)),
+            Arc::new(move |c: &reqwest::Client| c.get(format!("{}/health/live", p1().1))),
         ),
         (
             "GET state, 32 connections",
-            Arc::new(move |c: &reqwest::Client| c.get(&state_url).header("X-API-Key", key)),
+            Arc::new(move |c: &reqwest::Client| {
+                c.get(format!("{}{state_path}", p2().1))
+                    .header("X-API-Key", key)
+            }),
         ),
         (
             "PATCH state, 32 connections",
             Arc::new(move |c: &reqwest::Client| {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (i, base) = p3();
                 let url = format!("{base}/v1/sessions/{}/state", own[i % own.len()]);
                 c.patch(url)
                     .header("X-API-Key", key)
@@ -815,9 +841,11 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
         (
             "POST context, 32 connections",
             Arc::new(move |c: &reqwest::Client| {
-                c.post(&context_url).header("X-API-Key", key).json(
-                    &json!({"query": "what about the user", "memory_limit": 5, "turn_limit": 10}),
-                )
+                c.post(format!("{}{context_path}", p4().1))
+                    .header("X-API-Key", key)
+                    .json(
+                        &json!({"query": "what about the user", "memory_limit": 5, "turn_limit": 10}),
+                    )
             }),
         ),
     ];
@@ -833,7 +861,7 @@ async fn bench_http(dir: &Path, sizes: &Sizes, out: &mut Vec<Figure>) {
     let mut trivial = None;
     for ((name, _), (rates, latencies)) in cases.iter().zip(measured) {
         let figure = summarize(rates, latencies);
-        out.push(Figure::rate("http", *name, figure, trivial.clone()));
+        out.push(Figure::rate(backend, *name, figure, trivial.clone()));
         trivial = trivial.or(Some(("trivial JSON endpoint".to_owned(), figure.0)));
     }
 }
@@ -928,6 +956,18 @@ async fn main() {
                         .await
                         .unwrap();
                 bench_backend("postgres", StateBase::new(store), &sizes, raw, &mut figures).await;
+                // The HTTP cases on one server, then on three sharing a database (in this
+                // process, each with its own pool), the requests taken by each in turn.
+                for (backend, servers) in [("http-pg", 1), ("http-pg×3", 3)] {
+                    let url = pg.database().await;
+                    let mut stores: Vec<Arc<dyn ServerStore>> = Vec::new();
+                    for _ in 0..servers {
+                        let options = statebase_postgres::PostgresOptions::default();
+                        let store = statebase_postgres::PostgresStore::connect(&url, options);
+                        stores.push(Arc::new(store.await.unwrap()));
+                    }
+                    bench_http(backend, stores, &sizes, &mut figures).await;
+                }
             }
             None => eprintln!(
                 "postgres: skipped, no PostgreSQL ({})",
@@ -936,7 +976,8 @@ async fn main() {
         }
     }
     if runs("http") {
-        bench_http(dir.path(), &sizes, &mut figures).await;
+        let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("http.db")).unwrap();
+        bench_http("http", vec![Arc::new(sqlite)], &sizes, &mut figures).await;
     }
     if as_json {
         let rows: Vec<_> = figures
