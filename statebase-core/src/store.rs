@@ -204,11 +204,29 @@ pub struct MemorySearch {
 }
 
 impl MemorySearch {
+    /// The share of the query's keywords that `matched` of them are: a memory's keyword
+    /// score.
+    pub fn keyword_share(&self, matched: usize) -> f32 {
+        matched as f32 / self.keywords.len().max(1) as f32
+    }
+
     /// The fewest of the query's keywords a memory must contain for its keyword share alone
     /// to reach the threshold; `None` when no share can (or there are no keywords).
     pub fn min_keywords(&self) -> Option<usize> {
-        let n = self.keywords.len();
-        (1..=n).find(|&k| k as f32 / n as f32 >= self.threshold)
+        (1..=self.keywords.len()).find(|&k| self.keyword_share(k) >= self.threshold)
+    }
+
+    /// What a memory outside the `limit` nearest by vector must beat with its keyword share
+    /// alone to be a candidate (its vector score is no higher than theirs): the `limit`-th
+    /// best of `scores`, the scores (the higher of vector and keyword) of the candidates so
+    /// far; −∞ while there are fewer than `limit`.
+    pub fn bar(&self, scores: impl Iterator<Item = f32>) -> f32 {
+        let mut best: Vec<f32> = scores.collect();
+        if best.len() < self.limit || self.limit == 0 {
+            return f32::NEG_INFINITY;
+        }
+        best.select_nth_unstable_by(self.limit - 1, |a, b| b.total_cmp(a));
+        best[self.limit - 1]
     }
 }
 
@@ -555,10 +573,12 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// in-process index, loaded with [`scan_memories`](Self::scan_memories).
     ///
     /// A store that searches answers the candidates among the memories of `search`'s
-    /// scope, types and tags: the `limit` nearest to its vector of those whose vector
-    /// `search.model` made, and every one containing at least
-    /// [`min_keywords`](MemorySearch::min_keywords) of its keywords, each once with both its
-    /// scores, in any order. Core ranks them.
+    /// scope, types and tags, each once with both its scores, in any order: the `limit`
+    /// nearest to its vector of those whose vector `search.model` made, and of the others
+    /// those containing at least [`min_keywords`](MemorySearch::min_keywords) of its
+    /// keywords whose [`keyword_share`](MemorySearch::keyword_share) is above the
+    /// [`bar`](MemorySearch::bar) of the nearest's scores (more do no harm). Core ranks
+    /// them.
     async fn search_memories(
         &self,
         tenant: &str,
@@ -907,6 +927,39 @@ store_methods!(observe_store {});
 mod tests {
     use super::*;
     use crate::{CreateSession, MemoryStore, StateBase};
+
+    /// A keyword-only candidate must beat the `limit`-th best score; with fewer than `limit`
+    /// scores any share may get in. The fewest keywords reaching the threshold.
+    #[test]
+    fn the_bar_is_the_limit_th_best_score() {
+        let search = MemorySearch {
+            keywords: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            vector: None,
+            model: "m".into(),
+            scope: SearchScope::Tenant,
+            types: vec![],
+            tags: vec![],
+            limit: 3,
+            threshold: 0.5,
+        };
+        assert_eq!(search.bar([0.9, 0.2, 0.7, 0.4].into_iter()), 0.4);
+        assert_eq!(search.bar([0.9, 0.2].into_iter()), f32::NEG_INFINITY);
+        assert_eq!(search.keyword_share(3), 0.75);
+        assert_eq!(search.min_keywords(), Some(2));
+        let unreachable = MemorySearch {
+            threshold: 1.5,
+            ..search.clone()
+        };
+        assert_eq!(unreachable.min_keywords(), None);
+        let no_words = MemorySearch {
+            keywords: vec![],
+            ..search
+        };
+        assert_eq!(
+            (no_words.min_keywords(), no_words.keyword_share(0)),
+            (None, 0.0)
+        );
+    }
 
     /// The parts together are one object-safe `Store`: a statebase over `Arc<dyn Store>`
     /// works as over the store itself.

@@ -197,21 +197,18 @@ impl Idempotency {
     async fn claim(&self, key: &str, request: &str) -> Result<Claim, ApiError> {
         let lease = format!("idempotency:{key}");
         loop {
+            let held = self.store.take_lease(&lease, claim_holder(), CLAIM).await?;
+            // Read after the claim: an answer kept before it is seen.
             if let Some(stored) = self.get(key).await? {
+                if held {
+                    self.store.release_lease(&lease, claim_holder()).await?;
+                }
                 if stored.request != request {
                     return Err(ApiError::idempotency_key_reused());
                 }
                 return Ok(Claim::Replay(stored));
             }
-            if self.store.take_lease(&lease, claim_holder(), CLAIM).await? {
-                // Kept between the read and the claim: answer with it.
-                if let Some(stored) = self.get(key).await? {
-                    self.store.release_lease(&lease, claim_holder()).await?;
-                    if stored.request != request {
-                        return Err(ApiError::idempotency_key_reused());
-                    }
-                    return Ok(Claim::Replay(stored));
-                }
+            if held {
                 return Ok(Claim::Held(lease));
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;

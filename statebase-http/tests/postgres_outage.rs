@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Server;
+use common::{assert_versions_hold, post, Server};
 
 const KEY: &str = "sb_outagekeyoutagekeyoutage1";
 
@@ -31,16 +31,13 @@ async fn a_database_crash_is_503_meanwhile_and_loses_no_acknowledged_write() {
     let server = Server::start(&db, &["--api-key", &format!("default:{KEY}")]).await;
     let url = server.url.clone();
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{url}/v1/sessions"))
-        .header("X-API-Key", KEY)
-        .json(&json!({"agent_id": "bot"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post(
+        &http,
+        KEY,
+        format!("{url}/v1/sessions"),
+        json!({"agent_id": "bot"}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let ready = || {
         let r = http.get(format!("{url}/health/ready")).send();
@@ -138,28 +135,6 @@ async fn a_database_crash_is_503_meanwhile_and_loses_no_acknowledged_write() {
         assert_eq!(retry_after.as_deref(), Some("1"));
         assert!(*took < Duration::from_secs(6), "a failure took {took:?}");
     }
-    let history: Value = http
-        .get(format!(
-            "{url}/v1/sessions/{id}/history?from_version=0&limit=1000"
-        ))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let versions = history["data"].as_array().unwrap();
-    let numbers: Vec<u64> = versions
-        .iter()
-        .map(|v| v["version"].as_u64().unwrap())
-        .collect();
-    let current = history["current_version"].as_u64().unwrap();
-    assert_eq!(numbers, (0..=current).collect::<Vec<_>>());
-    for (version, state) in &seen.acked {
-        assert_eq!(
-            &versions[*version as usize]["state"], state,
-            "version {version}"
-        );
-    }
+    let acked = seen.acked.iter().map(|(version, state)| (*version, state));
+    assert_versions_hold(&http, KEY, &url, &id, acked).await;
 }

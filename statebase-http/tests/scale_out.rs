@@ -9,18 +9,13 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use statebase_postgres::testing::TestCluster;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Server;
+use common::{assert_versions_hold, call, get, post, statebase, Server};
 
 const KEY: &str = "sb_scaleoutkeyscaleoutkey01";
-
-fn statebase() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_statebase"))
-}
 
 /// Limits high enough for the many writers below; the limits have tests of their own.
 const UNLIMITED: &[&str] = &[
@@ -41,9 +36,10 @@ async fn servers_limited(n: usize, limits: &[&str]) -> (Vec<Server>, String) {
     let mut args = vec!["--api-key", &key, "--allow-private-webhooks"];
     args.extend(["--webhook-interval-ms", "50"]);
     args.extend(limits);
-    let mut started = Vec::new();
-    for _ in 0..n {
-        started.push(Server::start(&db, &args).await);
+    // Started together, as after a deploy: they migrate and import the key at once.
+    let mut started: Vec<Server> = (0..n).map(|_| Server::spawn(&db, &args)).collect();
+    for server in &mut started {
+        server.ready().await;
     }
     (started, db)
 }
@@ -53,42 +49,13 @@ async fn servers(n: usize) -> (Vec<Server>, String) {
     servers_limited(n, UNLIMITED).await
 }
 
-async fn call(
-    http: &reqwest::Client,
-    key: &str,
-    method: reqwest::Method,
-    url: String,
-    body: Value,
-) -> (StatusCode, Value) {
-    let r = http
-        .request(method, url)
-        .header("X-API-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    let (status, body) = call(http, KEY, reqwest::Method::POST, url, body).await;
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
-async fn get(http: &reqwest::Client, url: String) -> Value {
-    let (status, body) = call(http, KEY, reqwest::Method::GET, url, Value::Null).await;
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_one_server_acknowledges_every_other_reads_at_once() {
     let (s, _) = servers(3).await;
     let http = reqwest::Client::new();
     let session = post(
         &http,
+        KEY,
         format!("{}/v1/sessions", s[0].url),
         json!({"agent_id": "bot"}),
     )
@@ -107,7 +74,7 @@ async fn what_one_server_acknowledges_every_other_reads_at_once() {
         .await;
         assert!(status.is_success());
         for reader in &s {
-            let got = get(&http, format!("{}/v1/sessions/{id}", reader.url)).await;
+            let got = get(&http, KEY, format!("{}/v1/sessions/{id}", reader.url)).await;
             assert_eq!(
                 (got["version"].as_u64(), got["state"]["n"].as_u64()),
                 (Some(n), Some(n))
@@ -117,6 +84,7 @@ async fn what_one_server_acknowledges_every_other_reads_at_once() {
     // A memory added through one is found by a search through each other at once.
     post(
         &http,
+        KEY,
         format!("{}/v1/sessions/{id}/memories", s[1].url),
         json!({"content": "The user's cat is called Miso"}),
     )
@@ -124,6 +92,7 @@ async fn what_one_server_acknowledges_every_other_reads_at_once() {
     for reader in [&s[0], &s[2]] {
         let found = post(
             &http,
+            KEY,
             format!("{}/v1/memory/search", reader.url),
             json!({"query": "cat called Miso", "session_id": id}),
         )
@@ -149,23 +118,19 @@ async fn what_one_server_acknowledges_every_other_reads_at_once() {
     let first: Value = create(&s[0]).await.unwrap().json().await.unwrap();
     let retry: Value = create(&s[2]).await.unwrap().json().await.unwrap();
     assert_eq!(first["id"], retry["id"]);
-    let listed = get(&http, format!("{}/v1/sessions?agent_id=idem", s[1].url)).await;
+    let listed = get(
+        &http,
+        KEY,
+        format!("{}/v1/sessions?agent_id=idem", s[1].url),
+    )
+    .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_anywhere_stops_working_everywhere_within_a_second() {
     let (s, db) = servers(3).await;
-    let out = statebase()
-        .args(["keys", "--db", &db, "create", "--tenant", "acme"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created = String::from_utf8_lossy(&out.stdout).into_owned();
+    let created = statebase(&["keys", "--db", &db, "create", "--tenant", "acme"]);
     let fields: Vec<&str> = created.split_whitespace().collect();
     let (key_id, secret) = (fields[0].to_owned(), fields[2].to_owned());
     let http = reqwest::Client::new();
@@ -177,15 +142,7 @@ async fn a_key_revoked_anywhere_stops_working_everywhere_within_a_second() {
     for server in &s {
         assert_eq!(status_on(server).await, StatusCode::OK);
     }
-    let out = statebase()
-        .args(["keys", "--db", &db, "revoke", &key_id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    statebase(&["keys", "--db", &db, "revoke", &key_id]);
     let revoked = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for server in &s {
@@ -216,6 +173,7 @@ async fn each_webhook_event_is_delivered_once_by_three_servers() {
     let http = reqwest::Client::new();
     post(
         &http,
+        KEY,
         format!("{}/v1/webhooks", s[0].url),
         json!({"url": hook, "events": ["session.created"]}),
     )
@@ -223,6 +181,7 @@ async fn each_webhook_event_is_delivered_once_by_three_servers() {
     for i in 0..12 {
         post(
             &http,
+            KEY,
             format!("{}/v1/sessions", s[i % 3].url),
             json!({"agent_id": "bot"}),
         )
@@ -275,7 +234,7 @@ async fn copies_of_an_idempotent_request_sent_to_every_server_at_once_run_once()
         }
         assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         let url = format!("{}/v1/sessions?agent_id={agent}", s[0].url);
-        let listed = get(&http, url).await;
+        let listed = get(&http, KEY, url).await;
         assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
     }
 }
@@ -331,6 +290,7 @@ async fn a_server_killed_under_32_writers_loses_no_acknowledged_write() {
     for _ in 0..8 {
         let created = post(
             &http,
+            KEY,
             format!("{}/v1/sessions", s[0].url),
             json!({"agent_id": "w"}),
         )
@@ -390,10 +350,11 @@ async fn a_server_killed_under_32_writers_loses_no_acknowledged_write() {
     );
     for session in &sessions {
         let reader = &s[0].url;
-        let got = get(&http, format!("{reader}/v1/sessions/{session}")).await;
+        let got = get(&http, KEY, format!("{reader}/v1/sessions/{session}")).await;
         let turn_count = got["turn_count"].as_u64().unwrap();
         let turns = get(
             &http,
+            KEY,
             format!("{reader}/v1/sessions/{session}/turns?limit=100&order=asc"),
         )
         .await;
@@ -409,7 +370,7 @@ async fn a_server_killed_under_32_writers_loses_no_acknowledged_write() {
             let next = format!(
                 "{reader}/v1/sessions/{session}/turns?limit=100&order=asc&starting_after={last}"
             );
-            page = get(&http, next).await;
+            page = get(&http, KEY, next).await;
         }
         let expected: Vec<u64> = (1..=turn_count).collect();
         assert_eq!(numbers, expected, "turn numbers of {session} have a gap");
@@ -421,29 +382,7 @@ async fn a_server_killed_under_32_writers_loses_no_acknowledged_write() {
             );
         }
         // Every acknowledged version is there, with the state its turn wrote.
-        let history = get(
-            &http,
-            format!("{reader}/v1/sessions/{session}/history?from_version=0&limit=1000"),
-        )
-        .await;
-        let versions = history["data"].as_array().unwrap();
-        let numbers: Vec<u64> = versions
-            .iter()
-            .map(|v| v["version"].as_u64().unwrap())
-            .collect();
-        let current = got["version"].as_u64().unwrap();
-        assert_eq!(
-            numbers,
-            (0..=current).collect::<Vec<_>>(),
-            "versions of {session}"
-        );
-        for Acked { version, state, .. } in mine() {
-            let stored = versions.get(*version as usize).map(|v| &v["state"]);
-            assert_eq!(
-                stored,
-                Some(state),
-                "acknowledged version {version} of {session}"
-            );
-        }
+        let versions = mine().map(|a| (a.version, &a.state));
+        assert_versions_hold(&http, KEY, reader, session, versions).await;
     }
 }

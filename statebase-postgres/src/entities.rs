@@ -3,7 +3,7 @@
 
 use crate::query::{self, clamp, get_uint, int, Filtered, Res};
 use crate::traces::insert_trace;
-use crate::{PostgresError, PostgresStore};
+use crate::PostgresStore;
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::*;
@@ -63,7 +63,7 @@ impl EntityRecords for PostgresStore {
         let e = &new.entity;
         loop {
             let mut conn = self.conn().await?;
-            let tx = conn.transaction().await.map_err(PostgresError::from)?;
+            let tx = query::begin(&mut conn).await?;
             // Holds the session while the entity goes in: a session deleted meanwhile
             // either goes first (then `NotFound`) or waits for this insert.
             let session = query::row(
@@ -96,7 +96,7 @@ impl EntityRecords for PostgresStore {
             if inserted == 1 {
                 insert_version(&tx, tenant, e).await?;
                 insert_trace(&tx, tenant, &new.trace).await?;
-                tx.commit().await.map_err(PostgresError::from)?;
+                query::commit(tx).await?;
                 return Ok(None);
             }
             let existing = query::row(
@@ -140,7 +140,7 @@ impl EntityRecords for PostgresStore {
     async fn update_entity(&self, tenant: &str, u: EntityUpdate) -> Result<Entity> {
         let e = &u.entity;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let changed = query::execute(
             &tx,
             "UPDATE entities SET version = $4, updated_at = $5
@@ -169,13 +169,13 @@ impl EntityRecords for PostgresStore {
         }
         insert_version(&tx, tenant, e).await?;
         insert_trace(&tx, tenant, &u.trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(u.entity)
     }
 
     async fn delete_entity(&self, tenant: &str, id: &str, trace: Trace) -> Result<Entity> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let found = query::row(
             &tx,
             &format!("{SELECT} WHERE e.tenant = $1 AND e.id = $2 FOR UPDATE OF e"),
@@ -191,7 +191,7 @@ impl EntityRecords for PostgresStore {
         )
         .await?;
         insert_trace(&tx, tenant, &trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(read_entity(&found)?)
     }
 

@@ -35,8 +35,9 @@ pub use error::PostgresError;
 pub use schema::SCHEMA_VERSION;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a [`PostgresStore`] connects.

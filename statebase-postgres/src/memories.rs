@@ -22,49 +22,161 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The HNSW index of the vectors `model` made, `dims` long: partial (one per model, as
-/// vectors of two models are not comparable) and on an expression (an index needs a fixed
-/// dimension, which the column has not).
-pub(crate) fn vector_index_sql(model: &str, dims: usize) -> String {
+/// The name of the HNSW index of the vectors `model` made, `dims` long.
+fn vector_index_name(model: &str, dims: usize) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{model}\0{dims}"));
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS memories_hnsw_{name} ON memories
-         USING hnsw ((embedding::vector({dims})) vector_cosine_ops)
-         WHERE embedding_model = {}",
-        literal(model)
-    )
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("memories_hnsw_{hex}")
 }
 
 impl PostgresStore {
-    /// Builds the vector index of `model` in the background, once per process: searches
-    /// meanwhile scan (exactly), and a server that stops halfway leaves it to the next.
+    /// Builds the HNSW index of the vectors `model` made, `dims` long, in the background,
+    /// once per process: searches meanwhile compare exactly. The index is partial (vectors
+    /// of two models are not comparable) and on an expression (an index needs a fixed
+    /// dimension, which the column has not). A build that fails is tried again at a later
+    /// search.
     fn see_to_vector_index(&self, model: &str, dims: usize) {
-        let new = self
-            .vector_indexes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((model.to_owned(), dims));
-        if !new {
+        let key = (model.to_owned(), dims);
+        if !self.vector_indexes.lock().insert(key.clone()) {
             return;
         }
-        let (store, sql) = (self.clone(), vector_index_sql(model, dims));
-        let model = model.to_owned();
+        let store = self.clone();
         tokio::spawn(async move {
-            let build = async {
-                let conn = store.conn().await?;
-                // A big table takes longer than the statement timeout to index.
-                conn.batch_execute("SET statement_timeout = 0").await?;
-                let built = conn.batch_execute(&sql).await;
-                conn.batch_execute("RESET statement_timeout").await?;
-                Ok::<_, PostgresError>(built?)
-            };
-            match build.await {
-                Ok(()) => tracing::info!(model = %model, dims, "vector index ready"),
-                Err(e) => tracing::warn!(error = %e, "building the vector index failed"),
+            let name = vector_index_name(&key.0, dims);
+            match store.build_vector_index(&name, &key.0, dims).await {
+                Ok(()) => tracing::info!(index = %name, model = %key.0, dims, "vector index ready"),
+                Err(e) => {
+                    tracing::warn!(error = %e, index = %name, "building the vector index failed");
+                    store.vector_indexes.lock().remove(&key);
+                }
             }
         });
+    }
+
+    async fn build_vector_index(&self, name: &str, model: &str, dims: usize) -> Res<()> {
+        let conn = self.conn().await?;
+        // One builder at a time, of every process: an index left invalid by a build that
+        // stopped is then a leftover to drop, not another server's build in progress.
+        let lock = query::row(
+            &conn,
+            "SELECT pg_try_advisory_lock(hashtext($1)) AS got",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get::<_, bool>("got"))
+        .unwrap_or(false);
+        if !lock {
+            return Ok(());
+        }
+        let built = async {
+            let invalid = query::row(
+                &conn,
+                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                 WHERE c.relname = $1 AND NOT i.indisvalid",
+                &[&name],
+            )
+            .await?;
+            // A big table takes longer than the statement timeout to index.
+            conn.batch_execute("SET statement_timeout = 0").await?;
+            if invalid.is_some() {
+                conn.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    .await?;
+            }
+            conn.batch_execute(&format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON memories
+                 USING hnsw ((embedding::vector({dims})) vector_cosine_ops)
+                 WHERE embedding_model = {}",
+                literal(model)
+            ))
+            .await?;
+            Ok::<_, PostgresError>(())
+        }
+        .await;
+        conn.batch_execute("RESET statement_timeout; SELECT pg_advisory_unlock_all()")
+            .await?;
+        built
+    }
+
+    /// The candidates of a search (see [`MemoryRecords::search_memories`]).
+    async fn search(&self, tenant: &str, q: &MemorySearch) -> Res<Vec<ScoredMemory>> {
+        // Three reads: the nearest by vector; the keyword index's matches, whose keywords
+        // are counted here (cheaper than in SQL) and kept only above the nearest's bar;
+        // then the candidates' records with their exact vector scores.
+        let conn = self.conn().await?;
+        let model = literal(&q.model);
+        let vector = q.vector.clone().map(Vector::from);
+        let mut nearest: Vec<(String, f32)> = Vec::new();
+        if let Some(v) = &vector {
+            let dims = v.as_slice().len();
+            self.see_to_vector_index(&q.model, dims);
+            let mut f = search_filters(tenant, q);
+            // The model and dimensions are written out, so that the planner can use the
+            // model's partial HNSW index (see `see_to_vector_index`) for a search of the whole
+            // tenant. A session's or a user's memories are few, found by their B-tree
+            // indexes and compared exactly: walking the graph of every tenant's vectors for
+            // the few that pass such a filter costs far more.
+            let p = f.bind(v.clone());
+            let distance = match q.scope {
+                SearchScope::Tenant => format!("embedding::vector({dims}) <=> {p}::vector({dims})"),
+                _ => format!("embedding <=> {p}"),
+            };
+            f.and(&format!("embedding_model = {model}"));
+            f.select(format!(
+                "SELECT id, (1 - ({distance}))::real AS vs FROM memories"
+            ));
+            let limit = f.bind(query::limit(q.limit));
+            let order = format!("ORDER BY {distance} LIMIT {limit}");
+            for r in f.rows(&conn, &order).await? {
+                nearest.push((r.try_get("id")?, r.try_get("vs")?));
+            }
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        if !q.keywords.is_empty() {
+            let mut f = search_filters(tenant, q);
+            let words = f.bind(q.keywords.clone());
+            f.and(&format!("keywords && {words}"));
+            f.select("SELECT id, keywords FROM memories".to_owned());
+            for r in f.rows(&conn, "").await? {
+                let keywords: Vec<String> = r.try_get("keywords")?;
+                let matched = keywords.iter().filter(|k| q.keywords.contains(k)).count();
+                counts.insert(r.try_get("id")?, matched);
+            }
+        }
+        let share = |id: &str| counts.get(id).map_or(0.0, |&c| q.keyword_share(c));
+        let bar = q.bar(nearest.iter().map(|(id, vs)| vs.max(share(id))));
+        let mut ids: Vec<String> = nearest.into_iter().map(|(id, _)| id).collect();
+        if let Some(min) = q.min_keywords() {
+            let above = counts
+                .iter()
+                .filter(|&(id, &c)| c >= min && q.keyword_share(c) > bar && !ids.contains(id))
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>();
+            ids.extend(above);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The hits need no vectors: leave them in the database.
+        let columns = COLUMNS.replacen("embedding,", "NULL::vector AS embedding,", 1);
+        let sql = format!(
+            "SELECT {columns}, CASE WHEN $3::vector IS NOT NULL AND embedding_model = {model}
+                 THEN (1 - (embedding <=> $3))::real ELSE 0 END AS vector_score
+             FROM memories WHERE tenant = $1 AND id = ANY($2)"
+        );
+        let found = query::rows(&conn, &sql, &[&tenant, &ids, &vector]).await?;
+        let scored = found
+            .iter()
+            .map(|r| {
+                let record = read_memory(r)?;
+                Ok(ScoredMemory {
+                    keyword_score: share(&record.memory.id),
+                    vector_score: r.try_get("vector_score")?,
+                    memory: record.memory,
+                })
+            })
+            .collect::<Res<_>>()?;
+        Ok(scored)
     }
 }
 
@@ -159,7 +271,7 @@ impl MemoryRecords for PostgresStore {
         let m = &new.record.memory;
         loop {
             let mut conn = self.conn().await?;
-            let tx = conn.transaction().await.map_err(PostgresError::from)?;
+            let tx = query::begin(&mut conn).await?;
             if let Some(session_id) = &m.session_id {
                 touch_session(&tx, tenant, session_id, 1).await?;
             }
@@ -192,7 +304,7 @@ impl MemoryRecords for PostgresStore {
             if inserted == 1 {
                 insert_revision(&tx, tenant, m).await?;
                 insert_trace(&tx, tenant, &new.trace).await?;
-                tx.commit().await.map_err(PostgresError::from)?;
+                query::commit(tx).await?;
                 return Ok(None);
             }
             // The session's count goes back with the rest.
@@ -212,7 +324,7 @@ impl MemoryRecords for PostgresStore {
     async fn update_memory(&self, tenant: &str, u: MemoryUpdate) -> Result<MemoryRecord> {
         let m = &u.record.memory;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let other = query::row(
             &tx,
             "SELECT id FROM memories WHERE tenant = $1 AND dedupe_key = $2 AND id <> $3",
@@ -257,7 +369,7 @@ impl MemoryRecords for PostgresStore {
         }
         insert_revision(&tx, tenant, m).await?;
         insert_trace(&tx, tenant, &u.trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(u.record)
     }
 
@@ -282,7 +394,7 @@ impl MemoryRecords for PostgresStore {
 
     async fn delete_memory(&self, tenant: &str, id: &str, trace: Trace) -> Result<MemoryRecord> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         // Its revisions go by ON DELETE CASCADE.
         let gone = query::row(
             &tx,
@@ -296,7 +408,7 @@ impl MemoryRecords for PostgresStore {
             touch_session(&tx, tenant, session_id, -1).await?;
         }
         insert_trace(&tx, tenant, &trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(gone)
     }
 
@@ -343,109 +455,7 @@ impl MemoryRecords for PostgresStore {
         tenant: &str,
         q: &MemorySearch,
     ) -> Result<Option<Vec<ScoredMemory>>> {
-        // As the in-process search: the `limit` nearest by vector; every memory's count of
-        // the query's keywords (counted here, from the keyword index's matches: cheaper
-        // than in SQL); of the others only those whose keyword share alone beats the
-        // `limit`-th best score of the nearest, since that is all they can score on. Then
-        // the candidates' records with their exact vector scores.
-        let conn = self.conn().await?;
-        let mut nearest: Vec<(String, f32)> = Vec::new();
-        let mut vector = None;
-        if let Some(v) = &q.vector {
-            self.see_to_vector_index(&q.model, v.len());
-            let mut f = search_filters(tenant, q);
-            // The model and dimensions are written out, so that the planner can use the
-            // model's partial HNSW index (see `vector_index_sql`) for a search of the whole
-            // tenant. A session's or a user's memories are few, found by their B-tree
-            // indexes and compared exactly: walking the graph of every tenant's vectors for
-            // the few that pass such a filter costs far more.
-            let (model, dims) = (literal(&q.model), v.len());
-            let p = f.bind(Vector::from(v.clone()));
-            let distance = match q.scope {
-                SearchScope::Tenant => format!("embedding::vector({dims}) <=> {p}::vector({dims})"),
-                _ => format!("embedding <=> {p}"),
-            };
-            f.and(&format!("embedding_model = {model}"));
-            f.select(format!(
-                "SELECT id, (1 - ({distance}))::real AS vs FROM memories"
-            ));
-            let limit = f.bind(query::limit(q.limit));
-            for r in f
-                .rows(&conn, &format!("ORDER BY {distance} LIMIT {limit}"))
-                .await?
-            {
-                nearest.push((
-                    r.try_get("id").map_err(PostgresError::from)?,
-                    r.try_get("vs").map_err(PostgresError::from)?,
-                ));
-            }
-            vector = Some((model, Vector::from(v.clone())));
-        }
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        if !q.keywords.is_empty() {
-            let mut f = search_filters(tenant, q);
-            let words = f.bind(q.keywords.clone());
-            f.and(&format!("keywords && {words}"));
-            f.select("SELECT id, keywords FROM memories".to_owned());
-            for r in f.rows(&conn, "").await? {
-                let keywords: Vec<String> = r.try_get("keywords").map_err(PostgresError::from)?;
-                let matched = keywords.iter().filter(|k| q.keywords.contains(k)).count();
-                counts.insert(r.try_get("id").map_err(PostgresError::from)?, matched);
-            }
-        }
-        let n = q.keywords.len().max(1) as f32;
-        let share = |id: &str| counts.get(id).map_or(0.0, |&c| c as f32 / n);
-        let bar = if nearest.len() < q.limit || q.limit == 0 {
-            f32::NEG_INFINITY
-        } else {
-            nearest
-                .iter()
-                .map(|(id, vs)| vs.max(share(id)))
-                .fold(f32::INFINITY, f32::min)
-        };
-        let mut ids: Vec<String> = nearest.into_iter().map(|(id, _)| id).collect();
-        if let Some(min) = q.min_keywords() {
-            let more = counts
-                .iter()
-                .filter(|&(id, &c)| c >= min && c as f32 / n > bar && !ids.contains(id))
-                .map(|(id, _)| id.clone())
-                .collect::<Vec<_>>();
-            ids.extend(more);
-        }
-        if ids.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        // The hits need no vectors: leave them in the database.
-        let columns = COLUMNS.replacen("embedding,", "NULL::vector AS embedding,", 1);
-        let found = match &vector {
-            Some((model, v)) => {
-                let sql = format!(
-                    "SELECT {columns}, CASE WHEN embedding_model = {model}
-                         THEN (1 - (embedding <=> $3))::real ELSE 0 END AS vector_score
-                     FROM memories WHERE tenant = $1 AND id = ANY($2)"
-                );
-                query::rows(&conn, &sql, &[&tenant, &ids, v]).await?
-            }
-            None => {
-                let sql = format!(
-                    "SELECT {columns}, 0::real AS vector_score FROM memories
-                     WHERE tenant = $1 AND id = ANY($2)"
-                );
-                query::rows(&conn, &sql, &[&tenant, &ids]).await?
-            }
-        };
-        let scored = found
-            .iter()
-            .map(|r| {
-                let record = read_memory(r)?;
-                Ok(ScoredMemory {
-                    keyword_score: share(&record.memory.id),
-                    vector_score: r.try_get("vector_score")?,
-                    memory: record.memory,
-                })
-            })
-            .collect::<Res<_>>()?;
-        Ok(Some(scored))
+        Ok(Some(self.search(tenant, q).await?))
     }
 
     async fn scan_memories(

@@ -39,6 +39,18 @@ pub fn get_uint(row: &Row, name: &str) -> Res<u64> {
     uint(row.try_get(name)?)
 }
 
+/// Begins a transaction on `conn`.
+pub async fn begin(
+    conn: &mut deadpool_postgres::Object,
+) -> Res<deadpool_postgres::Transaction<'_>> {
+    Ok(conn.transaction().await?)
+}
+
+/// Commits `tx`.
+pub async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Res<()> {
+    Ok(tx.commit().await?)
+}
+
 /// Runs `sql`, prepared once per connection, and returns its rows.
 pub async fn rows(
     c: &impl GenericClient,

@@ -157,7 +157,7 @@ impl ServerRecords for PostgresStore {
         cursor: Option<u64>,
     ) -> Result<()> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         for d in &deliveries {
             query::execute(
                 &tx,
@@ -178,7 +178,7 @@ impl ServerRecords for PostgresStore {
             )
             .await?;
         }
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(())
     }
 
@@ -271,7 +271,7 @@ impl ServerRecords for PostgresStore {
         // GCRA: a bucket is its "theoretical arrival time" `tat`; a request advances it by
         // one interval, and is admitted while `tat` stays within `burst` intervals of now.
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         // Lost on a crash, a bucket only refills early: no fsync per request for it.
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await
@@ -318,7 +318,7 @@ impl ServerRecords for PostgresStore {
                 *a += interval(b);
             }
         }
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         let states = buckets
             .iter()
             .zip(ahead)

@@ -153,7 +153,7 @@ impl SessionLog for PostgresStore {
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
         let s = &new.record.session;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let inserted = query::execute(
             &tx,
             &format!(
@@ -185,7 +185,7 @@ impl SessionLog for PostgresStore {
         }
         insert_version(&tx, tenant, &s.id, &new.initial).await?;
         insert_trace(&tx, tenant, &new.trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(())
     }
 
@@ -232,7 +232,7 @@ impl SessionLog for PostgresStore {
 
     async fn update_session(&self, tenant: &str, u: SessionUpdate) -> Result<SessionRecord> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let updated = query::row(
             &tx,
             &format!(
@@ -255,13 +255,13 @@ impl SessionLog for PostgresStore {
             return Err(conflict(u.expected_revision, current.revision).into());
         };
         insert_trace(&tx, tenant, &u.trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(read_session(&updated)?)
     }
 
     async fn append_version(&self, tenant: &str, a: AppendVersion) -> Result<SessionRecord> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         let updated = query::row(
             &tx,
             &format!(
@@ -285,7 +285,7 @@ impl SessionLog for PostgresStore {
             return Err(conflict(a.expected_version, current.version).into());
         };
         insert_rows(&tx, tenant, &a).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         let mut record = read_session(&updated)?;
         record.session.state = a.state;
         Ok(record)
@@ -321,7 +321,7 @@ impl SessionLog for PostgresStore {
 
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         // What it owns goes by ON DELETE CASCADE.
         let gone = query::row(
             &tx,
@@ -331,7 +331,7 @@ impl SessionLog for PostgresStore {
         .await?
         .ok_or_else(|| Error::not_found(ResourceKind::Session, id))?;
         insert_trace(&tx, tenant, &trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         Ok(read_session(&gone)?)
     }
 
@@ -383,7 +383,7 @@ impl SessionLog for PostgresStore {
     async fn append_turn(&self, tenant: &str, a: AppendTurn) -> Result<SessionRecord> {
         let t = &a.turn;
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(PostgresError::from)?;
+        let tx = query::begin(&mut conn).await?;
         // One compare-and-set of the turn number and, with a state, of the version. The
         // revision moves as if the version and the turn were written one after the other.
         let updated = match &a.state {
@@ -449,7 +449,7 @@ impl SessionLog for PostgresStore {
         )
         .await?;
         insert_trace(&tx, tenant, &a.trace).await?;
-        tx.commit().await.map_err(PostgresError::from)?;
+        query::commit(tx).await?;
         let mut record = read_session(&updated)?;
         if let Some(v) = a.state {
             record.session.state = v.state;

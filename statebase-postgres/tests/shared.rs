@@ -68,3 +68,85 @@ async fn a_memory_added_through_one_is_found_through_the_other_at_once() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_released_or_run_out() {
+    use statebase_core::ServerRecords;
+    let url = TestCluster::required().database().await;
+    let (a, b) = (
+        PostgresStore::connect(&url, PostgresOptions::default())
+            .await
+            .unwrap(),
+        PostgresStore::connect(&url, PostgresOptions::default())
+            .await
+            .unwrap(),
+    );
+    let long = std::time::Duration::from_secs(60);
+    assert!(a.take_lease("job", "a", long).await.unwrap());
+    assert!(
+        a.take_lease("job", "a", long).await.unwrap(),
+        "renewed by its holder"
+    );
+    assert!(
+        !b.take_lease("job", "b", long).await.unwrap(),
+        "taken while held"
+    );
+    assert!(
+        b.take_lease("other", "b", long).await.unwrap(),
+        "another name is free"
+    );
+    // Released by someone else than its holder: still held.
+    b.release_lease("job", "b").await.unwrap();
+    assert!(!b.take_lease("job", "b", long).await.unwrap());
+    a.release_lease("job", "a").await.unwrap();
+    assert!(b
+        .take_lease("job", "b", std::time::Duration::from_millis(200))
+        .await
+        .unwrap());
+    assert!(!a.take_lease("job", "a", long).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(a.take_lease("job", "a", long).await.unwrap(), "run out");
+}
+
+#[tokio::test]
+async fn tokens_are_taken_from_every_bucket_or_none() {
+    use statebase_core::store::RateBucket;
+    use statebase_core::ServerRecords;
+    let url = TestCluster::required().database().await;
+    let store = PostgresStore::connect(&url, PostgresOptions::default())
+        .await
+        .unwrap();
+    let bucket = |name: &str, burst: u32| RateBucket {
+        name: name.into(),
+        per_minute: 1,
+        burst,
+    };
+    let take = |buckets: Vec<RateBucket>| {
+        let store = store.clone();
+        async move { store.take_tokens(buckets).await.unwrap().unwrap() }
+    };
+    // The key has 5, its tenant 1: the first request takes one of each.
+    let first = take(vec![bucket("key:k", 5), bucket("tenant:t", 1)]).await;
+    assert_eq!(
+        first.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+        [4, 0]
+    );
+    assert!(first.iter().all(|s| s.retry_after.is_none()));
+    // The tenant has none left: refused, and the key's token stays.
+    let refused = take(vec![bucket("key:k", 5), bucket("tenant:t", 1)]).await;
+    assert_eq!(refused[0].remaining, 4);
+    assert!(refused[0].retry_after.is_none());
+    let wait = refused[1]
+        .retry_after
+        .expect("the tenant's bucket says how long");
+    assert!(
+        wait > std::time::Duration::from_secs(50) && wait <= std::time::Duration::from_secs(60)
+    );
+    // Alone, the key still has its four.
+    for left in (0..4).rev() {
+        assert_eq!(take(vec![bucket("key:k", 5)]).await[0].remaining, left);
+    }
+    assert!(take(vec![bucket("key:k", 5)]).await[0]
+        .retry_after
+        .is_some());
+}

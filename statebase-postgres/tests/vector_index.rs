@@ -153,3 +153,55 @@ async fn vector_search_uses_the_hnsw_index_and_agrees_with_an_exact_one() {
     let shared = ids(rare).iter().filter(|c| want.contains(c)).count();
     assert!(shared >= 9, "filtered recall@10 {shared}/10");
 }
+
+/// A build stopped halfway (a server killed during `CREATE INDEX CONCURRENTLY`) leaves an
+/// invalid index: the next server to search drops it and builds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_left_invalid_is_built_again() {
+    let url = TestCluster::required().database().await;
+    let open = || PostgresStore::connect(&url, PostgresOptions::default());
+    let sb = StateBase::new(open().await.unwrap());
+    let s = sb.create_session(CreateSession::new("bot")).await.unwrap();
+    for i in 0..200 {
+        sb.add_memory(memory(&s.id, i)).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // The valid index's oid, once there is one.
+    let valid = || async {
+        let rows = client
+            .query(
+                "SELECT i.indexrelid::int8 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                 WHERE c.relname LIKE 'memories_hnsw_%' AND i.indisvalid",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.first().map(|r| r.get::<_, i64>(0))
+    };
+    let until_valid = |sb: StateBase<PostgresStore>| async move {
+        sb.search_memories(query(&[])).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(oid) = valid().await {
+                return oid;
+            }
+            assert!(Instant::now() < deadline, "no valid index");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let first = until_valid(sb).await;
+    client
+        .execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::int8::oid",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    assert_eq!(valid().await, None);
+    // Another server (a store of its own) searches: it sees to the index anew.
+    let again = until_valid(StateBase::new(open().await.unwrap())).await;
+    assert_ne!(again, first, "the invalid index was not built again");
+}

@@ -207,9 +207,8 @@ impl TenantIndex {
                     *counts.entry(*key).or_default() += 1;
                 }
             }
-            let share = |n: usize| n as f32 / words.len() as f32;
             for (key, slot) in scores.iter_mut() {
-                slot.1 = counts.get(key).map_or(0.0, |&n| share(n));
+                slot.1 = counts.get(key).map_or(0.0, |&n| q.keyword_share(n));
             }
             // The rest, most keywords first. A memory outside the vector top-`limit` has a
             // vector score no higher than those, so it can only get in on its keyword
@@ -221,8 +220,9 @@ impl TenantIndex {
                 }
             }
             for n in (1..=words.len()).rev() {
-                let s = share(n);
-                if s < q.threshold || s <= limit_th_best(&scores, q.limit) {
+                let s = q.keyword_share(n);
+                let best = scores.values().map(|(v, k)| v.max(*k));
+                if s < q.threshold || s <= q.bar(best) {
                     break;
                 }
                 for &key in &by_count[n] {
@@ -276,16 +276,6 @@ pub(crate) fn rank_found(found: &[ScoredMemory], threshold: f32, limit: usize) -
         .iter()
         .map(|f| (f.vector_score, f.keyword_score, &f.memory));
     rank(scored, threshold, limit)
-}
-
-/// The `limit`-th best score (higher of vector and keyword) so far; -∞ while fewer.
-fn limit_th_best(scores: &HashMap<u64, (f32, f32)>, limit: usize) -> f32 {
-    if scores.len() < limit || limit == 0 {
-        return f32::NEG_INFINITY;
-    }
-    let mut best: Vec<f32> = scores.values().map(|(v, k)| v.max(*k)).collect();
-    best.select_nth_unstable_by(limit - 1, |a, b| b.total_cmp(a));
-    best[limit - 1]
 }
 
 /// Disjoint key sets whose union is a query's candidates.
