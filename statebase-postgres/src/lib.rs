@@ -5,6 +5,8 @@
 //! - **Writes** are one transaction each, starting with a compare-and-set `UPDATE` of the
 //!   row they depend on (a session, a memory, an entity), which also serialises concurrent
 //!   writes to it.
+//! - **Rate limits** are buckets in the database, taken from in one round trip; the
+//!   requests of one key that wait on each other in a process share it.
 //! - **Connections** come from a pool with a bounded wait, and a statement timeout bounds
 //!   every query.
 //! - **Schema**: versioned migrations, applied in one transaction under an advisory lock
@@ -24,6 +26,7 @@ mod entities;
 mod error;
 mod memories;
 mod query;
+mod rate_buckets;
 mod schema;
 mod server_records;
 mod sessions;
@@ -68,6 +71,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// The (model, dimensions) whose vector index this process has seen to.
     vector_indexes: Arc<Mutex<HashSet<(String, usize)>>>,
+    /// This process's requests for rate-limit tokens.
+    token_queues: Arc<rate_buckets::TokenQueues>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -109,6 +114,7 @@ impl PostgresStore {
         let store = Self {
             pool,
             vector_indexes: Arc::default(),
+            token_queues: Arc::default(),
         };
         let mut conn = store.conn().await?;
         let client: &mut tokio_postgres::Client = &mut conn;

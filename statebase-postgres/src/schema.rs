@@ -193,6 +193,41 @@ CREATE TABLE leases (
     expires_at  timestamptz NOT NULL
 );
 "#,
+    // Rate limits in one round trip, the buckets' locks held only while it runs. Their
+    // table is unlogged: a bucket that a crash loses only refills early, and a commit that
+    // writes only buckets waits for no disk.
+    r#"
+ALTER TABLE rate_buckets SET UNLOGGED;
+
+-- Takes up to `wanted` tokens from every bucket of `names`, as many from each (`taken`,
+-- perhaps 0): bucket i has room for k more while its `tat` stays within rooms[i] seconds
+-- of now after k steps of steps[i] seconds. `ahead` is how far each `tat` is ahead of now
+-- after the take.
+CREATE FUNCTION statebase_take_tokens(
+    names text[], steps float8[], rooms float8[], wanted integer,
+    OUT ahead float8[], OUT taken integer
+) LANGUAGE plpgsql AS $$
+DECLARE
+    at timestamptz;
+BEGIN
+    INSERT INTO rate_buckets (name, tat) SELECT unnest(names), now() ON CONFLICT DO NOTHING;
+    -- Locked in one order, whatever the caller's: two requests never wait on each other.
+    PERFORM 1 FROM rate_buckets WHERE name = ANY (names) ORDER BY name FOR UPDATE;
+    at := clock_timestamp();
+    SELECT greatest(least(wanted,
+               min(floor((i.room + 1e-6 - extract(epoch FROM greatest(b.tat, at) - at)) / i.step))
+           ), 0)
+        INTO taken
+        FROM unnest(names, steps, rooms) AS i (name, step, room) JOIN rate_buckets b USING (name);
+    IF taken > 0 THEN
+        UPDATE rate_buckets b SET tat = greatest(b.tat, at) + taken * i.step * interval '1 second'
+            FROM unnest(names, steps) AS i (name, step) WHERE b.name = i.name;
+    END IF;
+    SELECT array_agg(extract(epoch FROM greatest(b.tat, at) - at)::float8 ORDER BY i.n)
+        INTO ahead
+        FROM unnest(names) WITH ORDINALITY AS i (name, n) JOIN rate_buckets b USING (name);
+END $$;
+"#,
 ];
 
 /// The schema version this code writes.

@@ -268,69 +268,7 @@ impl ServerRecords for PostgresStore {
     }
 
     async fn take_tokens(&self, buckets: Vec<RateBucket>) -> Result<Option<Vec<BucketState>>> {
-        // GCRA: a bucket is its "theoretical arrival time" `tat`; a request advances it by
-        // one interval, and is admitted while `tat` stays within `burst` intervals of now.
-        let mut conn = self.conn().await?;
-        let tx = query::begin(&mut conn).await?;
-        // Lost on a crash, a bucket only refills early: no fsync per request for it.
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(PostgresError::from)?;
-        let mut ahead = Vec::with_capacity(buckets.len());
-        for b in &buckets {
-            query::execute(
-                &tx,
-                "INSERT INTO rate_buckets (name, tat) VALUES ($1, now()) ON CONFLICT DO NOTHING",
-                &[&b.name],
-            )
-            .await?;
-            let found = query::row(
-                &tx,
-                "SELECT extract(epoch FROM greatest(tat, now()) - now())::float8 AS ahead
-                 FROM rate_buckets WHERE name = $1 FOR UPDATE",
-                &[&b.name],
-            )
-            .await?
-            .ok_or_else(|| PostgresError::Corrupt(format!("bucket {} is gone", b.name)))?;
-            ahead.push(
-                found
-                    .try_get::<_, f64>("ahead")
-                    .map_err(PostgresError::from)?,
-            );
-        }
-        let interval = |b: &RateBucket| 60.0 / f64::from(b.per_minute.max(1));
-        let room = |b: &RateBucket, ahead: f64| f64::from(b.burst.max(1)) * interval(b) - ahead;
-        // A token is there while one interval more stays within the burst (with a
-        // microsecond's slack for the clock's rounding).
-        let taken = buckets
-            .iter()
-            .zip(&ahead)
-            .all(|(b, &a)| room(b, a) >= interval(b) - 1e-6);
-        if taken {
-            for (b, a) in buckets.iter().zip(ahead.iter_mut()) {
-                query::execute(
-                    &tx,
-                    "UPDATE rate_buckets
-                     SET tat = greatest(tat, now()) + $2 * interval '1 second' WHERE name = $1",
-                    &[&b.name, &interval(b)],
-                )
-                .await?;
-                *a += interval(b);
-            }
-        }
-        query::commit(tx).await?;
-        let states = buckets
-            .iter()
-            .zip(ahead)
-            .map(|(b, a)| BucketState {
-                remaining: (room(b, a) / interval(b) + 1e-6).floor().max(0.0) as u32,
-                reset_in: std::time::Duration::from_secs_f64(a.max(0.0)),
-                retry_after: (!taken && room(b, a) < interval(b) - 1e-6).then(|| {
-                    std::time::Duration::from_secs_f64((interval(b) - room(b, a)).max(0.0))
-                }),
-            })
-            .collect();
-        Ok(Some(states))
+        Ok(Some(self.take_tokens_shared(&buckets).await?))
     }
 
     async fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {

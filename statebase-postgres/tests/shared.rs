@@ -150,3 +150,73 @@ async fn tokens_are_taken_from_every_bucket_or_none() {
         .retry_after
         .is_some());
 }
+
+/// Requests of one key waiting on each other in a process take their tokens in one round
+/// trip, yet the two processes together never admit more than the shared bucket holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_share_a_round_trip_and_no_more_than_the_bucket() {
+    use statebase_core::store::RateBucket;
+    use statebase_core::ServerRecords;
+    let cluster = TestCluster::required();
+    let url = cluster.database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    cluster
+        .execute(&format!(
+            "ALTER DATABASE {database} SET track_functions = 'pl'"
+        ))
+        .await;
+    let open = || PostgresStore::connect(&url, PostgresOptions::default());
+    let stores = [open().await.unwrap(), open().await.unwrap()];
+    let bucket = RateBucket {
+        name: "key:k".into(),
+        per_minute: 1,
+        burst: 50,
+    };
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (store, bucket) = (stores[i % 2].clone(), bucket.clone());
+            tokio::spawn(async move { store.take_tokens(vec![bucket]).await.unwrap().unwrap() })
+        })
+        .collect();
+    let mut remaining = Vec::new();
+    for task in tasks {
+        let state = task.await.unwrap()[0];
+        match state.retry_after {
+            None => remaining.push(state.remaining),
+            Some(wait) => assert!(wait > std::time::Duration::from_secs(50)),
+        }
+    }
+    // Each admitted request was given its own token of the 50, and was told what was left.
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..50).collect::<Vec<_>>());
+    // The calls made, counted by PostgreSQL once the stores' connections have closed.
+    drop(stores);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let calls = loop {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let calls = client
+            .query_opt(
+                "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'statebase_take_tokens'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i64>(0));
+        if let (0, Some(calls)) = (others, calls) {
+            break calls;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(calls <= 100, "{calls} round trips for 200 requests");
+}
