@@ -5,14 +5,14 @@
 //! after the other, and a stale expectation changes no row (then a read says why).
 
 use crate::query::{self, clamp, get_uint, int, Filtered, Res};
-use crate::traces::insert_trace;
+use crate::traces::{insert_trace, insert_trace_for, TraceValues};
 use crate::{PostgresError, PostgresStore};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::*;
 use statebase_core::{Error, Object, ResourceKind, Result, Session, Timestamp, Trace, Turn};
 use std::ops::Range;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 const COLUMNS: &str = "id, agent_id, user_id, state, version, metadata, memory_count, \
@@ -142,10 +142,15 @@ async fn insert_version(
     Ok(())
 }
 
-/// The version, turn and trace rows of an append whose session row was already written.
-async fn insert_rows(c: &impl GenericClient, tenant: &str, append: &AppendVersion) -> Res<()> {
-    insert_version(c, tenant, &append.session_id, &append.version).await?;
-    insert_trace(c, tenant, &append.trace).await
+/// The part of a statement that writes a state version of the session `$2` of the tenant
+/// `$1`, numbered `$version`, created at `$created` with the body `$created + 1`, once for
+/// each row of `source` (a compare-and-set's rows).
+fn insert_version_for(source: &str, version: usize, created: usize) -> String {
+    format!(
+        "INSERT INTO versions (tenant, session_id, version, created_at, body)
+         SELECT $1, $2, ${version}, ${created}, ${} FROM {source}",
+        created + 1
+    )
 }
 
 #[async_trait]
@@ -260,32 +265,43 @@ impl SessionLog for PostgresStore {
     }
 
     async fn append_version(&self, tenant: &str, a: AppendVersion) -> Result<SessionRecord> {
-        let mut conn = self.conn().await?;
-        let tx = query::begin(&mut conn).await?;
+        let conn = self.conn().await?;
+        let (expected_version, state) = (int(a.expected_version)?, Json(&a.state));
+        let version = int(a.version.version)?;
+        let trace = TraceValues::new(&a.trace);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &tenant,
+            &a.session_id,
+            &expected_version,
+            &state,
+            &version,
+            &a.updated_at,
+            &a.version.created_at,
+            &a.version.body,
+        ];
+        params.extend(trace.params());
+        // One statement: the compare-and-set and, if it changed the session, its version and
+        // trace, atomic without a transaction's round trips.
         let updated = query::row(
-            &tx,
+            &conn,
             &format!(
-                "UPDATE sessions SET state = $4, version = $5, updated_at = $6,
-                     revision = revision + 1
-                 WHERE tenant = $1 AND id = $2 AND version = $3 RETURNING {}",
-                returning(true)
+                "WITH s AS (
+                     UPDATE sessions SET state = $4, version = $5, updated_at = $6,
+                         revision = revision + 1
+                     WHERE tenant = $1 AND id = $2 AND version = $3 RETURNING {}
+                 ), v AS ({}), t AS ({})
+                 SELECT * FROM s",
+                returning(true),
+                insert_version_for("s", 5, 7),
+                insert_trace_for("s", 9)
             ),
-            &[
-                &tenant,
-                &a.session_id,
-                &int(a.expected_version)?,
-                &Json(&a.state),
-                &int(a.version.version)?,
-                &a.updated_at,
-            ],
+            &params,
         )
         .await?;
         let Some(updated) = updated else {
-            let current = counters(&tx, tenant, &a.session_id).await?;
+            let current = counters(&conn, tenant, &a.session_id).await?;
             return Err(conflict(a.expected_version, current.version).into());
         };
-        insert_rows(&tx, tenant, &a).await?;
-        query::commit(tx).await?;
         let mut record = read_session(&updated)?;
         record.session.state = a.state;
         Ok(record)
@@ -382,74 +398,76 @@ impl SessionLog for PostgresStore {
 
     async fn append_turn(&self, tenant: &str, a: AppendTurn) -> Result<SessionRecord> {
         let t = &a.turn;
-        let mut conn = self.conn().await?;
-        let tx = query::begin(&mut conn).await?;
-        // One compare-and-set of the turn number and, with a state, of the version. The
-        // revision moves as if the version and the turn were written one after the other.
-        let updated = match &a.state {
-            None => {
-                query::row(
-                    &tx,
-                    &format!(
-                        "UPDATE sessions SET turn_count = $3, updated_at = $4,
-                             revision = revision + 1
-                         WHERE tenant = $1 AND id = $2 AND turn_count + 1 = $3
-                         RETURNING {COLUMNS}"
-                    ),
-                    &[&tenant, &t.session_id, &int(t.turn_number)?, &a.updated_at],
-                )
-                .await?
-            }
+        let conn = self.conn().await?;
+        let (turn_number, body) = (int(t.turn_number)?, Json(t));
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&tenant, &t.session_id, &turn_number, &a.updated_at];
+        // One compare-and-set of the turn number and, with a state, of the version, in one
+        // statement with the rows it writes. The revision moves as if the version and the
+        // turn were written one after the other.
+        let (version, version_trace);
+        // The version's trace comes first in the feed, as the version came first.
+        let (set, cas, parts, trace_after) = match &a.state {
+            None => ("revision = revision + 1", "", String::new(), "s"),
             Some(v) => {
-                query::row(
-                    &tx,
-                    &format!(
-                        "UPDATE sessions SET turn_count = $3, updated_at = $4, state = $6,
-                             version = $7, revision = revision + 2
-                         WHERE tenant = $1 AND id = $2 AND turn_count + 1 = $3
-                             AND version = $5
-                         RETURNING {}",
-                        returning(true)
+                version = (
+                    int(v.expected_version)?,
+                    Json(&v.state),
+                    int(v.version.version)?,
+                );
+                params.extend([
+                    &version.0 as &(dyn ToSql + Sync),
+                    &version.1,
+                    &version.2,
+                    &v.version.created_at,
+                    &v.version.body,
+                ]);
+                version_trace = TraceValues::new(&v.trace);
+                params.extend(version_trace.params());
+                (
+                    "state = $6, version = $7, revision = revision + 2",
+                    " AND version = $5",
+                    format!(
+                        ", v AS ({}), vt AS ({})",
+                        insert_version_for("s", 7, 8),
+                        insert_trace_for("s", 10)
                     ),
-                    &[
-                        &tenant,
-                        &t.session_id,
-                        &int(t.turn_number)?,
-                        &a.updated_at,
-                        &int(v.expected_version)?,
-                        &Json(&v.state),
-                        &int(v.version.version)?,
-                    ],
+                    "vt",
                 )
-                .await?
             }
         };
+        let turn_at = params.len() + 1;
+        params.extend([&t.id, &body] as [&(dyn ToSql + Sync); 2]);
+        let trace = TraceValues::new(&a.trace);
+        let trace_at = params.len() + 1;
+        params.extend(trace.params());
+        let updated = query::row(
+            &conn,
+            &format!(
+                "WITH s AS (
+                     UPDATE sessions SET turn_count = $3, updated_at = $4, {set}
+                     WHERE tenant = $1 AND id = $2 AND turn_count + 1 = $3{cas}
+                     RETURNING {}
+                 ){parts}, n AS (
+                     INSERT INTO turns (tenant, id, session_id, turn_number, body)
+                     SELECT $1, ${turn_at}, $2, $3, ${} FROM s
+                 ), t AS ({})
+                 SELECT * FROM s",
+                returning(a.state.is_some()),
+                turn_at + 1,
+                insert_trace_for(trace_after, trace_at)
+            ),
+            &params,
+        )
+        .await?;
         let Some(updated) = updated else {
-            let current = counters(&tx, tenant, &t.session_id).await?;
+            let current = counters(&conn, tenant, &t.session_id).await?;
             if t.turn_number != current.turn_count + 1 {
                 return Err(conflict(t.turn_number.saturating_sub(1), current.turn_count).into());
             }
             let expected = a.state.as_ref().map_or(0, |v| v.expected_version);
             return Err(conflict(expected, current.version).into());
         };
-        if let Some(v) = &a.state {
-            insert_rows(&tx, tenant, v).await?;
-        }
-        query::execute(
-            &tx,
-            "INSERT INTO turns (tenant, id, session_id, turn_number, body)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &tenant,
-                &t.id,
-                &t.session_id,
-                &int(t.turn_number)?,
-                &Json(t),
-            ],
-        )
-        .await?;
-        insert_trace(&tx, tenant, &a.trace).await?;
-        query::commit(tx).await?;
         let mut record = read_session(&updated)?;
         if let Some(v) = a.state {
             record.session.state = v.state;

@@ -14,11 +14,12 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::{FeedEntry, TraceLog, TraceQuery};
 use statebase_core::{Result, Timestamp, Trace};
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 
 const COLUMNS: &str =
     "id, session_id, action, resource_type, resource_id, actor, timestamp, details";
+const COLUMN_COUNT: usize = 8;
 
 /// Serialises the numbering of the feed ("feed" in ASCII, under statebase's lock space).
 const FEED_LOCK: i64 = 0x7374_6174_6566_6565;
@@ -36,15 +37,23 @@ pub fn read_trace(r: &Row) -> Res<Trace> {
     })
 }
 
-/// Writes the trace of a change, in the change's transaction.
-pub async fn insert_trace(c: &impl GenericClient, tenant: &str, t: &Trace) -> Res<()> {
-    query::execute(
-        c,
-        &format!(
-            "INSERT INTO traces (tenant, {COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ),
-        &[
-            &tenant,
+/// A trace's values after its tenant, in `COLUMNS`' order: statement parameters.
+pub struct TraceValues<'a> {
+    t: &'a Trace,
+    details: Json<&'a serde_json::Value>,
+}
+
+impl<'a> TraceValues<'a> {
+    pub fn new(t: &'a Trace) -> Self {
+        Self {
+            t,
+            details: Json(&t.details),
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        let t = self.t;
+        [
             &t.id,
             &t.session_id,
             &t.action,
@@ -52,8 +61,36 @@ pub async fn insert_trace(c: &impl GenericClient, tenant: &str, t: &Trace) -> Re
             &t.resource_id,
             &t.actor,
             &t.timestamp,
-            &Json(&t.details),
-        ],
+            &self.details,
+        ]
+    }
+}
+
+/// The part of a statement that writes a trace for the tenant `$1` whose values are the
+/// parameters from `$first` on, once for each row of `source` (a compare-and-set's rows,
+/// or an earlier trace's: the parts of a statement run in no set order, but one that reads
+/// another's rows runs after it, and the feed keeps the order traces were written in).
+pub fn insert_trace_for(source: &str, first: usize) -> String {
+    let values: Vec<String> = (first..first + COLUMN_COUNT)
+        .map(|n| format!("${n}"))
+        .collect();
+    format!(
+        "INSERT INTO traces (tenant, {COLUMNS}) SELECT $1, {} FROM {source} RETURNING tenant",
+        values.join(", ")
+    )
+}
+
+/// Writes the trace of a change, in the change's transaction.
+pub async fn insert_trace(c: &impl GenericClient, tenant: &str, t: &Trace) -> Res<()> {
+    let values = TraceValues::new(t);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant];
+    params.extend(values.params());
+    query::execute(
+        c,
+        &format!(
+            "INSERT INTO traces (tenant, {COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ),
+        &params,
     )
     .await?;
     Ok(())

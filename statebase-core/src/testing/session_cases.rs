@@ -6,9 +6,9 @@ use crate::id::ID_RANDOM_LEN;
 use crate::json::Object;
 use crate::store::*;
 use crate::{
-    action, AddMemory, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions, ListTraces,
-    RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession, VersionChange,
-    WebhookEndpoint, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
+    action, AddMemory, AddTurn, CreateSession, Error, ForkFrom, HistoryQuery, ListSessions,
+    ListTraces, RollbackTo, Session, StateBase, StateWrite, UpdateMemory, UpdateSession,
+    VersionChange, WebhookEndpoint, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS,
 };
 use chrono::Duration;
 use serde_json::{json, Value};
@@ -1381,6 +1381,12 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
         assert_eq!(a.store().trace_feed_end().await.unwrap(), 0);
         let s = new_session(&a, json!({})).await;
         write(&a, &s.id, json!({"n": 1})).await;
+        // A turn that changes the state: the version's trace, then the turn's.
+        let turn = AddTurn {
+            state_after: Some(json!({"n": 2})),
+            ..AddTurn::text("q", "a")
+        };
+        a.add_turn(&s.id, turn).await.unwrap();
         let t = new_session(&b, json!({})).await;
         a.delete_session(&s.id).await.unwrap();
         let feed = a.store().trace_feed(0, 100).await.unwrap();
@@ -1393,16 +1399,18 @@ pub async fn trace_feed_is_every_trace_in_commit_order<F: StoreFactory>(factory:
             [
                 ("a", action::SESSION_CREATED),
                 ("a", action::STATE_UPDATED),
+                ("a", action::STATE_UPDATED),
+                ("a", action::TURN_ADDED),
                 ("b", action::SESSION_CREATED),
                 ("a", action::SESSION_DELETED),
             ]
         );
-        assert_eq!(feed[2].trace.resource_id, t.id);
+        assert_eq!(feed[4].trace.resource_id, t.id);
         assert!(feed.windows(2).all(|w| w[0].position < w[1].position));
         let rest = a.store().trace_feed(feed[1].position, 1).await.unwrap();
         assert_eq!(rest, feed[2..3]);
-        assert_eq!(a.store().trace_feed_end().await.unwrap(), feed[3].position);
-        feed[3].position
+        assert_eq!(a.store().trace_feed_end().await.unwrap(), feed[5].position);
+        feed[5].position
     };
 
     // Concurrent writers: a reader polling all along sees every trace exactly once.
