@@ -1,10 +1,11 @@
 //! `statebase`: serve the StateBase `/v1` API, and manage its API keys.
 
 use clap::{Parser, Subcommand};
-use statebase_core::{KeyLimits, ServerStore, StateBase};
+use statebase_core::{IdSource, KeyLimits, ServerStore, StateBase};
 use statebase_http::{
     router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter, Targets,
 };
+use statebase_postgres::PostgresOptions;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ enum Command {
         no_webhook_delivery: bool,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        postgres: PostgresArgs,
     },
     /// Manage webhook endpoints in the database.
     Webhooks {
@@ -136,14 +139,41 @@ struct LimitArgs {
     max_connections: usize,
 }
 
+/// `s` seconds, if that is a positive duration; else what is wrong with `--{flag}`.
+fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} must be a positive number of seconds, not {s}"))
+}
+
+/// How a server uses a PostgreSQL database (`--db postgres://…`).
+#[derive(clap::Args)]
+struct PostgresArgs {
+    /// Connections to PostgreSQL this server keeps open at most.
+    #[arg(long, default_value_t = PostgresOptions::default().pool_size)]
+    pg_pool_size: usize,
+    /// Seconds a request waits for a connection (or for PostgreSQL to answer a new one)
+    /// before it is answered 503.
+    #[arg(long, default_value_t = PostgresOptions::default().wait_timeout.as_secs_f64())]
+    pg_wait_timeout: f64,
+    /// Seconds any statement may run before PostgreSQL cancels it.
+    #[arg(long, default_value_t = PostgresOptions::default().statement_timeout.as_secs_f64())]
+    pg_statement_timeout: f64,
+}
+
+impl PostgresArgs {
+    fn options(&self) -> Result<PostgresOptions, String> {
+        Ok(PostgresOptions {
+            pool_size: self.pg_pool_size.max(1),
+            wait_timeout: seconds("pg-wait-timeout", self.pg_wait_timeout)?,
+            statement_timeout: seconds("pg-statement-timeout", self.pg_statement_timeout)?,
+        })
+    }
+}
+
 impl LimitArgs {
     fn limits(&self) -> Result<Limits, String> {
-        let seconds = |flag: &str, s: f64| {
-            Duration::try_from_secs_f64(s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("--{flag} must be a positive number of seconds, not {s}"))
-        };
         Ok(Limits {
             header_timeout: seconds("header-timeout", self.header_timeout)?,
             body_timeout: seconds("body-timeout", self.body_timeout)?,
@@ -231,12 +261,14 @@ enum WebhookAction {
     },
 }
 
-async fn open(db: &str) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Error>> {
+async fn open(
+    db: &str,
+    options: PostgresOptions,
+) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Error>> {
     Ok(match db.split_once(':') {
         Some(("sqlite", path)) => Arc::new(statebase_sqlite::SqliteStore::open(path)?),
         Some(("sled", path)) => Arc::new(statebase_sled::SledStore::open(path)?),
         Some(("postgres" | "postgresql", _)) => {
-            let options = statebase_postgres::PostgresOptions::default();
             Arc::new(statebase_postgres::PostgresStore::connect(db, options).await?)
         }
         None if db == "memory" => Arc::new(statebase_core::MemoryStore::new()),
@@ -245,6 +277,31 @@ async fn open(db: &str) -> Result<Arc<dyn ServerStore>, Box<dyn std::error::Erro
             return Err(format!("--db must be {expected}, not {db}").into());
         }
     })
+}
+
+/// Creates a key for the tenant `default` and prints it if `sb` has no key. Servers that
+/// start together on one database take turns (a lease), so that they make one.
+async fn create_dev_key(
+    sb: &StateBase<Arc<dyn ServerStore>>,
+    db: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let holder = statebase_core::RandomIds.new_id("server_");
+    let store = sb.store();
+    while !store
+        .take_lease("dev-key", &holder, Duration::from_secs(30))
+        .await?
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if sb.list_api_keys(None).await?.is_empty() {
+        let (key, secret) = sb
+            .create_api_key("default", "dev", KeyLimits::default(), None)
+            .await?;
+        println!("No API key in {db}: created one for tenant {}.", key.tenant);
+        println!("  X-API-Key: {secret}");
+        println!("It is shown only now; `statebase keys create` makes more.");
+    }
+    Ok(store.release_lease("dev-key", &holder).await?)
 }
 
 fn webhook_targets(allow_private: bool) -> Targets {
@@ -293,6 +350,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             allow_private_webhooks,
             no_webhook_delivery,
             limits,
+            postgres,
         } => {
             let limits = limits.limits()?;
             let targets = webhook_targets(allow_private_webhooks);
@@ -303,21 +361,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     auth_failures_per_minute,
                     auth_failures_per_minute,
                 ));
-            let state = AppState::new(open(&db).await?, limiter, targets);
+            let state = AppState::new(open(&db, postgres.options()?).await?, limiter, targets);
             let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));
                 sb.import_api_key(tenant, "provisioned", secret, KeyLimits::default(), None)
                     .await?;
             }
-            if sb.list_api_keys(None).await?.is_empty() {
-                let (key, secret) = sb
-                    .create_api_key("default", "dev", KeyLimits::default(), None)
-                    .await?;
-                println!("No API key in {db}: created one for tenant {}.", key.tenant);
-                println!("  X-API-Key: {secret}");
-                println!("It is shown only now; `statebase keys create` makes more.");
-            }
+            create_dev_key(sb, &db).await?;
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             tracing::info!(addr = %listener.local_addr()?, db = %db, "serving the StateBase API");
             let every = Duration::from_millis(webhook_interval_ms.max(10));
@@ -338,7 +389,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             allow_private,
             action,
         } => {
-            let sb = StateBase::new(open(&db).await?);
+            let sb = StateBase::new(open(&db, PostgresOptions::default()).await?);
             match action {
                 WebhookAction::Create {
                     tenant,
@@ -367,7 +418,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Keys { db, action } => {
-            let sb = StateBase::new(open(&db).await?);
+            let sb = StateBase::new(open(&db, PostgresOptions::default()).await?);
             match action {
                 KeyAction::Create {
                     tenant,

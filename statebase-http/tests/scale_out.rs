@@ -1,5 +1,5 @@
 //! Three `statebase serve` processes on one PostgreSQL database, as behind a load balancer:
-//! what one acknowledges the others read at once, a revoked key stops working on all within
+//! they make one development key, what one acknowledges the others read at once, a revoked key stops working on all within
 //! a second, each webhook event is delivered once, a retry with an idempotency key to
 //! another server replays the first answer, and a server killed under 32 writers loses no
 //! acknowledged write and leaves no gap.
@@ -125,6 +125,30 @@ async fn what_one_server_acknowledges_every_other_reads_at_once() {
     )
     .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+/// Servers started together on a database without keys make one development key, which
+/// one of them prints and every one accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_started_together_without_keys_make_one() {
+    let db = TestCluster::required().database().await;
+    let mut started: Vec<Server> = (0..3).map(|_| Server::spawn(&db, &[])).collect();
+    for server in &mut started {
+        server.ready().await;
+    }
+    let listed = statebase(&["keys", "--db", &db, "list"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let printed: Vec<String> = started.iter().map(Server::stdout).collect();
+    let secrets: Vec<&str> = printed
+        .iter()
+        .flat_map(|out| out.lines())
+        .filter_map(|line| line.trim().strip_prefix("X-API-Key: "))
+        .collect();
+    assert_eq!(secrets.len(), 1, "{printed:?}");
+    let http = reqwest::Client::new();
+    for server in &started {
+        get(&http, secrets[0], format!("{}/v1/sessions", server.url)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Runs the `statebase` binary with `args` to success; its stdout.
@@ -92,6 +92,7 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     log: tempfile::NamedTempFile,
+    out: tempfile::NamedTempFile,
 }
 
 impl Server {
@@ -108,11 +109,14 @@ impl Server {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let log = tempfile::NamedTempFile::new().unwrap();
+        let (log, out) = (
+            tempfile::NamedTempFile::new().unwrap(),
+            tempfile::NamedTempFile::new().unwrap(),
+        );
         let child = Command::new(env!("CARGO_BIN_EXE_statebase"))
             .args(["serve", "--db", db, "--addr", &addr])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(out.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
@@ -120,7 +124,13 @@ impl Server {
             child,
             url: format!("http://{addr}"),
             log,
+            out,
         }
+    }
+
+    /// What it printed so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.out.path()).unwrap()
     }
 
     /// Waits until it answers `/health`; fails with its log if it stops or takes 30 s.
