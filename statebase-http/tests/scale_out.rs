@@ -1,5 +1,6 @@
 //! Three `statebase serve` processes on one PostgreSQL database, as behind a load balancer:
-//! they make one development key, what one acknowledges the others read at once, a revoked key stops working on all within
+//! they make one development key, what one acknowledges the others read at once, their
+//! sweepers expire each session once, a revoked key stops working on all within
 //! a second, each webhook event is delivered once, a retry with an idempotency key to
 //! another server replays the first answer, and a server killed under 32 writers loses no
 //! acknowledged write and leaves no gap.
@@ -228,6 +229,51 @@ async fn each_webhook_event_is_delivered_once_by_three_servers() {
     }
     assert_eq!(counts.len(), 12);
     assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+/// Every server sweeps expired sessions, every second here: each is deleted once, with one
+/// `session.expired` trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sweepers_expire_each_session_once() {
+    let sweep = [UNLIMITED, &["--sweep-interval", "1"]].concat();
+    let (s, _) = servers_limited(3, &sweep).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let body = json!({"agent_id": "bot", "ttl_seconds": 1});
+        let created = post(&http, KEY, format!("{}/v1/sessions", s[i % 3].url), body).await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in &ids {
+        let url = format!("{}/v1/sessions/{id}", s[0].url);
+        while call(&http, KEY, reqwest::Method::GET, url.clone(), Value::Null)
+            .await
+            .0
+            != StatusCode::NOT_FOUND
+        {
+            assert!(Instant::now() < deadline, "{id} was not swept");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Time for another sweeper to expire one again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let traces = get(
+        &http,
+        KEY,
+        format!("{}/v1/traces?action=session.expired&limit=100", s[1].url),
+    )
+    .await;
+    let mut expired: Vec<&str> = traces["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["resource_id"].as_str().unwrap())
+        .collect();
+    expired.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(expired, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
