@@ -2,7 +2,9 @@
 //!
 //! Every write is one transaction whose first statement is a compare-and-set `UPDATE` of
 //! the session row: it takes the row's lock, so concurrent writes to a session run one
-//! after the other, and a stale expectation changes no row (then a read says why).
+//! after the other, and a stale expectation changes no row (then a read says why). The
+//! appends, the writes agents make most, are one statement: the `UPDATE` and, in the same
+//! `WITH`, the inserts of the rows it writes, made only if it changed the session.
 
 use crate::query::{self, clamp, get_uint, int, Filtered, Res};
 use crate::traces::{insert_trace, insert_trace_for, TraceValues};
