@@ -98,7 +98,8 @@ fn state(b: &RateBucket, ahead: f64, refused: bool) -> BucketState {
     BucketState {
         remaining: (left / step + 1e-6).floor().max(0.0) as u32,
         reset_in: Duration::from_secs_f64(ahead.max(0.0)),
-        retry_after: (refused && left < step - 1e-6)
+        // Refused, the bucket the database found short says how long: no slack here.
+        retry_after: (refused && left < step)
             .then(|| Duration::from_secs_f64((step - left).max(0.0))),
     }
 }
