@@ -38,6 +38,23 @@ struct Queue {
     taken: tokio::sync::Mutex<Taken>,
 }
 
+/// A request counted among those waiting for a queue's tokens until dropped, also when
+/// it goes away while it waits (a client gone, a timeout).
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What the last round trip took: tokens not yet given to a request, or a refusal that
 /// stands until a refusing bucket has a token again; with the buckets' states then.
 #[derive(Default)]
@@ -108,10 +125,11 @@ impl PostgresStore {
     /// Takes a token from each of `buckets` or from none (see `ServerRecords::take_tokens`).
     pub(crate) async fn take_tokens_shared(&self, buckets: &[RateBucket]) -> Res<Vec<BucketState>> {
         let queue = self.token_queues.queue(buckets);
-        queue.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting::new(&queue.waiting);
         let mut taken = queue.taken.lock().await;
         // This request and those still waiting behind it.
-        let wanted = queue.waiting.fetch_sub(1, Ordering::SeqCst);
+        let wanted = queue.waiting.load(Ordering::SeqCst);
+        drop(waiting);
         if let Some(states) = taken.give() {
             return Ok(states);
         }

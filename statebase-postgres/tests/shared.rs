@@ -220,3 +220,50 @@ async fn waiting_requests_share_a_round_trip_and_no_more_than_the_bucket() {
     };
     assert!(calls <= 100, "{calls} round trips for 200 requests");
 }
+
+/// Requests that go away while they wait for their key's round trip (a client gone, a
+/// timeout) are not counted in the next one: it takes no tokens for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_gone_while_waiting_take_no_tokens() {
+    use statebase_core::store::RateBucket;
+    use statebase_core::ServerRecords;
+    use std::time::Duration;
+    let url = TestCluster::required().database().await;
+    let open = || PostgresStore::connect(&url, PostgresOptions::default());
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    let bucket = RateBucket {
+        name: "key:k".into(),
+        per_minute: 1,
+        burst: 50,
+    };
+    let take = |store: &PostgresStore| {
+        let (store, bucket) = (store.clone(), bucket.clone());
+        async move { store.take_tokens(vec![bucket]).await.unwrap().unwrap()[0] }
+    };
+    take(&b).await;
+    // Another client holds the bucket's row: a's first request waits in the database, and
+    // nine more wait behind it in a, until they are dropped.
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM rate_buckets WHERE name = 'key:k' FOR UPDATE")
+        .await
+        .unwrap();
+    let first = tokio::spawn(take(&a));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone: Vec<_> = (0..9).map(|_| tokio::spawn(take(&a))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for waiting in &gone {
+        waiting.abort();
+    }
+    for waiting in gone {
+        assert!(waiting.await.unwrap_err().is_cancelled());
+    }
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first.await.unwrap().remaining, 48);
+    // a's next request asks for its own token only: b sees 47 - 1 left.
+    assert_eq!(take(&a).await.remaining, 47);
+    assert_eq!(take(&b).await.remaining, 46);
+}
