@@ -122,6 +122,24 @@ impl GroupFlush {
     }
 }
 
+/// Opens a sled database, waiting (up to 5 s) for the lock a handle just dropped in this
+/// process still holds: sled finishes closing a database on its own threads.
+#[doc(hidden)]
+pub fn open_when_free(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `path` with default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SledError> {
@@ -141,20 +159,7 @@ impl SledStore {
         let config = sled::Config::new()
             .path(path)
             .flush_every_ms(flush_every_ms);
-        // sled finishes closing a dropped database on its own threads; a reopen right after a
-        // drop in the same process waits for it (briefly) instead of failing on the lock.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let db = loop {
-            match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                other => break other?,
-            }
-        };
+        let db = open_when_free(&config)?;
         Ok(Self {
             trees: Trees::open(db)?,
             options,

@@ -4,6 +4,11 @@ use serde_json::json;
 use statebase_core::{CreateSession, StateBase, StateWrite};
 use statebase_sled::{Durability, SledError, SledOptions, SledStore, FORMAT_VERSION};
 
+/// The raw database under a store just dropped in this test (its lock may still be held).
+fn raw(path: &std::path::Path) -> sled::Db {
+    statebase_sled::open_when_free(&sled::Config::new().path(path)).unwrap()
+}
+
 #[tokio::test]
 async fn a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -13,7 +18,7 @@ async fn a_newer_format_is_refused() {
         sb.create_session(CreateSession::new("a")).await.unwrap();
     }
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         let records = db.open_tree("records").unwrap();
         assert_eq!(
             records.get(b"F").unwrap().as_deref(),
@@ -47,7 +52,7 @@ async fn format_1_data_opens_and_is_marked_current() {
         s.id
     };
     let mark = |version: u64| {
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         let records = db.open_tree("records").unwrap();
         records.insert(b"F", &version.to_be_bytes()).unwrap();
         db.flush().unwrap();
@@ -57,7 +62,7 @@ async fn format_1_data_opens_and_is_marked_current() {
         let sb = StateBase::new(SledStore::open(&path).unwrap());
         assert_eq!(sb.state_at(&id, 1).await.unwrap().state["v"], 1);
     }
-    let db = sled::open(&path).unwrap();
+    let db = raw(&path);
     let records = db.open_tree("records").unwrap();
     assert_eq!(
         records.get(b"F").unwrap().as_deref(),
@@ -101,7 +106,7 @@ async fn format_3_server_records_move_to_their_own_keys() {
     let response =
         r#"{"request":"r","status":201,"headers":[],"body":"{}","at":"2026-01-04T00:00:00Z"}"#;
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         let records = db.open_tree("records").unwrap();
         let old_key = |space: &str, key: &str| {
             let mut k = vec![b'Q'];
@@ -151,7 +156,7 @@ async fn format_3_server_records_move_to_their_own_keys() {
         assert_eq!(kept.body, response.as_bytes());
         assert_eq!(kept.at.to_rfc3339(), "2026-01-04T00:00:00+00:00");
     }
-    let db = sled::open(&path).unwrap();
+    let db = raw(&path);
     let records = db.open_tree("records").unwrap();
     assert_eq!(
         records.scan_prefix([b'Q']).count(),
@@ -195,7 +200,7 @@ async fn deliveries_a_crash_left_behind_are_not_listed_and_are_pruned() {
     {
         // What the crash left: an owed delivery (format 4: `L` str(endpoint) u64(position)
         // -> 0, body) of an endpoint that is gone.
-        let db = sled::open(&path).unwrap();
+        let db = raw(&path);
         let records = db.open_tree("records").unwrap();
         let mut key = vec![b'L'];
         key.extend_from_slice(&7u32.to_be_bytes());
@@ -220,7 +225,7 @@ async fn deliveries_a_crash_left_behind_are_not_listed_and_are_pruned() {
         "the orphan"
     );
     drop(store);
-    let db = sled::open(&path).unwrap();
+    let db = raw(&path);
     let records = db.open_tree("records").unwrap();
     assert_eq!(records.scan_prefix([b'L']).count(), 1, "only the kept one");
 }
