@@ -11,10 +11,12 @@
 
 use serde_json::Value;
 use statebase_core::{
-    AddMemory, Config, ContextRequest, CreateSession, MemoryStore, SearchMemories, StateBase,
+    AddMemory, Config, ContextRequest, CreateSession, Embedder, MemoryStore, SearchMemories,
+    StateBase,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[path = "paraphrases.rs"]
@@ -260,12 +262,21 @@ async fn paraphrase(config: &Config, embedder_name: &str) {
     );
 }
 
-/// Both tables, for the default configuration's embedder.
+/// Both tables, for each embedder: the built-in static model and `HashEmbedder`.
 pub async fn run() {
-    let config = Config::default();
-    let name = config.embedder.model_id().to_owned();
-    locomo(&config, &name).await;
-    println!();
-    paraphrase(&config, &name).await;
-    println!();
+    let embedders: [Arc<dyn Embedder>; 2] = [
+        statebase_embed::StaticEmbedder::builtin(),
+        Arc::new(statebase_core::HashEmbedder::new()),
+    ];
+    for embedder in embedders {
+        let name = embedder.model_id().to_owned();
+        let config = Config {
+            embedder,
+            ..Config::default()
+        };
+        locomo(&config, &name).await;
+        println!();
+        paraphrase(&config, &name).await;
+        println!();
+    }
 }

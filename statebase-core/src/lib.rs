@@ -27,7 +27,7 @@ pub use keys::hash_secret;
 pub use memories::{DRIFT_THRESHOLD, MAX_MEMORY_CHARS};
 pub use memory_store::MemoryStore;
 pub use model::*;
-pub use search::embed::{Embedder, HashEmbedder};
+pub use search::embed::{Calibration, Embedder, HashEmbedder};
 pub use search::vector::{HnswConfig, HnswIndex, VectorIndex};
 pub use search::IndexFactory;
 pub use statebase::{

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 
 /// The longest memory, in characters.
 pub const MAX_MEMORY_CHARS: usize = 10_000;
-/// Context raises `drift_warning` when the memories it found average below this score.
+/// Context raises `drift_warning` when the memories it found average below this score, for
+/// an embedder whose scores are raw cosines (see [`Calibration::drift_threshold`](crate::Calibration::drift_threshold)).
 pub const DRIFT_THRESHOLD: f32 = 0.35;
 /// The most tags a memory can have.
 const MAX_TAGS: usize = 64;
@@ -335,7 +336,7 @@ impl<S: Store> StateBase<S> {
         Ok(Context {
             drift_warning: query.is_some()
                 && !memories.is_empty()
-                && average_relevance < DRIFT_THRESHOLD,
+                && average_relevance < self.config().embedder.calibration().drift_threshold(),
             session,
             memories,
             recent_turns,
@@ -378,6 +379,7 @@ impl<S: Store> StateBase<S> {
             keywords: crate::search::keywords(text),
             vector: Some(self.embed(text).await?),
             model: self.config().embedder.model_id().to_owned(),
+            calibration: self.config().embedder.calibration(),
             scope,
             types: types.to_vec(),
             tags: tags.to_vec(),
@@ -385,7 +387,7 @@ impl<S: Store> StateBase<S> {
             threshold,
         };
         if let Some(found) = self.store().search_memories(&self.tenant, &search).await? {
-            return Ok(crate::search::rank_found(&found, threshold, limit));
+            return Ok(crate::search::rank_found(&found, &search));
         }
         self.shared
             .indexes

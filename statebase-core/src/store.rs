@@ -12,6 +12,7 @@ use crate::json::Object;
 use crate::model::{
     ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn, WebhookEndpoint,
 };
+use crate::search::embed::Calibration;
 use async_trait::async_trait;
 use std::fmt::Debug;
 use std::ops::Range;
@@ -191,6 +192,8 @@ pub struct MemorySearch {
     pub vector: Option<Vec<f32>>,
     /// The embedding model: only memories whose vector it made are compared with the query's.
     pub model: String,
+    /// How the model's cosines map to scores (see [`score`](MemorySearch::score)).
+    pub calibration: Calibration,
     /// The memories looked at.
     pub scope: SearchScope,
     /// Any of these types (empty: any).
@@ -204,21 +207,50 @@ pub struct MemorySearch {
 }
 
 impl MemorySearch {
+    /// A memory's score, from the raw cosine of its vector to the query's and its keyword
+    /// share: the calibrated cosine `v` and the share `k` combined as `1 − (1 − v)(1 − k)`,
+    /// so either alone counts in full (every keyword scores 1), and a memory close in
+    /// meaning that also shares words ranks above one that only does either.
+    pub fn score(&self, vector_score: f32, keyword_score: f32) -> f32 {
+        let v = self.calibration.score(vector_score);
+        let k = keyword_score.clamp(0.0, 1.0);
+        (1.0 - (1.0 - v) * (1.0 - k)).clamp(0.0, 1.0)
+    }
+
     /// The share of the query's keywords that `matched` of them are: a memory's keyword
     /// score.
     pub fn keyword_share(&self, matched: usize) -> f32 {
         matched as f32 / self.keywords.len().max(1) as f32
     }
 
-    /// The fewest of the query's keywords a memory must contain for its keyword share alone
-    /// to reach the threshold; `None` when no share can (or there are no keywords).
-    pub fn min_keywords(&self) -> Option<usize> {
-        (1..=self.keywords.len()).find(|&k| self.keyword_share(k) >= self.threshold)
+    /// The highest vector score a memory outside the `limit` nearest can have, from the
+    /// nearest's vector scores: the lowest of them, or 0 when fewer than `limit` were found
+    /// (then every other memory lacks a comparable vector).
+    pub fn vector_ceiling(&self, nearest: impl Iterator<Item = f32>) -> f32 {
+        let (mut count, mut lowest) = (0, f32::INFINITY);
+        for s in nearest {
+            count += 1;
+            lowest = lowest.min(s);
+        }
+        if count >= self.limit && count > 0 {
+            lowest
+        } else {
+            0.0
+        }
     }
 
-    /// What a memory outside the `limit` nearest by vector must beat with its keyword share
-    /// alone to be a candidate (its vector score is no higher than theirs): the `limit`-th
-    /// best of `scores`, the scores (the higher of vector and keyword) of the candidates so
+    /// The fewest of the query's keywords a memory must contain for its score to reach
+    /// the threshold when its vector score is at most `vector_ceiling`; `None` when no
+    /// share can (or there are no keywords).
+    pub fn min_keywords(&self, vector_ceiling: f32) -> Option<usize> {
+        (1..=self.keywords.len())
+            .find(|&k| self.score(vector_ceiling, self.keyword_share(k)) >= self.threshold)
+    }
+
+    /// What a memory outside the `limit` nearest by vector must beat with its highest
+    /// possible score (see [`vector_ceiling`](MemorySearch::vector_ceiling)) to be a
+    /// candidate: the `limit`-th
+    /// best of `scores`, the [`score`](MemorySearch::score)s of the candidates so
     /// far; −∞ while there are fewer than `limit`.
     pub fn bar(&self, scores: impl Iterator<Item = f32>) -> f32 {
         let mut best: Vec<f32> = scores.collect();
@@ -576,7 +608,8 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// scope, types and tags, each once with both its scores, in any order: the `limit`
     /// nearest to its vector of those whose vector `search.model` made, and of the others
     /// those containing at least [`min_keywords`](MemorySearch::min_keywords) of its
-    /// keywords whose [`keyword_share`](MemorySearch::keyword_share) is above the
+    /// keywords whose [`score`](MemorySearch::score) at the nearest's
+    /// [`vector_ceiling`](MemorySearch::vector_ceiling) is above the
     /// [`bar`](MemorySearch::bar) of the nearest's scores (more do no harm). Core ranks
     /// them.
     async fn search_memories(
@@ -936,6 +969,7 @@ mod tests {
             keywords: vec!["a".into(), "b".into(), "c".into(), "d".into()],
             vector: None,
             model: "m".into(),
+            calibration: Calibration::RAW,
             scope: SearchScope::Tenant,
             types: vec![],
             tags: vec![],
@@ -945,18 +979,22 @@ mod tests {
         assert_eq!(search.bar([0.9, 0.2, 0.7, 0.4].into_iter()), 0.4);
         assert_eq!(search.bar([0.9, 0.2].into_iter()), f32::NEG_INFINITY);
         assert_eq!(search.keyword_share(3), 0.75);
-        assert_eq!(search.min_keywords(), Some(2));
+        assert_eq!(search.min_keywords(0.0), Some(2));
+        // A vector score of 0.4 adds to the share: one keyword of four reaches 0.5.
+        assert_eq!(search.min_keywords(0.4), Some(1));
+        assert_eq!(search.vector_ceiling([0.9, 0.4, 0.6].into_iter()), 0.4);
+        assert_eq!(search.vector_ceiling([0.9, 0.4].into_iter()), 0.0);
         let unreachable = MemorySearch {
             threshold: 1.5,
             ..search.clone()
         };
-        assert_eq!(unreachable.min_keywords(), None);
+        assert_eq!(unreachable.min_keywords(0.0), None);
         let no_words = MemorySearch {
             keywords: vec![],
             ..search
         };
         assert_eq!(
-            (no_words.min_keywords(), no_words.keyword_share(0)),
+            (no_words.min_keywords(0.0), no_words.keyword_share(0)),
             (None, 0.0)
         );
     }

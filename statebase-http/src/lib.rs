@@ -29,7 +29,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::Router;
-use statebase_core::{ObservedStore, ServerStore, StateBase};
+use statebase_core::{Config, ObservedStore, ServerStore, StateBase};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::OpenApi;
@@ -80,11 +80,21 @@ impl AppState {
         limiter: RateLimiter,
         webhook_targets: Targets,
     ) -> Self {
+        Self::with_config(store, limiter, webhook_targets, Config::default())
+    }
+
+    /// [`new`](Self::new), with `config` (its embedder, limits) for the statebase.
+    pub fn with_config(
+        store: Arc<dyn ServerStore>,
+        limiter: RateLimiter,
+        webhook_targets: Targets,
+        config: Config,
+    ) -> Self {
         let metrics: Arc<observe::Metrics> = Arc::default();
         let observed: Arc<dyn ServerStore> = Arc::new(ObservedStore::new(store, metrics.clone()));
         Self(Arc::new(Shared {
             idempotency: Arc::new(idempotency::Idempotency::new(observed.clone())),
-            sb: StateBase::new(observed),
+            sb: StateBase::with_config(observed, config),
             keys: auth::KeyCache::default(),
             limiter,
             metrics,

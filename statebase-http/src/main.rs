@@ -1,7 +1,7 @@
 //! `statebase`: serve the StateBase `/v1` API, and manage its API keys.
 
 use clap::{Parser, Subcommand};
-use statebase_core::{IdSource, KeyLimits, ServerStore, StateBase};
+use statebase_core::{Config, Embedder, HashEmbedder, IdSource, KeyLimits, ServerStore, StateBase};
 use statebase_http::{
     router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter, Targets,
 };
@@ -34,6 +34,21 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EmbedderChoice {
+    Builtin,
+    Hash,
+}
+
+impl EmbedderChoice {
+    fn embedder(self) -> Arc<dyn Embedder> {
+        match self {
+            Self::Builtin => statebase_embed::StaticEmbedder::builtin(),
+            Self::Hash => Arc::new(HashEmbedder::new()),
+        }
+    }
+}
+
 /// Logs to stderr (stdout carries what commands print), filtered by `RUST_LOG`.
 fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
@@ -62,6 +77,10 @@ enum Command {
         /// Keys to provision at start, `[TENANT:]KEY` (tenant `default` when omitted).
         #[arg(long = "api-key", env = "STATEBASE_API_KEYS", value_delimiter = ',')]
         api_keys: Vec<String>,
+        /// The embedding model of memory search: `builtin`, the static model distilled from
+        /// all-MiniLM-L6-v2 (by meaning), or `hash` (shared words only, no model).
+        #[arg(long, env = "STATEBASE_EMBEDDER", value_enum, default_value_t = EmbedderChoice::Builtin)]
+        embedder: EmbedderChoice,
         /// Requests per minute per key.
         #[arg(long, default_value_t = 100)]
         rate_limit: u32,
@@ -351,6 +370,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             no_webhook_delivery,
             limits,
             postgres,
+            embedder,
         } => {
             let limits = limits.limits()?;
             let targets = webhook_targets(allow_private_webhooks);
@@ -361,7 +381,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     auth_failures_per_minute,
                     auth_failures_per_minute,
                 ));
-            let state = AppState::new(open(&db, postgres.options()?).await?, limiter, targets);
+            let config = Config {
+                embedder: embedder.embedder(),
+                ..Config::default()
+            };
+            let store = open(&db, postgres.options()?).await?;
+            let state = AppState::with_config(store, limiter, targets, config);
             let sb = &state.sb;
             for spec in api_keys {
                 let (tenant, secret) = spec.split_once(':').unwrap_or(("default", &spec));

@@ -144,12 +144,15 @@ impl PostgresStore {
             }
         }
         let share = |id: &str| counts.get(id).map_or(0.0, |&c| q.keyword_share(c));
-        let bar = q.bar(nearest.iter().map(|(id, vs)| vs.max(share(id))));
+        let bar = q.bar(nearest.iter().map(|(id, vs)| q.score(*vs, share(id))));
+        let ceiling = q.vector_ceiling(nearest.iter().map(|n| n.1));
         let mut ids: Vec<String> = nearest.into_iter().map(|(id, _)| id).collect();
-        if let Some(min) = q.min_keywords() {
+        if let Some(min) = q.min_keywords(ceiling) {
             let above = counts
                 .iter()
-                .filter(|&(id, &c)| c >= min && q.keyword_share(c) > bar && !ids.contains(id))
+                .filter(|&(id, &c)| {
+                    c >= min && q.score(ceiling, q.keyword_share(c)) > bar && !ids.contains(id)
+                })
                 .map(|(id, _)| id.clone())
                 .collect::<Vec<_>>();
             ids.extend(above);

@@ -23,6 +23,62 @@ pub trait Embedder: Send + Sync + Debug + 'static {
     /// One vector per text, in order. Vectors should be L2-normalised (search scores are
     /// dot products, i.e. cosine similarity).
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
+
+    /// How this model's raw cosine similarities map to relevance scores. The default,
+    /// [`Calibration::RAW`], takes the cosine as it is.
+    fn calibration(&self) -> Calibration {
+        Calibration::RAW
+    }
+}
+
+/// Maps a model's raw cosine similarity to a relevance score on one scale for every model:
+/// 0.7 (the SDKs' default threshold) is where a memory becomes relevant to a query.
+///
+/// Each model's cosines live in a range of their own (a sentence model rates unrelated
+/// sentences 0.1-0.3 and paraphrases 0.25-0.6), so the score is a logistic curve in the
+/// cosine through two anchors measured for the model: `threshold_cosine`, the cosine that
+/// 90% of unrelated pairs stay below, scores 0.7, and `relevant_cosine`, the median cosine
+/// of a relevant pair, scores 0.9. The curve never flattens, so closer stays higher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// The cosine scored 0.5 and the curve's width (`None`: the score is the cosine).
+    logistic: Option<(f32, f32)>,
+}
+
+impl Calibration {
+    /// The cosine is the score (clamped to 0..=1).
+    pub const RAW: Self = Self { logistic: None };
+
+    /// The cosine `threshold_cosine` scores 0.7 and `relevant_cosine` (greater) 0.9.
+    pub fn new(threshold_cosine: f32, relevant_cosine: f32) -> Self {
+        assert!(
+            relevant_cosine > threshold_cosine,
+            "a relevant pair's cosine must be above the threshold's"
+        );
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        let width = (relevant_cosine - threshold_cosine) / (logit(0.9) - logit(0.7));
+        Self {
+            logistic: Some((threshold_cosine - logit(0.7) * width, width)),
+        }
+    }
+
+    /// Context raises `drift_warning` when the memories it found average below this score:
+    /// [`DRIFT_THRESHOLD`](crate::DRIFT_THRESHOLD) for raw cosines, 0.6 on the calibrated
+    /// scale (where a typical unrelated pair scores 0.5-0.6).
+    pub fn drift_threshold(&self) -> f32 {
+        match self.logistic {
+            None => crate::DRIFT_THRESHOLD,
+            Some(_) => 0.6,
+        }
+    }
+
+    /// The relevance score of a raw cosine similarity, in 0..=1.
+    pub fn score(&self, cosine: f32) -> f32 {
+        match self.logistic {
+            None => cosine.clamp(0.0, 1.0),
+            Some((middle, width)) => 1.0 / (1.0 + (-(cosine - middle) / width).exp()),
+        }
+    }
 }
 
 /// Deterministic embeddings from hashed word, word-pair and character-trigram features.
@@ -120,6 +176,18 @@ impl Embedder for HashEmbedder {
 mod tests {
     use super::super::vector::dot;
     use super::*;
+
+    #[test]
+    fn calibration_puts_the_anchors_at_07_and_09_and_keeps_order_strictly() {
+        assert_eq!(Calibration::RAW.score(0.42), 0.42);
+        assert_eq!(Calibration::RAW.score(-0.3), 0.0);
+        let c = Calibration::new(0.3, 0.45);
+        assert!((c.score(0.3) - 0.7).abs() < 1e-6);
+        assert!((c.score(0.45) - 0.9).abs() < 1e-6);
+        let scores: Vec<f32> = (-10..=10).map(|i| c.score(i as f32 / 10.0)).collect();
+        assert!(scores.windows(2).all(|w| w[0] < w[1]), "{scores:?}");
+        assert!(scores[0] >= 0.0 && scores[20] <= 1.0, "{scores:?}");
+    }
 
     #[test]
     fn vectors_are_deterministic_normalised_and_overlap_sensitive() {

@@ -194,8 +194,11 @@ impl TenantIndex {
             accept: &filters,
         };
         let mut scores: HashMap<u64, (f32, f32)> = HashMap::new();
+        let mut vector_ceiling = 0f32;
         if let Some(qv) = &q.vector {
-            for (key, s) in self.vectors.search(qv, q.limit, &filter) {
+            let nearest = self.vectors.search(qv, q.limit, &filter);
+            vector_ceiling = q.vector_ceiling(nearest.iter().map(|n| n.1));
+            for (key, s) in nearest {
                 scores.insert(key, (s, 0.0));
             }
         }
@@ -211,8 +214,8 @@ impl TenantIndex {
                 slot.1 = counts.get(key).map_or(0.0, |&n| q.keyword_share(n));
             }
             // The rest, most keywords first. A memory outside the vector top-`limit` has a
-            // vector score no higher than those, so it can only get in on its keyword
-            // share: stop once the share can't beat the current `limit`-th best score.
+            // vector score no higher than theirs: stop once the best score such a memory
+            // could have with the share can't beat the current `limit`-th best score.
             let mut by_count: Vec<Vec<u64>> = vec![Vec::new(); words.len() + 1];
             for (key, n) in counts {
                 if !scores.contains_key(&key) {
@@ -221,8 +224,9 @@ impl TenantIndex {
             }
             for n in (1..=words.len()).rev() {
                 let s = q.keyword_share(n);
-                let best = scores.values().map(|(v, k)| v.max(*k));
-                if s < q.threshold || s <= q.bar(best) {
+                let best = scores.values().map(|(v, k)| q.score(*v, *k));
+                let ceiling = q.score(vector_ceiling, s);
+                if ceiling < q.threshold || ceiling <= q.bar(best) {
                     break;
                 }
                 for &key in &by_count[n] {
@@ -239,22 +243,22 @@ impl TenantIndex {
             .filter_map(|(key, (vector_score, keyword_score))| {
                 Some((vector_score, keyword_score, &self.entries.get(&key)?.memory))
             });
-        rank(scored, q.threshold, q.limit)
+        rank(scored, q)
     }
 }
 
 /// The hits of a search, from its candidates with their vector and keyword scores: the
-/// best `limit` of those scoring at least `threshold`, best first (ties: the higher vector
-/// score, then the smaller id). What every search ranks with, in process or in a store.
+/// best `limit` of those whose [`score`](MemorySearch::score) reaches the threshold, best
+/// first (ties: the higher vector score, then the smaller id). What every search ranks
+/// with, in process or in a store.
 pub(crate) fn rank<'a>(
     scored: impl Iterator<Item = (f32, f32, &'a Memory)>,
-    threshold: f32,
-    limit: usize,
+    q: &MemorySearch,
 ) -> Vec<MemoryHit> {
     let mut hits: Vec<(f32, f32, f32, &Memory)> = scored
         .filter_map(|(vector_score, keyword_score, m)| {
-            let score = vector_score.max(keyword_score).clamp(0.0, 1.0);
-            (score >= threshold).then_some((score, vector_score, keyword_score, m))
+            let score = q.score(vector_score, keyword_score);
+            (score >= q.threshold).then_some((score, vector_score, keyword_score, m))
         })
         .collect();
     hits.sort_unstable_by(|a, b| {
@@ -262,7 +266,7 @@ pub(crate) fn rank<'a>(
             .then(b.1.total_cmp(&a.1))
             .then_with(|| a.3.id.cmp(&b.3.id))
     });
-    hits.truncate(limit);
+    hits.truncate(q.limit);
     hits.into_iter()
         .map(|(score, vector_score, keyword_score, m)| {
             MemoryHit::of(m.clone(), score, vector_score, keyword_score)
@@ -271,11 +275,11 @@ pub(crate) fn rank<'a>(
 }
 
 /// [`rank`] of what a store's search found.
-pub(crate) fn rank_found(found: &[ScoredMemory], threshold: f32, limit: usize) -> Vec<MemoryHit> {
+pub(crate) fn rank_found(found: &[ScoredMemory], q: &MemorySearch) -> Vec<MemoryHit> {
     let scored = found
         .iter()
         .map(|f| (f.vector_score, f.keyword_score, &f.memory));
-    rank(scored, threshold, limit)
+    rank(scored, q)
 }
 
 /// Disjoint key sets whose union is a query's candidates.

@@ -93,6 +93,10 @@ def sync_client():
         assert m.id.startswith("mem_") and m.type == "fact" and m.session_id == state["id"]
         hits = sb.memory.search("dark mode", session_id=state["id"], types="fact", tags="ui")
         assert [h.id for h in hits] == [m.id] and hits[0].score >= 0.7
+        # By meaning, at the SDK's default threshold: no word in common with the memory.
+        cats = sb.memory.add(content="Has two cats named Miso and Tofu", session_id=state["id"])
+        hits = sb.memory.search("Does the client own any pets?", session_id=state["id"])
+        assert hits and hits[0].id == cats.id, hits
 
     def context():
         c = sb.sessions.get_context(state["id"], query="dark mode preference", memory_limit=3, turn_limit=1)
