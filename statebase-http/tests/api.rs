@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use statebase_core::{KeyLimits, ServerStore, StateBase};
+use statebase_core::{Config, KeyLimits, ServerStore, StateBase};
 use statebase_http::{router, AppState, Rate, RateLimiter, Targets};
 use std::sync::Arc;
 
@@ -24,7 +24,13 @@ async fn start(limit: u32, burst: u32) -> Server {
 }
 
 async fn start_with(limiter: RateLimiter) -> Server {
-    let srv = serve(Arc::new(tempfile::tempdir().unwrap()), limiter).await;
+    start_with_config(limiter, Config::default()).await
+}
+
+/// [`start_with`], its statebase made with `config`.
+async fn start_with_config(limiter: RateLimiter, config: Config) -> Server {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let srv = serve_with_config(dir, limiter, config).await;
     for (tenant, key) in [("a", KEY_A), ("a", KEY_A2), ("b", KEY_B)] {
         srv.sb
             .import_api_key(tenant, "test", key, KeyLimits::default(), None)
@@ -36,9 +42,18 @@ async fn start_with(limiter: RateLimiter) -> Server {
 
 /// A server (with nothing of its own in memory) over the SQLite file in `dir`.
 async fn serve(dir: Arc<tempfile::TempDir>, limiter: RateLimiter) -> Server {
+    serve_with_config(dir, limiter, Config::default()).await
+}
+
+/// [`serve`], its statebase made with `config`.
+async fn serve_with_config(
+    dir: Arc<tempfile::TempDir>,
+    limiter: RateLimiter,
+    config: Config,
+) -> Server {
     let store: Arc<dyn ServerStore> =
         Arc::new(statebase_sqlite::SqliteStore::open(dir.path().join("api.db")).unwrap());
-    let state = AppState::new(store, limiter, Targets::Public);
+    let state = AppState::with_config(store, limiter, Targets::Public, config);
     let sb = state.sb.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1134,7 +1149,12 @@ async fn the_official_python_sdk_works_unchanged() {
         eprintln!("skipped: the statebase Python SDK is not installed");
         return;
     }
-    let srv = start(10_000, 10_000).await;
+    // The embedder `statebase serve` uses by default, so that paraphrases are found.
+    let config = Config {
+        embedder: statebase_embed::StaticEmbedder::builtin(),
+        ..Config::default()
+    };
+    let srv = start_with_config(RateLimiter::new(Rate::new(10_000, 10_000)), config).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)
