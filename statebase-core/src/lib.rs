@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod archive;
 pub mod clock;
 mod codec;
 mod entities;

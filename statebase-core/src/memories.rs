@@ -97,7 +97,8 @@ impl<S: Store> StateBase<S> {
     }
 
     /// Re-embeds, with the configured embedder, the tenant's memories whose vectors another
-    /// model made (the embedder changed), a page at a time, and returns how many. Until
+    /// model made (the embedder changed) or that have none (imported without vectors), a
+    /// page at a time, and returns how many. Until
     /// then search compares them by keywords only. Memories that change meanwhile keep what
     /// their change wrote.
     pub async fn reembed_memories(&self) -> Result<u64> {
@@ -114,11 +115,12 @@ impl<S: Store> StateBase<S> {
             after = Some(last.memory.id.clone());
             let stale: Vec<&MemoryRecord> = page
                 .iter()
+                // Made by another model, or imported without its vector.
                 .filter(|r| {
                     r.memory
                         .embedding_model
                         .as_ref()
-                        .is_some_and(|m| m != model)
+                        .is_some_and(|m| m != model || r.embedding.is_none())
                 })
                 .collect();
             let texts: Vec<String> = stale.iter().map(|r| r.memory.content.clone()).collect();

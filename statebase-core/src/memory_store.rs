@@ -151,6 +151,35 @@ impl Inner {
         Some(stored)
     }
 
+    /// Checks that an archived memory can be inserted: its id is free (false if not) and
+    /// its dedupe key is not another memory's.
+    fn can_import_memory(&self, tenant: &str, archive: &MemoryArchive) -> Result<bool> {
+        let id = &archive.record.memory.id;
+        if self.memories.contains_key(&key(tenant, id)) {
+            return Ok(false);
+        }
+        match self.dedupe.get(&key(tenant, &archive.record.dedupe_key)) {
+            Some(other) => Err(Error::DuplicateContent {
+                other: other.clone(),
+            }),
+            None => Ok(true),
+        }
+    }
+
+    fn import_memory(&mut self, tenant: &str, archive: MemoryArchive) {
+        let m = &archive.record.memory;
+        self.memory_order
+            .insert((tenant.to_owned(), m.created_at, m.id.clone()));
+        self.dedupe
+            .insert(key(tenant, &archive.record.dedupe_key), m.id.clone());
+        let stored = StoredMemory {
+            record: archive.record,
+            revisions: archive.revisions,
+        };
+        self.memories
+            .insert(key(tenant, &stored.record.memory.id), stored);
+    }
+
     fn insert_trace(&mut self, tenant: &str, trace: Trace) {
         self.trace_order
             .insert((tenant.to_owned(), trace.timestamp, trace.id.clone()));
@@ -371,6 +400,68 @@ impl SessionLog for MemoryStore {
         Ok(record)
     }
 
+    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        let s = &archive.record.session;
+        if inner.sessions.contains_key(&key(tenant, &s.id)) {
+            return Ok(false);
+        }
+        // Check everything before writing anything: all or nothing.
+        for m in &archive.memories {
+            if !inner.can_import_memory(tenant, m)? {
+                return Err(Error::backend(format!(
+                    "memory id {} already exists",
+                    m.record.memory.id
+                )));
+            }
+        }
+        for e in &archive.entities {
+            if inner.entities.contains_key(&key(tenant, &e.entity.id)) {
+                return Err(Error::backend(format!(
+                    "entity id {} already exists",
+                    e.entity.id
+                )));
+            }
+        }
+        inner
+            .session_order
+            .insert((tenant.to_owned(), s.created_at, s.id.clone()));
+        for turn in &archive.turns {
+            inner
+                .turn_sessions
+                .insert(key(tenant, &turn.id), s.id.clone());
+        }
+        for m in archive.memories {
+            inner.import_memory(tenant, m);
+        }
+        for e in archive.entities {
+            inner.entity_order.insert((
+                tenant.to_owned(),
+                e.entity.created_at,
+                e.entity.id.clone(),
+            ));
+            inner
+                .entity_names
+                .insert(entity_name(tenant, &e.entity), e.entity.id.clone());
+            let stored = StoredEntity {
+                entity: e.entity,
+                versions: e.versions,
+            };
+            inner
+                .entities
+                .insert(key(tenant, &stored.entity.id), stored);
+        }
+        inner.sessions.insert(
+            key(tenant, &archive.record.session.id),
+            StoredSession {
+                record: archive.record,
+                versions: archive.versions,
+                turns: archive.turns,
+            },
+        );
+        Ok(true)
+    }
+
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
         let inner = self.inner.lock();
         let Some(session_id) = inner.turn_sessions.get(&key(tenant, id)) else {
@@ -442,6 +533,15 @@ impl MemoryRecords for MemoryStore {
             .insert(key(tenant, &stored.record.memory.id), stored);
         inner.insert_trace(tenant, new.trace);
         Ok(None)
+    }
+
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        if !inner.can_import_memory(tenant, &archive)? {
+            return Ok(false);
+        }
+        inner.import_memory(tenant, archive);
+        Ok(true)
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
@@ -671,6 +771,32 @@ impl EntityRecords for MemoryStore {
 
 #[async_trait]
 impl TraceLog for MemoryStore {
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let mut count = 0;
+        for trace in traces {
+            let k = key(tenant, &trace.id);
+            if inner.traces.contains_key(&k) {
+                continue;
+            }
+            inner
+                .trace_order
+                .insert((tenant.to_owned(), trace.timestamp, trace.id.clone()));
+            inner.traces.insert(k, trace);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        let inner = self.inner.lock();
+        let sessions = inner.session_order.iter().map(|(t, _, _)| t);
+        let memories = inner.memory_order.iter().map(|(t, _, _)| t);
+        let traces = inner.trace_order.iter().map(|(t, _, _)| t);
+        let all: BTreeSet<&String> = sessions.chain(memories).chain(traces).collect();
+        Ok(all.into_iter().cloned().collect())
+    }
+
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         Ok(self.inner.lock().traces.get(&key(tenant, id)).cloned())
     }

@@ -100,6 +100,43 @@ pub struct AppendTurn {
     pub trace: Trace,
 }
 
+/// A session with everything it owns, as an archive restores it: written exactly as given
+/// by [`SessionLog::import_session`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionArchive {
+    /// The session as stored.
+    pub record: SessionRecord,
+    /// Its versions, ascending (encoded by core, as [`VersionRecord`] says).
+    pub versions: Vec<VersionRecord>,
+    /// Its turns, by turn number.
+    pub turns: Vec<Turn>,
+    /// Its memories.
+    pub memories: Vec<MemoryArchive>,
+    /// Its entities.
+    pub entities: Vec<EntityArchive>,
+}
+
+/// A memory with its revisions, as an archive restores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryArchive {
+    /// The memory as stored; its vector may be missing (an archive without vectors).
+    pub record: MemoryRecord,
+    /// Its revisions, oldest first.
+    pub revisions: Vec<MemoryRevision>,
+}
+
+/// An entity with its versions, as an archive restores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityArchive {
+    /// The entity at its current version.
+    pub entity: Entity,
+    /// Its versions, ascending.
+    pub versions: Vec<EntityVersion>,
+}
+
+/// What the provided import methods answer.
+const NO_IMPORT: &str = "this store does not import archives yet";
+
 /// A memory as stored: the public record, its vector, and its deduplication key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryRecord {
@@ -538,6 +575,17 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     /// is not the next one; `NotFound` if there is no such session.
     async fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord>;
 
+    /// Inserts the session and everything the archive holds of it exactly as given (no
+    /// trace: [`TraceLog::import_traces`] restores those), all or nothing, and returns true;
+    /// if the tenant has a session with its id, writes nothing and returns false.
+    /// `DuplicateContent` if another memory of the tenant has one of its memories' dedupe
+    /// keys; `Backend` if a memory or entity id is taken. The provided method, for a
+    /// backend that does not import yet, answers `Backend` and writes nothing.
+    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
+        let _ = (tenant, archive);
+        Err(crate::Error::backend(NO_IMPORT))
+    }
+
     /// The turn, or `None`.
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
 
@@ -557,6 +605,15 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     /// the trace, and returns `None`. If the tenant has a memory with the same dedupe key,
     /// writes nothing and returns that memory. `NotFound` if its session does not exist.
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
+
+    /// Inserts a memory without a session and its revisions exactly as given (no trace),
+    /// and returns true; if the tenant has a memory with its id, writes nothing and returns
+    /// false. `DuplicateContent` if another memory of the tenant has its dedupe key. The
+    /// provided method answers `Backend`, as [`SessionLog::import_session`]'s does.
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
+        let _ = (tenant, archive);
+        Err(crate::Error::backend(NO_IMPORT))
+    }
 
     /// The memory, or `None`.
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
@@ -662,6 +719,24 @@ pub trait EntityRecords: Send + Sync + Debug + 'static {
 /// commit order (the feed).
 #[async_trait]
 pub trait TraceLog: Send + Sync + Debug + 'static {
+    /// Inserts the traces whose ids the tenant has none of, as given, and returns how many.
+    /// They stay out of the [feed](TraceLog::trace_feed): they tell of the past, not of
+    /// changes to announce. The provided method answers `Backend`, as
+    /// [`SessionLog::import_session`]'s does.
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
+        let _ = (tenant, traces);
+        Err(crate::Error::backend(NO_IMPORT))
+    }
+
+    /// Every tenant with a session, a memory or a trace, in order. The provided method
+    /// answers `Backend`: an export of every tenant needs it, one of a named tenant does
+    /// not.
+    async fn tenants(&self) -> Result<Vec<String>> {
+        Err(crate::Error::backend(
+            "this store does not list its tenants yet",
+        ))
+    }
+
     /// The trace, or `None`.
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
 
@@ -843,11 +918,13 @@ macro_rules! store_methods {
                 fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;
                 fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
                 fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord>;
+                fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool>;
                 fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
                 fn list_turns(&self, tenant: &str, session_id: &str, query: &TurnQuery) -> Result<Vec<Turn>>;
             }
             MemoryRecords {
                 fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
+                fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool>;
                 fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
                 fn update_memory(&self, tenant: &str, update: MemoryUpdate) -> Result<MemoryRecord>;
                 fn set_embedding(&self, tenant: &str, id: &str, version: u64, model: &str, vector: Vec<f32>) -> Result<bool>;
@@ -868,6 +945,8 @@ macro_rules! store_methods {
                 fn entity_versions(&self, tenant: &str, id: &str, range: Range<u64>) -> Result<Vec<EntityVersion>>;
             }
             TraceLog {
+                fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64>;
+                fn tenants(&self) -> Result<Vec<String>>;
                 fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
                 fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;
                 fn trace_activity(&self, tenant: &str, after: Timestamp) -> Result<Vec<(Timestamp, u64)>>;

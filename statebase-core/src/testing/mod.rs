@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod archive_cases;
 pub mod conversation_cases;
 pub mod crash;
 pub mod entity_cases;
@@ -40,6 +41,7 @@ mod tests {
             ("session_cases", include_str!("session_cases.rs")),
             ("conversation_cases", include_str!("conversation_cases.rs")),
             ("entity_cases", include_str!("entity_cases.rs")),
+            ("archive_cases", include_str!("archive_cases.rs")),
         ] {
             assert!(listed.contains(&format!("@cases $factory; {module};")));
             let cases = source
@@ -58,7 +60,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("pub mod "))
             .filter(|m| m.contains("cases"))
             .count();
-        assert_eq!(modules, 3, "a new case module must be checked here too");
+        assert_eq!(modules, 4, "a new case module must be checked here too");
     }
 }
 
@@ -169,6 +171,14 @@ impl<F: StoreFactory> Env<F> {
 /// `$factory` builds (evaluated anew for each test), plus the model property test.
 #[macro_export]
 macro_rules! conformance_suite {
+    // Export and import, for the backends that import archives (see `SessionLog::import_session`).
+    (archive $factory:expr) => {
+        $crate::conformance_suite!(@cases $factory; archive_cases;
+            an_archive_restores_exactly,
+            a_tenant_exports_alone,
+            an_import_writes_a_session_whole_or_not_at_all,
+        );
+    };
     ($factory:expr) => {
         $crate::conformance_suite!(@cases $factory; session_cases;
             create_session_returns_defaults,
