@@ -250,28 +250,12 @@ where
             _ => break,
         }
     }
-    let mut memories = MemoryQuery {
-        limit: PAGE,
+    let user_level = MemoryQuery {
         user_level_only: true,
         ..Default::default()
     };
-    loop {
-        let page = store.list_memories(tenant, &memories).await?;
-        for record in &page {
-            export_memory(store, tenant, record, options, w).await?;
-            counts.memories += 1;
-        }
-        progress(counts);
-        match page.last() {
-            Some(last) if page.len() == PAGE => {
-                memories.after = Some(Cursor {
-                    at: last.memory.created_at,
-                    id: last.memory.id.clone(),
-                })
-            }
-            _ => break,
-        }
-    }
+    export_memories(store, tenant, user_level, options, w, counts).await?;
+    progress(counts);
     let mut traces = TraceQuery {
         limit: PAGE,
         ..Default::default()
@@ -336,15 +320,7 @@ where
         let decoded = codec::decode_run(&bodies, 0)?;
         let full = records.len() as u64 == VERSION_PAGE;
         for (r, body) in records.iter().zip(decoded) {
-            let version = StateVersion {
-                session_id: id.clone(),
-                version: r.version,
-                state: body.state,
-                created_at: r.created_at,
-                reasoning: body.reasoning,
-                updated_by: body.actor,
-                change: body.change,
-            };
+            let version = body.into_version(id, r);
             let tenant = tenant.to_owned();
             w.write(&Line::Version { tenant, version }).await?;
             counts.versions += 1;
@@ -372,27 +348,11 @@ where
             _ => break,
         }
     }
-    let mut memories = MemoryQuery {
-        limit: PAGE,
+    let of_session = MemoryQuery {
         session_id: Some(id.clone()),
         ..Default::default()
     };
-    loop {
-        let page = store.list_memories(tenant, &memories).await?;
-        for m in &page {
-            export_memory(store, tenant, m, options, w).await?;
-            counts.memories += 1;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE => {
-                memories.after = Some(Cursor {
-                    at: last.memory.created_at,
-                    id: last.memory.id.clone(),
-                })
-            }
-            _ => break,
-        }
-    }
+    export_memories(store, tenant, of_session, options, w, counts).await?;
     let mut entities = EntityQuery {
         limit: PAGE,
         session_id: Some(id.clone()),
@@ -424,6 +384,38 @@ where
         }
     }
     Ok(())
+}
+
+/// Writes the memories `query` finds, a page at a time.
+async fn export_memories<S, W>(
+    store: &S,
+    tenant: &str,
+    mut query: MemoryQuery,
+    options: &ExportOptions,
+    w: &mut LineWriter<'_, W>,
+    counts: &mut Counts,
+) -> Result<()>
+where
+    S: ServerStore + ?Sized,
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    query.limit = PAGE;
+    loop {
+        let page = store.list_memories(tenant, &query).await?;
+        for record in &page {
+            export_memory(store, tenant, record, options, w).await?;
+            counts.memories += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => {
+                query.after = Some(Cursor {
+                    at: last.memory.created_at,
+                    id: last.memory.id.clone(),
+                })
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 async fn export_memory<S, W>(

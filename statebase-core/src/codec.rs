@@ -35,6 +35,25 @@ pub(crate) struct VersionBody {
     pub change: VersionChange,
 }
 
+impl VersionBody {
+    /// The version of `session_id` that `record` (whose body this is) stores.
+    pub(crate) fn into_version(
+        self,
+        session_id: &str,
+        record: &crate::store::VersionRecord,
+    ) -> crate::model::StateVersion {
+        crate::model::StateVersion {
+            session_id: session_id.to_owned(),
+            version: record.version,
+            state: self.state,
+            created_at: record.created_at,
+            reasoning: self.reasoning,
+            updated_by: self.actor,
+            change: self.change,
+        }
+    }
+}
+
 /// A delta record: [`VersionBody`] with a patch in place of the state.
 #[derive(Serialize, Deserialize)]
 struct DeltaBody {

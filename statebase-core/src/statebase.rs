@@ -729,15 +729,7 @@ impl<S: Store> StateBase<S> {
             .into_iter()
             .skip(wanted)
             .zip(bodies)
-            .map(|(r, body)| StateVersion {
-                session_id: id.to_owned(),
-                version: r.version,
-                state: body.state,
-                created_at: r.created_at,
-                reasoning: body.reasoning,
-                updated_by: body.actor,
-                change: body.change,
-            })
+            .map(|(r, body)| body.into_version(id, &r))
             .collect())
     }
 
