@@ -362,6 +362,13 @@ impl SessionLog for SqliteStore {
         Ok(self.unless_refused(tenant, &id, result)?)
     }
 
+    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
+        let t = tenant.to_owned();
+        let change = changed(tenant.to_owned(), archive.record.session.id.clone());
+        let write = move |c: &Connection| sql::import_session(c, &t, &archive);
+        Ok(self.write(write, move |_| change).await?)
+    }
+
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         Ok(self.read(move |c| sql::turn(c, &tenant, &id)).await?)
@@ -404,6 +411,12 @@ impl MemoryRecords for SqliteStore {
             .write(write, move |existing| change.filter(|_| existing.is_none()))
             .await;
         Ok(self.unless_refused(tenant, &session_id, result)?)
+    }
+
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
+        let t = tenant.to_owned();
+        let write = move |c: &Connection| sql::import_memory(c, &t, &archive);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
@@ -528,6 +541,16 @@ impl EntityRecords for SqliteStore {
 
 #[async_trait]
 impl TraceLog for SqliteStore {
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
+        let t = tenant.to_owned();
+        let write = move |c: &Connection| sql::import_traces(c, &t, &traces);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        Ok(self.read(sql::tenants).await?)
+    }
+
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         Ok(self.read(move |c| sql::trace(c, &tenant, &id)).await?)

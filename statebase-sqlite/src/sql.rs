@@ -164,6 +164,13 @@ pub fn create_session(conn: &Connection, tenant: &str, new: &NewSession) -> Res<
             s.id
         )));
     }
+    insert_session_row(conn, tenant, &new.record)?;
+    insert_version(conn, tenant, &s.id, &new.initial)?;
+    insert_trace(conn, tenant, &new.trace)
+}
+
+fn insert_session_row(conn: &Connection, tenant: &str, record: &SessionRecord) -> Res<()> {
+    let s = &record.session;
     conn.prepare_cached(&format!(
         "INSERT INTO sessions (tenant, {SESSION_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -181,10 +188,9 @@ pub fn create_session(conn: &Connection, tenant: &str, new: &NewSession) -> Res<
         micros(s.ttl_expires_at),
         micros(s.created_at),
         micros(s.updated_at),
-        int(new.record.revision)?,
+        int(record.revision)?,
     ])?;
-    insert_version(conn, tenant, &s.id, &new.initial)?;
-    insert_trace(conn, tenant, &new.trace)
+    Ok(())
 }
 
 fn insert_version(conn: &Connection, tenant: &str, session_id: &str, v: &VersionRecord) -> Res<()> {
@@ -728,17 +734,7 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<Sessi
     if let Some(state) = &a.state {
         append_checked(conn, tenant, current.version, state)?;
     }
-    let body = json(&a.turn)?;
-    conn.prepare_cached(
-        "INSERT INTO turns (tenant, id, session_id, turn_number, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        tenant,
-        a.turn.id,
-        a.turn.session_id,
-        int(a.turn.turn_number)?,
-        body
-    ])?;
+    insert_turn_row(conn, tenant, &a.turn)?;
     let record = update_session_row(
         conn,
         "turn_count = ?3, updated_at = ?4",
@@ -752,6 +748,20 @@ pub fn append_turn(conn: &Connection, tenant: &str, a: &AppendTurn) -> Res<Sessi
     )?;
     insert_trace(conn, tenant, &a.trace)?;
     Ok(record)
+}
+
+fn insert_turn_row(conn: &Connection, tenant: &str, turn: &Turn) -> Res<()> {
+    conn.prepare_cached(
+        "INSERT INTO turns (tenant, id, session_id, turn_number, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        tenant,
+        turn.id,
+        turn.session_id,
+        int(turn.turn_number)?,
+        json(turn)?
+    ])?;
+    Ok(())
 }
 
 pub fn turn(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Turn>> {
@@ -834,7 +844,13 @@ fn memory_by_key(conn: &Connection, tenant: &str, key: &str) -> Res<Option<Memor
     )
 }
 
+/// The memory's tags and its revision at its version.
 fn write_memory_details(conn: &Connection, tenant: &str, m: &Memory) -> Res<()> {
+    write_memory_tags(conn, tenant, m)?;
+    insert_memory_revision(conn, tenant, &MemoryRevision::of(m))
+}
+
+fn write_memory_tags(conn: &Connection, tenant: &str, m: &Memory) -> Res<()> {
     conn.prepare_cached("DELETE FROM memory_tags WHERE tenant = ?1 AND memory_id = ?2")?
         .execute(params![tenant, m.id])?;
     for tag in &m.tags {
@@ -843,11 +859,14 @@ fn write_memory_details(conn: &Connection, tenant: &str, m: &Memory) -> Res<()> 
         )?
         .execute(params![tenant, m.id, tag])?;
     }
-    let revision = MemoryRevision::of(m);
+    Ok(())
+}
+
+fn insert_memory_revision(conn: &Connection, tenant: &str, r: &MemoryRevision) -> Res<()> {
     conn.prepare_cached(
         "INSERT INTO memory_revisions (tenant, memory_id, version, body) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![tenant, m.id, int(m.version)?, json(&revision)?])?;
+    .execute(params![tenant, r.memory_id, int(r.version)?, json(r)?])?;
     Ok(())
 }
 
@@ -868,6 +887,14 @@ pub fn insert_memory(
         )?
         .execute(params![tenant, sid])?;
     }
+    insert_memory_row(conn, tenant, &new.record)?;
+    write_memory_details(conn, tenant, m)?;
+    insert_trace(conn, tenant, &new.trace)?;
+    Ok(None)
+}
+
+fn insert_memory_row(conn: &Connection, tenant: &str, record: &MemoryRecord) -> Res<()> {
+    let m = &record.memory;
     conn.prepare_cached(&format!(
         "INSERT INTO memories (tenant, {MEMORY_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
@@ -883,14 +910,12 @@ pub fn insert_memory(
         json(&m.metadata)?,
         int(m.version)?,
         m.embedding_model,
-        new.record.embedding.as_deref().map(vector_blob),
-        new.record.dedupe_key,
+        record.embedding.as_deref().map(vector_blob),
+        record.dedupe_key,
         micros(m.created_at),
         micros(m.updated_at),
     ])?;
-    write_memory_details(conn, tenant, m)?;
-    insert_trace(conn, tenant, &new.trace)?;
-    Ok(None)
+    Ok(())
 }
 
 pub fn update_memory(conn: &Connection, tenant: &str, u: &MemoryUpdate) -> Res<()> {
@@ -1062,17 +1087,17 @@ pub fn entity(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Entity>> 
     )
 }
 
-fn insert_entity_version(conn: &Connection, tenant: &str, e: &Entity) -> Res<()> {
+fn insert_entity_version(conn: &Connection, tenant: &str, id: &str, v: &EntityVersion) -> Res<()> {
     conn.prepare_cached(
         "INSERT INTO entity_versions (tenant, entity, version, attributes, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
         tenant,
-        e.id,
-        int(e.version)?,
-        json(&e.attributes)?,
-        micros(e.updated_at)
+        id,
+        int(v.version)?,
+        json(&v.attributes)?,
+        micros(v.updated_at)
     ])?;
     Ok(())
 }
@@ -1092,6 +1117,13 @@ pub fn insert_entity(conn: &Connection, tenant: &str, new: &NewEntity) -> Res<Op
         return Ok(existing);
     }
     counters(conn, tenant, &e.session_id)?;
+    insert_entity_row(conn, tenant, e)?;
+    insert_entity_version(conn, tenant, &e.id, &EntityVersion::of(e))?;
+    insert_trace(conn, tenant, &new.trace)?;
+    Ok(None)
+}
+
+fn insert_entity_row(conn: &Connection, tenant: &str, e: &Entity) -> Res<()> {
     conn.prepare_cached(
         "INSERT INTO entities (tenant, id, session_id, entity_type, entity_id, version,
              created_at, updated_at)
@@ -1107,9 +1139,7 @@ pub fn insert_entity(conn: &Connection, tenant: &str, new: &NewEntity) -> Res<Op
         micros(e.created_at),
         micros(e.updated_at)
     ])?;
-    insert_entity_version(conn, tenant, e)?;
-    insert_trace(conn, tenant, &new.trace)?;
-    Ok(None)
+    Ok(())
 }
 
 pub fn update_entity(conn: &Connection, tenant: &str, u: &EntityUpdate) -> Res<()> {
@@ -1132,7 +1162,7 @@ pub fn update_entity(conn: &Connection, tenant: &str, u: &EntityUpdate) -> Res<(
         "UPDATE entities SET version = ?3, updated_at = ?4 WHERE tenant = ?1 AND id = ?2",
     )?
     .execute(params![tenant, e.id, int(e.version)?, micros(e.updated_at)])?;
-    insert_entity_version(conn, tenant, e)?;
+    insert_entity_version(conn, tenant, &e.id, &EntityVersion::of(e))?;
     insert_trace(conn, tenant, &u.trace)
 }
 
@@ -1236,6 +1266,94 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .optional()?
         .unwrap_or_default())
+}
+
+// ----- import: archived records as given, with no trace of the import -----
+
+/// Inserts the archived session with everything it holds; false, writing nothing, if the
+/// tenant has a session with its id. The caller's savepoint makes it all or nothing.
+pub fn import_session(conn: &Connection, tenant: &str, a: &SessionArchive) -> Res<bool> {
+    let id = &a.record.session.id;
+    if session(conn, tenant, id)?.is_some() {
+        return Ok(false);
+    }
+    insert_session_row(conn, tenant, &a.record)?;
+    for v in &a.versions {
+        insert_version(conn, tenant, id, v)?;
+    }
+    for t in &a.turns {
+        insert_turn_row(conn, tenant, t)?;
+    }
+    for m in &a.memories {
+        if !import_memory(conn, tenant, m)? {
+            let taken = format!("memory id {} already exists", m.record.memory.id);
+            return Err(Error::backend(taken).into());
+        }
+    }
+    for e in &a.entities {
+        if entity(conn, tenant, &e.entity.id)?.is_some() {
+            let taken = format!("entity id {} already exists", e.entity.id);
+            return Err(Error::backend(taken).into());
+        }
+        insert_entity_row(conn, tenant, &e.entity)?;
+        for v in &e.versions {
+            insert_entity_version(conn, tenant, &e.entity.id, v)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Inserts the archived memory with its revisions; false if the tenant has one with its
+/// id; `DuplicateContent` if another has its dedupe key.
+pub fn import_memory(conn: &Connection, tenant: &str, a: &MemoryArchive) -> Res<bool> {
+    let m = &a.record.memory;
+    if memory(conn, tenant, &m.id)?.is_some() {
+        return Ok(false);
+    }
+    if let Some(other) = memory_by_key(conn, tenant, &a.record.dedupe_key)? {
+        let other = other.memory.id;
+        return Err(Error::DuplicateContent { other }.into());
+    }
+    insert_memory_row(conn, tenant, &a.record)?;
+    write_memory_tags(conn, tenant, m)?;
+    for r in &a.revisions {
+        insert_memory_revision(conn, tenant, r)?;
+    }
+    Ok(true)
+}
+
+/// Inserts the traces the tenant lacks, with no feed position (NULL): the feed is for
+/// changes to announce. How many it inserted.
+pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u64> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO traces (tenant, {TRACE_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?;
+    let mut inserted = 0;
+    for t in traces {
+        inserted += stmt.execute(params![
+            tenant,
+            t.id,
+            t.session_id,
+            t.action,
+            t.resource_type,
+            t.resource_id,
+            t.actor,
+            micros(t.timestamp),
+            json(&t.details)?
+        ])? as u64;
+    }
+    Ok(inserted)
+}
+
+pub fn tenants(conn: &Connection) -> Res<Vec<String>> {
+    collect(
+        conn,
+        "SELECT tenant FROM sessions UNION SELECT tenant FROM memories \
+         UNION SELECT tenant FROM traces ORDER BY 1",
+        [],
+        |r| Ok(r.get(0)?),
+    )
 }
 
 #[cfg(test)]

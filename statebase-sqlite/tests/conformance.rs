@@ -34,3 +34,7 @@ mod through_dyn {
         super::SqliteFactory::new()
     ));
 }
+
+mod archive {
+    statebase_core::conformance_suite!(archive super::SqliteFactory::new());
+}
