@@ -240,6 +240,11 @@ impl SessionLog for SledStore {
         self.durable(self.trees.append_turn(tenant, &append)).await
     }
 
+    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
+        self.durable(self.trees.import_session(tenant, &archive))
+            .await
+    }
+
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>> {
         self.trees.turn(tenant, id)
     }
@@ -258,6 +263,11 @@ impl SessionLog for SledStore {
 impl MemoryRecords for SledStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
         self.durable(self.trees.insert_memory(tenant, &new)).await
+    }
+
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
+        self.durable(self.trees.import_memory(tenant, &archive))
+            .await
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {
@@ -350,6 +360,15 @@ impl EntityRecords for SledStore {
 
 #[async_trait]
 impl TraceLog for SledStore {
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
+        self.durable(self.trees.import_traces(tenant, &traces))
+            .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        self.trees.tenants()
+    }
+
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         self.trees.trace(tenant, id)
     }

@@ -626,13 +626,7 @@ impl Trees {
                 apply_version(l, r, i, tenant, &mut rec, state)?;
             }
             let number = a.turn.turn_number;
-            l.insert(
-                turn_key(tenant, &a.turn.session_id, number),
-                turn_json.as_slice(),
-            )?;
-            let mut pointer = number.to_be_bytes().to_vec();
-            pointer.extend_from_slice(a.turn.session_id.as_bytes());
-            r.insert(turn_id_key(tenant, &a.turn.id), pointer)?;
+            put_turn(r, l, tenant, &a.turn, &turn_json)?;
             rec.session.turn_count = number;
             rec.session.updated_at = a.updated_at;
             rec.revision += 1;
@@ -711,12 +705,8 @@ impl Trees {
                 rec.revision += 1;
                 put_session(r, tenant, &rec)?;
             }
-            r.insert(memory_key(tenant, &m.id), value.as_slice())?;
-            r.insert(dedupe_key(tenant, &new.record.dedupe_key), m.id.as_bytes())?;
+            put_memory(r, i, tenant, &new.record, &value)?;
             l.insert(revision_key(tenant, &m.id, m.version), revision.as_slice())?;
-            for k in memory_index(tenant, m) {
-                i.insert(k, &[])?;
-            }
             put_trace(r, i, tenant, &new.trace)?;
             Ok(None)
         })
@@ -911,15 +901,11 @@ impl Trees {
             let mut rec = tx_session(r, tenant, &e.session_id)?;
             rec.revision += 1;
             put_session(r, tenant, &rec)?;
-            r.insert(entity_key(tenant, &e.id), value.as_slice())?;
-            r.insert(entity_name_key(tenant, e), e.id.as_bytes())?;
+            put_entity(r, i, tenant, e, &value)?;
             l.insert(
                 entity_version_key(tenant, &e.id, e.version),
                 version.as_slice(),
             )?;
-            for k in entity_index(tenant, e) {
-                i.insert(k, &[])?;
-            }
             put_trace(r, i, tenant, &new.trace)?;
             Ok(None)
         })
@@ -1113,6 +1099,101 @@ impl Trees {
             }
         }
         Ok(out)
+    }
+
+    // ----- import: archived records as given, with no trace of the import -----
+
+    pub fn import_session(&self, tenant: &str, a: &SessionArchive) -> Result<bool> {
+        let s = &a.record.session;
+        let value = encode_session(&a.record)?;
+        let turns: Vec<Vec<u8>> = a.turns.iter().map(to_json).collect::<Result<_>>()?;
+        let memories: Vec<MemoryImport> = a
+            .memories
+            .iter()
+            .map(MemoryImport::encode)
+            .collect::<Result<_>>()?;
+        let entities: Vec<(Vec<u8>, Vec<Vec<u8>>)> = a
+            .entities
+            .iter()
+            .map(|e| {
+                Ok((
+                    to_json(&e.entity)?,
+                    e.versions.iter().map(to_json).collect::<Result<_>>()?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        self.transact(|r, l, i| {
+            let key = session_key(tenant, &s.id);
+            if r.get(&key)?.is_some() {
+                return Ok(false);
+            }
+            r.insert(key, value.as_slice())?;
+            for k in session_index(tenant, s) {
+                i.insert(k, &[])?;
+            }
+            for v in &a.versions {
+                put_version(l, tenant, &s.id, v)?;
+            }
+            for (turn, json) in a.turns.iter().zip(&turns) {
+                put_turn(r, l, tenant, turn, json)?;
+            }
+            for m in &memories {
+                if !m.put(r, l, i, tenant)? {
+                    let id = &m.archive.record.memory.id;
+                    return abort(Error::backend(format!("memory id {id} already exists")));
+                }
+            }
+            for (e, (value, versions)) in a.entities.iter().zip(&entities) {
+                let entity = &e.entity;
+                if r.get(entity_key(tenant, &entity.id))?.is_some() {
+                    let id = &entity.id;
+                    return abort(Error::backend(format!("entity id {id} already exists")));
+                }
+                put_entity(r, i, tenant, entity, value)?;
+                for (v, json) in e.versions.iter().zip(versions) {
+                    l.insert(
+                        entity_version_key(tenant, &entity.id, v.version),
+                        json.as_slice(),
+                    )?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    pub fn import_memory(&self, tenant: &str, a: &MemoryArchive) -> Result<bool> {
+        let m = MemoryImport::encode(a)?;
+        self.transact(|r, l, i| m.put(r, l, i, tenant))
+    }
+
+    /// Inserts the traces the tenant lacks, kept out of the feed; how many.
+    pub fn import_traces(&self, tenant: &str, traces: &[Trace]) -> Result<u64> {
+        self.transact(|r, _, i| {
+            let mut inserted = 0;
+            for t in traces {
+                if r.get(trace_key(tenant, &t.id))?.is_none() {
+                    put_trace_record(r, i, tenant, t)?;
+                    inserted += 1;
+                }
+            }
+            Ok(inserted)
+        })
+    }
+
+    /// Every tenant with a session, memory or trace: one seek per tenant and kind.
+    pub fn tenants(&self) -> Result<Vec<String>> {
+        let mut tenants = std::collections::BTreeSet::new();
+        for kind in [b'S', b'M', b'T'] {
+            let mut from = Key::new(kind).done();
+            let end = prefix_end(&from);
+            while let Some(entry) = self.records.range(from.clone()..end.clone()).next() {
+                let (key, _) = entry.map_err(storage)?;
+                let tenant = key_tenant(&key).ok_or_else(|| corrupt("record key"))?;
+                from = prefix_end(&Key::new(kind).str(&tenant).done());
+                tenants.insert(tenant);
+            }
+        }
+        Ok(tenants.into_iter().collect())
     }
 
     // ----- the server's records -----
@@ -1404,6 +1485,12 @@ fn feed_key_parts(key: &[u8]) -> Option<(u64, String, String)> {
     Some((position, tenant, id))
 }
 
+/// The tenant of a `records` key: the string after its kind byte.
+fn key_tenant(key: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
+    String::from_utf8(key.get(5..5 + len)?.to_vec()).ok()
+}
+
 fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(e)
 }
@@ -1463,8 +1550,7 @@ fn put_trace(
     tenant: &str,
     t: &Trace,
 ) -> TxResult<()> {
-    let value = to_json(t).map_err(abort_now)?;
-    r.insert(trace_key(tenant, &t.id), value)?;
+    put_trace_record(r, i, tenant, t)?;
     // Every trace-writing transaction reads and writes the feed counter, so they conflict
     // and commit one at a time: positions follow commit order.
     let position = r
@@ -1478,8 +1564,115 @@ fn put_trace(
         Key::new(b'p').num(position).str(tenant).raw(&t.id).done(),
         &[],
     )?;
+    Ok(())
+}
+
+/// The trace and its index keys, with no feed position.
+fn put_trace_record(
+    r: &TransactionalTree,
+    i: &TransactionalTree,
+    tenant: &str,
+    t: &Trace,
+) -> TxResult<()> {
+    let value = to_json(t).map_err(abort_now)?;
+    r.insert(trace_key(tenant, &t.id), value)?;
     for k in trace_index(tenant, t) {
         i.insert(k, &[])?;
     }
     Ok(())
+}
+
+/// The turn (`json` is its JSON) and the pointer to it from its id.
+fn put_turn(
+    r: &TransactionalTree,
+    l: &TransactionalTree,
+    tenant: &str,
+    turn: &Turn,
+    json: &[u8],
+) -> TxResult<()> {
+    let number = turn.turn_number;
+    l.insert(turn_key(tenant, &turn.session_id, number), json)?;
+    let mut pointer = number.to_be_bytes().to_vec();
+    pointer.extend_from_slice(turn.session_id.as_bytes());
+    r.insert(turn_id_key(tenant, &turn.id), pointer)?;
+    Ok(())
+}
+
+/// The memory (`value` is its encoding), its dedupe key and its index keys.
+fn put_memory(
+    r: &TransactionalTree,
+    i: &TransactionalTree,
+    tenant: &str,
+    record: &MemoryRecord,
+    value: &[u8],
+) -> TxResult<()> {
+    let m = &record.memory;
+    r.insert(memory_key(tenant, &m.id), value)?;
+    r.insert(dedupe_key(tenant, &record.dedupe_key), m.id.as_bytes())?;
+    for k in memory_index(tenant, m) {
+        i.insert(k, &[])?;
+    }
+    Ok(())
+}
+
+/// The entity (`value` is its JSON), its name and its index keys.
+fn put_entity(
+    r: &TransactionalTree,
+    i: &TransactionalTree,
+    tenant: &str,
+    e: &Entity,
+    value: &[u8],
+) -> TxResult<()> {
+    r.insert(entity_key(tenant, &e.id), value)?;
+    r.insert(entity_name_key(tenant, e), e.id.as_bytes())?;
+    for k in entity_index(tenant, e) {
+        i.insert(k, &[])?;
+    }
+    Ok(())
+}
+
+/// An archived memory, encoded outside the transaction.
+struct MemoryImport<'a> {
+    archive: &'a MemoryArchive,
+    value: Vec<u8>,
+    revisions: Vec<Vec<u8>>,
+}
+
+impl<'a> MemoryImport<'a> {
+    fn encode(archive: &'a MemoryArchive) -> Result<Self> {
+        Ok(Self {
+            archive,
+            value: encode_memory(&archive.record)?,
+            revisions: archive
+                .revisions
+                .iter()
+                .map(to_json)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// Writes it and returns true; false if its id is taken; `DuplicateContent` if
+    /// another memory has its dedupe key.
+    fn put(
+        &self,
+        r: &TransactionalTree,
+        l: &TransactionalTree,
+        i: &TransactionalTree,
+        tenant: &str,
+    ) -> TxResult<bool> {
+        let record = &self.archive.record;
+        let id = &record.memory.id;
+        if r.get(memory_key(tenant, id))?.is_some() {
+            return Ok(false);
+        }
+        if let Some(other) = r.get(dedupe_key(tenant, &record.dedupe_key))? {
+            let other = String::from_utf8_lossy(&other).into_owned();
+            return abort(Error::DuplicateContent { other });
+        }
+        put_memory(r, i, tenant, record, &self.value)?;
+        for (rev, value) in self.archive.revisions.iter().zip(&self.revisions) {
+            l.insert(revision_key(tenant, id, rev.version), value.as_slice())?;
+        }
+        Ok(true)
+    }
 }
