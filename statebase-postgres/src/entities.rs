@@ -57,6 +57,56 @@ async fn insert_version(c: &impl GenericClient, tenant: &str, e: &Entity) -> Res
     Ok(())
 }
 
+/// Inserts the entity's row (not its version) unless it clashes on `conflict` (columns, or
+/// empty for any unique key), and says whether it did.
+async fn insert_row(c: &impl GenericClient, tenant: &str, e: &Entity, conflict: &str) -> Res<bool> {
+    let inserted = query::execute(
+        c,
+        &format!(
+            "INSERT INTO entities (tenant, id, session_id, entity_type, entity_id, version,
+                 created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT {conflict} DO NOTHING"
+        ),
+        &[
+            &tenant,
+            &e.id,
+            &e.session_id,
+            &e.entity_type,
+            &e.entity_id,
+            &int(e.version)?,
+            &e.created_at,
+            &e.updated_at,
+        ],
+    )
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Inserts the archived entity with its versions, in the caller's transaction. `Backend`
+/// if its id or name is taken.
+pub async fn import_entity(c: &impl GenericClient, tenant: &str, a: &EntityArchive) -> Res<()> {
+    let e = &a.entity;
+    if !insert_row(c, tenant, e, "").await? {
+        return Err(Error::backend(format!("entity id {} already exists", e.id)).into());
+    }
+    let numbers = a
+        .versions
+        .iter()
+        .map(|v| int(v.version))
+        .collect::<Res<Vec<_>>>()?;
+    let attributes: Vec<_> = a.versions.iter().map(|v| Json(&v.attributes)).collect();
+    let times: Vec<_> = a.versions.iter().map(|v| v.updated_at).collect();
+    query::execute(
+        c,
+        "INSERT INTO entity_versions (tenant, entity, version, attributes, updated_at)
+         SELECT $1, $2, * FROM unnest($3::bigint[], $4::json[], $5::timestamptz[])",
+        &[&tenant, &e.id, &numbers, &attributes, &times],
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl EntityRecords for PostgresStore {
     async fn insert_entity(&self, tenant: &str, new: NewEntity) -> Result<Option<Entity>> {
@@ -75,25 +125,8 @@ impl EntityRecords for PostgresStore {
             if session.is_none() {
                 return Err(Error::not_found(ResourceKind::Session, &e.session_id));
             }
-            let inserted = query::execute(
-                &tx,
-                "INSERT INTO entities (tenant, id, session_id, entity_type, entity_id, version,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (tenant, session_id, entity_type, entity_id) DO NOTHING",
-                &[
-                    &tenant,
-                    &e.id,
-                    &e.session_id,
-                    &e.entity_type,
-                    &e.entity_id,
-                    &int(e.version)?,
-                    &e.created_at,
-                    &e.updated_at,
-                ],
-            )
-            .await?;
-            if inserted == 1 {
+            let name = "(tenant, session_id, entity_type, entity_id)";
+            if insert_row(&tx, tenant, e, name).await? {
                 insert_version(&tx, tenant, e).await?;
                 insert_trace(&tx, tenant, &new.trace).await?;
                 query::commit(tx).await?;

@@ -268,6 +268,67 @@ async fn insert_revision(c: &impl GenericClient, tenant: &str, m: &Memory) -> Re
     Ok(())
 }
 
+/// Inserts the memory's row (not its revision) unless another has its dedupe key, and
+/// says whether it did.
+async fn insert_row(c: &impl GenericClient, tenant: &str, record: &MemoryRecord) -> Res<bool> {
+    let m = &record.memory;
+    let inserted = query::execute(
+        c,
+        &format!(
+            "INSERT INTO memories (tenant, {COLUMNS}, keywords)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (tenant, dedupe_key) DO NOTHING"
+        ),
+        &[
+            &tenant,
+            &m.id,
+            &m.session_id,
+            &m.user_id,
+            &m.content,
+            &m.memory_type,
+            &m.tags,
+            &Json(&m.metadata),
+            &int(m.version)?,
+            &m.embedding_model,
+            &record.embedding.clone().map(Vector::from),
+            &record.dedupe_key,
+            &m.created_at,
+            &m.updated_at,
+            &keywords(&m.content),
+        ],
+    )
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Inserts the archived memory with its revisions, in the caller's transaction; false if
+/// the tenant has a memory with its id; `DuplicateContent` if another has its dedupe key.
+pub async fn import_memory(c: &impl GenericClient, tenant: &str, a: &MemoryArchive) -> Res<bool> {
+    let id = &a.record.memory.id;
+    if memory(c, tenant, id).await?.is_some() {
+        return Ok(false);
+    }
+    if !insert_row(c, tenant, &a.record).await? {
+        let other = memory_by_key(c, tenant, &a.record.dedupe_key).await?;
+        let other = other.map_or_else(String::new, |o| o.memory.id);
+        return Err(Error::DuplicateContent { other }.into());
+    }
+    let numbers = a
+        .revisions
+        .iter()
+        .map(|r| int(r.version))
+        .collect::<Res<Vec<_>>>()?;
+    let bodies: Vec<_> = a.revisions.iter().map(Json).collect();
+    query::execute(
+        c,
+        "INSERT INTO memory_revisions (tenant, memory_id, version, body)
+         SELECT $1, $2, * FROM unnest($3::bigint[], $4::json[])",
+        &[&tenant, id, &numbers, &bodies],
+    )
+    .await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl MemoryRecords for PostgresStore {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>> {
@@ -278,33 +339,7 @@ impl MemoryRecords for PostgresStore {
             if let Some(session_id) = &m.session_id {
                 touch_session(&tx, tenant, session_id, 1).await?;
             }
-            let inserted = query::execute(
-                &tx,
-                &format!(
-                    "INSERT INTO memories (tenant, {COLUMNS}, keywords)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                     ON CONFLICT (tenant, dedupe_key) DO NOTHING"
-                ),
-                &[
-                    &tenant,
-                    &m.id,
-                    &m.session_id,
-                    &m.user_id,
-                    &m.content,
-                    &m.memory_type,
-                    &m.tags,
-                    &Json(&m.metadata),
-                    &int(m.version)?,
-                    &m.embedding_model,
-                    &new.record.embedding.clone().map(Vector::from),
-                    &new.record.dedupe_key,
-                    &m.created_at,
-                    &m.updated_at,
-                    &keywords(&m.content),
-                ],
-            )
-            .await?;
-            if inserted == 1 {
+            if insert_row(&tx, tenant, &new.record).await? {
                 insert_revision(&tx, tenant, m).await?;
                 insert_trace(&tx, tenant, &new.trace).await?;
                 query::commit(tx).await?;
@@ -317,6 +352,14 @@ impl MemoryRecords for PostgresStore {
                 return Ok(Some(existing));
             }
         }
+    }
+
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        let imported = import_memory(&tx, tenant, &archive).await?;
+        query::commit(tx).await?;
+        Ok(imported)
     }
 
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>> {

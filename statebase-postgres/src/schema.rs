@@ -228,6 +228,12 @@ BEGIN
         FROM unnest(names) WITH ORDINALITY AS i (name, n) JOIN rate_buckets b USING (name);
 END $$;
 "#,
+    // Imported traces tell of the past: they have no `seq`, so the feed never numbers them.
+    r#"
+ALTER TABLE traces ALTER COLUMN seq DROP NOT NULL;
+DROP INDEX traces_unsequenced;
+CREATE INDEX traces_unsequenced ON traces (seq) WHERE position IS NULL AND seq IS NOT NULL;
+"#,
 ];
 
 /// The schema version this code writes.

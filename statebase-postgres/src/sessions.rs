@@ -6,6 +6,8 @@
 //! appends, the writes agents make most, are one statement: the `UPDATE` and, in the same
 //! `WITH`, the inserts of the rows it writes, made only if it changed the session.
 
+use crate::entities::import_entity;
+use crate::memories::import_memory;
 use crate::query::{self, clamp, get_uint, int, Filtered, Res};
 use crate::traces::{insert_trace, insert_trace_for, TraceValues};
 use crate::{PostgresError, PostgresStore};
@@ -155,37 +157,98 @@ fn insert_version_for(source: &str, version: usize, created: usize) -> String {
     )
 }
 
+/// Inserts the session's row unless the tenant has one with its id, and says whether it
+/// did.
+async fn insert_row(c: &impl GenericClient, tenant: &str, record: &SessionRecord) -> Res<bool> {
+    let s = &record.session;
+    let inserted = query::execute(
+        c,
+        &format!(
+            "INSERT INTO sessions (tenant, {COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT DO NOTHING"
+        ),
+        &[
+            &tenant,
+            &s.id,
+            &s.agent_id,
+            &s.user_id,
+            &Json(&s.state),
+            &int(s.version)?,
+            &Json(&s.metadata),
+            &int(s.memory_count)?,
+            &int(s.turn_count)?,
+            &s.ttl_expires_at,
+            &s.created_at,
+            &s.updated_at,
+            &int(record.revision)?,
+        ],
+    )
+    .await?;
+    Ok(inserted == 1)
+}
+
+/// Inserts the archived session's versions and turns, each kind in one statement.
+async fn import_log(c: &impl GenericClient, tenant: &str, a: &SessionArchive) -> Res<()> {
+    let id = &a.record.session.id;
+    let numbers = a
+        .versions
+        .iter()
+        .map(|v| int(v.version))
+        .collect::<Res<Vec<_>>>()?;
+    let times: Vec<_> = a.versions.iter().map(|v| v.created_at).collect();
+    let bodies: Vec<&[u8]> = a.versions.iter().map(|v| v.body.as_slice()).collect();
+    query::execute(
+        c,
+        "INSERT INTO versions (tenant, session_id, version, created_at, body)
+         SELECT $1, $2, * FROM unnest($3::bigint[], $4::timestamptz[], $5::bytea[])",
+        &[&tenant, id, &numbers, &times, &bodies],
+    )
+    .await?;
+    let turn_ids: Vec<_> = a.turns.iter().map(|t| &t.id).collect();
+    let turn_numbers = a
+        .turns
+        .iter()
+        .map(|t| int(t.turn_number))
+        .collect::<Res<Vec<_>>>()?;
+    let turns: Vec<_> = a.turns.iter().map(Json).collect();
+    query::execute(
+        c,
+        "INSERT INTO turns (tenant, session_id, id, turn_number, body)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::json[])",
+        &[&tenant, id, &turn_ids, &turn_numbers, &turns],
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl SessionLog for PostgresStore {
+    async fn import_session(&self, tenant: &str, a: SessionArchive) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        if !insert_row(&tx, tenant, &a.record).await? {
+            return Ok(false);
+        }
+        import_log(&tx, tenant, &a).await?;
+        for m in &a.memories {
+            if !import_memory(&tx, tenant, m).await? {
+                let id = &m.record.memory.id;
+                return Err(Error::backend(format!("memory id {id} already exists")));
+            }
+        }
+        for e in &a.entities {
+            import_entity(&tx, tenant, e).await?;
+        }
+        query::commit(tx).await?;
+        Ok(true)
+    }
+
     async fn create_session(&self, tenant: &str, new: NewSession) -> Result<()> {
         let s = &new.record.session;
         let mut conn = self.conn().await?;
         let tx = query::begin(&mut conn).await?;
-        let inserted = query::execute(
-            &tx,
-            &format!(
-                "INSERT INTO sessions (tenant, {COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[
-                &tenant,
-                &s.id,
-                &s.agent_id,
-                &s.user_id,
-                &Json(&s.state),
-                &int(s.version)?,
-                &Json(&s.metadata),
-                &int(s.memory_count)?,
-                &int(s.turn_count)?,
-                &s.ttl_expires_at,
-                &s.created_at,
-                &s.updated_at,
-                &int(new.record.revision)?,
-            ],
-        )
-        .await?;
-        if inserted == 0 {
+        if !insert_row(&tx, tenant, &new.record).await? {
             return Err(
                 PostgresError::Corrupt(format!("session id {} already exists", s.id)).into(),
             );

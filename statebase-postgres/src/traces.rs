@@ -6,10 +6,10 @@
 //! position, and readers of the feed first number every committed trace that has none, one
 //! reader at a time (an advisory lock): whatever commits later gets a higher number.
 //! Writers never wait for one another on the feed; traces written at once may be numbered
-//! in either order.
+//! in either order. Imported traces have no `seq` and are never numbered.
 
 use crate::query::{self, get_uint, int, Filtered, Res};
-use crate::PostgresStore;
+use crate::{PostgresError, PostgresStore};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::{FeedEntry, TraceLog, TraceQuery};
@@ -106,7 +106,8 @@ impl PostgresStore {
         query::execute(
             &tx,
             "WITH pending AS (
-                 SELECT tenant, id FROM traces WHERE position IS NULL ORDER BY seq
+                 SELECT tenant, id FROM traces WHERE position IS NULL AND seq IS NOT NULL
+                 ORDER BY seq
              ), numbered AS (
                  SELECT tenant, id, nextval('statebase_feed') AS position FROM pending
              )
@@ -122,6 +123,47 @@ impl PostgresStore {
 
 #[async_trait]
 impl TraceLog for PostgresStore {
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
+        let column = |f: fn(&Trace) -> &String| traces.iter().map(f).collect::<Vec<_>>();
+        let (ids, actions) = (column(|t| &t.id), column(|t| &t.action));
+        let (types, resources) = (column(|t| &t.resource_type), column(|t| &t.resource_id));
+        let actors = column(|t| &t.actor);
+        let sessions: Vec<_> = traces.iter().map(|t| t.session_id.as_deref()).collect();
+        let times: Vec<_> = traces.iter().map(|t| t.timestamp).collect();
+        let details: Vec<_> = traces.iter().map(|t| Json(&t.details)).collect();
+        let conn = self.conn().await?;
+        let inserted = query::execute(
+            &conn,
+            &format!(
+                "INSERT INTO traces (tenant, {COLUMNS}, seq)
+                 SELECT $1, *, NULL FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::timestamptz[], $9::json[])
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[
+                &tenant, &ids, &sessions, &actions, &types, &resources, &actors, &times, &details,
+            ],
+        )
+        .await?;
+        Ok(inserted)
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        let conn = self.conn().await?;
+        let found = query::rows(
+            &conn,
+            "SELECT tenant FROM sessions UNION SELECT tenant FROM memories
+             UNION SELECT tenant FROM traces ORDER BY 1",
+            &[],
+        )
+        .await?;
+        Ok(found
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(PostgresError::from)?)
+    }
+
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>> {
         let conn = self.conn().await?;
         let found = query::row(
