@@ -94,6 +94,25 @@ impl Counts {
     }
 }
 
+/// "3 sessions, 41 versions, …": every kind, for logs and reports.
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sessions, {} versions, {} turns, {} memories, {} entities, {} traces, \
+             {} API keys, {} webhooks",
+            self.sessions,
+            self.versions,
+            self.turns,
+            self.memories,
+            self.entities,
+            self.traces,
+            self.api_keys,
+            self.webhooks
+        )
+    }
+}
+
 /// The header line's content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {

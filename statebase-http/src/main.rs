@@ -1,4 +1,7 @@
-//! `statebase`: serve the StateBase `/v1` API, and manage its API keys.
+//! `statebase`: serve the StateBase `/v1` API, manage its API keys and webhooks, and move
+//! its data between stores.
+
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use statebase_core::{Config, Embedder, HashEmbedder, IdSource, KeyLimits, ServerStore, StateBase};
@@ -136,6 +139,59 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Write every record of the database, or of one tenant, as an archive (JSON lines of
+    /// format 1, with a checksum).
+    Export {
+        /// `sqlite:PATH`, `sled:DIR` or `postgres://USER@HOST:PORT/DB`.
+        #[arg(long, default_value = "sqlite:./statebase.db")]
+        db: String,
+        #[command(flatten)]
+        what: ExportArgs,
+        /// The archive to write (default: stdout).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Restore an archive: each session whole, what the database has already left as it
+    /// is (importing twice changes nothing). The file is verified whole first.
+    Import {
+        /// `sqlite:PATH`, `sled:DIR` or `postgres://USER@HOST:PORT/DB`.
+        #[arg(long, default_value = "sqlite:./statebase.db")]
+        db: String,
+        /// The archive.
+        file: std::path::PathBuf,
+    },
+    /// Copy every record (or one tenant's) from one database to another: an export piped
+    /// into an import.
+    Migrate {
+        /// The database to read.
+        #[arg(long)]
+        from: String,
+        /// The database to write.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        what: ExportArgs,
+    },
+}
+
+/// What an export holds.
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Only this tenant's records (default: every tenant's).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Memories' vectors too (without them, a server re-embeds the memories it imported).
+    #[arg(long)]
+    with_vectors: bool,
+}
+
+impl ExportArgs {
+    fn options(self) -> statebase_core::archive::ExportOptions {
+        statebase_core::archive::ExportOptions {
+            tenant: self.tenant,
+            with_vectors: self.with_vectors,
+        }
+    }
 }
 
 /// How long clients may take, and how many may be connected at once.
@@ -469,6 +525,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("revoked {}", key.id);
                 }
             }
+        }
+        Command::Export { db, what, output } => {
+            let store = open(&db, PostgresOptions::default()).await?;
+            transfer::export(&*store, &what.options(), output.as_deref()).await?;
+        }
+        Command::Import { db, file } => {
+            let store = open(&db, PostgresOptions::default()).await?;
+            transfer::print_report(&transfer::import(&*store, &file).await?);
+        }
+        Command::Migrate { from, to, what } => {
+            let source = open(&from, PostgresOptions::default()).await?;
+            let target = open(&to, PostgresOptions::default()).await?;
+            let report = transfer::migrate(&*source, &*target, &what.options()).await?;
+            transfer::print_report(&report);
         }
     }
     Ok(())

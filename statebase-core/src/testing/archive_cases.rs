@@ -6,8 +6,8 @@ use crate::archive::{self, Counts, ExportOptions, ImportReport};
 use crate::store::*;
 use crate::{
     AddMemory, AddTurn, Config, CreateEntity, CreateSession, ForkFrom, HistoryQuery, KeyLimits,
-    ListMemories, ListTraces, ListTurns, ManualClock, MemoryHit, MemoryStore, Order, RollbackTo,
-    SearchMemories, StateBase, StateWrite, UpdateEntity, UpdateMemory, WebhookEndpoint,
+    ListEntities, ListMemories, ListTraces, ListTurns, ManualClock, MemoryHit, MemoryStore, Order,
+    RollbackTo, SearchMemories, StateBase, StateWrite, UpdateEntity, UpdateMemory, WebhookEndpoint,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// A store with every kind of record, in two tenants: sessions with many versions (deltas
 /// among them), a rollback and a fork, turns, memories of sessions and of a user (one
 /// updated), entities (one updated), a deleted session's traces, a key and a webhook.
-pub(crate) async fn populated() -> StateBase<MemoryStore> {
+pub async fn populated() -> StateBase<MemoryStore> {
     let clock = Arc::new(ManualClock::new(epoch()));
     let config = Config {
         clock: clock.clone(),
@@ -140,7 +140,7 @@ pub(crate) async fn populated() -> StateBase<MemoryStore> {
 }
 
 /// The whole archive of `store`, vectors included, stamped at [`epoch`].
-pub(crate) async fn export_all<S: ServerStore + ?Sized>(store: &S) -> Vec<u8> {
+pub async fn export_all<S: ServerStore + ?Sized>(store: &S) -> Vec<u8> {
     let mut out = Vec::new();
     let options = ExportOptions {
         tenant: None,
@@ -188,10 +188,38 @@ pub async fn an_archive_restores_exactly<F: StoreFactory>(factory: F) {
         "imported traces entered the webhook feed"
     );
 
-    // Read back through statebase, as the API would.
+    assert_same_answers(&source, env.sb()).await;
+    let forked = source
+        .list_sessions(Default::default())
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .find(|s| s.metadata.contains_key("forked_from"))
+        .expect("the fork");
+    assert_eq!(env.sb().get_session(&forked.id).await.unwrap(), forked);
+
+    let again = import(env.sb().store(), &bytes).await.unwrap();
+    assert_eq!(again.imported.sessions + again.imported.traces, 0);
+    assert_eq!(
+        again.skipped,
+        Counts {
+            api_keys: 0,
+            webhooks: 0,
+            ..counts
+        }
+    );
+    assert_eq!(export_all(env.sb().store()).await, bytes, "a second import");
+}
+
+/// `b` answers as `a` does, read through statebase as the API would, in both tenants of
+/// [`populated`]: every session, its history and turns, every memory and its history,
+/// entities, a search and the audit trail.
+pub async fn assert_same_answers<A: Store, B: Store>(a: &StateBase<A>, b: &StateBase<B>) {
     for tenant in ["default", "other"] {
-        let (a, b) = (source.tenant(tenant), env.sb().tenant(tenant));
+        let (a, b) = (a.tenant(tenant), b.tenant(tenant));
         let sessions = a.list_sessions(Default::default()).await.unwrap().data;
+        assert!(!sessions.is_empty(), "no session of {tenant} to compare");
         assert_eq!(
             b.list_sessions(Default::default()).await.unwrap().data,
             sessions
@@ -226,6 +254,14 @@ pub async fn an_archive_restores_exactly<F: StoreFactory>(factory: F) {
                 a.memory_history(&m.id).await.unwrap()
             );
         }
+        let entities = ListEntities {
+            limit: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(
+            b.list_entities(entities.clone()).await.unwrap(),
+            a.list_entities(entities).await.unwrap()
+        );
         let query = SearchMemories::new("how many cats does the user have");
         let (found, expected) = (
             b.search_memories(query.clone()).await.unwrap(),
@@ -253,27 +289,6 @@ pub async fn an_archive_restores_exactly<F: StoreFactory>(factory: F) {
             a.list_traces(traces).await.unwrap()
         );
     }
-    let forked = source
-        .list_sessions(Default::default())
-        .await
-        .unwrap()
-        .data
-        .into_iter()
-        .find(|s| s.metadata.contains_key("forked_from"))
-        .expect("the fork");
-    assert_eq!(env.sb().get_session(&forked.id).await.unwrap(), forked);
-
-    let again = import(env.sb().store(), &bytes).await.unwrap();
-    assert_eq!(again.imported.sessions + again.imported.traces, 0);
-    assert_eq!(
-        again.skipped,
-        Counts {
-            api_keys: 0,
-            webhooks: 0,
-            ..counts
-        }
-    );
-    assert_eq!(export_all(env.sb().store()).await, bytes, "a second import");
 }
 
 /// One tenant's export holds that tenant's records only, and restores beside another's.
