@@ -134,9 +134,6 @@ pub struct EntityArchive {
     pub versions: Vec<EntityVersion>,
 }
 
-/// What the provided import methods answer.
-const NO_IMPORT: &str = "this store does not import archives yet";
-
 /// A memory as stored: the public record, its vector, and its deduplication key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryRecord {
@@ -579,12 +576,8 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     /// trace: [`TraceLog::import_traces`] restores those), all or nothing, and returns true;
     /// if the tenant has a session with its id, writes nothing and returns false.
     /// `DuplicateContent` if another memory of the tenant has one of its memories' dedupe
-    /// keys; `Backend` if a memory or entity id is taken. The provided method, for a
-    /// backend that does not import yet, answers `Backend` and writes nothing.
-    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
-        let _ = (tenant, archive);
-        Err(crate::Error::backend(NO_IMPORT))
-    }
+    /// keys; `Backend` if a memory or entity id is taken.
+    async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool>;
 
     /// The turn, or `None`.
     async fn turn(&self, tenant: &str, id: &str) -> Result<Option<Turn>>;
@@ -608,12 +601,8 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
 
     /// Inserts a memory without a session and its revisions exactly as given (no trace),
     /// and returns true; if the tenant has a memory with its id, writes nothing and returns
-    /// false. `DuplicateContent` if another memory of the tenant has its dedupe key. The
-    /// provided method answers `Backend`, as [`SessionLog::import_session`]'s does.
-    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool> {
-        let _ = (tenant, archive);
-        Err(crate::Error::backend(NO_IMPORT))
-    }
+    /// false. `DuplicateContent` if another memory of the tenant has its dedupe key.
+    async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool>;
 
     /// The memory, or `None`.
     async fn memory(&self, tenant: &str, id: &str) -> Result<Option<MemoryRecord>>;
@@ -721,21 +710,11 @@ pub trait EntityRecords: Send + Sync + Debug + 'static {
 pub trait TraceLog: Send + Sync + Debug + 'static {
     /// Inserts the traces whose ids the tenant has none of, as given, and returns how many.
     /// They stay out of the [feed](TraceLog::trace_feed): they tell of the past, not of
-    /// changes to announce. The provided method answers `Backend`, as
-    /// [`SessionLog::import_session`]'s does.
-    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
-        let _ = (tenant, traces);
-        Err(crate::Error::backend(NO_IMPORT))
-    }
+    /// changes to announce.
+    async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64>;
 
-    /// Every tenant with a session, a memory or a trace, in order. The provided method
-    /// answers `Backend`: an export of every tenant needs it, one of a named tenant does
-    /// not.
-    async fn tenants(&self) -> Result<Vec<String>> {
-        Err(crate::Error::backend(
-            "this store does not list its tenants yet",
-        ))
-    }
+    /// Every tenant with a session, a memory or a trace, in order.
+    async fn tenants(&self) -> Result<Vec<String>>;
 
     /// The trace, or `None`.
     async fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;

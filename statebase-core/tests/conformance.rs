@@ -9,13 +9,3 @@ mod memory_dyn {
         statebase_core::testing::MemoryFactory::default()
     ));
 }
-
-mod memory_archive {
-    statebase_core::conformance_suite!(archive statebase_core::testing::MemoryFactory::default());
-}
-
-mod memory_dyn_archive {
-    statebase_core::conformance_suite!(archive statebase_core::testing::DynFactory(
-        statebase_core::testing::MemoryFactory::default()
-    ));
-}

@@ -42,7 +42,3 @@ mod through_dyn {
         super::PostgresFactory::default()
     ));
 }
-
-mod archive {
-    statebase_core::conformance_suite!(archive super::PostgresFactory::default());
-}

@@ -34,7 +34,3 @@ mod through_dyn {
         super::SledFactory::new()
     ));
 }
-
-mod archive {
-    statebase_core::conformance_suite!(archive super::SledFactory::new());
-}

@@ -34,7 +34,3 @@ mod through_dyn {
         super::SqliteFactory::new()
     ));
 }
-
-mod archive {
-    statebase_core::conformance_suite!(archive super::SqliteFactory::new());
-}
