@@ -167,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::turns::router())
         .merge(routes::memories::router())
         .merge(routes::entities::router())
+        .merge(routes::export::router())
         .merge(routes::traces::router())
         .merge(routes::dashboard::router())
         .merge(routes::webhooks::router());

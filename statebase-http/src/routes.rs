@@ -8,6 +8,7 @@
 pub(crate) mod context;
 pub(crate) mod dashboard;
 pub(crate) mod entities;
+pub(crate) mod export;
 pub(crate) mod memories;
 pub(crate) mod service;
 pub(crate) mod sessions;

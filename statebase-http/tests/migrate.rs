@@ -163,3 +163,95 @@ async fn export_then_import_through_a_file() {
     };
     assert_eq!(lines(&exported), lines(&file));
 }
+
+/// The lines of an archive between its header and its trailer (which hold its time).
+fn records(archive: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(archive).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[1..lines.len() - 1].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_exports_its_own_records_over_http() {
+    use statebase_http::{router, AppState, Rate, RateLimiter, Targets};
+    let source = populated().await;
+    let store: Arc<dyn ServerStore> = Arc::new(MemoryStore::new());
+    import(&*store, &export_all(source.store()).await).await;
+    let state = AppState::new(
+        store.clone(),
+        RateLimiter::new(Rate::new(1000, 1000)),
+        Targets::Public,
+    );
+    for (tenant, key) in [
+        ("default", "sb_exportdefaultkey000001"),
+        ("other", "sb_exportotherkey00000001"),
+    ] {
+        let limits = statebase_core::KeyLimits::default();
+        state
+            .sb
+            .import_api_key(tenant, "test", key, limits, None)
+            .await
+            .unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/export", listener.local_addr().unwrap());
+    let limits = statebase_http::Limits::default();
+    tokio::spawn(statebase_http::serve(
+        listener,
+        router(state),
+        limits,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    for (tenant, key) in [
+        ("default", "sb_exportdefaultkey000001"),
+        ("other", "sb_exportotherkey00000001"),
+    ] {
+        let response = http
+            .get(&url)
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let body = response.bytes().await.unwrap();
+        let (header, _) = archive::verify(&body[..]).await.unwrap();
+        assert_eq!(header.tenant.as_deref(), Some(tenant));
+        // The same records as the library's export of that tenant, the keys included.
+        let mut expected = Vec::new();
+        let options = archive::ExportOptions {
+            tenant: Some(tenant.into()),
+            with_vectors: false,
+        };
+        archive::export(&*store, &options, epoch(), &mut expected, &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(records(&body), records(&expected), "{tenant}");
+        let restored = MemoryStore::new();
+        import(&restored, &body).await;
+        assert_eq!(restored.tenants().await.unwrap(), [tenant]);
+    }
+
+    let with_vectors = http
+        .get(format!("{url}?with_vectors=true"))
+        .header("x-api-key", "sb_exportdefaultkey000001")
+        .send()
+        .await
+        .unwrap();
+    let body = with_vectors.bytes().await.unwrap();
+    assert!(std::str::from_utf8(&body)
+        .unwrap()
+        .contains("\"embedding\":["));
+    let bad = http
+        .get(format!("{url}?with_vectors=maybe"))
+        .header("x-api-key", "sb_exportdefaultkey000001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+}
