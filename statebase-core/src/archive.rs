@@ -85,12 +85,29 @@ impl Counts {
             + self.webhooks
     }
 
-    fn add_session(&mut self, archive: &SessionArchive) {
-        self.sessions += 1;
-        self.versions += archive.versions.len() as u64;
-        self.turns += archive.turns.len() as u64;
-        self.memories += archive.memories.len() as u64;
-        self.entities += archive.entities.len() as u64;
+    /// A session with what it owns.
+    fn of_session(archive: &SessionArchive) -> Self {
+        Self {
+            sessions: 1,
+            versions: archive.versions.len() as u64,
+            turns: archive.turns.len() as u64,
+            memories: archive.memories.len() as u64,
+            entities: archive.entities.len() as u64,
+            ..Self::default()
+        }
+    }
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.sessions += other.sessions;
+        self.versions += other.versions;
+        self.turns += other.turns;
+        self.memories += other.memories;
+        self.entities += other.entities;
+        self.traces += other.traces;
+        self.api_keys += other.api_keys;
+        self.webhooks += other.webhooks;
     }
 }
 
@@ -816,22 +833,13 @@ async fn write_session<S: ServerStore + ?Sized>(
             ),
         ));
     }
-    let mut counts = Counts::default();
-    counts.add_session(&p.archive);
+    let counts = Counts::of_session(&p.archive);
     if store.import_session(&p.tenant, p.archive).await? {
-        add(&mut report.imported, &counts);
+        report.imported += counts;
     } else {
-        add(&mut report.skipped, &counts);
+        report.skipped += counts;
     }
     Ok(())
-}
-
-fn add(to: &mut Counts, from: &Counts) {
-    to.sessions += from.sessions;
-    to.versions += from.versions;
-    to.turns += from.turns;
-    to.memories += from.memories;
-    to.entities += from.entities;
 }
 
 async fn write_traces<S: ServerStore + ?Sized>(

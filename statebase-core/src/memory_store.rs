@@ -166,18 +166,25 @@ impl Inner {
         }
     }
 
-    fn import_memory(&mut self, tenant: &str, archive: MemoryArchive) {
-        let m = &archive.record.memory;
+    /// Adds the memory with its order and dedupe keys.
+    fn put_memory(&mut self, tenant: &str, stored: StoredMemory) {
+        let m = &stored.record.memory;
         self.memory_order
             .insert((tenant.to_owned(), m.created_at, m.id.clone()));
         self.dedupe
-            .insert(key(tenant, &archive.record.dedupe_key), m.id.clone());
-        let stored = StoredMemory {
-            record: archive.record,
-            revisions: archive.revisions,
-        };
+            .insert(key(tenant, &stored.record.dedupe_key), m.id.clone());
         self.memories
             .insert(key(tenant, &stored.record.memory.id), stored);
+    }
+
+    /// Adds the entity with its order and name keys.
+    fn put_entity(&mut self, tenant: &str, stored: StoredEntity) {
+        let e = &stored.entity;
+        self.entity_order
+            .insert((tenant.to_owned(), e.created_at, e.id.clone()));
+        self.entity_names
+            .insert(entity_name(tenant, e), e.id.clone());
+        self.entities.insert(key(tenant, &stored.entity.id), stored);
     }
 
     fn insert_trace(&mut self, tenant: &str, trace: Trace) {
@@ -432,24 +439,18 @@ impl SessionLog for MemoryStore {
                 .insert(key(tenant, &turn.id), s.id.clone());
         }
         for m in archive.memories {
-            inner.import_memory(tenant, m);
+            let stored = StoredMemory {
+                record: m.record,
+                revisions: m.revisions,
+            };
+            inner.put_memory(tenant, stored);
         }
         for e in archive.entities {
-            inner.entity_order.insert((
-                tenant.to_owned(),
-                e.entity.created_at,
-                e.entity.id.clone(),
-            ));
-            inner
-                .entity_names
-                .insert(entity_name(tenant, &e.entity), e.entity.id.clone());
             let stored = StoredEntity {
                 entity: e.entity,
                 versions: e.versions,
             };
-            inner
-                .entities
-                .insert(key(tenant, &stored.entity.id), stored);
+            inner.put_entity(tenant, stored);
         }
         inner.sessions.insert(
             key(tenant, &archive.record.session.id),
@@ -518,19 +519,11 @@ impl MemoryRecords for MemoryStore {
             record.session.memory_count += 1;
             record.revision += 1;
         }
-        inner
-            .memory_order
-            .insert((tenant.to_owned(), m.created_at, m.id.clone()));
-        inner
-            .dedupe
-            .insert(key(tenant, &new.record.dedupe_key), m.id.clone());
         let stored = StoredMemory {
             revisions: vec![MemoryRevision::of(m)],
             record: new.record,
         };
-        inner
-            .memories
-            .insert(key(tenant, &stored.record.memory.id), stored);
+        inner.put_memory(tenant, stored);
         inner.insert_trace(tenant, new.trace);
         Ok(None)
     }
@@ -540,7 +533,11 @@ impl MemoryRecords for MemoryStore {
         if !inner.can_import_memory(tenant, &archive)? {
             return Ok(false);
         }
-        inner.import_memory(tenant, archive);
+        let stored = StoredMemory {
+            record: archive.record,
+            revisions: archive.revisions,
+        };
+        inner.put_memory(tenant, stored);
         Ok(true)
     }
 
@@ -678,19 +675,11 @@ impl EntityRecords for MemoryStore {
             return Ok(inner.entities.get(&existing).map(|s| s.entity.clone()));
         }
         inner.session_mut(tenant, &e.session_id)?;
-        inner
-            .entity_order
-            .insert((tenant.to_owned(), e.created_at, e.id.clone()));
-        inner
-            .entity_names
-            .insert(entity_name(tenant, &e), e.id.clone());
         let stored = StoredEntity {
             versions: vec![EntityVersion::of(&e)],
             entity: e,
         };
-        inner
-            .entities
-            .insert(key(tenant, &stored.entity.id), stored);
+        inner.put_entity(tenant, stored);
         inner.insert_trace(tenant, new.trace);
         Ok(None)
     }
