@@ -919,4 +919,52 @@ mod tests {
             "wrote before the bad line"
         );
     }
+
+    /// Every pager turns its pages: more versions than a version page holds, and more
+    /// sessions, turns, memories and traces than a page.
+    #[tokio::test]
+    async fn exports_past_every_page_boundary() {
+        use crate::{AddMemory, AddTurn, CreateSession, StateBase, StateWrite};
+        let sb = StateBase::new(MemoryStore::new());
+        let big = sb
+            .create_session(CreateSession::new("agent"))
+            .await
+            .unwrap();
+        let edits = VERSION_PAGE + 10;
+        for step in 1..=edits {
+            let write = StateWrite::new(serde_json::json!({ "step": step }));
+            sb.merge_state(&big.id, write).await.unwrap();
+        }
+        let more = PAGE as u64 + 1;
+        for n in 0..more {
+            let turn = AddTurn::text(&format!("question {n}"), "answer");
+            sb.add_turn(&big.id, turn).await.unwrap();
+            let memory = AddMemory::new(&big.id, &format!("fact number {n}"));
+            sb.add_memory(memory).await.unwrap();
+            sb.create_session(CreateSession::new("agent"))
+                .await
+                .unwrap();
+        }
+        let bytes = export_all(sb.store()).await;
+        let (_, counts) = verify(&bytes[..]).await.unwrap();
+        let sessions = more + 1;
+        assert_eq!(
+            (
+                counts.sessions,
+                counts.versions,
+                counts.turns,
+                counts.memories
+            ),
+            (sessions, edits + sessions, more, more)
+        );
+        assert!(counts.traces > PAGE as u64);
+
+        let restored = MemoryStore::new();
+        let report = import(&restored, &bytes[..], &mut |_| {}).await.unwrap();
+        assert_eq!(report.imported, counts);
+        assert!(export_all(&restored).await == bytes, "the archives differ");
+        let session = StateBase::new(restored).get_session(&big.id).await.unwrap();
+        assert_eq!(session.version, edits);
+        assert_eq!(session.state["step"], edits);
+    }
 }
