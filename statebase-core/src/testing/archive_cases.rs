@@ -412,6 +412,57 @@ pub async fn an_import_writes_a_session_whole_or_not_at_all<F: StoreFactory>(fac
         .is_empty());
 }
 
+/// Exports made while agents write hold each session whole (its versions and turns up to
+/// the session record they read), so that they import.
+pub async fn an_export_beside_writes_imports_whole<F: StoreFactory>(factory: F) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let env = Env::new(factory).await;
+    let sb = env.sb().clone();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let s = sb
+            .create_session(CreateSession::new("agent"))
+            .await
+            .unwrap();
+        ids.push(s.id);
+    }
+    let (stop, writes) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let writer = {
+        let (sb, ids, stop, writes) = (sb.clone(), ids.clone(), stop.clone(), writes.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = writes.load(Ordering::Relaxed);
+                let id = &ids[n % ids.len()];
+                let write = StateWrite::new(json!({ "n": n }));
+                sb.merge_state(id, write).await.unwrap();
+                sb.add_turn(id, AddTurn::text("q", "a")).await.unwrap();
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Exports until three ran while writes committed.
+    let mut archives = Vec::new();
+    for _ in 0..200 {
+        if archives.len() == 3 {
+            break;
+        }
+        let before = writes.load(Ordering::Relaxed);
+        let bytes = export_all(sb.store()).await;
+        if writes.load(Ordering::Relaxed) > before && before > 0 {
+            archives.push(bytes);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(archives.len(), 3, "no export ran beside writes");
+    for bytes in archives {
+        import(&MemoryStore::new(), &bytes).await.unwrap();
+    }
+}
+
 /// `lines` (a header, then records) with the trailer that makes them a sound archive.
 fn seal(lines: &[String]) -> String {
     use sha2::Digest;

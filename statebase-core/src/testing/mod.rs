@@ -241,6 +241,7 @@ macro_rules! conformance_suite {
             an_archive_restores_exactly,
             a_tenant_exports_alone,
             an_import_writes_a_session_whole_or_not_at_all,
+            an_export_beside_writes_imports_whole,
         );
         #[test]
         fn model_property() {
