@@ -480,12 +480,20 @@ fn read_trace(r: &Row<'_>) -> Res<Trace> {
     })
 }
 
+/// Writes the trace with the next feed position.
 fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
-    conn.prepare_cached(&format!(
+    let sql = format!(
         "INSERT INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, coalesce((SELECT max(position) FROM traces), 0) + 1)"
-    ))?
-    .execute(params![
+    );
+    execute_trace(conn, &sql, tenant, t)?;
+    Ok(())
+}
+
+/// Runs `sql`, an insert of a trace whose parameters are the tenant and `TRACE_COLUMNS`,
+/// and returns how many rows it wrote.
+fn execute_trace(conn: &Connection, sql: &str, tenant: &str, t: &Trace) -> Res<usize> {
+    Ok(conn.prepare_cached(sql)?.execute(params![
         tenant,
         t.id,
         t.session_id,
@@ -495,8 +503,7 @@ fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
         t.actor,
         micros(t.timestamp),
         json(&t.details)?
-    ])?;
-    Ok(())
+    ])?)
 }
 
 pub fn trace(conn: &Connection, tenant: &str, id: &str) -> Res<Option<Trace>> {
@@ -1325,23 +1332,13 @@ pub fn import_memory(conn: &Connection, tenant: &str, a: &MemoryArchive) -> Res<
 /// Inserts the traces the tenant lacks, with no feed position (NULL): the feed is for
 /// changes to announce. How many it inserted.
 pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u64> {
-    let mut stmt = conn.prepare_cached(&format!(
+    let sql = format!(
         "INSERT OR IGNORE INTO traces (tenant, {TRACE_COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    ))?;
+    );
     let mut inserted = 0;
     for t in traces {
-        inserted += stmt.execute(params![
-            tenant,
-            t.id,
-            t.session_id,
-            t.action,
-            t.resource_type,
-            t.resource_id,
-            t.actor,
-            micros(t.timestamp),
-            json(&t.details)?
-        ])? as u64;
+        inserted += execute_trace(conn, &sql, tenant, t)? as u64;
     }
     Ok(inserted)
 }
