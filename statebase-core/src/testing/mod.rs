@@ -242,6 +242,7 @@ macro_rules! conformance_suite {
             a_tenant_exports_alone,
             an_import_writes_a_session_whole_or_not_at_all,
             an_export_beside_writes_imports_whole,
+            an_interrupted_import_completes_when_run_again,
         );
         #[test]
         fn model_property() {
