@@ -29,6 +29,8 @@ pub const ENTITY_CREATED: &str = "entity.created";
 pub const ENTITY_UPDATED: &str = "entity.updated";
 /// An entity was deleted.
 pub const ENTITY_DELETED: &str = "entity.deleted";
+/// Everything of a user was erased.
+pub const USER_ERASED: &str = "user.erased";
 
 /// The canonical (past tense) spelling of an action name; older clients filter with the
 /// present tense (`state.update`, `turn.add`, `state.rollback`).
@@ -48,6 +50,7 @@ pub fn canonical(action: &str) -> String {
         "entity.create" => ENTITY_CREATED.into(),
         "entity.update" => ENTITY_UPDATED.into(),
         "entity.delete" => ENTITY_DELETED.into(),
+        "user.erase" => USER_ERASED.into(),
         other => other.into(),
     }
 }

@@ -4,11 +4,13 @@
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 
-use crate::model::{ApiKey, Entity, EntityVersion, MemoryRevision, Trace, Turn, WebhookEndpoint};
+use crate::model::{
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Trace, Turn, WebhookEndpoint,
+};
 use crate::store::*;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -57,6 +59,8 @@ struct Inner {
     delivery_cursor: u64,
     /// key -> response
     idempotent: HashMap<String, IdempotentResponse>,
+    /// (tenant, id) of every erased session and memory: tombstones.
+    erased: HashSet<Key>,
 }
 
 #[derive(Debug)]
@@ -142,6 +146,41 @@ impl Inner {
         Some(stored)
     }
 
+    /// Removes the session with its turns, memories and entities; answers it, the ids of
+    /// its memories and how many entities went.
+    fn remove_session(
+        &mut self,
+        tenant: &str,
+        id: &str,
+    ) -> Option<(StoredSession, Vec<String>, u64)> {
+        let stored = self.sessions.remove(&key(tenant, id))?;
+        let s = &stored.record.session;
+        self.session_order
+            .remove(&(tenant.to_owned(), s.created_at, s.id.clone()));
+        for turn in &stored.turns {
+            self.turn_sessions.remove(&key(tenant, &turn.id));
+        }
+        let owned: Vec<String> = self
+            .memories
+            .iter()
+            .filter(|((t, _), m)| t == tenant && m.record.memory.session_id.as_deref() == Some(id))
+            .map(|((_, mid), _)| mid.clone())
+            .collect();
+        for mid in &owned {
+            self.remove_memory(tenant, mid);
+        }
+        let entities: Vec<String> = self
+            .entities
+            .iter()
+            .filter(|((t, _), e)| t == tenant && e.entity.session_id == id)
+            .map(|((_, eid), _)| eid.clone())
+            .collect();
+        for eid in &entities {
+            self.remove_entity(tenant, eid);
+        }
+        Some((stored, owned, entities.len() as u64))
+    }
+
     fn remove_entity(&mut self, tenant: &str, id: &str) -> Option<StoredEntity> {
         let stored = self.entities.remove(&key(tenant, id))?;
         let e = &stored.entity;
@@ -154,8 +193,8 @@ impl Inner {
     /// Checks that an archived memory can be inserted: its id is free (false if not) and
     /// its dedupe key is not another memory's.
     fn can_import_memory(&self, tenant: &str, archive: &MemoryArchive) -> Result<bool> {
-        let id = &archive.record.memory.id;
-        if self.memories.contains_key(&key(tenant, id)) {
+        let id = key(tenant, &archive.record.memory.id);
+        if self.memories.contains_key(&id) || self.erased.contains(&id) {
             return Ok(false);
         }
         match self.dedupe.get(&key(tenant, &archive.record.dedupe_key)) {
@@ -308,37 +347,73 @@ impl SessionLog for MemoryStore {
 
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
         let mut inner = self.inner.lock();
-        let stored = inner
-            .sessions
-            .remove(&key(tenant, id))
+        let (stored, _, _) = inner
+            .remove_session(tenant, id)
             .ok_or_else(|| Error::session_not_found(id))?;
-        let s = &stored.record.session;
-        inner
-            .session_order
-            .remove(&(tenant.to_owned(), s.created_at, s.id.clone()));
-        for turn in &stored.turns {
-            inner.turn_sessions.remove(&key(tenant, &turn.id));
-        }
-        let owned: Vec<String> = inner
-            .memories
-            .iter()
-            .filter(|((t, _), m)| t == tenant && m.record.memory.session_id.as_deref() == Some(id))
-            .map(|((_, mid), _)| mid.clone())
-            .collect();
-        for mid in owned {
-            inner.remove_memory(tenant, &mid);
-        }
-        let entities: Vec<String> = inner
-            .entities
-            .iter()
-            .filter(|((t, _), e)| t == tenant && e.entity.session_id == id)
-            .map(|((_, eid), _)| eid.clone())
-            .collect();
-        for eid in entities {
-            inner.remove_entity(tenant, &eid);
-        }
         inner.insert_trace(tenant, trace);
         Ok(stored.record)
+    }
+
+    async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
+        let mut inner = self.inner.lock();
+        let mut erasure = Erasure::default();
+        let mut erased = HashSet::new();
+        let sessions: Vec<String> = inner
+            .sessions
+            .iter()
+            .filter(|((t, _), s)| t == tenant && s.record.session.user_id.as_deref() == Some(user_id))
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        for id in sessions {
+            let (stored, memories, entities) = inner.remove_session(tenant, &id).expect("listed");
+            erasure.sessions += 1;
+            erasure.versions += stored.versions.len() as u64;
+            erasure.turns += stored.turns.len() as u64;
+            erasure.memories += memories.len() as u64;
+            erasure.entities += entities;
+            erased.insert(id);
+            erased.extend(memories);
+        }
+        let memories: Vec<String> = inner
+            .memories
+            .iter()
+            .filter(|((t, _), m)| t == tenant && m.record.memory.user_id.as_deref() == Some(user_id))
+            .map(|((_, id), _)| id.clone())
+            .collect();
+        erasure.memories += memories.len() as u64;
+        for id in memories {
+            inner.remove_memory(tenant, &id);
+            erased.insert(id);
+        }
+        let of_erased = |t: &Trace| {
+            t.session_id.as_ref().is_some_and(|s| erased.contains(s))
+                || erased.contains(&t.resource_id)
+        };
+        let traces: Vec<Key> = inner
+            .traces
+            .iter()
+            .filter(|((t, _), trace)| t == tenant && of_erased(trace))
+            .map(|(k, _)| k.clone())
+            .collect();
+        erasure.traces = traces.len() as u64;
+        for k in traces {
+            let trace = inner.traces.remove(&k).expect("listed");
+            inner
+                .trace_order
+                .remove(&(k.0.clone(), trace.timestamp, trace.id.clone()));
+        }
+        let user = format!("user:{user_id}");
+        let before = inner.idempotent.len();
+        inner.idempotent.retain(|_, r| {
+            r.tenant != tenant
+                || !r.subjects.iter().any(|s| *s == user || erased.contains(s))
+        });
+        erasure.idempotent_responses = (before - inner.idempotent.len()) as u64;
+        inner
+            .erased
+            .extend(erased.into_iter().map(|id| key(tenant, &id)));
+        inner.insert_trace(tenant, erasure.into_trace(trace));
+        Ok(erasure)
     }
 
     async fn count_sessions(
@@ -410,7 +485,8 @@ impl SessionLog for MemoryStore {
     async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool> {
         let mut inner = self.inner.lock();
         let s = &archive.record.session;
-        if inner.sessions.contains_key(&key(tenant, &s.id)) {
+        let id = key(tenant, &s.id);
+        if inner.sessions.contains_key(&id) || inner.erased.contains(&id) {
             return Ok(false);
         }
         // Check everything before writing anything: all or nothing.
@@ -765,7 +841,11 @@ impl TraceLog for MemoryStore {
         let mut count = 0;
         for trace in traces {
             let k = key(tenant, &trace.id);
-            if inner.traces.contains_key(&k) {
+            let erased = |id: &str| inner.erased.contains(&key(tenant, id));
+            if inner.traces.contains_key(&k)
+                || trace.session_id.as_deref().is_some_and(erased)
+                || erased(&trace.resource_id)
+            {
                 continue;
             }
             inner

@@ -329,6 +329,36 @@ pub struct ExpiredSession {
     pub session: Session,
 }
 
+/// What erasing a user removed, by [`StateBase::erase_user`](crate::StateBase::erase_user):
+/// counts, never content. It is also the details of the `user.erased` trace.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    /// Sessions of the user.
+    pub sessions: u64,
+    /// Their state versions.
+    pub versions: u64,
+    /// Their turns.
+    pub turns: u64,
+    /// Memories of the user: their sessions' and their user-level ones, with revisions
+    /// and vectors.
+    pub memories: u64,
+    /// Entities of their sessions, with their versions.
+    pub entities: u64,
+    /// Traces of those sessions and memories (they hold diffs, reasoning and previews).
+    pub traces: u64,
+    /// Responses kept for idempotent retries that named the user or what was erased.
+    pub idempotent_responses: u64,
+}
+
+impl Erasure {
+    /// `trace` with these counts as its details: the one trace an erasure leaves.
+    pub fn into_trace(self, mut trace: Trace) -> Trace {
+        trace.details = serde_json::to_value(self).expect("counts serialize");
+        trace
+    }
+}
+
 /// One conversation turn: what came in, what went out, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Turn {

@@ -283,6 +283,28 @@ impl<S: Store> StateBase<S> {
         Ok(())
     }
 
+    /// Erases everything of the user in this tenant at once: their sessions with every
+    /// version, turn and entity, their memories with revisions and vectors, the traces of
+    /// those, and the responses kept for idempotent retries that named them; leaves one
+    /// `user.erased` trace with the counts. Erased ids stay erased: no import brings them
+    /// back, and a late write to an erased session finds no session. Erasing a user with
+    /// nothing (or again) erases nothing, and says so.
+    pub async fn erase_user(&self, user_id: &str) -> Result<Erasure> {
+        let user_id = self.identifier("user_id", user_id.to_owned())?;
+        let now = self.now();
+        let trace = self.resource_trace(
+            None,
+            ("user", &user_id),
+            action::USER_ERASED,
+            Value::Null,
+            now,
+        );
+        let erasure = self.store().erase_user(&self.tenant, &user_id, trace).await?;
+        // Rare, and exact: the next search reloads the index without what went.
+        self.shared.indexes.forget(&self.tenant).await;
+        Ok(erasure)
+    }
+
     /// Deletes every session (of every tenant) that has expired, with a `session.expired`
     /// trace each, and returns them.
     pub async fn sweep_expired(&self) -> Result<Vec<ExpiredSession>> {

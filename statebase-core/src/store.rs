@@ -10,7 +10,7 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
 use crate::model::{
-    ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, Memory, MemoryRevision, Session, Trace, Turn, WebhookEndpoint,
 };
 use crate::search::embed::Calibration;
 use async_trait::async_trait;
@@ -549,6 +549,17 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     /// Returns the session as it was; `NotFound` if there is no such session.
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
 
+    /// Erases everything of `user_id` in the tenant at once: their sessions with all they
+    /// own (as [`delete_session`](Self::delete_session) does), every memory whose `user_id`
+    /// it is with its revisions, the traces of those sessions and memories, and the kept
+    /// [responses](IdempotentResponse) whose subjects name the user (`user:` + id), one of
+    /// those sessions or one of those memories. Tombstones the erased session and memory
+    /// ids, so that no import brings them back (see
+    /// [`import_session`](Self::import_session)). Writes `trace` with the counts as its
+    /// details ([`Erasure::into_trace`]) and returns them; a user with nothing is zero
+    /// counts, and still the trace.
+    async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure>;
+
     /// The tenant's sessions not expired at `live_at`, their turns, and how many of them
     /// changed after `changed_after`.
     async fn count_sessions(
@@ -574,7 +585,8 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
 
     /// Inserts the session and everything the archive holds of it exactly as given (no
     /// trace: [`TraceLog::import_traces`] restores those), all or nothing, and returns true;
-    /// if the tenant has a session with its id, writes nothing and returns false.
+    /// if the tenant has a session with its id, or had one that was
+    /// [erased](Self::erase_user), writes nothing and returns false.
     /// `DuplicateContent` if another memory of the tenant has one of its memories' dedupe
     /// keys; `Backend` if a memory or entity id is taken.
     async fn import_session(&self, tenant: &str, archive: SessionArchive) -> Result<bool>;
@@ -600,8 +612,9 @@ pub trait MemoryRecords: Send + Sync + Debug + 'static {
     async fn insert_memory(&self, tenant: &str, new: NewMemory) -> Result<Option<MemoryRecord>>;
 
     /// Inserts a memory without a session and its revisions exactly as given (no trace),
-    /// and returns true; if the tenant has a memory with its id, writes nothing and returns
-    /// false. `DuplicateContent` if another memory of the tenant has its dedupe key.
+    /// and returns true; if the tenant has a memory with its id, or had one that was
+    /// [erased](SessionLog::erase_user), writes nothing and returns false.
+    /// `DuplicateContent` if another memory of the tenant has its dedupe key.
     async fn import_memory(&self, tenant: &str, archive: MemoryArchive) -> Result<bool>;
 
     /// The memory, or `None`.
@@ -708,7 +721,9 @@ pub trait EntityRecords: Send + Sync + Debug + 'static {
 /// commit order (the feed).
 #[async_trait]
 pub trait TraceLog: Send + Sync + Debug + 'static {
-    /// Inserts the traces whose ids the tenant has none of, as given, and returns how many.
+    /// Inserts the traces whose ids the tenant has none of, as given, and returns how many;
+    /// a trace of an [erased](SessionLog::erase_user) session or memory (its `session_id`
+    /// or `resource_id`) is left out.
     /// They stay out of the [feed](TraceLog::trace_feed): they tell of the past, not of
     /// changes to announce.
     async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64>;
@@ -757,6 +772,11 @@ pub struct DeliveryRecord {
 pub struct IdempotentResponse {
     /// The server's key for it (the API key's and the client's, together).
     pub key: String,
+    /// The tenant of the API key that made the request.
+    pub tenant: String,
+    /// What the response names, for [erasing](SessionLog::erase_user) it with them: the
+    /// ids of sessions and memories, and users as `user:` + id.
+    pub subjects: Vec<String>,
     /// When it was kept.
     pub at: Timestamp,
     /// The response, encoded by the server.
@@ -894,6 +914,7 @@ macro_rules! store_methods {
                 fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
+                fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure>;
                 fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;
                 fn expired_sessions(&self, now: Timestamp, limit: usize) -> Result<Vec<(String, SessionRecord)>>;
                 fn append_turn(&self, tenant: &str, append: AppendTurn) -> Result<SessionRecord>;

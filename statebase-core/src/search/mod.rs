@@ -336,6 +336,11 @@ impl Indexes {
         }
     }
 
+    /// Drops the tenant's index, if loaded: the next search loads it from the store.
+    pub async fn forget(&self, tenant: &str) {
+        *self.slot(tenant).write().await = None;
+    }
+
     /// Searches the tenant's index, loading it from the store first if needed.
     pub async fn search<S: Store + ?Sized>(
         &self,

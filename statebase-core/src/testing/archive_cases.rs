@@ -527,3 +527,296 @@ fn seal(lines: &[String]) -> String {
     text.push_str(&format!("{trailer}\n"));
     text
 }
+
+/// What [`user_records`] wrote for one user.
+struct UserRecords {
+    sessions: Vec<crate::Session>,
+    memories: Vec<crate::Memory>,
+    turn: crate::Turn,
+    entity: crate::Entity,
+}
+
+/// Writes a user's records in `sb`'s tenant: a session with versions, turns, a memory and
+/// an entity, a fork of it, and a user-level memory.
+async fn user_records<S: Store>(sb: &StateBase<S>, user: &str) -> UserRecords {
+    let s = sb
+        .create_session(CreateSession {
+            user_id: Some(user.into()),
+            ..CreateSession::new("agent")
+        })
+        .await
+        .unwrap();
+    for step in 1..=5 {
+        let write = StateWrite::new(json!({"step": step, "owner": user}));
+        sb.merge_state(&s.id, write).await.unwrap();
+    }
+    let mut turn = AddTurn::text(&format!("{user} says hello"), "hi");
+    turn.state_after = Some(json!({"greeted": true}));
+    let turn = sb.add_turn(&s.id, turn).await.unwrap();
+    let m = sb
+        .add_memory(AddMemory::new(&s.id, &format!("{user} keeps bees")))
+        .await
+        .unwrap();
+    let entity = sb
+        .create_entity(CreateEntity {
+            session_id: s.id.clone(),
+            entity_type: "order".into(),
+            entity_id: format!("{user}-1"),
+            attributes: Some(json!({"status": "open"})),
+        })
+        .await
+        .unwrap();
+    let fork = sb
+        .fork(
+            &s.id,
+            ForkFrom {
+                version: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let own = sb
+        .add_memory(AddMemory {
+            user_id: Some(user.into()),
+            content: format!("{user} lives by the sea"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let s = sb.get_session(&s.id).await.unwrap();
+    UserRecords {
+        sessions: vec![s, fork],
+        memories: vec![m, own],
+        turn,
+        entity,
+    }
+}
+
+/// Every trace of the tenant, newest first.
+async fn all_traces<S: Store>(sb: &StateBase<S>) -> Vec<crate::Trace> {
+    let mut all = Vec::new();
+    loop {
+        let page = sb
+            .list_traces(ListTraces {
+                limit: Some(100),
+                starting_after: all.last().map(|t: &crate::Trace| t.id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        all.extend(page.data);
+        if !page.has_more {
+            return all;
+        }
+    }
+}
+
+/// A response kept for an idempotent retry, naming `subjects`.
+fn kept(key: &str, tenant: &str, subjects: &[&str]) -> IdempotentResponse {
+    IdempotentResponse {
+        key: key.into(),
+        tenant: tenant.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        at: super::epoch(),
+        body: key.as_bytes().to_vec(),
+    }
+}
+
+/// Erasing a user takes their sessions with every version, turn, memory and entity, their
+/// user-level memories, the traces of all those and the kept responses naming them, and
+/// leaves one `user.erased` trace (in the webhook feed) with the counts. Another user of
+/// the tenant, the same user id in another tenant, and a fork another user made of an
+/// erased session keep everything, after a reopen too. Erasing again erases nothing.
+pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory: F) {
+    let mut env = Env::new(factory).await;
+    let sb = env.sb().clone();
+    let u1 = user_records(&sb, "u1").await;
+    let u2 = user_records(&sb, "u2").await;
+    // u2's fork of u1's session outlives it: a fork holds its own state.
+    let u2_fork = sb
+        .fork(
+            &u1.sessions[0].id,
+            ForkFrom {
+                version: Some(4),
+                user_id: Some("u2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let other = sb.tenant("other");
+    let elsewhere = user_records(&other, "u1").await;
+    let store = sb.store();
+    let u1_session = u1.sessions[0].id.as_str();
+    for r in [
+        kept("key_1/a", "default", &["user:u1"]),
+        kept("key_1/b", "default", &[u1_session]),
+        kept("key_1/c", "default", &[&u1.memories[1].id]),
+        kept("key_1/d", "default", &["user:u2", &u2.sessions[0].id]),
+        kept("key_2/a", "other", &["user:u1", &elsewhere.sessions[0].id]),
+    ] {
+        store.put_idempotent_response(r).await.unwrap();
+    }
+    let erased_ids: Vec<&str> = u1
+        .sessions
+        .iter()
+        .map(|s| s.id.as_str())
+        .chain(u1.memories.iter().map(|m| m.id.as_str()))
+        .collect();
+    let of_u1 = |t: &crate::Trace| {
+        erased_ids.contains(&t.resource_id.as_str())
+            || t.session_id.as_deref().is_some_and(|s| erased_ids.contains(&s))
+    };
+    let before = all_traces(&sb).await;
+    let u1_traces = before.iter().filter(|t| of_u1(t)).count() as u64;
+    let u2_session_before = sb.get_session(&u2.sessions[0].id).await.unwrap();
+    let u2_history_before = sb
+        .history(&u2_fork.id, HistoryQuery::default())
+        .await
+        .unwrap();
+    let feed_end = store.trace_feed_end().await.unwrap();
+    // The in-process index is loaded: it must forget the erased memories too.
+    let hits = sb
+        .search_memories(SearchMemories::new("who keeps bees"))
+        .await
+        .unwrap();
+    assert!(hits.iter().any(|h| h.id == u1.memories[0].id));
+
+    env.advance(60);
+    let erasure = sb.erase_user("u1").await.unwrap();
+    let versions: u64 = u1.sessions.iter().map(|s| s.version + 1).sum();
+    assert_eq!(
+        erasure,
+        crate::Erasure {
+            sessions: 2,
+            versions,
+            turns: 1,
+            memories: 2,
+            entities: 1,
+            traces: u1_traces,
+            idempotent_responses: 3,
+        }
+    );
+
+    for _ in 0..2 {
+        let sb = env.sb();
+        let store = sb.store();
+        for s in &u1.sessions {
+            assert_eq!(code(sb.get_session(&s.id).await), "session_not_found");
+            assert!(store.versions("default", &s.id, 0..u64::MAX).await.unwrap().is_empty());
+        }
+        assert!(store.turn("default", &u1.turn.id).await.unwrap().is_none());
+        for m in &u1.memories {
+            assert_eq!(code(sb.get_memory(&m.id).await), "memory_not_found");
+            assert!(store.memory_revisions("default", &m.id).await.unwrap().is_empty());
+        }
+        assert_eq!(code(sb.get_entity(&u1.entity.id).await), "entity_not_found");
+        let u1_memories = sb
+            .list_memories(ListMemories {
+                user_id: Some("u1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(u1_memories.data.is_empty());
+        let hits = sb
+            .search_memories(SearchMemories::new("who keeps bees"))
+            .await
+            .unwrap();
+        let found: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+        assert!(found.contains(&u2.memories[0].id.as_str()), "{found:?}");
+        assert!(!found.contains(&u1.memories[0].id.as_str()), "{found:?}");
+
+        let after = all_traces(sb).await;
+        assert!(!after.iter().any(of_u1), "a trace of what was erased is left");
+        assert_eq!(after.len() as u64, before.len() as u64 - u1_traces + 1);
+        let trace = &after[0];
+        assert_eq!(
+            (trace.action.as_str(), trace.resource_type.as_str()),
+            ("user.erased", "user")
+        );
+        assert_eq!((trace.resource_id.as_str(), &trace.session_id), ("u1", &None));
+        assert_eq!(trace.details, serde_json::to_value(erasure).unwrap());
+        let feed = store.trace_feed(feed_end, 10).await.unwrap();
+        assert_eq!(feed.len(), 1, "the erasure is the one new event");
+        assert_eq!(feed[0].trace, *trace);
+
+        for key in ["key_1/a", "key_1/b", "key_1/c"] {
+            assert_eq!(store.idempotent_response(key).await.unwrap(), None, "{key}");
+        }
+        for key in ["key_1/d", "key_2/a"] {
+            assert!(store.idempotent_response(key).await.unwrap().is_some(), "{key}");
+        }
+        // What is not u1's in this tenant is untouched.
+        assert_eq!(
+            sb.get_session(&u2.sessions[0].id).await.unwrap(),
+            u2_session_before
+        );
+        for m in &u2.memories {
+            assert_eq!(sb.get_memory(&m.id).await.unwrap(), *m);
+        }
+        assert_eq!(sb.get_entity(&u2.entity.id).await.unwrap(), u2.entity);
+        assert_eq!(sb.get_turn(&u2.sessions[0].id, &u2.turn.id).await.unwrap(), u2.turn);
+        assert_eq!(
+            sb.history(&u2_fork.id, HistoryQuery::default()).await.unwrap(),
+            u2_history_before
+        );
+        assert_eq!(sb.get_session(&u2_fork.id).await.unwrap(), u2_fork);
+        // Nor is the same user id in another tenant.
+        let other = sb.tenant("other");
+        for s in &elsewhere.sessions {
+            assert_eq!(other.get_session(&s.id).await.unwrap().id, s.id);
+        }
+        for m in &elsewhere.memories {
+            assert_eq!(other.get_memory(&m.id).await.unwrap(), *m);
+        }
+        let stats = sb.stats().await.unwrap();
+        assert_eq!((stats.sessions, stats.memories, stats.entities), (3, 2, 1));
+        env.reopen().await;
+    }
+
+    let again = env.sb().erase_user("u1").await.unwrap();
+    assert_eq!(again, crate::Erasure::default());
+    assert_eq!(code(env.sb().erase_user(" ").await), "invalid_request");
+}
+
+/// An erased user stays erased: an archive made before the erasure imports nothing of
+/// theirs back (sessions, memories, traces), the store exports as before the import, and
+/// late writes to their sessions and memories find nothing.
+pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
+    let env = Env::new(factory).await;
+    let sb = env.sb();
+    let u1 = user_records(sb, "u1").await;
+    user_records(sb, "u2").await;
+    let archive = export_all(sb.store()).await;
+    sb.erase_user("u1").await.unwrap();
+    let erased = export_all(sb.store()).await;
+
+    let report = import(sb.store(), &archive).await.unwrap();
+    assert_eq!(report.imported.sessions, 0, "{report:?}");
+    assert_eq!(report.imported.memories, 0, "{report:?}");
+    assert_eq!(report.imported.traces, 0, "{report:?}");
+    assert!(export_all(sb.store()).await == erased, "the import brought records back");
+
+    let s = &u1.sessions[0].id;
+    let write = StateWrite::new(json!({"late": true}));
+    assert_eq!(code(sb.merge_state(s, write).await), "session_not_found");
+    assert_eq!(
+        code(sb.add_turn(s, AddTurn::text("late", "late")).await),
+        "session_not_found"
+    );
+    assert_eq!(
+        code(sb.add_memory(AddMemory::new(s, "late")).await),
+        "session_not_found"
+    );
+    let update = UpdateMemory {
+        content: Some("late".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(sb.update_memory(&u1.memories[1].id, update).await),
+        "memory_not_found"
+    );
+    assert!(export_all(sb.store()).await == erased, "a late write brought records back");
+}

@@ -243,6 +243,8 @@ macro_rules! conformance_suite {
             an_import_writes_a_session_whole_or_not_at_all,
             an_export_beside_writes_imports_whole,
             an_interrupted_import_completes_when_run_again,
+            erasing_a_user_takes_everything_of_theirs,
+            an_erased_user_stays_erased,
         );
         #[test]
         fn model_property() {

@@ -1574,6 +1574,8 @@ pub async fn server_records_round_trip<F: StoreFactory>(factory: F) {
 
     let response = |k: &str, s: i64| IdempotentResponse {
         key: k.into(),
+        tenant: "t1".into(),
+        subjects: vec!["user:u1".into(), format!("sess_{s}")],
         at: at(s),
         body: k.as_bytes().to_vec(),
     };
