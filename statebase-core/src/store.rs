@@ -775,7 +775,7 @@ pub struct IdempotentResponse {
     /// The tenant of the API key that made the request.
     pub tenant: String,
     /// What the response names, for [erasing](SessionLog::erase_user) it with them: the
-    /// ids of sessions and memories, and users as `user:` + id.
+    /// ids of sessions and memories, and users as `user:` + id; sorted, each once.
     pub subjects: Vec<String>,
     /// When it was kept.
     pub at: Timestamp,

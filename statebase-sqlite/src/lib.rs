@@ -47,7 +47,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -210,11 +210,14 @@ impl SqliteStore {
 
     /// Runs `write` in the next group commit. Once it committed, before it is answered, the
     /// sessions cache is told what `change` says it did to a session.
-    async fn write<R: Send + 'static>(
+    async fn write<R: Send + 'static, C>(
         &self,
         write: impl FnOnce(&Connection) -> Result<R, SqliteError> + Send + 'static,
-        change: impl FnOnce(&R) -> Option<Change> + Send + 'static,
-    ) -> Result<R, SqliteError> {
+        change: impl FnOnce(&R) -> C + Send + 'static,
+    ) -> Result<R, SqliteError>
+    where
+        C: IntoIterator<Item = Change>,
+    {
         let cache = Arc::clone(&self.inner.sessions);
         let on_commit = move |r: &R| {
             if cache.is_on() {
@@ -330,6 +333,22 @@ impl SessionLog for SqliteStore {
         let write = move |c: &Connection| sql::delete_session(c, &t, &i, &trace);
         let result = self.write(write, move |_| change).await;
         Ok(self.unless_refused(tenant, id, result)?)
+    }
+
+    async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
+        let (t, u) = (tenant.to_owned(), user_id.to_owned());
+        let now = trace.timestamp;
+        let write = move |c: &Connection| sql::erase_user(c, &t, &u, trace, now);
+        let tenant = tenant.to_owned();
+        let gone = move |(_, sessions): &(Erasure, Vec<String>)| {
+            let changed = |id: &String| Change::Changed {
+                tenant: tenant.clone(),
+                id: id.clone(),
+            };
+            sessions.iter().map(changed).collect::<Vec<_>>()
+        };
+        let (erasure, _) = self.write(write, gone).await?;
+        Ok(erasure)
     }
 
     async fn count_sessions(

@@ -243,6 +243,27 @@ FROM meta WHERE space = 'idempotency';
 
 DROP TABLE meta;
 "#,
+    // Erasing a user: tombstones of the erased session and memory ids, and what each kept
+    // response names, to erase it with them.
+    r#"
+CREATE TABLE erased (
+    tenant     TEXT    NOT NULL,
+    id         TEXT    NOT NULL,
+    user_id    TEXT    NOT NULL,
+    erased_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX erased_by_user ON erased (tenant, user_id);
+
+ALTER TABLE idempotent_responses ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE TABLE idempotent_subjects (
+    tenant   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    key      TEXT NOT NULL REFERENCES idempotent_responses (key) ON DELETE CASCADE,
+    PRIMARY KEY (tenant, subject, key)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX idempotent_subjects_by_key ON idempotent_subjects (key);
+"#,
 ];
 
 /// The schema version this code writes.

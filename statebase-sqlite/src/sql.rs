@@ -6,7 +6,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, Object, ResourceKind, Session,
+    ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, Object, ResourceKind, Session,
     Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
@@ -368,6 +368,83 @@ pub fn delete_session(
     Ok(record)
 }
 
+/// Erases the user's records (see [`SessionLog::erase_user`]); answers the counts and the
+/// ids of the erased sessions.
+pub fn erase_user(
+    conn: &Connection,
+    tenant: &str,
+    user_id: &str,
+    trace: Trace,
+    now: Timestamp,
+) -> Res<(Erasure, Vec<String>)> {
+    let of_user = params![tenant, user_id];
+    let sessions: Vec<String> = collect(
+        conn,
+        "SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2",
+        of_user,
+        |r| Ok(r.get(0)?),
+    )?;
+    let counted = |sql: &str| first(conn, sql, of_user, |r| uint(r.get(0)?)).map(Option::unwrap_or_default);
+    let mut erasure = Erasure {
+        sessions: sessions.len() as u64,
+        versions: counted(
+            "SELECT count(*) FROM versions WHERE tenant = ?1 AND session_id IN \
+             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
+        )?,
+        turns: counted(
+            "SELECT count(*) FROM turns WHERE tenant = ?1 AND session_id IN \
+             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
+        )?,
+        entities: counted(
+            "SELECT count(*) FROM entities WHERE tenant = ?1 AND session_id IN \
+             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
+        )?,
+        ..Erasure::default()
+    };
+    // The tombstones first: the deletes below find what went through them.
+    let at = micros(now);
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO erased (tenant, id, user_id, erased_at) \
+         SELECT tenant, id, ?2, ?3 FROM sessions WHERE tenant = ?1 AND user_id = ?2",
+    )?
+    .execute(params![tenant, user_id, at])?;
+    erasure.memories = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO erased (tenant, id, user_id, erased_at) \
+             SELECT tenant, id, ?2, ?3 FROM memories WHERE tenant = ?1 AND (user_id = ?2 \
+             OR session_id IN (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2))",
+        )?
+        .execute(params![tenant, user_id, at])? as u64;
+    let erased = "(SELECT id FROM erased WHERE tenant = ?1 AND user_id = ?2)";
+    for column in ["session_id", "resource_id"] {
+        let sql = format!("DELETE FROM traces WHERE tenant = ?1 AND {column} IN {erased}");
+        erasure.traces += conn.prepare_cached(&sql)?.execute(of_user)? as u64;
+    }
+    let sql = format!(
+        "DELETE FROM idempotent_responses WHERE key IN (SELECT key FROM idempotent_subjects \
+         WHERE tenant = ?1 AND (subject = 'user:' || ?2 OR subject IN {erased}))"
+    );
+    erasure.idempotent_responses = conn.prepare_cached(&sql)?.execute(of_user)? as u64;
+    // Versions, turns, memories and entities of the sessions go by ON DELETE CASCADE.
+    conn.prepare_cached("DELETE FROM memories WHERE tenant = ?1 AND user_id = ?2")?
+        .execute(of_user)?;
+    conn.prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND user_id = ?2")?
+        .execute(of_user)?;
+    insert_trace(conn, tenant, &erasure.into_trace(trace))?;
+    Ok((erasure, sessions))
+}
+
+/// True if the tenant's session or memory `id` was erased.
+fn erased(conn: &Connection, tenant: &str, id: &str) -> Res<bool> {
+    Ok(first(
+        conn,
+        "SELECT 1 FROM erased WHERE tenant = ?1 AND id = ?2",
+        params![tenant, id],
+        |_| Ok(()),
+    )?
+    .is_some())
+}
+
 pub fn count_sessions(
     conn: &Connection,
     tenant: &str,
@@ -656,25 +733,45 @@ pub fn prune_deliveries(conn: &Connection, before: Timestamp) -> Res<u64> {
 }
 
 pub fn idempotent_response(conn: &Connection, key: &str) -> Res<Option<IdempotentResponse>> {
-    first(
+    let Some(mut kept) = first(
         conn,
-        "SELECT key, at, body FROM idempotent_responses WHERE key = ?1",
+        "SELECT key, tenant, at, body FROM idempotent_responses WHERE key = ?1",
         params![key],
         |r| {
             Ok(IdempotentResponse {
                 key: r.get(0)?,
-                at: time(r.get(1)?)?,
-                body: r.get(2)?,
+                tenant: r.get(1)?,
+                subjects: Vec::new(),
+                at: time(r.get(2)?)?,
+                body: r.get(3)?,
             })
         },
-    )
+    )?
+    else {
+        return Ok(None);
+    };
+    kept.subjects = collect(
+        conn,
+        "SELECT subject FROM idempotent_subjects WHERE key = ?1 ORDER BY subject",
+        params![key],
+        |r| Ok(r.get(0)?),
+    )?;
+    Ok(Some(kept))
 }
 
 pub fn put_idempotent_response(conn: &Connection, kept: &IdempotentResponse) -> Res<()> {
+    conn.prepare_cached("DELETE FROM idempotent_responses WHERE key = ?1")?
+        .execute(params![kept.key])?;
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO idempotent_responses (key, at, body) VALUES (?1, ?2, ?3)",
+        "INSERT INTO idempotent_responses (key, tenant, at, body) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![kept.key, micros(kept.at), kept.body])?;
+    .execute(params![kept.key, kept.tenant, micros(kept.at), kept.body])?;
+    let mut subject = conn.prepare_cached(
+        "INSERT OR IGNORE INTO idempotent_subjects (tenant, subject, key) VALUES (?1, ?2, ?3)",
+    )?;
+    for s in &kept.subjects {
+        subject.execute(params![kept.tenant, s, kept.key])?;
+    }
     Ok(())
 }
 
@@ -1281,7 +1378,7 @@ pub fn integrity_check(conn: &Connection) -> Res<String> {
 /// tenant has a session with its id. The caller's savepoint makes it all or nothing.
 pub fn import_session(conn: &Connection, tenant: &str, a: &SessionArchive) -> Res<bool> {
     let id = &a.record.session.id;
-    if session(conn, tenant, id)?.is_some() {
+    if session(conn, tenant, id)?.is_some() || erased(conn, tenant, id)? {
         return Ok(false);
     }
     insert_session_row(conn, tenant, &a.record)?;
@@ -1314,7 +1411,7 @@ pub fn import_session(conn: &Connection, tenant: &str, a: &SessionArchive) -> Re
 /// id; `DuplicateContent` if another has its dedupe key.
 pub fn import_memory(conn: &Connection, tenant: &str, a: &MemoryArchive) -> Res<bool> {
     let m = &a.record.memory;
-    if memory(conn, tenant, &m.id)?.is_some() {
+    if memory(conn, tenant, &m.id)?.is_some() || erased(conn, tenant, &m.id)? {
         return Ok(false);
     }
     if let Some(other) = memory_by_key(conn, tenant, &a.record.dedupe_key)? {
@@ -1329,7 +1426,7 @@ pub fn import_memory(conn: &Connection, tenant: &str, a: &MemoryArchive) -> Res<
     Ok(true)
 }
 
-/// Inserts the traces the tenant lacks, with no feed position (NULL): the feed is for
+/// Inserts the traces the tenant lacks, but those of erased records, with no feed position (NULL): the feed is for
 /// changes to announce. How many it inserted.
 pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u64> {
     let sql = format!(
@@ -1338,7 +1435,13 @@ pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u
     );
     let mut inserted = 0;
     for t in traces {
-        inserted += execute_trace(conn, &sql, tenant, t)? as u64;
+        let of_erased = match &t.session_id {
+            Some(s) => erased(conn, tenant, s)?,
+            None => false,
+        } || erased(conn, tenant, &t.resource_id)?;
+        if !of_erased {
+            inserted += execute_trace(conn, &sql, tenant, t)? as u64;
+        }
     }
     Ok(inserted)
 }

@@ -1575,7 +1575,7 @@ pub async fn server_records_round_trip<F: StoreFactory>(factory: F) {
     let response = |k: &str, s: i64| IdempotentResponse {
         key: k.into(),
         tenant: "t1".into(),
-        subjects: vec!["user:u1".into(), format!("sess_{s}")],
+        subjects: vec![format!("sess_{s}"), "user:u1".into()],
         at: at(s),
         body: k.as_bytes().to_vec(),
     };
