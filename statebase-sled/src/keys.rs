@@ -25,6 +25,9 @@
 //!   done, then its body
 //! - `C` → the webhook delivery cursor (`u64`)
 //! - `J` key → idempotent response: time(kept at), then its body
+//! - `G` key → the idempotent response's tenant and subjects (JSON)
+//! - `O` str(tenant) str(subject) key → empty: idempotent responses by subject
+//! - `X` str(tenant) id → user id: the tombstone of an erased session or memory
 //! - `Q` str(space) key → the server's records before format 4 (moved to the above on open)
 //!
 //! `log` (ordered per owner):

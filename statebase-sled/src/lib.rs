@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -216,6 +216,11 @@ impl SessionLog for SledStore {
 
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
         self.durable(self.trees.delete_session(tenant, id, &trace))
+            .await
+    }
+
+    async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
+        self.durable(self.trees.erase_user(tenant, user_id, &trace))
             .await
     }
 

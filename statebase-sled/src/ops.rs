@@ -6,8 +6,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Transactional, Tree};
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Error, Memory, MemoryRevision, ResourceKind, Result, Session,
-    Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, ResourceKind, Result,
+    Session, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::{Bound, Range};
 
@@ -430,80 +430,12 @@ impl Trees {
 
     pub fn delete_session(&self, tenant: &str, id: &str, trace: &Trace) -> Result<SessionRecord> {
         loop {
-            // Transactions can't scan: gather the keys first, then delete them in one
-            // transaction that first checks the session is exactly as it was read. Every
-            // write that adds keys under a session bumps its record, so an unchanged record
-            // means the gathered keys are all there are.
-            let Some(before) = self.records.get(session_key(tenant, id)).map_err(storage)? else {
+            let mut gone = Removal::default();
+            let Some(rec) = self.gather_session(tenant, id, &mut gone)? else {
                 return Err(Error::not_found(ResourceKind::Session, id));
             };
-            let rec = decode_session(&before)?;
-            let mut log_keys = Vec::new();
-            let mut record_keys = Vec::new();
-            let mut index_keys = session_index(tenant, &rec.session);
-            for prefix in [
-                Key::new(b'V').str(tenant).str(id).done(),
-                Key::new(b'N').str(tenant).str(id).done(),
-            ] {
-                for item in self.log.scan_prefix(&prefix) {
-                    let (key, value) = item.map_err(storage)?;
-                    if prefix[0] == b'N' {
-                        let turn: Turn = from_json(&value)?;
-                        record_keys.push(turn_id_key(tenant, &turn.id));
-                    }
-                    log_keys.push(key.to_vec());
-                }
-            }
-            let owned = Key::new(b'n').str(tenant).str(id).done();
-            for item in self.index.scan_prefix(&owned) {
-                let (key, _) = item.map_err(storage)?;
-                let mid = index_id(&key, owned.len()).ok_or_else(|| corrupt("index id"))?;
-                if let Some(v) = self
-                    .records
-                    .get(memory_key(tenant, &mid))
-                    .map_err(storage)?
-                {
-                    let m = decode_memory(&v)?;
-                    index_keys.extend(memory_index(tenant, &m.memory));
-                    record_keys.push(dedupe_key(tenant, &m.dedupe_key));
-                    record_keys.push(memory_key(tenant, &mid));
-                    let revisions = Key::new(b'R').str(tenant).str(&mid).done();
-                    for item in self.log.scan_prefix(&revisions) {
-                        log_keys.push(item.map_err(storage)?.0.to_vec());
-                    }
-                }
-            }
-            let entities = Key::new(b'j').str(tenant).str(id).done();
-            for item in self.index.scan_prefix(&entities) {
-                let (key, _) = item.map_err(storage)?;
-                let eid = index_id(&key, entities.len()).ok_or_else(|| corrupt("index id"))?;
-                if let Some(e) = self.entity(tenant, &eid)? {
-                    index_keys.extend(entity_index(tenant, &e));
-                    record_keys.push(entity_name_key(tenant, &e));
-                    record_keys.push(entity_key(tenant, &eid));
-                    let versions = Key::new(b'A').str(tenant).str(&eid).done();
-                    for item in self.log.scan_prefix(&versions) {
-                        log_keys.push(item.map_err(storage)?.0.to_vec());
-                    }
-                }
-            }
             let result = self.transact(|r, l, i| {
-                if r.get(session_key(tenant, id))?.as_ref() != Some(&before) {
-                    return abort(Error::Conflict {
-                        expected: rec.revision,
-                        actual: rec.revision + 1,
-                    });
-                }
-                r.remove(session_key(tenant, id))?;
-                for k in &record_keys {
-                    r.remove(k.as_slice())?;
-                }
-                for k in &log_keys {
-                    l.remove(k.as_slice())?;
-                }
-                for k in &index_keys {
-                    i.remove(k.as_slice())?;
-                }
+                gone.apply(r, l, i)?;
                 put_trace(r, i, tenant, trace)
             });
             match result {
@@ -512,6 +444,172 @@ impl Trees {
                 other => return other.map(|()| rec),
             }
         }
+    }
+
+    /// Adds the keys of the session and everything it owns to `gone`, with the record that
+    /// must be unchanged when they go, and answers it; `None` if there is no such session.
+    /// Every write that adds keys under a session bumps its record, so an unchanged record
+    /// means the gathered keys are all there are. (Transactions can't scan: gathering comes
+    /// first.)
+    fn gather_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        gone: &mut Removal,
+    ) -> Result<Option<SessionRecord>> {
+        let key = session_key(tenant, id);
+        let Some(before) = self.records.get(&key).map_err(storage)? else {
+            return Ok(None);
+        };
+        let rec = decode_session(&before)?;
+        gone.index.extend(session_index(tenant, &rec.session));
+        gone.unchanged.push((key.clone(), before));
+        gone.records.push(key);
+        gone.erasure.sessions += 1;
+        for prefix in [
+            Key::new(b'V').str(tenant).str(id).done(),
+            Key::new(b'N').str(tenant).str(id).done(),
+        ] {
+            for item in self.log.scan_prefix(&prefix) {
+                let (key, value) = item.map_err(storage)?;
+                if prefix[0] == b'N' {
+                    let turn: Turn = from_json(&value)?;
+                    gone.records.push(turn_id_key(tenant, &turn.id));
+                    gone.erasure.turns += 1;
+                } else {
+                    gone.erasure.versions += 1;
+                }
+                gone.log.push(key.to_vec());
+            }
+        }
+        let owned = Key::new(b'n').str(tenant).str(id).done();
+        for item in self.index.scan_prefix(&owned) {
+            let (key, _) = item.map_err(storage)?;
+            let mid = index_id(&key, owned.len()).ok_or_else(|| corrupt("index id"))?;
+            self.gather_memory(tenant, &mid, gone)?;
+        }
+        let entities = Key::new(b'j').str(tenant).str(id).done();
+        for item in self.index.scan_prefix(&entities) {
+            let (key, _) = item.map_err(storage)?;
+            let eid = index_id(&key, entities.len()).ok_or_else(|| corrupt("index id"))?;
+            if let Some(e) = self.entity(tenant, &eid)? {
+                gone.index.extend(entity_index(tenant, &e));
+                gone.records.push(entity_name_key(tenant, &e));
+                gone.records.push(entity_key(tenant, &eid));
+                gone.erasure.entities += 1;
+                let versions = Key::new(b'A').str(tenant).str(&eid).done();
+                for item in self.log.scan_prefix(&versions) {
+                    gone.log.push(item.map_err(storage)?.0.to_vec());
+                }
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    /// Adds the keys of the memory and its revisions to `gone`, with its record, which must
+    /// be unchanged when they go; answers whether it exists.
+    fn gather_memory(&self, tenant: &str, id: &str, gone: &mut Removal) -> Result<bool> {
+        let key = memory_key(tenant, id);
+        let Some(v) = self.records.get(&key).map_err(storage)? else {
+            return Ok(false);
+        };
+        let m = decode_memory(&v)?;
+        gone.index.extend(memory_index(tenant, &m.memory));
+        gone.records.push(dedupe_key(tenant, &m.dedupe_key));
+        gone.unchanged.push((key.clone(), v));
+        gone.records.push(key);
+        gone.erasure.memories += 1;
+        gone.memories.push(id.to_owned());
+        let revisions = Key::new(b'R').str(tenant).str(id).done();
+        for item in self.log.scan_prefix(&revisions) {
+            gone.log.push(item.map_err(storage)?.0.to_vec());
+        }
+        Ok(true)
+    }
+
+    /// Erases the user's records (see [`SessionLog::erase_user`]) in one transaction, after
+    /// gathering their keys; answers the counts and the erased sessions' ids.
+    pub fn erase_user(&self, tenant: &str, user_id: &str, trace: &Trace) -> Result<Erasure> {
+        loop {
+            let mut gone = Removal::default();
+            let mut erased = std::collections::BTreeSet::new();
+            let sessions = Key::new(b'u').str(tenant).str(user_id).done();
+            for item in self.index.scan_prefix(&sessions) {
+                let (key, _) = item.map_err(storage)?;
+                let id = index_id(&key, sessions.len()).ok_or_else(|| corrupt("index id"))?;
+                self.gather_session(tenant, &id, &mut gone)?;
+                erased.insert(id);
+            }
+            let memories = Key::new(b'o').str(tenant).str(user_id).done();
+            for item in self.index.scan_prefix(&memories) {
+                let (key, _) = item.map_err(storage)?;
+                let id = index_id(&key, memories.len()).ok_or_else(|| corrupt("index id"))?;
+                if !gone.memories.contains(&id) {
+                    self.gather_memory(tenant, &id, &mut gone)?;
+                }
+            }
+            erased.extend(gone.memories.iter().cloned());
+            let traces = self.traces_of(tenant, &erased)?;
+            gone.erasure.traces = traces.len() as u64;
+            for t in &traces {
+                gone.records.push(trace_key(tenant, &t.id));
+                gone.index.extend(trace_index(tenant, t));
+            }
+            let mut subjects: Vec<String> = erased.iter().cloned().collect();
+            subjects.push(format!("user:{user_id}"));
+            let responses = self.responses_naming(tenant, &subjects)?;
+            gone.erasure.idempotent_responses = responses.len() as u64;
+            for (key, kept) in &responses {
+                gone.records.extend(response_keys(key, kept));
+            }
+            let erasure = gone.erasure;
+            let result = self.transact(|r, l, i| {
+                gone.apply(r, l, i)?;
+                for id in &erased {
+                    r.insert(erased_key(tenant, id), user_id.as_bytes())?;
+                }
+                put_trace(r, i, tenant, &erasure.into_trace(trace.clone()))
+            });
+            match result {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other.map(|()| erasure),
+            }
+        }
+    }
+
+    /// The tenant's traces of the sessions and memories `ids`: by the session index, and
+    /// for a memory without a session by the memory actions' index.
+    fn traces_of(
+        &self,
+        tenant: &str,
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Trace>> {
+        let mut found = std::collections::BTreeMap::new();
+        let mut walk = |prefix: Vec<u8>, keep: &dyn Fn(&Trace) -> bool| -> Result<()> {
+            for item in self.index.scan_prefix(&prefix) {
+                let (key, _) = item.map_err(storage)?;
+                let id = index_id(&key, prefix.len()).ok_or_else(|| corrupt("index id"))?;
+                if let Some(t) = self.trace(tenant, &id)? {
+                    if keep(&t) {
+                        found.insert(id, t);
+                    }
+                }
+            }
+            Ok(())
+        };
+        for id in ids {
+            walk(Key::new(b'x').str(tenant).str(id).done(), &|_| true)?;
+        }
+        let memory_actions = [
+            statebase_core::action::MEMORY_CREATED,
+            statebase_core::action::MEMORY_UPDATED,
+            statebase_core::action::MEMORY_DELETED,
+        ];
+        for action in memory_actions {
+            let prefix = Key::new(b'c').str(tenant).str(action).done();
+            walk(prefix, &|t| t.session_id.is_none() && ids.contains(&t.resource_id))?;
+        }
+        Ok(found.into_values().collect())
     }
 
     pub fn count_sessions(
@@ -1124,7 +1222,7 @@ impl Trees {
             .collect::<Result<_>>()?;
         self.transact(|r, l, i| {
             let key = session_key(tenant, &s.id);
-            if r.get(&key)?.is_some() {
+            if r.get(&key)?.is_some() || is_erased(r, tenant, &s.id)? {
                 return Ok(false);
             }
             r.insert(key, value.as_slice())?;
@@ -1171,7 +1269,11 @@ impl Trees {
         self.transact(|r, _, i| {
             let mut inserted = 0;
             for t in traces {
-                if r.get(trace_key(tenant, &t.id))?.is_none() {
+                let of_erased = match &t.session_id {
+                    Some(s) => is_erased(r, tenant, s)?,
+                    None => false,
+                } || is_erased(r, tenant, &t.resource_id)?;
+                if !of_erased && r.get(trace_key(tenant, &t.id))?.is_none() {
                     put_trace_record(r, i, tenant, t)?;
                     inserted += 1;
                 }
@@ -1332,20 +1434,73 @@ impl Trees {
             return Ok(None);
         };
         let at = time_from(&v).ok_or_else(|| corrupt("idempotent response"))?;
+        let named = self.response_subjects(key)?;
         Ok(Some(IdempotentResponse {
             key: key.to_owned(),
+            tenant: named.tenant,
+            subjects: named.subjects,
             at,
             body: v[8..].to_vec(),
         }))
     }
 
+    /// The `G` record of a kept response; empty for one kept before there were any.
+    fn response_subjects(&self, key: &str) -> Result<ResponseSubjects> {
+        match self.records.get(response_subjects_key(key)).map_err(storage)? {
+            Some(v) => from_json(&v),
+            None => Ok(ResponseSubjects::default()),
+        }
+    }
+
+    /// Keeps the response with its subjects in one transaction, replacing one under the
+    /// same key; not one that names an erased session or memory (written after it went).
     pub fn put_idempotent_response(&self, kept: &IdempotentResponse) -> Result<()> {
         let mut value = time_bytes(kept.at).to_vec();
         value.extend_from_slice(&kept.body);
-        self.records
-            .insert(idempotent_key(&kept.key), value)
-            .map_err(storage)?;
-        Ok(())
+        let named = ResponseSubjects {
+            tenant: kept.tenant.clone(),
+            subjects: kept.subjects.clone(),
+        };
+        let json = to_json(&named)?;
+        self.transact(|r, _, _| {
+            for s in &named.subjects {
+                if is_erased(r, &named.tenant, s)? {
+                    return Ok(());
+                }
+            }
+            if let Some(old) = r.get(response_subjects_key(&kept.key))? {
+                let old: ResponseSubjects = from_json(&old).map_err(abort_now)?;
+                for k in response_keys(&kept.key, &old) {
+                    r.remove(k)?;
+                }
+            }
+            r.insert(idempotent_key(&kept.key), value.as_slice())?;
+            r.insert(response_subjects_key(&kept.key), json.as_slice())?;
+            for s in &named.subjects {
+                r.insert(response_by_subject_key(&named.tenant, s, &kept.key), &[])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The tenant's kept responses naming any of `subjects`, by key.
+    fn responses_naming(
+        &self,
+        tenant: &str,
+        subjects: &[String],
+    ) -> Result<std::collections::BTreeMap<String, ResponseSubjects>> {
+        let mut found = std::collections::BTreeMap::new();
+        for subject in subjects {
+            let prefix = Key::new(b'O').str(tenant).str(subject).done();
+            for key in self.records.scan_prefix(&prefix).keys() {
+                let key = key.map_err(storage)?;
+                let key = String::from_utf8(key[prefix.len()..].to_vec())
+                    .map_err(|_| corrupt("response key"))?;
+                let named = self.response_subjects(&key)?;
+                found.insert(key, named);
+            }
+        }
+        Ok(found)
     }
 
     pub fn prune_idempotent_responses(&self, before: Timestamp) -> Result<u64> {
@@ -1354,7 +1509,10 @@ impl Trees {
         for entry in self.records.scan_prefix([b'J']) {
             let (key, value) = entry.map_err(storage)?;
             if time_from(&value).is_some_and(|at| at < before) {
-                batch.remove(key);
+                let id = String::from_utf8(key[1..].to_vec()).map_err(|_| corrupt("response key"))?;
+                for k in response_keys(&id, &self.response_subjects(&id)?) {
+                    batch.remove(k);
+                }
                 count += 1;
             }
         }
@@ -1489,6 +1647,84 @@ fn feed_key_parts(key: &[u8]) -> Option<(u64, String, String)> {
 fn key_tenant(key: &[u8]) -> Option<String> {
     let len = u32::from_be_bytes(key.get(1..5)?.try_into().ok()?) as usize;
     String::from_utf8(key.get(5..5 + len)?.to_vec()).ok()
+}
+
+/// Keys to remove in one transaction, with the records that must then be as gathered.
+#[derive(Debug, Default)]
+struct Removal {
+    records: Vec<Vec<u8>>,
+    log: Vec<Vec<u8>>,
+    index: Vec<Vec<u8>>,
+    unchanged: Vec<(Vec<u8>, IVec)>,
+    /// The ids of the memories gathered.
+    memories: Vec<String>,
+    /// What the keys hold.
+    erasure: Erasure,
+}
+
+impl Removal {
+    /// Removes the keys; a `Conflict` abort if a record changed since it was gathered.
+    fn apply(
+        &self,
+        r: &TransactionalTree,
+        l: &TransactionalTree,
+        i: &TransactionalTree,
+    ) -> TxResult<()> {
+        for (key, value) in &self.unchanged {
+            if r.get(key)?.as_ref() != Some(value) {
+                return abort(Error::Conflict {
+                    expected: 0,
+                    actual: 1,
+                });
+            }
+        }
+        for k in &self.records {
+            r.remove(k.as_slice())?;
+        }
+        for k in &self.log {
+            l.remove(k.as_slice())?;
+        }
+        for k in &self.index {
+            i.remove(k.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+/// The tombstone of an erased session or memory.
+fn erased_key(tenant: &str, id: &str) -> Vec<u8> {
+    Key::new(b'X').str(tenant).raw(id).done()
+}
+
+/// True if the tenant's session or memory `id` was erased.
+fn is_erased(r: &TransactionalTree, tenant: &str, id: &str) -> TxResult<bool> {
+    Ok(r.get(erased_key(tenant, id))?.is_some())
+}
+
+/// Who a kept response belongs to and what it names (its `G` record).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ResponseSubjects {
+    tenant: String,
+    subjects: Vec<String>,
+}
+
+fn response_subjects_key(key: &str) -> Vec<u8> {
+    Key::new(b'G').raw(key).done()
+}
+
+fn response_by_subject_key(tenant: &str, subject: &str, key: &str) -> Vec<u8> {
+    Key::new(b'O').str(tenant).str(subject).raw(key).done()
+}
+
+/// Every key a kept response has: its own, its subjects' and theirs.
+fn response_keys(key: &str, kept: &ResponseSubjects) -> Vec<Vec<u8>> {
+    let mut keys = vec![idempotent_key(key), response_subjects_key(key)];
+    keys.extend(
+        kept.subjects
+            .iter()
+            .map(|s| response_by_subject_key(&kept.tenant, s, key)),
+    );
+    keys
 }
 
 fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
@@ -1662,7 +1898,7 @@ impl<'a> MemoryImport<'a> {
     ) -> TxResult<bool> {
         let record = &self.archive.record;
         let id = &record.memory.id;
-        if r.get(memory_key(tenant, id))?.is_some() {
+        if r.get(memory_key(tenant, id))?.is_some() || is_erased(r, tenant, id)? {
             return Ok(false);
         }
         if let Some(other) = r.get(dedupe_key(tenant, &record.dedupe_key))? {

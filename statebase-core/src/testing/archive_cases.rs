@@ -685,6 +685,8 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
 
     env.advance(60);
     let erasure = sb.erase_user("u1").await.unwrap();
+    // The env reopens the store below: no other handle may hold it.
+    drop((other, sb));
     let versions: u64 = u1.sessions.iter().map(|s| s.version + 1).sum();
     assert_eq!(
         erasure,
@@ -773,6 +775,7 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
         }
         let stats = sb.stats().await.unwrap();
         assert_eq!((stats.sessions, stats.memories, stats.entities), (3, 2, 1));
+        drop(other);
         env.reopen().await;
     }
 
