@@ -1,5 +1,6 @@
 //! Memories with their revisions and vectors (a pgvector column).
 
+use crate::sessions::erased;
 use crate::query::{self, get_uint, int, Filtered, Res};
 use crate::sessions::touch_session;
 use crate::traces::insert_trace;
@@ -305,7 +306,7 @@ async fn insert_row(c: &impl GenericClient, tenant: &str, record: &MemoryRecord)
 /// the tenant has a memory with its id; `DuplicateContent` if another has its dedupe key.
 pub async fn import_memory(c: &impl GenericClient, tenant: &str, a: &MemoryArchive) -> Res<bool> {
     let id = &a.record.memory.id;
-    if memory(c, tenant, id).await?.is_some() {
+    if memory(c, tenant, id).await?.is_some() || erased(c, tenant, id).await? {
         return Ok(false);
     }
     if !insert_row(c, tenant, &a.record).await? {

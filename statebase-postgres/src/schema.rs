@@ -234,6 +234,21 @@ ALTER TABLE traces ALTER COLUMN seq DROP NOT NULL;
 DROP INDEX traces_unsequenced;
 CREATE INDEX traces_unsequenced ON traces (seq) WHERE position IS NULL AND seq IS NOT NULL;
 "#,
+    // Erasing a user: tombstones of the erased session and memory ids, and what each kept
+    // response names, to erase it with them.
+    r#"
+CREATE TABLE erased (
+    tenant     text        NOT NULL,
+    id         text        NOT NULL,
+    user_id    text        NOT NULL,
+    erased_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+ALTER TABLE idempotent_responses
+    ADD COLUMN tenant text NOT NULL DEFAULT '',
+    ADD COLUMN subjects text[] NOT NULL DEFAULT '{}';
+CREATE INDEX idempotent_responses_by_subject ON idempotent_responses USING gin (subjects);
+"#,
 ];
 
 /// The schema version this code writes.

@@ -219,13 +219,15 @@ impl ServerRecords for PostgresStore {
         let conn = self.conn().await?;
         let found = query::row(
             &conn,
-            "SELECT key, at, body FROM idempotent_responses WHERE key = $1",
+            "SELECT key, tenant, subjects, at, body FROM idempotent_responses WHERE key = $1",
             &[&key],
         )
         .await?;
         let read = |r: Row| -> Res<IdempotentResponse> {
             Ok(IdempotentResponse {
                 key: r.try_get("key")?,
+                tenant: r.try_get("tenant")?,
+                subjects: r.try_get("subjects")?,
                 at: r.try_get("at")?,
                 body: r.try_get("body")?,
             })
@@ -235,9 +237,13 @@ impl ServerRecords for PostgresStore {
 
     async fn put_idempotent_response(&self, kept: IdempotentResponse) -> Result<()> {
         self.change(
-            "INSERT INTO idempotent_responses (key, at, body) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET at = excluded.at, body = excluded.body",
-            &[&kept.key, &kept.at, &kept.body],
+            // Not one naming what was erased meanwhile (its write came before the erasure).
+            "INSERT INTO idempotent_responses (key, tenant, subjects, at, body)
+             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS
+                 (SELECT 1 FROM erased WHERE tenant = $2 AND id = ANY ($3))
+             ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant,
+                 subjects = excluded.subjects, at = excluded.at, body = excluded.body",
+            &[&kept.key, &kept.tenant, &kept.subjects, &kept.at, &kept.body],
         )
         .await?;
         Ok(())

@@ -14,7 +14,9 @@ use crate::{PostgresError, PostgresStore};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::*;
-use statebase_core::{Error, Object, ResourceKind, Result, Session, Timestamp, Trace, Turn};
+use statebase_core::{
+    Erasure, Error, Object, ResourceKind, Result, Session, Timestamp, Trace, Turn,
+};
 use std::ops::Range;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
@@ -159,6 +161,92 @@ fn insert_version_for(source: &str, version: usize, created: usize) -> String {
 
 /// Inserts the session's row unless the tenant has one with its id, and says whether it
 /// did.
+/// True if the tenant's session or memory `id` was erased.
+pub async fn erased(c: &impl GenericClient, tenant: &str, id: &str) -> Res<bool> {
+    let sql = "SELECT 1 FROM erased WHERE tenant = $1 AND id = $2";
+    Ok(query::row(c, sql, &[&tenant, &id]).await?.is_some())
+}
+
+/// Erases the user's records (see [`SessionLog::erase_user`]) in `tx`.
+async fn erase_user(
+    tx: &impl GenericClient,
+    tenant: &str,
+    user_id: &str,
+    trace: Trace,
+) -> Res<Erasure> {
+    let ids = |found: Vec<Row>| -> Res<Vec<String>> {
+        found.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    };
+    // Locked: a write to one of them waits for the erasure, then finds nothing.
+    let sessions = ids(query::rows(
+        tx,
+        "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2 ORDER BY id FOR UPDATE",
+        &[&tenant, &user_id],
+    )
+    .await?)?;
+    let memories = ids(query::rows(
+        tx,
+        "SELECT id FROM memories WHERE tenant = $1 AND (user_id = $2 OR session_id = ANY ($3))
+         ORDER BY id FOR UPDATE",
+        &[&tenant, &user_id, &sessions],
+    )
+    .await?)?;
+    let owned = |table: &str| {
+        format!("SELECT count(*) AS n FROM {table} WHERE tenant = $1 AND session_id = ANY ($2)")
+    };
+    let mut counts = Vec::new();
+    for table in ["versions", "turns", "entities"] {
+        let row = query::row(tx, &owned(table), &[&tenant, &sessions]).await?;
+        counts.push(row.map_or(Ok(0), |r| get_uint(&r, "n"))?);
+    }
+    let erased: Vec<&String> = sessions.iter().chain(&memories).collect();
+    query::execute(
+        tx,
+        "INSERT INTO erased (tenant, id, user_id, erased_at)
+         SELECT $1, unnest($2::text[]), $3, $4 ON CONFLICT DO NOTHING",
+        &[&tenant, &erased, &user_id, &trace.timestamp],
+    )
+    .await?;
+    let traces = query::execute(
+        tx,
+        "DELETE FROM traces WHERE tenant = $1 AND (session_id = ANY ($2) OR resource_id = ANY ($2))",
+        &[&tenant, &erased],
+    )
+    .await?;
+    let mut subjects: Vec<String> = erased.iter().map(|s| s.to_string()).collect();
+    subjects.push(format!("user:{user_id}"));
+    let idempotent_responses = query::execute(
+        tx,
+        "DELETE FROM idempotent_responses WHERE tenant = $1 AND subjects && $2",
+        &[&tenant, &subjects],
+    )
+    .await?;
+    // What the sessions own goes by ON DELETE CASCADE.
+    query::execute(
+        tx,
+        "DELETE FROM memories WHERE tenant = $1 AND id = ANY ($2)",
+        &[&tenant, &memories],
+    )
+    .await?;
+    query::execute(
+        tx,
+        "DELETE FROM sessions WHERE tenant = $1 AND id = ANY ($2)",
+        &[&tenant, &sessions],
+    )
+    .await?;
+    let erasure = Erasure {
+        sessions: sessions.len() as u64,
+        versions: counts[0],
+        turns: counts[1],
+        memories: memories.len() as u64,
+        entities: counts[2],
+        traces,
+        idempotent_responses,
+    };
+    insert_trace(tx, tenant, &erasure.into_trace(trace)).await?;
+    Ok(erasure)
+}
+
 async fn insert_row(c: &impl GenericClient, tenant: &str, record: &SessionRecord) -> Res<bool> {
     let s = &record.session;
     let inserted = query::execute(
@@ -227,7 +315,9 @@ impl SessionLog for PostgresStore {
     async fn import_session(&self, tenant: &str, a: SessionArchive) -> Result<bool> {
         let mut conn = self.conn().await?;
         let tx = query::begin(&mut conn).await?;
-        if !insert_row(&tx, tenant, &a.record).await? {
+        if erased(&tx, tenant, &a.record.session.id).await?
+            || !insert_row(&tx, tenant, &a.record).await?
+        {
             return Ok(false);
         }
         import_log(&tx, tenant, &a).await?;
@@ -414,6 +504,14 @@ impl SessionLog for PostgresStore {
         insert_trace(&tx, tenant, &trace).await?;
         query::commit(tx).await?;
         Ok(read_session(&gone)?)
+    }
+
+    async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        let erasure = erase_user(&tx, tenant, user_id, trace).await?;
+        query::commit(tx).await?;
+        Ok(erasure)
     }
 
     async fn count_sessions(

@@ -136,8 +136,10 @@ impl TraceLog for PostgresStore {
             &conn,
             &format!(
                 "INSERT INTO traces (tenant, {COLUMNS}, seq)
-                 SELECT $1, *, NULL FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::timestamptz[], $9::json[])
+                 SELECT $1, t.*, NULL FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::timestamptz[], $9::json[]) AS t ({COLUMNS})
+                 WHERE NOT EXISTS (SELECT 1 FROM erased e WHERE e.tenant = $1
+                     AND (e.id = t.session_id OR e.id = t.resource_id))
                  ON CONFLICT DO NOTHING"
             ),
             &[
