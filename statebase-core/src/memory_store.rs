@@ -1052,7 +1052,14 @@ impl ServerRecords for MemoryStore {
 
     async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()> {
         let mut inner = self.inner.lock();
-        inner.idempotent.insert(response.key.clone(), response);
+        let tenant = &response.tenant;
+        if !response
+            .subjects
+            .iter()
+            .any(|s| inner.erased.contains(&key(tenant, s)))
+        {
+            inner.idempotent.insert(response.key.clone(), response);
+        }
         Ok(())
     }
 

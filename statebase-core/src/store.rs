@@ -867,7 +867,9 @@ pub trait ServerRecords: Send + Sync + Debug + 'static {
     /// The response kept under `key`, or `None`.
     async fn idempotent_response(&self, key: &str) -> Result<Option<IdempotentResponse>>;
 
-    /// Keeps a response, replacing one under the same key.
+    /// Keeps a response, replacing one under the same key; not one whose subjects name an
+    /// [erased](SessionLog::erase_user) session or memory of its tenant (the response to a
+    /// write that committed before the erasure, kept after it).
     async fn put_idempotent_response(&self, response: IdempotentResponse) -> Result<()>;
 
     /// Deletes the responses kept before `before`; returns how many.

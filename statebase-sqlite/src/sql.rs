@@ -760,6 +760,11 @@ pub fn idempotent_response(conn: &Connection, key: &str) -> Res<Option<Idempoten
 }
 
 pub fn put_idempotent_response(conn: &Connection, kept: &IdempotentResponse) -> Res<()> {
+    for s in &kept.subjects {
+        if erased(conn, &kept.tenant, s)? {
+            return Ok(());
+        }
+    }
     conn.prepare_cached("DELETE FROM idempotent_responses WHERE key = ?1")?
         .execute(params![kept.key])?;
     conn.prepare_cached(

@@ -786,7 +786,8 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
 
 /// An erased user stays erased: an archive made before the erasure imports nothing of
 /// theirs back (sessions, memories, traces), the store exports as before the import, and
-/// late writes to their sessions and memories find nothing.
+/// late writes to their sessions and memories find nothing, nor are late responses naming
+/// them kept.
 pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;
     let sb = env.sb();
@@ -822,4 +823,13 @@ pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
         "memory_not_found"
     );
     assert!(export_all(sb.store()).await == erased, "a late write brought records back");
+    // The response to a write that committed before the erasure, kept after it.
+    let late = kept("key_1/late", "default", &[&u1.memories[0].id, s]);
+    sb.store().put_idempotent_response(late).await.unwrap();
+    let found = sb.store().idempotent_response("key_1/late").await.unwrap();
+    assert_eq!(found, None, "a late response to an erased session was kept");
+    let live = kept("key_1/live", "other", &[s]);
+    sb.store().put_idempotent_response(live.clone()).await.unwrap();
+    let found = sb.store().idempotent_response("key_1/live").await.unwrap();
+    assert_eq!(found, Some(live), "another tenant's tombstone counted");
 }
