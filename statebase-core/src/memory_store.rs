@@ -361,7 +361,9 @@ impl SessionLog for MemoryStore {
         let sessions: Vec<String> = inner
             .sessions
             .iter()
-            .filter(|((t, _), s)| t == tenant && s.record.session.user_id.as_deref() == Some(user_id))
+            .filter(|((t, _), s)| {
+                t == tenant && s.record.session.user_id.as_deref() == Some(user_id)
+            })
             .map(|((_, id), _)| id.clone())
             .collect();
         for id in sessions {
@@ -377,7 +379,9 @@ impl SessionLog for MemoryStore {
         let memories: Vec<String> = inner
             .memories
             .iter()
-            .filter(|((t, _), m)| t == tenant && m.record.memory.user_id.as_deref() == Some(user_id))
+            .filter(|((t, _), m)| {
+                t == tenant && m.record.memory.user_id.as_deref() == Some(user_id)
+            })
             .map(|((_, id), _)| id.clone())
             .collect();
         erasure.memories += memories.len() as u64;
@@ -405,8 +409,7 @@ impl SessionLog for MemoryStore {
         let user = format!("user:{user_id}");
         let before = inner.idempotent.len();
         inner.idempotent.retain(|_, r| {
-            r.tenant != tenant
-                || !r.subjects.iter().any(|s| *s == user || erased.contains(s))
+            r.tenant != tenant || !r.subjects.iter().any(|s| *s == user || erased.contains(s))
         });
         erasure.idempotent_responses = (before - inner.idempotent.len()) as u64;
         inner

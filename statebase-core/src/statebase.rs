@@ -299,7 +299,10 @@ impl<S: Store> StateBase<S> {
             Value::Null,
             now,
         );
-        let erasure = self.store().erase_user(&self.tenant, &user_id, trace).await?;
+        let erasure = self
+            .store()
+            .erase_user(&self.tenant, &user_id, trace)
+            .await?;
         // Rare, and exact: the next search reloads the index without what went.
         self.shared.indexes.forget(&self.tenant).await;
         Ok(erasure)

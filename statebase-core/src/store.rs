@@ -10,7 +10,8 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
 use crate::model::{
-    ApiKey, Entity, EntityVersion, Erasure, Memory, MemoryRevision, Session, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, Memory, MemoryRevision, Session, Trace, Turn,
+    WebhookEndpoint,
 };
 use crate::search::embed::Calibration;
 use async_trait::async_trait;

@@ -75,10 +75,12 @@ impl Idempotency {
         Ok((Utc::now() - stored.at < KEEP).then_some(stored))
     }
 
-    async fn put(&self, key: &str, stored: &Stored) -> Result<(), ApiError> {
+    async fn put(&self, key: &str, tenant: &str, stored: &Stored) -> Result<(), ApiError> {
         let body = serde_json::to_vec(stored).map_err(statebase_core::Error::backend)?;
         let kept = IdempotentResponse {
             key: key.to_owned(),
+            tenant: tenant.to_owned(),
+            subjects: subjects(&stored.body),
             at: stored.at,
             body,
         };
@@ -91,6 +93,36 @@ impl Idempotency {
             .prune_idempotent_responses(Utc::now() - KEEP)
             .await
     }
+}
+
+/// What a response body names, to erase the kept response with it: every `id`,
+/// `session_id` and `memory_id`, and every `user_id` as `user:` + id, at any depth. Sorted,
+/// each once.
+fn subjects(body: &str) -> Vec<String> {
+    fn walk(v: &serde_json::Value, found: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(fields) => {
+                for (name, value) in fields {
+                    match (name.as_str(), value) {
+                        ("id" | "session_id" | "memory_id", serde_json::Value::String(id)) => {
+                            found.insert(id.clone());
+                        }
+                        ("user_id", serde_json::Value::String(id)) => {
+                            found.insert(format!("user:{id}"));
+                        }
+                        _ => walk(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, found)),
+            _ => {}
+        }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    if let Ok(v) = serde_json::from_str(body) {
+        walk(&v, &mut found);
+    }
+    found.into_iter().collect()
 }
 
 fn replay(stored: Stored) -> Response {
@@ -164,7 +196,9 @@ async fn run(keep: &Idempotency, req: Request, next: Next) -> Result<Response, A
         Claim::Held(claim) => claim,
     };
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    let response = keep.answer(&key, request, response).await;
+    let response = keep
+        .answer(&key, &caller.key.tenant, request, response)
+        .await;
     if let Err(e) = keep.store.release_lease(&claim, claim_holder()).await {
         tracing::warn!(error = %e, "could not release an idempotency claim");
     }
@@ -219,6 +253,7 @@ impl Idempotency {
     async fn answer(
         &self,
         key: &str,
+        tenant: &str,
         request: String,
         response: Response,
     ) -> Result<Response, ApiError> {
@@ -242,7 +277,7 @@ impl Idempotency {
             at: Utc::now(),
         };
         // The change is made; if keeping its response fails, the client still gets it.
-        if let Err(e) = self.put(key, &stored).await {
+        if let Err(e) = self.put(key, tenant, &stored).await {
             tracing::warn!(error = ?e, "could not keep an idempotent response");
         }
         Ok(Response::from_parts(parts, Body::from(bytes)))
@@ -252,6 +287,18 @@ impl Idempotency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids and users at any depth, each once; nothing from a body that is not JSON.
+    #[test]
+    fn subjects_are_what_a_response_names() {
+        let body = r#"{"id":"turn_1","session_id":"sess_1","input":{"id":7},
+            "data":[{"id":"mem_1","user_id":"u1"},{"memory_id":"mem_1"}]}"#;
+        assert_eq!(
+            subjects(body),
+            ["mem_1", "sess_1", "turn_1", "user:u1"].map(String::from)
+        );
+        assert!(subjects("not json").is_empty());
+    }
 
     #[tokio::test]
     async fn prune_forgets_only_responses_past_their_day() {
@@ -263,12 +310,20 @@ mod tests {
             body: "{}".into(),
             at: Utc::now() - age,
         };
-        keep.put("key_1/old", &stored(KEEP + chrono::Duration::minutes(1)))
-            .await
-            .unwrap();
-        keep.put("key_1/new", &stored(KEEP - chrono::Duration::minutes(1)))
-            .await
-            .unwrap();
+        keep.put(
+            "key_1/old",
+            "t",
+            &stored(KEEP + chrono::Duration::minutes(1)),
+        )
+        .await
+        .unwrap();
+        keep.put(
+            "key_1/new",
+            "t",
+            &stored(KEEP - chrono::Duration::minutes(1)),
+        )
+        .await
+        .unwrap();
         assert!(keep.get("key_1/old").await.unwrap().is_none(), "expired");
         assert_eq!(keep.prune().await.unwrap(), 1);
         let old = keep.store.idempotent_response("key_1/old").await.unwrap();

@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::entities::router())
         .merge(routes::export::router())
         .merge(routes::traces::router())
+        .merge(routes::users::router())
         .merge(routes::dashboard::router())
         .merge(routes::webhooks::router());
     // Idempotency wraps the routes themselves: a wrong method or an unknown route is not a

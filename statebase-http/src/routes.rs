@@ -15,6 +15,7 @@ pub(crate) mod sessions;
 pub(crate) mod state;
 pub(crate) mod traces;
 pub(crate) mod turns;
+pub(crate) mod users;
 pub(crate) mod webhooks;
 
 use crate::auth::{Caller, Tenant};

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// Events an endpoint can ask for.
-pub const EVENTS: [&str; 7] = [
+pub const EVENTS: [&str; 8] = [
     "session.created",
     "session.updated",
     "session.deleted",
@@ -32,6 +32,7 @@ pub const EVENTS: [&str; 7] = [
     "turn.added",
     "memory.created",
     "state.rolled_back",
+    "user.erased",
 ];
 /// How long a receiver has to answer an attempt.
 pub const DELIVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -322,6 +323,7 @@ fn event_type(trace_action: &str) -> Option<&'static str> {
         action::STATE_ROLLED_BACK => "state.rolled_back",
         action::TURN_ADDED => "turn.added",
         action::MEMORY_CREATED => "memory.created",
+        action::USER_ERASED => "user.erased",
         _ => return None,
     })
 }

@@ -1170,6 +1170,113 @@ async fn the_official_python_sdk_works_unchanged() {
 }
 
 #[tokio::test]
+async fn erasing_a_user_over_http() {
+    let srv = start(1000, 1000).await;
+    let post = |key: &'static str, idempotency: &'static str, path: String, body: Value| {
+        srv.http
+            .post(format!("{}{path}", srv.url))
+            .header("X-API-Key", key)
+            .header("Idempotency-Key", idempotency)
+            .json(&body)
+            .send()
+    };
+    let json = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
+    let session = |user: &str| json!({"agent_id": "bot", "user_id": user});
+    let s = json(
+        post(KEY_A, "erase-1", "/v1/sessions".into(), session("u1"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    let turn = json!({"input": "my card is 4242", "output": "noted"});
+    post(KEY_A, "erase-2", format!("/v1/sessions/{id}/turns"), turn)
+        .await
+        .unwrap();
+    let memory = json!({"content": "pays by card", "user_id": "u1"});
+    post(KEY_A, "erase-3", "/v1/memories".into(), memory)
+        .await
+        .unwrap();
+    let kept = json(
+        post(KEY_A, "keep-1", "/v1/sessions".into(), session("u2"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (_, b, _) = srv
+        .call(
+            Some(KEY_B),
+            Method::POST,
+            "/v1/sessions",
+            Some(session("u1")),
+        )
+        .await;
+
+    let (status, _, _) = srv.call(None, Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, erased) = srv.a(Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(status, StatusCode::OK, "{erased}");
+    assert_eq!(
+        (&erased["object"], &erased["id"], &erased["deleted"]),
+        (&json!("user"), &json!("u1"), &json!(true))
+    );
+    let counts = &erased["erased"];
+    assert_eq!(
+        (&counts["sessions"], &counts["turns"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(counts["memories"], 1);
+    assert_eq!(counts["idempotent_responses"], 3, "{counts}");
+
+    let (status, _) = srv
+        .a(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, memories) = srv.a(Method::GET, "/v1/memories?user_id=u1", None).await;
+    assert_eq!(memories["data"], json!([]));
+    // A retry of the erased user's request runs again: its answer was erased.
+    let retry = post(KEY_A, "erase-1", "/v1/sessions".into(), session("u1"))
+        .await
+        .unwrap();
+    assert!(retry.headers().get("idempotent-replayed").is_none());
+    assert_ne!(json(retry).await["id"], s["id"]);
+    let replayed = post(KEY_A, "keep-1", "/v1/sessions".into(), session("u2"))
+        .await
+        .unwrap();
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(replayed).await["id"], kept["id"]);
+    // The same user id in another tenant is another user.
+    let path = format!("/v1/sessions/{}", b["id"].as_str().unwrap());
+    let (status, _, _) = srv.call(Some(KEY_B), Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, traces) = srv
+        .a(Method::GET, "/v1/traces?action=user.erased", None)
+        .await;
+    assert_eq!(traces["data"].as_array().unwrap().len(), 1, "{traces}");
+    assert_eq!(traces["data"][0]["details"], *counts);
+    let (_, traces) = srv
+        .a(Method::GET, &format!("/v1/traces?session_id={id}"), None)
+        .await;
+    assert_eq!(
+        traces["data"],
+        json!([]),
+        "the erased session's traces are left"
+    );
+
+    let (status, again) = srv.a(Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["erased"]["sessions"], 1, "the retry's new session");
+    let (status, again) = srv.a(Method::DELETE, "/v1/users/u1", None).await;
+    assert_eq!(
+        (status, &again["erased"]["sessions"]),
+        (StatusCode::OK, &json!(0))
+    );
+    let (status, bad) = srv.a(Method::DELETE, "/v1/users/%20", None).await;
+    assert!(status.is_client_error(), "{status}");
+    assert_ne!(code(&bad), "<no error code>");
+}
+
+#[tokio::test]
 async fn if_match_and_idempotency_keys() {
     let srv = start(1000, 1000).await;
     let (_, s) = srv

@@ -467,6 +467,38 @@ async fn an_expired_session_gives_exactly_one_session_expired() {
     assert_eq!(all[0]["data"]["id"], s["id"]);
 }
 
+#[tokio::test]
+async fn erasing_a_user_announces_user_erased_with_its_counts() {
+    let srv = start().await;
+    let (url, got) = receiver(0).await;
+    srv.post(
+        KEY_A,
+        "/v1/webhooks",
+        json!({"url": url, "events": ["user.erased"]}),
+    )
+    .await;
+    srv.post(
+        KEY_A,
+        "/v1/sessions",
+        json!({"agent_id": "bot", "user_id": "u1"}),
+    )
+    .await;
+    let erased = srv
+        .call(KEY_A, reqwest::Method::DELETE, "/v1/users/u1", json!(null))
+        .await;
+    wait_until("user.erased", Duration::from_secs(20), || {
+        !got.lock().is_empty()
+    })
+    .await;
+    let all = events(&got);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["type"], "user.erased");
+    assert_eq!(all[0]["data"]["object"], "user");
+    assert_eq!(all[0]["data"]["id"], "u1");
+    assert_eq!(all[0]["data"]["details"], erased["erased"]);
+    assert_eq!(all[0]["data"]["details"]["sessions"], 1);
+}
+
 /// A receiver that takes connections and never answers: each attempt times out, is retried
 /// with a backoff, and the delivery is given up once it has failed for 24 hours (by the
 /// dispatcher's clock, moved by hand).

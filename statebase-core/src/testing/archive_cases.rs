@@ -666,7 +666,9 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
         .collect();
     let of_u1 = |t: &crate::Trace| {
         erased_ids.contains(&t.resource_id.as_str())
-            || t.session_id.as_deref().is_some_and(|s| erased_ids.contains(&s))
+            || t.session_id
+                .as_deref()
+                .is_some_and(|s| erased_ids.contains(&s))
     };
     let before = all_traces(&sb).await;
     let u1_traces = before.iter().filter(|t| of_u1(t)).count() as u64;
@@ -706,12 +708,20 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
         let store = sb.store();
         for s in &u1.sessions {
             assert_eq!(code(sb.get_session(&s.id).await), "session_not_found");
-            assert!(store.versions("default", &s.id, 0..u64::MAX).await.unwrap().is_empty());
+            assert!(store
+                .versions("default", &s.id, 0..u64::MAX)
+                .await
+                .unwrap()
+                .is_empty());
         }
         assert!(store.turn("default", &u1.turn.id).await.unwrap().is_none());
         for m in &u1.memories {
             assert_eq!(code(sb.get_memory(&m.id).await), "memory_not_found");
-            assert!(store.memory_revisions("default", &m.id).await.unwrap().is_empty());
+            assert!(store
+                .memory_revisions("default", &m.id)
+                .await
+                .unwrap()
+                .is_empty());
         }
         assert_eq!(code(sb.get_entity(&u1.entity.id).await), "entity_not_found");
         let u1_memories = sb
@@ -731,14 +741,20 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
         assert!(!found.contains(&u1.memories[0].id.as_str()), "{found:?}");
 
         let after = all_traces(sb).await;
-        assert!(!after.iter().any(of_u1), "a trace of what was erased is left");
+        assert!(
+            !after.iter().any(of_u1),
+            "a trace of what was erased is left"
+        );
         assert_eq!(after.len() as u64, before.len() as u64 - u1_traces + 1);
         let trace = &after[0];
         assert_eq!(
             (trace.action.as_str(), trace.resource_type.as_str()),
             ("user.erased", "user")
         );
-        assert_eq!((trace.resource_id.as_str(), &trace.session_id), ("u1", &None));
+        assert_eq!(
+            (trace.resource_id.as_str(), &trace.session_id),
+            ("u1", &None)
+        );
         assert_eq!(trace.details, serde_json::to_value(erasure).unwrap());
         let feed = store.trace_feed(feed_end, 10).await.unwrap();
         assert_eq!(feed.len(), 1, "the erasure is the one new event");
@@ -748,7 +764,10 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
             assert_eq!(store.idempotent_response(key).await.unwrap(), None, "{key}");
         }
         for key in ["key_1/d", "key_2/a"] {
-            assert!(store.idempotent_response(key).await.unwrap().is_some(), "{key}");
+            assert!(
+                store.idempotent_response(key).await.unwrap().is_some(),
+                "{key}"
+            );
         }
         // What is not u1's in this tenant is untouched.
         assert_eq!(
@@ -759,9 +778,14 @@ pub async fn erasing_a_user_takes_everything_of_theirs<F: StoreFactory>(factory:
             assert_eq!(sb.get_memory(&m.id).await.unwrap(), *m);
         }
         assert_eq!(sb.get_entity(&u2.entity.id).await.unwrap(), u2.entity);
-        assert_eq!(sb.get_turn(&u2.sessions[0].id, &u2.turn.id).await.unwrap(), u2.turn);
         assert_eq!(
-            sb.history(&u2_fork.id, HistoryQuery::default()).await.unwrap(),
+            sb.get_turn(&u2.sessions[0].id, &u2.turn.id).await.unwrap(),
+            u2.turn
+        );
+        assert_eq!(
+            sb.history(&u2_fork.id, HistoryQuery::default())
+                .await
+                .unwrap(),
             u2_history_before
         );
         assert_eq!(sb.get_session(&u2_fork.id).await.unwrap(), u2_fork);
@@ -801,7 +825,10 @@ pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
     assert_eq!(report.imported.sessions, 0, "{report:?}");
     assert_eq!(report.imported.memories, 0, "{report:?}");
     assert_eq!(report.imported.traces, 0, "{report:?}");
-    assert!(export_all(sb.store()).await == erased, "the import brought records back");
+    assert!(
+        export_all(sb.store()).await == erased,
+        "the import brought records back"
+    );
 
     let s = &u1.sessions[0].id;
     let write = StateWrite::new(json!({"late": true}));
@@ -822,14 +849,20 @@ pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
         code(sb.update_memory(&u1.memories[1].id, update).await),
         "memory_not_found"
     );
-    assert!(export_all(sb.store()).await == erased, "a late write brought records back");
+    assert!(
+        export_all(sb.store()).await == erased,
+        "a late write brought records back"
+    );
     // The response to a write that committed before the erasure, kept after it.
     let late = kept("key_1/late", "default", &[&u1.memories[0].id, s]);
     sb.store().put_idempotent_response(late).await.unwrap();
     let found = sb.store().idempotent_response("key_1/late").await.unwrap();
     assert_eq!(found, None, "a late response to an erased session was kept");
     let live = kept("key_1/live", "other", &[s]);
-    sb.store().put_idempotent_response(live.clone()).await.unwrap();
+    sb.store()
+        .put_idempotent_response(live.clone())
+        .await
+        .unwrap();
     let found = sb.store().idempotent_response("key_1/live").await.unwrap();
     assert_eq!(found, Some(live), "another tenant's tombstone counted");
 }
