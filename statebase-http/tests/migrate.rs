@@ -164,6 +164,25 @@ async fn export_then_import_through_a_file() {
     assert_eq!(lines(&exported), lines(&file));
 }
 
+/// An export onto a full disk (Linux's `/dev/full` answers every write with ENOSPC) fails
+/// and says why; it never reports success.
+#[tokio::test]
+async fn an_export_onto_a_full_disk_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = populated().await;
+    let db = dir.path().join("full.db");
+    import(
+        &SqliteStore::open(&db).unwrap(),
+        &export_all(source.store()).await,
+    )
+    .await;
+    let sqlite = format!("sqlite:{}", db.display());
+    let out = statebase_cli(&["export", "--db", &sqlite, "-o", "/dev/full"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exported onto a full disk: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
+
 /// The lines of an archive between its header and its trailer (which hold its time).
 fn records(archive: &[u8]) -> Vec<String> {
     let text = std::str::from_utf8(archive).unwrap();

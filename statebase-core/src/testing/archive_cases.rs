@@ -866,3 +866,59 @@ pub async fn an_erased_user_stays_erased<F: StoreFactory>(factory: F) {
     let found = sb.store().idempotent_response("key_1/live").await.unwrap();
     assert_eq!(found, Some(live), "another tenant's tombstone counted");
 }
+
+/// An import of a session whose memory or entity has an id another record of the tenant
+/// has is refused with a backend error, and writes nothing of the session.
+pub async fn an_import_refuses_a_taken_memory_or_entity_id<F: StoreFactory>(factory: F) {
+    let env = Env::new(factory).await;
+    let sb = env.sb();
+    let u1 = user_records(sb, "u1").await;
+    let store = sb.store();
+    let source = &u1.sessions[0].id;
+    let mut record = store.session("default", source).await.unwrap().unwrap();
+    record.session.id = "sess_imported0001".into();
+    record.session.memory_count = 1;
+    let new_id = record.session.id.clone();
+    let session = SessionArchive {
+        record,
+        versions: store.versions("default", source, 0..u64::MAX).await.unwrap(),
+        turns: vec![],
+        memories: vec![],
+        entities: vec![],
+    };
+    // A memory with a fresh dedupe key under an id that is taken.
+    let taken = &u1.memories[0].id;
+    let mut memory = store.memory("default", taken).await.unwrap().unwrap();
+    memory.memory.session_id = Some(new_id.clone());
+    memory.dedupe_key = "a key no memory has".into();
+    let revisions = store.memory_revisions("default", taken).await.unwrap();
+    let with_memory = SessionArchive {
+        memories: vec![MemoryArchive {
+            record: memory,
+            revisions,
+        }],
+        ..session.clone()
+    };
+    // An entity with a fresh name under an id that is taken.
+    let mut entity = u1.entity.clone();
+    entity.session_id = new_id.clone();
+    entity.entity_id = "a name no entity has".into();
+    let versions = store
+        .entity_versions("default", &entity.id, 0..u64::MAX)
+        .await
+        .unwrap();
+    let with_entity = SessionArchive {
+        entities: vec![EntityArchive { entity, versions }],
+        ..session.clone()
+    };
+    for archive in [with_memory, with_entity] {
+        let refused = store.import_session("default", archive).await;
+        assert_eq!(code(refused), "internal_error");
+        assert_eq!(store.session("default", &new_id).await.unwrap(), None);
+        assert!(store.versions("default", &new_id, 0..u64::MAX).await.unwrap().is_empty());
+    }
+    // The records that hold those ids are as they were.
+    assert_eq!(sb.get_memory(taken).await.unwrap(), u1.memories[0]);
+    assert_eq!(sb.get_entity(&u1.entity.id).await.unwrap(), u1.entity);
+    assert!(store.import_session("default", session).await.unwrap());
+}

@@ -245,6 +245,7 @@ macro_rules! conformance_suite {
             an_interrupted_import_completes_when_run_again,
             erasing_a_user_takes_everything_of_theirs,
             an_erased_user_stays_erased,
+            an_import_refuses_a_taken_memory_or_entity_id,
         );
         #[test]
         fn model_property() {
