@@ -21,7 +21,10 @@ pub struct ErasureOut {
 /// with the counts, announced to webhooks. Erased ids stay erased: an import of an older
 /// archive does not bring them back, and a late write finds nothing. Erasing again is
 /// harmless: it erases nothing.
-#[utoipa::path(delete, path = "/users/{user_id}", responses((status = 200, body = ErasureOut)))]
+#[utoipa::path(delete, path = "/users/{user_id}",
+    params(("user_id" = String, Path, description = "The user, as the application names it",
+        min_length = 1, max_length = 256, pattern = r"\S")),
+    responses((status = 200, body = ErasureOut)))]
 pub async fn erase_user(Tenant(sb): Tenant, Path(user_id): Path<String>) -> Reply {
     let erased = sb.erase_user(&user_id).await?;
     ok(ErasureOut {
