@@ -14,6 +14,8 @@ pub const SESSION_FORKED: &str = "session.forked";
 pub const STATE_UPDATED: &str = "state.updated";
 /// A session's state got a new version equal to an earlier one.
 pub const STATE_ROLLED_BACK: &str = "state.rolled_back";
+/// A session's oldest state versions were removed by retention.
+pub const STATE_PRUNED: &str = "state.pruned";
 
 /// A turn was logged.
 pub const TURN_ADDED: &str = "turn.added";

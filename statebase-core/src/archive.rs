@@ -688,7 +688,14 @@ where
                     number,
                     "version",
                 )?;
-                let expected = p.archive.versions.len() as u64;
+                // A session pruned by retention starts at a snapshot; then they follow.
+                let expected = match p.archive.versions.first() {
+                    Some(first) => first.version + p.archive.versions.len() as u64,
+                    None if codec::chain_start(version.version) == version.version => {
+                        version.version
+                    }
+                    None => 0,
+                };
                 if version.version != expected {
                     return Err(bad(
                         number,
@@ -818,7 +825,8 @@ async fn write_session<S: ServerStore + ?Sized>(
     // follows the memories it holds.
     p.archive.record.session.memory_count = p.archive.memories.len() as u64;
     let s = &p.archive.record.session;
-    let whole = p.archive.versions.len() as u64 == s.version + 1
+    let first = p.archive.versions.first().map_or(0, |v| v.version);
+    let whole = first + p.archive.versions.len() as u64 == s.version + 1
         && p.archive.turns.len() as u64 == s.turn_count;
     if !whole {
         return Err(bad(

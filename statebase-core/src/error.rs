@@ -119,6 +119,19 @@ pub enum Error {
         /// The entity that has them.
         other: String,
     },
+    /// A state version that retention removed (see
+    /// [`StateBase::prune_versions`](crate::StateBase::prune_versions)).
+    #[error(
+        "version {version} of session {session_id} was pruned by retention; versions from {kept_from} are kept"
+    )]
+    Pruned {
+        /// The session.
+        session_id: String,
+        /// The version asked for.
+        version: u64,
+        /// The session's oldest kept version.
+        kept_from: u64,
+    },
     /// A memory of a session was given another `user_id` than the session's; nothing was
     /// written.
     #[error("user_id differs from the session's user_id")]
@@ -139,6 +152,7 @@ impl Error {
         match self {
             Error::InvalidInput { .. } => "invalid_request",
             Error::NotFound { kind, .. } => kind.not_found_code(),
+            Error::Pruned { .. } => "version_not_found",
             Error::Conflict { .. } => "version_conflict",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::ContentTooLarge { .. } => "content_too_large",

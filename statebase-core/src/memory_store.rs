@@ -338,9 +338,15 @@ impl SessionLog for MemoryStore {
         let Some(stored) = inner.sessions.get(&key(tenant, session_id)) else {
             return Ok(Vec::new());
         };
-        // Versions are stored densely from 0, so a version's number is its index.
+        // Versions are stored densely from the oldest kept one, so a version's number less
+        // that one's is its index.
         let len = stored.versions.len();
-        let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX).min(len);
+        let first = stored.versions.first().map_or(0, |v| v.version);
+        let clamp = |v: u64| {
+            usize::try_from(v.saturating_sub(first))
+                .unwrap_or(usize::MAX)
+                .min(len)
+        };
         let (start, end) = (clamp(range.start), clamp(range.end));
         Ok(stored.versions[start..end.max(start)].to_vec())
     }
@@ -352,6 +358,26 @@ impl SessionLog for MemoryStore {
             .ok_or_else(|| Error::session_not_found(id))?;
         inner.insert_trace(tenant, trace);
         Ok(stored.record)
+    }
+
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: Trace,
+    ) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let stored = inner
+            .sessions
+            .get_mut(&key(tenant, session_id))
+            .ok_or_else(|| Error::session_not_found(session_id))?;
+        let count = stored.versions.partition_point(|v| v.version < before);
+        stored.versions.drain(..count);
+        if count > 0 {
+            inner.insert_trace(tenant, trace);
+        }
+        Ok(count as u64)
     }
 
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {

@@ -329,6 +329,35 @@ pub struct ExpiredSession {
     pub session: Session,
 }
 
+/// Which state versions of a session retention keeps: the last `keep_versions`, and those
+/// younger than `keep_days`; a version either keeps stays. The current version always
+/// stays, and so do the few before the oldest kept one back to the snapshot it decodes
+/// from (at most 15), so that every kept version reads exactly.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Keep at least this many of the latest versions (at least 1).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub keep_versions: Option<u64>,
+    /// Keep the versions written in the last this many days (at least 1).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]
+    pub keep_days: Option<u32>,
+}
+
+/// What [`StateBase::prune_versions`](crate::StateBase::prune_versions) did.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// The session.
+    pub session_id: String,
+    /// How many versions went now.
+    pub pruned: u64,
+    /// The oldest version kept: reading one before it is `version_not_found`.
+    pub kept_from: u64,
+    /// The current version.
+    pub current_version: u64,
+}
+
 /// What erasing a user removed, by [`StateBase::erase_user`](crate::StateBase::erase_user):
 /// counts, never content. It is also the details of the `user.erased` trace.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -733,11 +733,96 @@ impl<S: Store> StateBase<S> {
     }
 
     async fn read_version(&self, session: &Session, k: u64) -> Result<StateVersion> {
-        match self.versions(&session.id, k..k + 1).await?.pop() {
-            Some(v) => Ok(v),
-            // The session was deleted between our two reads.
-            None => Err(Error::session_not_found(&session.id)),
+        if let Some(v) = self.versions(&session.id, k..k + 1).await?.pop() {
+            return Ok(v);
         }
+        // Gone: by retention, or with the session, deleted between our two reads.
+        let rec = self.live_session(&session.id).await?;
+        Err(Error::Pruned {
+            session_id: session.id.clone(),
+            version: k,
+            kept_from: self.oldest_version(&rec.session).await?,
+        })
+    }
+
+    /// The session's oldest stored version: retention keeps a suffix of them.
+    async fn oldest_version(&self, session: &Session) -> Result<u64> {
+        let (mut lo, mut hi) = (0, session.version);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let found = self
+                .store()
+                .versions(&self.tenant, &session.id, mid..mid + 1);
+            if found.await?.is_empty() {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Removes the session's oldest state versions by `keep` (see [`Retention`]), with a
+    /// `state.pruned` trace when any went. Every kept version still reads exactly, rollback
+    /// and fork from one work, and forks made earlier keep their own state; reading a
+    /// pruned version is `version_not_found`, saying so.
+    pub async fn prune_versions(&self, id: &str, keep: Retention) -> Result<Pruned> {
+        let rec = self.live_session(id).await?;
+        let s = &rec.session;
+        let by_count = match keep.keep_versions {
+            Some(0) => return Err(Error::invalid("keep_versions", "must be at least 1")),
+            Some(n) => Some((s.version + 1).saturating_sub(n)),
+            None => None,
+        };
+        let by_age = match keep.keep_days {
+            Some(0) => return Err(Error::invalid("keep_days", "must be at least 1")),
+            Some(days) => {
+                let since = self.now() - Duration::days(i64::from(days));
+                Some(self.first_version_since(s, since).await?)
+            }
+            None => None,
+        };
+        let cut = match (by_count, by_age) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(c), None) | (None, Some(c)) => c,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "keep_versions",
+                    "give keep_versions, keep_days or both",
+                ))
+            }
+        };
+        // From a snapshot, so that the oldest kept versions still decode.
+        let before = codec::chain_start(cut.min(s.version));
+        let details = json!({"before_version": before, "keep_versions": keep.keep_versions, "keep_days": keep.keep_days});
+        let trace = self.trace(id, action::STATE_PRUNED, details, self.now());
+        let pruned = self
+            .store()
+            .prune_versions(&self.tenant, id, before, trace)
+            .await?;
+        Ok(Pruned {
+            session_id: id.to_owned(),
+            pruned,
+            kept_from: self.oldest_version(s).await?,
+            current_version: s.version,
+        })
+    }
+
+    /// The first version written at or after `since` (the current one if none was): versions
+    /// are written in time order.
+    async fn first_version_since(&self, session: &Session, since: Timestamp) -> Result<u64> {
+        let (mut lo, mut hi) = (self.oldest_version(session).await?, session.version);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let found = self
+                .store()
+                .versions(&self.tenant, &session.id, mid..mid + 1);
+            match found.await?.pop() {
+                Some(v) if v.created_at >= since => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok(lo)
     }
 
     /// The versions in `range`, decoded from the snapshot at or before its start.

@@ -545,6 +545,17 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
         range: Range<u64>,
     ) -> Result<Vec<VersionRecord>>;
 
+    /// Deletes the session's versions numbered below `before` (core never asks for the
+    /// current one to go), and if any went writes `trace`; answers how many went. The
+    /// session record is unchanged. `NotFound` if there is no such session.
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: Trace,
+    ) -> Result<u64>;
+
     /// Deletes the session and everything it owns (its versions, turns, memories with their
     /// revisions, and entities with their versions) and writes the trace.
     /// Returns the session as it was; `NotFound` if there is no such session.
@@ -916,6 +927,7 @@ macro_rules! store_methods {
                 fn update_session(&self, tenant: &str, update: SessionUpdate) -> Result<SessionRecord>;
                 fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
+                fn prune_versions(&self, tenant: &str, session_id: &str, before: u64, trace: Trace) -> Result<u64>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
                 fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure>;
                 fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;

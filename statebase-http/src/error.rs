@@ -143,7 +143,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::NotFound { .. } | Error::Pruned { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. }
             | Error::DuplicateContent { .. }
             | Error::DuplicateEntity { .. }
@@ -174,6 +174,7 @@ impl From<Error> for ApiError {
             Error::UserMismatch => Some("user_id".to_owned()),
             Error::DuplicateEntity { .. } => Some("entity_id".to_owned()),
             Error::NotFound { kind, .. } => Some(format!("{kind}_id").replace(' ', "_")),
+            Error::Pruned { .. } => Some("version".to_owned()),
             _ => None,
         };
         Self {

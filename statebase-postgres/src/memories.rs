@@ -1,7 +1,7 @@
 //! Memories with their revisions and vectors (a pgvector column).
 
-use crate::sessions::erased;
 use crate::query::{self, get_uint, int, Filtered, Res};
+use crate::sessions::erased;
 use crate::sessions::touch_session;
 use crate::traces::insert_trace;
 use crate::{PostgresError, PostgresStore};

@@ -243,7 +243,13 @@ impl ServerRecords for PostgresStore {
                  (SELECT 1 FROM erased WHERE tenant = $2 AND id = ANY ($3))
              ON CONFLICT (key) DO UPDATE SET tenant = excluded.tenant,
                  subjects = excluded.subjects, at = excluded.at, body = excluded.body",
-            &[&kept.key, &kept.tenant, &kept.subjects, &kept.at, &kept.body],
+            &[
+                &kept.key,
+                &kept.tenant,
+                &kept.subjects,
+                &kept.at,
+                &kept.body,
+            ],
         )
         .await?;
         Ok(())

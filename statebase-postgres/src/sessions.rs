@@ -506,6 +506,31 @@ impl SessionLog for PostgresStore {
         Ok(read_session(&gone)?)
     }
 
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: Trace,
+    ) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        if session(&tx, tenant, session_id).await?.is_none() {
+            return Err(Error::not_found(ResourceKind::Session, session_id));
+        }
+        let gone = query::execute(
+            &tx,
+            "DELETE FROM versions WHERE tenant = $1 AND session_id = $2 AND version < $3",
+            &[&tenant, &session_id, &clamp(before)],
+        )
+        .await?;
+        if gone > 0 {
+            insert_trace(&tx, tenant, &trace).await?;
+        }
+        query::commit(tx).await?;
+        Ok(gone)
+    }
+
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
         let mut conn = self.conn().await?;
         let tx = query::begin(&mut conn).await?;

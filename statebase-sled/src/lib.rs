@@ -33,7 +33,8 @@ use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn,
+    WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -217,6 +218,20 @@ impl SessionLog for SledStore {
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord> {
         self.durable(self.trees.delete_session(tenant, id, &trace))
             .await
+    }
+
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: Trace,
+    ) -> Result<u64> {
+        self.durable(
+            self.trees
+                .prune_versions(tenant, session_id, before, &trace),
+        )
+        .await
     }
 
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {

@@ -446,6 +446,33 @@ impl Trees {
         }
     }
 
+    pub fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: &Trace,
+    ) -> Result<u64> {
+        let from = Key::new(b'V').str(tenant).str(session_id).done();
+        let to = version_key(tenant, session_id, before);
+        let keys: Vec<IVec> = self
+            .log
+            .range(from..to)
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(storage)?;
+        self.transact(|r, l, i| {
+            tx_session(r, tenant, session_id)?;
+            for k in &keys {
+                l.remove(k)?;
+            }
+            if !keys.is_empty() {
+                put_trace(r, i, tenant, trace)?;
+            }
+            Ok(keys.len() as u64)
+        })
+    }
+
     /// Adds the keys of the session and everything it owns to `gone`, with the record that
     /// must be unchanged when they go, and answers it; `None` if there is no such session.
     /// Every write that adds keys under a session bumps its record, so an unchanged record
@@ -607,7 +634,9 @@ impl Trees {
         ];
         for action in memory_actions {
             let prefix = Key::new(b'c').str(tenant).str(action).done();
-            walk(prefix, &|t| t.session_id.is_none() && ids.contains(&t.resource_id))?;
+            walk(prefix, &|t| {
+                t.session_id.is_none() && ids.contains(&t.resource_id)
+            })?;
         }
         Ok(found.into_values().collect())
     }
@@ -1446,7 +1475,11 @@ impl Trees {
 
     /// The `G` record of a kept response; empty for one kept before there were any.
     fn response_subjects(&self, key: &str) -> Result<ResponseSubjects> {
-        match self.records.get(response_subjects_key(key)).map_err(storage)? {
+        match self
+            .records
+            .get(response_subjects_key(key))
+            .map_err(storage)?
+        {
             Some(v) => from_json(&v),
             None => Ok(ResponseSubjects::default()),
         }
@@ -1509,7 +1542,8 @@ impl Trees {
         for entry in self.records.scan_prefix([b'J']) {
             let (key, value) = entry.map_err(storage)?;
             if time_from(&value).is_some_and(|at| at < before) {
-                let id = String::from_utf8(key[1..].to_vec()).map_err(|_| corrupt("response key"))?;
+                let id =
+                    String::from_utf8(key[1..].to_vec()).map_err(|_| corrupt("response key"))?;
                 for k in response_keys(&id, &self.response_subjects(&id)?) {
                     batch.remove(k);
                 }

@@ -47,7 +47,8 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn,
+    WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -333,6 +334,18 @@ impl SessionLog for SqliteStore {
         let write = move |c: &Connection| sql::delete_session(c, &t, &i, &trace);
         let result = self.write(write, move |_| change).await;
         Ok(self.unless_refused(tenant, id, result)?)
+    }
+
+    async fn prune_versions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: u64,
+        trace: Trace,
+    ) -> Result<u64> {
+        let (t, i) = (tenant.to_owned(), session_id.to_owned());
+        let write = move |c: &Connection| sql::prune_versions(c, &t, &i, before, &trace);
+        Ok(self.write(write, no_change).await?)
     }
 
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {

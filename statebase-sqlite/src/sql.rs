@@ -6,8 +6,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, Object, ResourceKind, Session,
-    Timestamp, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, Object, ResourceKind,
+    Session, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 
@@ -368,6 +368,29 @@ pub fn delete_session(
     Ok(record)
 }
 
+pub fn prune_versions(
+    conn: &Connection,
+    tenant: &str,
+    session_id: &str,
+    before: u64,
+    trace: &Trace,
+) -> Res<u64> {
+    existing_session(conn, tenant, session_id)?;
+    let gone = conn
+        .prepare_cached(
+            "DELETE FROM versions WHERE tenant = ?1 AND session_id = ?2 AND version < ?3",
+        )?
+        .execute(params![
+            tenant,
+            session_id,
+            int(before.min(i64::MAX as u64))?
+        ])?;
+    if gone > 0 {
+        insert_trace(conn, tenant, trace)?;
+    }
+    Ok(gone as u64)
+}
+
 /// Erases the user's records (see [`SessionLog::erase_user`]); answers the counts and the
 /// ids of the erased sessions.
 pub fn erase_user(
@@ -384,7 +407,8 @@ pub fn erase_user(
         of_user,
         |r| Ok(r.get(0)?),
     )?;
-    let counted = |sql: &str| first(conn, sql, of_user, |r| uint(r.get(0)?)).map(Option::unwrap_or_default);
+    let counted =
+        |sql: &str| first(conn, sql, of_user, |r| uint(r.get(0)?)).map(Option::unwrap_or_default);
     let mut erasure = Erasure {
         sessions: sessions.len() as u64,
         versions: counted(

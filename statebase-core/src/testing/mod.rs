@@ -246,6 +246,7 @@ macro_rules! conformance_suite {
             erasing_a_user_takes_everything_of_theirs,
             an_erased_user_stays_erased,
             an_import_refuses_a_taken_memory_or_entity_id,
+            retention_prunes_old_versions_and_keeps_the_rest_exact,
         );
         #[test]
         fn model_property() {
