@@ -339,7 +339,7 @@ pub struct Retention {
     /// Keep at least this many of the latest versions (at least 1).
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub keep_versions: Option<u64>,
-    /// Keep the versions written in the last this many days (at least 1).
+    /// Keep the versions written in the last this many days (1 to 36,500).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]
     pub keep_days: Option<u32>,
 }

@@ -27,6 +27,9 @@ pub const DEFAULT_TTL_SECONDS: i64 = 86_400;
 /// The longest session lifetime: 30 days.
 pub const MAX_TTL_SECONDS: i64 = 2_592_000;
 
+/// The longest age retention keeps versions by: 100 years.
+pub const MAX_KEEP_DAYS: u32 = 36_500;
+
 /// Size limits, enforced on every write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -775,7 +778,10 @@ impl<S: Store> StateBase<S> {
             None => None,
         };
         let by_age = match keep.keep_days {
-            Some(0) => return Err(Error::invalid("keep_days", "must be at least 1")),
+            Some(days) if !(1..=MAX_KEEP_DAYS).contains(&days) => {
+                let why = format!("must be from 1 to {MAX_KEEP_DAYS}");
+                return Err(Error::invalid("keep_days", why));
+            }
             Some(days) => {
                 let since = self.now() - Duration::days(i64::from(days));
                 Some(self.first_version_since(s, since).await?)

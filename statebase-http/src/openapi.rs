@@ -144,6 +144,9 @@ fn constrain(doc: &mut Value) {
         field["description"] = description;
     }
     schemas["StateBody"]["anyOf"] = json!([object("state"), object("updates")]);
+    let number =
+        |name: &str| json!({"required": [name], "properties": {name: {"type": "integer"}}});
+    schemas["Retention"]["anyOf"] = json!([number("keep_versions"), number("keep_days")]);
     let webhook = &mut schemas["WebhookBody"]["properties"];
     webhook["url"]["format"] = json!("uri");
     webhook["url"]["pattern"] = json!(concat!(

@@ -1277,6 +1277,84 @@ async fn erasing_a_user_over_http() {
 }
 
 #[tokio::test]
+async fn pruning_versions_over_http() {
+    let srv = start(1000, 1000).await;
+    let (_, s) = srv
+        .a(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent_id": "bot"})),
+        )
+        .await;
+    let id = s["id"].as_str().unwrap();
+    for n in 1..=40 {
+        let body = json!({"state": {"n": n, "notes": "x".repeat(600)}});
+        let (status, _) = srv
+            .a(
+                Method::PATCH,
+                &format!("/v1/sessions/{id}/state"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let prune = format!("/v1/sessions/{id}/prune");
+    let (status, pruned) = srv
+        .a(Method::POST, &prune, Some(json!({"keep_versions": 5})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{pruned}");
+    assert_eq!(
+        pruned,
+        json!({"session_id": id, "pruned": 32, "kept_from": 32, "current_version": 40})
+    );
+    let (_, history) = srv
+        .a(
+            Method::GET,
+            &format!("/v1/sessions/{id}/history?from_version=0&limit=100"),
+            None,
+        )
+        .await;
+    let versions = history["data"].as_array().unwrap();
+    assert_eq!(versions.len(), 9);
+    assert_eq!(versions[0]["version"], 32);
+    assert_eq!(versions[8]["state"]["n"], 40);
+    let rollback = format!("/v1/sessions/{id}/rollback");
+    let (status, gone) = srv
+        .a(Method::POST, &rollback, Some(json!({"version": 3})))
+        .await;
+    assert_eq!(
+        (status, code(&gone)),
+        (StatusCode::NOT_FOUND, "version_not_found")
+    );
+    assert!(gone["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pruned by retention"));
+    let (status, back) = srv
+        .a(Method::POST, &rollback, Some(json!({"version": 33})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    for bad in [
+        json!({}),
+        json!({"keep_versions": 0}),
+        json!({"keep_days": 40000}),
+    ] {
+        let (status, err) = srv.a(Method::POST, &prune, Some(bad.clone())).await;
+        assert!(status.is_client_error(), "{bad}: {status}");
+        assert_ne!(code(&err), "<no error code>");
+    }
+    let (status, _, _) = srv
+        .call(
+            Some(KEY_B),
+            Method::POST,
+            &prune,
+            Some(json!({"keep_versions": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant pruned it");
+}
+
+#[tokio::test]
 async fn if_match_and_idempotency_keys() {
     let srv = start(1000, 1000).await;
     let (_, s) = srv

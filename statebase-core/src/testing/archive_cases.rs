@@ -1069,6 +1069,14 @@ pub async fn retention_prunes_old_versions_and_keeps_the_rest_exact<F: StoreFact
         code(sb.prune_versions(&s.id, keep(0)).await),
         "invalid_request"
     );
+    let forever = Retention {
+        keep_versions: None,
+        keep_days: Some(u32::MAX),
+    };
+    assert_eq!(
+        code(sb.prune_versions(&s.id, forever).await),
+        "invalid_request"
+    );
     let neither = Retention::default();
     assert_eq!(
         code(sb.prune_versions(&s.id, neither).await),
