@@ -78,6 +78,8 @@ struct Sizes {
     search_scale: Vec<usize>,
     /// Small edits for the storage case.
     edits: usize,
+    /// Small edits of the session that retention prunes to its last 100 versions.
+    retention_edits: usize,
 }
 
 /// `x` with two significant digits (0.0042, 0.42, 4.2), so small ratios are not all 0.00.
@@ -676,6 +678,51 @@ async fn bench_storage<S: Store>(
     });
 }
 
+/// The bytes a backend stores for one session's versions after `edits` one-key edits of
+/// a 1 KiB state, after pruning it to its last 100 versions, next to those before.
+async fn bench_retention<S: Store>(
+    backend: &'static str,
+    sb: StateBase<S>,
+    edits: usize,
+    out: &mut Vec<Figure>,
+) {
+    let state: serde_json::Map<String, serde_json::Value> = (0..10)
+        .map(|i| (format!("key_{i:03}"), json!("x".repeat(90))))
+        .collect();
+    let s = sb
+        .create_session(CreateSession {
+            initial_state: Some(state.into()),
+            ..CreateSession::new("bench")
+        })
+        .await
+        .unwrap();
+    for i in 0..edits {
+        sb.merge_state(&s.id, StateWrite::new(json!({ "key_000": i })))
+            .await
+            .unwrap();
+    }
+    let stored = || async {
+        let versions = sb.store().versions(sb.tenant_id(), &s.id, 0..u64::MAX);
+        let versions = versions.await.unwrap();
+        versions.iter().map(|v| v.body.len()).sum::<usize>() as f64
+    };
+    let before = stored().await;
+    let keep = statebase_core::Retention {
+        keep_versions: Some(100),
+        keep_days: None,
+    };
+    sb.prune_versions(&s.id, keep).await.unwrap();
+    out.push(Figure {
+        backend,
+        case: format!("stored version bytes, {edits} one-key edits pruned to the last 100"),
+        unit: "bytes",
+        value: stored().await,
+        p50_us: None,
+        p99_us: None,
+        baseline: Some(("before pruning".into(), before)),
+    });
+}
+
 /// The size of a SQLite file with its write-ahead log checkpointed into it.
 fn sqlite_bytes(file: &Path) -> u64 {
     let conn = rusqlite::Connection::open(file).unwrap();
@@ -887,6 +934,7 @@ async fn main() {
             turns: 1_000,
             search_scale: vec![1_000, 10_000],
             edits: 200,
+            retention_edits: 1_000,
         }
     } else {
         Sizes {
@@ -903,6 +951,7 @@ async fn main() {
                 vec![1_000, 10_000]
             },
             edits: 1_000,
+            retention_edits: 10_000,
         }
     };
     let dir = tempfile::tempdir().unwrap();
@@ -928,6 +977,13 @@ async fn main() {
         let open = || StateBase::new(statebase_sled::SledStore::open(&at).unwrap());
         let size = || disk_bytes(&at);
         bench_storage("sled", open, size, sizes.edits, &mut figures).await;
+        let edits = sizes.retention_edits;
+        let memory = StateBase::new(MemoryStore::new());
+        bench_retention("memory", memory, edits, &mut figures).await;
+        let sqlite = statebase_sqlite::SqliteStore::open(dir.path().join("retention.db")).unwrap();
+        bench_retention("sqlite", StateBase::new(sqlite), edits, &mut figures).await;
+        let sled = statebase_sled::SledStore::open(dir.path().join("retention.sled")).unwrap();
+        bench_retention("sled", StateBase::new(sled), edits, &mut figures).await;
     }
     if runs("sqlite") {
         let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
@@ -955,7 +1011,9 @@ async fn main() {
                     statebase_postgres::PostgresStore::connect(&pg.database().await, options)
                         .await
                         .unwrap();
-                bench_backend("postgres", StateBase::new(store), &sizes, raw, &mut figures).await;
+                let sb = StateBase::new(store);
+                bench_retention("postgres", sb.clone(), sizes.retention_edits, &mut figures).await;
+                bench_backend("postgres", sb, &sizes, raw, &mut figures).await;
                 // The HTTP cases on one server, then on three sharing a database (in this
                 // process, each with its own pool), the requests taken by each in turn.
                 for (backend, servers) in [("http-pg", 1), ("http-pg×3", 3)] {
