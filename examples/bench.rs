@@ -636,6 +636,26 @@ async fn bench_search_scale(sizes: &Sizes, out: &mut Vec<Figure>) {
     }
 }
 
+/// A new session whose state has `keys` keys of 90 characters each; with the size of that
+/// state's JSON.
+async fn session_of_keys<S: Store>(
+    sb: &StateBase<S>,
+    keys: usize,
+) -> (statebase_core::Session, usize) {
+    let state: serde_json::Map<String, serde_json::Value> = (0..keys)
+        .map(|i| (format!("key_{i:03}"), json!("x".repeat(90))))
+        .collect();
+    let size = serde_json::to_vec(&state).unwrap().len();
+    let s = sb
+        .create_session(CreateSession {
+            initial_state: Some(state.into()),
+            ..CreateSession::new("bench")
+        })
+        .await
+        .unwrap();
+    (s, size)
+}
+
 /// Bytes on disk per version after `edits` one-key edits of a 10 KiB state, next to the
 /// size of one full snapshot of that state.
 async fn bench_storage<S: Store>(
@@ -646,17 +666,7 @@ async fn bench_storage<S: Store>(
     out: &mut Vec<Figure>,
 ) {
     let sb = open();
-    let state: serde_json::Map<String, serde_json::Value> = (0..100)
-        .map(|i| (format!("key_{i:03}"), json!("x".repeat(90))))
-        .collect();
-    let snapshot = serde_json::to_vec(&state).unwrap().len();
-    let s = sb
-        .create_session(CreateSession {
-            initial_state: Some(state.into()),
-            ..CreateSession::new("bench")
-        })
-        .await
-        .unwrap();
+    let (s, snapshot) = session_of_keys(&sb, 100).await;
     drop(sb);
     let before = size();
     let sb = open();
@@ -686,16 +696,7 @@ async fn bench_retention<S: Store>(
     edits: usize,
     out: &mut Vec<Figure>,
 ) {
-    let state: serde_json::Map<String, serde_json::Value> = (0..10)
-        .map(|i| (format!("key_{i:03}"), json!("x".repeat(90))))
-        .collect();
-    let s = sb
-        .create_session(CreateSession {
-            initial_state: Some(state.into()),
-            ..CreateSession::new("bench")
-        })
-        .await
-        .unwrap();
+    let (s, _) = session_of_keys(&sb, 10).await;
     for i in 0..edits {
         sb.merge_state(&s.id, StateWrite::new(json!({ "key_000": i })))
             .await
