@@ -750,16 +750,27 @@ impl<S: Store> StateBase<S> {
 
     /// The session's oldest stored version: retention keeps a suffix of them.
     async fn oldest_version(&self, session: &Session) -> Result<u64> {
-        let (mut lo, mut hi) = (0, session.version);
+        self.first_version(session, 0, |_| true).await
+    }
+
+    /// The first of the session's versions from `from` that is stored and `wanted`, the
+    /// current one if none is before it: `wanted` must hold of a suffix of the stored
+    /// versions. A binary search, one version read a step.
+    async fn first_version(
+        &self,
+        session: &Session,
+        from: u64,
+        wanted: impl Fn(&VersionRecord) -> bool,
+    ) -> Result<u64> {
+        let (mut lo, mut hi) = (from, session.version);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let found = self
                 .store()
                 .versions(&self.tenant, &session.id, mid..mid + 1);
-            if found.await?.is_empty() {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            match found.await?.pop() {
+                Some(v) if wanted(&v) => hi = mid,
+                _ => lo = mid + 1,
             }
         }
         Ok(lo)
@@ -772,6 +783,7 @@ impl<S: Store> StateBase<S> {
     pub async fn prune_versions(&self, id: &str, keep: Retention) -> Result<Pruned> {
         let rec = self.live_session(id).await?;
         let s = &rec.session;
+        let oldest = self.oldest_version(s).await?;
         let by_count = match keep.keep_versions {
             Some(0) => return Err(Error::invalid("keep_versions", "must be at least 1")),
             Some(n) => Some((s.version + 1).saturating_sub(n)),
@@ -783,8 +795,10 @@ impl<S: Store> StateBase<S> {
                 return Err(Error::invalid("keep_days", why));
             }
             Some(days) => {
+                // Versions are written in time order.
                 let since = self.now() - Duration::days(i64::from(days));
-                Some(self.first_version_since(s, since).await?)
+                let young = |v: &VersionRecord| v.created_at >= since;
+                Some(self.first_version(s, oldest, young).await?)
             }
             None => None,
         };
@@ -800,7 +814,11 @@ impl<S: Store> StateBase<S> {
         };
         // From a snapshot, so that the oldest kept versions still decode.
         let before = codec::chain_start(cut.min(s.version));
-        let details = json!({"before_version": before, "keep_versions": keep.keep_versions, "keep_days": keep.keep_days});
+        let details = json!({
+            "before_version": before,
+            "keep_versions": keep.keep_versions,
+            "keep_days": keep.keep_days,
+        });
         let trace = self.trace(id, action::STATE_PRUNED, details, self.now());
         let pruned = self
             .store()
@@ -809,26 +827,10 @@ impl<S: Store> StateBase<S> {
         Ok(Pruned {
             session_id: id.to_owned(),
             pruned,
-            kept_from: self.oldest_version(s).await?,
+            // Below `before` is gone now, and below `oldest` was already.
+            kept_from: before.max(oldest),
             current_version: s.version,
         })
-    }
-
-    /// The first version written at or after `since` (the current one if none was): versions
-    /// are written in time order.
-    async fn first_version_since(&self, session: &Session, since: Timestamp) -> Result<u64> {
-        let (mut lo, mut hi) = (self.oldest_version(session).await?, session.version);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let found = self
-                .store()
-                .versions(&self.tenant, &session.id, mid..mid + 1);
-            match found.await?.pop() {
-                Some(v) if v.created_at >= since => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
-        Ok(lo)
     }
 
     /// The versions in `range`, decoded from the snapshot at or before its start.

@@ -555,8 +555,24 @@ impl Trees {
     }
 
     /// Erases the user's records (see [`SessionLog::erase_user`]) in one transaction, after
-    /// gathering their keys; answers the counts and the erased sessions' ids.
+    /// gathering their keys; answers the counts. A transaction that finds a gathered record
+    /// changed gathers again, and a busy writer could make that last forever: so the
+    /// sessions are tombstoned first, in a transaction of their own, which stops every
+    /// write to them (see `tx_session`). Killed between the two, the sessions stay
+    /// readable but not writable until an erasure runs again.
     pub fn erase_user(&self, tenant: &str, user_id: &str, trace: &Trace) -> Result<Erasure> {
+        let sessions = Key::new(b'u').str(tenant).str(user_id).done();
+        let mut ids = Vec::new();
+        for item in self.index.scan_prefix(&sessions) {
+            let (key, _) = item.map_err(storage)?;
+            ids.push(index_id(&key, sessions.len()).ok_or_else(|| corrupt("index id"))?);
+        }
+        self.transact(|r, _, _| {
+            for id in &ids {
+                r.insert(erased_key(tenant, id), user_id.as_bytes())?;
+            }
+            Ok(())
+        })?;
         loop {
             let mut gone = Removal::default();
             let mut erased = std::collections::BTreeSet::new();
@@ -1765,11 +1781,13 @@ fn abort_now(e: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(e)
 }
 
-/// The session inside a transaction, or an abort with `NotFound`.
+/// The session inside a transaction, or an abort with `NotFound`; also for a session
+/// being erased (tombstoned, not yet removed: see [`Trees::erase_user`]), so that writes
+/// to it stop.
 fn tx_session(r: &TransactionalTree, tenant: &str, id: &str) -> TxResult<SessionRecord> {
     match r.get(session_key(tenant, id))? {
-        Some(v) => decode_session(&v).map_err(abort_now),
-        None => abort(Error::not_found(ResourceKind::Session, id)),
+        Some(v) if !is_erased(r, tenant, id)? => decode_session(&v).map_err(abort_now),
+        _ => abort(Error::not_found(ResourceKind::Session, id)),
     }
 }
 

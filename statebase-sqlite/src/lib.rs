@@ -350,8 +350,7 @@ impl SessionLog for SqliteStore {
 
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
         let (t, u) = (tenant.to_owned(), user_id.to_owned());
-        let now = trace.timestamp;
-        let write = move |c: &Connection| sql::erase_user(c, &t, &u, trace, now);
+        let write = move |c: &Connection| sql::erase_user(c, &t, &u, trace);
         let tenant = tenant.to_owned();
         let gone = move |(_, sessions): &(Erasure, Vec<String>)| {
             let changed = |id: &String| Change::Changed {

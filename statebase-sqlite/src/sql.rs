@@ -398,7 +398,6 @@ pub fn erase_user(
     tenant: &str,
     user_id: &str,
     trace: Trace,
-    now: Timestamp,
 ) -> Res<(Erasure, Vec<String>)> {
     let of_user = params![tenant, user_id];
     let sessions: Vec<String> = collect(
@@ -407,26 +406,22 @@ pub fn erase_user(
         of_user,
         |r| Ok(r.get(0)?),
     )?;
-    let counted =
-        |sql: &str| first(conn, sql, of_user, |r| uint(r.get(0)?)).map(Option::unwrap_or_default);
+    let owned = |table: &str| {
+        let sql = format!(
+            "SELECT count(*) FROM {table} WHERE tenant = ?1 AND session_id IN \
+             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)"
+        );
+        first(conn, &sql, of_user, |r| uint(r.get(0)?)).map(Option::unwrap_or_default)
+    };
     let mut erasure = Erasure {
         sessions: sessions.len() as u64,
-        versions: counted(
-            "SELECT count(*) FROM versions WHERE tenant = ?1 AND session_id IN \
-             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
-        )?,
-        turns: counted(
-            "SELECT count(*) FROM turns WHERE tenant = ?1 AND session_id IN \
-             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
-        )?,
-        entities: counted(
-            "SELECT count(*) FROM entities WHERE tenant = ?1 AND session_id IN \
-             (SELECT id FROM sessions WHERE tenant = ?1 AND user_id = ?2)",
-        )?,
+        versions: owned("versions")?,
+        turns: owned("turns")?,
+        entities: owned("entities")?,
         ..Erasure::default()
     };
     // The tombstones first: the deletes below find what went through them.
-    let at = micros(now);
+    let at = micros(trace.timestamp);
     conn.prepare_cached(
         "INSERT OR IGNORE INTO erased (tenant, id, user_id, erased_at) \
          SELECT tenant, id, ?2, ?3 FROM sessions WHERE tenant = ?1 AND user_id = ?2",

@@ -1087,3 +1087,80 @@ pub async fn retention_prunes_old_versions_and_keeps_the_rest_exact<F: StoreFact
         "session_not_found"
     );
 }
+
+/// An erasure while a writer adds turns, state versions and memories to the user's session
+/// is atomic: each write commits before it (and is erased) or after it (and finds no
+/// session); nothing of the session is left, nor a trace of it.
+pub async fn an_erasure_beside_writes_leaves_nothing<F: StoreFactory>(factory: F) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let env = Env::new(factory).await;
+    let sb = env.sb().clone();
+    let u1 = user_records(&sb, "u1").await;
+    let id = u1.sessions[0].id.clone();
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (sb, id, written) = (sb.clone(), id.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut turns = Vec::new();
+            for n in 0.. {
+                let turn = sb.add_turn(&id, AddTurn::text(&format!("t{n}"), "ok"));
+                let result = match n % 3 {
+                    0 => turn.await.map(|t| turns.push(t.id)),
+                    1 => sb
+                        .merge_state(&id, StateWrite::new(json!({"n": n})))
+                        .await
+                        .map(drop),
+                    _ => {
+                        let memory = AddMemory::new(&id, &format!("fact number {n}"));
+                        sb.add_memory(memory).await.map(drop)
+                    }
+                };
+                match result {
+                    Ok(()) => written.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        assert_eq!(e.code(), "session_not_found", "{e}");
+                        return turns;
+                    }
+                };
+            }
+            unreachable!()
+        })
+    };
+    while written.load(Ordering::Relaxed) < 20 {
+        tokio::task::yield_now().await;
+    }
+    let erasure = sb.erase_user("u1").await.unwrap();
+    let turns = writer.await.unwrap();
+    assert!(erasure.turns >= 1 + turns.len() as u64 / 2, "{erasure:?}");
+    let store = sb.store();
+    assert_eq!(store.session("default", &id).await.unwrap(), None);
+    assert!(store
+        .versions("default", &id, 0..u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    for turn in &turns {
+        assert!(
+            store.turn("default", turn).await.unwrap().is_none(),
+            "{turn} is left"
+        );
+    }
+    let memories = sb
+        .list_memories(ListMemories {
+            user_id: Some("u1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(memories.data.is_empty(), "{:?}", memories.data);
+    let traces = sb
+        .list_traces(ListTraces {
+            session_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(traces.data.is_empty(), "{:?}", traces.data);
+    let stats = sb.stats().await.unwrap();
+    assert_eq!((stats.sessions, stats.memories, stats.entities), (0, 0, 0));
+}

@@ -247,6 +247,7 @@ macro_rules! conformance_suite {
             an_erased_user_stays_erased,
             an_import_refuses_a_taken_memory_or_entity_id,
             retention_prunes_old_versions_and_keeps_the_rest_exact,
+            an_erasure_beside_writes_leaves_nothing,
         );
         #[test]
         fn model_property() {
