@@ -710,9 +710,9 @@ async fn bench_retention<S: Store>(
     let before = stored().await;
     let keep = statebase_core::Retention {
         keep_versions: Some(100),
-        keep_days: None,
+        ..Default::default()
     };
-    sb.prune_versions(&s.id, keep).await.unwrap();
+    sb.prune_session(&s.id, keep).await.unwrap();
     out.push(Figure {
         backend,
         case: format!("stored version bytes, {edits} one-key edits pruned to the last 100"),

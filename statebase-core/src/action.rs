@@ -16,6 +16,12 @@ pub const STATE_UPDATED: &str = "state.updated";
 pub const STATE_ROLLED_BACK: &str = "state.rolled_back";
 /// A session's oldest state versions were removed by retention.
 pub const STATE_PRUNED: &str = "state.pruned";
+/// A session's oldest turns were removed by retention.
+pub const TURNS_PRUNED: &str = "turns.pruned";
+/// A tenant's oldest traces were removed by retention.
+pub const TRACES_PRUNED: &str = "traces.pruned";
+/// A retention policy of a tenant or a session was set or removed.
+pub const RETENTION_UPDATED: &str = "retention.updated";
 
 /// A turn was logged.
 pub const TURN_ADDED: &str = "turn.added";

@@ -282,7 +282,7 @@ where
             progress(counts);
         }
         match page.last() {
-            Some(last) if page.len() == PAGE => query.after = Some(cursor(&last.session)),
+            Some(last) if page.len() == PAGE => query.after = Some(Cursor::from(&last.session)),
             _ => break,
         }
     }
@@ -317,13 +317,6 @@ where
         }
     }
     Ok(())
-}
-
-fn cursor(s: &Session) -> Cursor {
-    Cursor {
-        at: s.created_at,
-        id: s.id.clone(),
-    }
 }
 
 async fn export_session<S, W>(

@@ -5,7 +5,8 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 
 use crate::model::{
-    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Trace, Turn, WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Retention, RetentionPolicy, Trace,
+    Turn, WebhookEndpoint,
 };
 use crate::store::*;
 use async_trait::async_trait;
@@ -61,13 +62,15 @@ struct Inner {
     idempotent: HashMap<String, IdempotentResponse>,
     /// (tenant, id) of every erased session and memory: tombstones.
     erased: HashSet<Key>,
+    /// (tenant, session id or "" for the tenant's own) -> retention policy
+    retention: BTreeMap<Key, Retention>,
 }
 
 #[derive(Debug)]
 struct StoredSession {
     record: SessionRecord,
     versions: Vec<VersionRecord>,
-    /// Turn number n is at index n - 1.
+    /// By turn number, from the oldest kept one.
     turns: Vec<Turn>,
 }
 
@@ -157,6 +160,7 @@ impl Inner {
         let s = &stored.record.session;
         self.session_order
             .remove(&(tenant.to_owned(), s.created_at, s.id.clone()));
+        self.retention.remove(&key(tenant, id));
         for turn in &stored.turns {
             self.turn_sessions.remove(&key(tenant, &turn.id));
         }
@@ -224,6 +228,14 @@ impl Inner {
         self.entity_names
             .insert(entity_name(tenant, e), e.id.clone());
         self.entities.insert(key(tenant, &stored.entity.id), stored);
+    }
+
+    /// Removes the trace; its feed position stays, empty.
+    fn remove_trace(&mut self, k: &Key) {
+        if let Some(trace) = self.traces.remove(k) {
+            self.trace_order
+                .remove(&(k.0.clone(), trace.timestamp, trace.id));
+        }
     }
 
     fn insert_trace(&mut self, tenant: &str, trace: Trace) {
@@ -380,6 +392,75 @@ impl SessionLog for MemoryStore {
         Ok(count as u64)
     }
 
+    async fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: Trace,
+    ) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let stored = inner.session_mut(tenant, session_id)?;
+        // Turns are logged in time order.
+        let count = stored.turns.partition_point(|t| t.created_at < before);
+        let gone: Vec<Turn> = stored.turns.drain(..count).collect();
+        for turn in &gone {
+            inner.turn_sessions.remove(&key(tenant, &turn.id));
+        }
+        if count > 0 {
+            inner.insert_trace(tenant, trace);
+        }
+        Ok(count as u64)
+    }
+
+    async fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<Retention>,
+        trace: Trace,
+    ) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if let Some(id) = session_id {
+            inner.session_mut(tenant, id)?;
+        }
+        let k = key(tenant, session_id.unwrap_or(""));
+        match policy {
+            Some(p) => inner.retention.insert(k, p),
+            None => inner.retention.remove(&k),
+        };
+        inner.insert_trace(tenant, trace);
+        Ok(())
+    }
+
+    async fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>> {
+        let k = key(tenant, session_id.unwrap_or(""));
+        Ok(self.inner.lock().retention.get(&k).copied())
+    }
+
+    async fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>> {
+        use std::ops::Bound;
+        let inner = self.inner.lock();
+        let from = match after {
+            Some((t, s)) => Bound::Excluded(key(t, s)),
+            None => Bound::Unbounded,
+        };
+        Ok(inner
+            .retention
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|((tenant, session), retention)| RetentionPolicy {
+                tenant: tenant.clone(),
+                session_id: Some(session.clone()).filter(|s| !s.is_empty()),
+                retention: *retention,
+            })
+            .collect())
+    }
+
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
         let mut inner = self.inner.lock();
         let mut erasure = Erasure::default();
@@ -426,11 +507,8 @@ impl SessionLog for MemoryStore {
             .map(|(k, _)| k.clone())
             .collect();
         erasure.traces = traces.len() as u64;
-        for k in traces {
-            let trace = inner.traces.remove(&k).expect("listed");
-            inner
-                .trace_order
-                .remove(&(k.0.clone(), trace.timestamp, trace.id.clone()));
+        for k in &traces {
+            inner.remove_trace(k);
         }
         let user = format!("user:{user_id}");
         let before = inner.idempotent.len();
@@ -930,6 +1008,24 @@ impl TraceLog for MemoryStore {
         Ok(hours.into_iter().collect())
     }
 
+    async fn prune_traces(&self, tenant: &str, before: Timestamp, trace: Trace) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let lo = (tenant.to_owned(), Timestamp::MIN_UTC, String::new());
+        let hi = (tenant.to_owned(), before, String::new());
+        let old: Vec<Key> = inner
+            .trace_order
+            .range(lo..hi)
+            .map(|(t, _, id)| key(t, id))
+            .collect();
+        for k in &old {
+            inner.remove_trace(k);
+        }
+        if !old.is_empty() {
+            inner.insert_trace(tenant, trace);
+        }
+        Ok(old.len() as u64)
+    }
+
     async fn trace_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEntry>> {
         let inner = self.inner.lock();
         let start = usize::try_from(after).unwrap_or(usize::MAX);
@@ -938,7 +1034,6 @@ impl TraceLog for MemoryStore {
             .iter()
             .enumerate()
             .skip(start)
-            .take(limit)
             .filter_map(|(i, k)| {
                 Some(FeedEntry {
                     position: i as u64 + 1,
@@ -946,6 +1041,7 @@ impl TraceLog for MemoryStore {
                     trace: inner.traces.get(k)?.clone(),
                 })
             })
+            .take(limit)
             .collect())
     }
 

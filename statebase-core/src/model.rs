@@ -329,10 +329,16 @@ pub struct ExpiredSession {
     pub session: Session,
 }
 
-/// Which state versions of a session retention keeps: the last `keep_versions`, and those
-/// younger than `keep_days`; a version either keeps stays. The current version always
-/// stays, and so do the few before the oldest kept one back to the snapshot it decodes
-/// from (at most 15), so that every kept version reads exactly.
+/// What retention keeps, as a policy of a tenant or of one session (see
+/// [`StateBase::set_retention`](crate::StateBase::set_retention)) or for one prune on
+/// demand. Each field left out keeps everything of its kind.
+///
+/// State versions: the last `keep_versions`, and those younger than `keep_days`; a version
+/// either keeps stays. The current version always stays, and so do the few before the
+/// oldest kept one back to the snapshot it decodes from (at most 15), so that every kept
+/// version reads exactly. Turns older than `keep_turn_days` go (the session's
+/// `turn_count` still counts them). Traces older than `keep_trace_days` go: the audit trail
+/// is the tenant's, so only a tenant's policy has that limit.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
@@ -342,20 +348,66 @@ pub struct Retention {
     /// Keep the versions written in the last this many days (1 to 36,500).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]
     pub keep_days: Option<u32>,
+    /// Keep the turns logged in the last this many days (1 to 36,500).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]
+    pub keep_turn_days: Option<u32>,
+    /// Keep the traces written in the last this many days (1 to 36,500); a tenant's policy
+    /// only.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]
+    pub keep_trace_days: Option<u32>,
 }
 
-/// What [`StateBase::prune_versions`](crate::StateBase::prune_versions) did.
+/// A stored retention policy: the tenant's own (no `session_id`), or one session's, which
+/// replaces the tenant's for that session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// The tenant.
+    pub tenant: String,
+    /// The session it is for; `None`: the tenant's.
+    pub session_id: Option<String>,
+    /// What it keeps.
+    pub retention: Retention,
+}
+
+/// What pruning one session did, by
+/// [`StateBase::prune_session`](crate::StateBase::prune_session).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pruned {
     /// The session.
     pub session_id: String,
-    /// How many versions went now.
-    pub pruned: u64,
+    /// How many state versions went now.
+    pub versions_pruned: u64,
+    /// How many turns went now.
+    pub turns_pruned: u64,
     /// The oldest version kept: reading one before it is `version_not_found`.
     pub kept_from: u64,
     /// The current version.
     pub current_version: u64,
+}
+
+/// What one pass of retention over a tenant (or every tenant) removed, by
+/// [`StateBase::apply_retention`](crate::StateBase::apply_retention).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionApplied {
+    /// Sessions a policy applied to.
+    pub sessions: u64,
+    /// State versions removed.
+    pub versions: u64,
+    /// Turns removed.
+    pub turns: u64,
+    /// Traces removed.
+    pub traces: u64,
+}
+
+impl std::ops::AddAssign for RetentionApplied {
+    fn add_assign(&mut self, other: Self) {
+        self.sessions += other.sessions;
+        self.versions += other.versions;
+        self.turns += other.turns;
+        self.traces += other.traces;
+    }
 }
 
 /// What erasing a user removed, by [`StateBase::erase_user`](crate::StateBase::erase_user):

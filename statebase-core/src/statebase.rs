@@ -27,9 +27,6 @@ pub const DEFAULT_TTL_SECONDS: i64 = 86_400;
 /// The longest session lifetime: 30 days.
 pub const MAX_TTL_SECONDS: i64 = 2_592_000;
 
-/// The longest age retention keeps versions by: 100 years.
-pub const MAX_KEEP_DAYS: u32 = 36_500;
-
 /// Size limits, enforced on every write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -561,7 +558,13 @@ impl<S: Store> StateBase<S> {
         self.config().ids.new_id(prefix)
     }
 
-    fn trace(&self, session_id: &str, action: &str, details: Value, now: Timestamp) -> Trace {
+    pub(crate) fn trace(
+        &self,
+        session_id: &str,
+        action: &str,
+        details: Value,
+        now: Timestamp,
+    ) -> Trace {
         self.resource_trace(
             Some(session_id),
             ("session", session_id),
@@ -749,14 +752,14 @@ impl<S: Store> StateBase<S> {
     }
 
     /// The session's oldest stored version: retention keeps a suffix of them.
-    async fn oldest_version(&self, session: &Session) -> Result<u64> {
+    pub(crate) async fn oldest_version(&self, session: &Session) -> Result<u64> {
         self.first_version(session, 0, |_| true).await
     }
 
     /// The first of the session's versions from `from` that is stored and `wanted`, the
     /// current one if none is before it: `wanted` must hold of a suffix of the stored
     /// versions. A binary search, one version read a step.
-    async fn first_version(
+    pub(crate) async fn first_version(
         &self,
         session: &Session,
         from: u64,
@@ -774,63 +777,6 @@ impl<S: Store> StateBase<S> {
             }
         }
         Ok(lo)
-    }
-
-    /// Removes the session's oldest state versions by `keep` (see [`Retention`]), with a
-    /// `state.pruned` trace when any went. Every kept version still reads exactly, rollback
-    /// and fork from one work, and forks made earlier keep their own state; reading a
-    /// pruned version is `version_not_found`, saying so.
-    pub async fn prune_versions(&self, id: &str, keep: Retention) -> Result<Pruned> {
-        let rec = self.live_session(id).await?;
-        let s = &rec.session;
-        let oldest = self.oldest_version(s).await?;
-        let by_count = match keep.keep_versions {
-            Some(0) => return Err(Error::invalid("keep_versions", "must be at least 1")),
-            Some(n) => Some((s.version + 1).saturating_sub(n)),
-            None => None,
-        };
-        let by_age = match keep.keep_days {
-            Some(days) if !(1..=MAX_KEEP_DAYS).contains(&days) => {
-                let why = format!("must be from 1 to {MAX_KEEP_DAYS}");
-                return Err(Error::invalid("keep_days", why));
-            }
-            Some(days) => {
-                // Versions are written in time order.
-                let since = self.now() - Duration::days(i64::from(days));
-                let young = |v: &VersionRecord| v.created_at >= since;
-                Some(self.first_version(s, oldest, young).await?)
-            }
-            None => None,
-        };
-        let cut = match (by_count, by_age) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(c), None) | (None, Some(c)) => c,
-            (None, None) => {
-                return Err(Error::invalid(
-                    "keep_versions",
-                    "give keep_versions, keep_days or both",
-                ))
-            }
-        };
-        // From a snapshot, so that the oldest kept versions still decode.
-        let before = codec::chain_start(cut.min(s.version));
-        let details = json!({
-            "before_version": before,
-            "keep_versions": keep.keep_versions,
-            "keep_days": keep.keep_days,
-        });
-        let trace = self.trace(id, action::STATE_PRUNED, details, self.now());
-        let pruned = self
-            .store()
-            .prune_versions(&self.tenant, id, before, trace)
-            .await?;
-        Ok(Pruned {
-            session_id: id.to_owned(),
-            pruned,
-            // Below `before` is gone now, and below `oldest` was already.
-            kept_from: before.max(oldest),
-            current_version: s.version,
-        })
     }
 
     /// The versions in `range`, decoded from the snapshot at or before its start.

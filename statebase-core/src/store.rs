@@ -10,8 +10,8 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::json::Object;
 use crate::model::{
-    ApiKey, Entity, EntityVersion, Erasure, Memory, MemoryRevision, Session, Trace, Turn,
-    WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, Memory, MemoryRevision, Retention, RetentionPolicy,
+    Session, Trace, Turn, WebhookEndpoint,
 };
 use crate::search::embed::Calibration;
 use async_trait::async_trait;
@@ -389,6 +389,16 @@ pub struct Cursor {
     pub id: String,
 }
 
+impl From<&Session> for Cursor {
+    /// Where a list of sessions resumes after `s`.
+    fn from(s: &Session) -> Self {
+        Cursor {
+            at: s.created_at,
+            id: s.id.clone(),
+        }
+    }
+}
+
 /// Filters of [`SessionLog::list_sessions`]. Order: newest first, by `(created_at, id)` descending.
 #[derive(Debug, Clone, Default)]
 pub struct SessionQuery {
@@ -556,8 +566,43 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
         trace: Trace,
     ) -> Result<u64>;
 
+    /// Deletes the session's turns created before `before`, and if any went writes
+    /// `trace`; answers how many went. The session record (and its `turn_count`) is
+    /// unchanged. `NotFound` if there is no such session.
+    async fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: Trace,
+    ) -> Result<u64>;
+
+    /// Sets (`Some`) or removes (`None`) the retention policy of the tenant (`session_id`
+    /// `None`) or of one of its sessions, and writes `trace`. A session's policy goes with
+    /// the session. `NotFound` if there is no such session.
+    async fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<Retention>,
+        trace: Trace,
+    ) -> Result<()>;
+
+    /// The retention policy of the tenant (`session_id` `None`) or of one of its sessions.
+    async fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>>;
+
+    /// Every tenant's policies in an order the store keeps, each tenant's together and its
+    /// own first; those after `after` (a tenant, and a session id or `""` for the tenant's
+    /// own) in that order, at most `limit`.
+    async fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>>;
+
     /// Deletes the session and everything it owns (its versions, turns, memories with their
-    /// revisions, and entities with their versions) and writes the trace.
+    /// revisions, entities with their versions, and its retention policy) and writes the
+    /// trace.
     /// Returns the session as it was; `NotFound` if there is no such session.
     async fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
 
@@ -739,6 +784,10 @@ pub trait TraceLog: Send + Sync + Debug + 'static {
     /// They stay out of the [feed](TraceLog::trace_feed): they tell of the past, not of
     /// changes to announce.
     async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64>;
+
+    /// Deletes the tenant's traces whose timestamp is before `before` (from the feed too),
+    /// and if any went writes `trace`; answers how many went.
+    async fn prune_traces(&self, tenant: &str, before: Timestamp, trace: Trace) -> Result<u64>;
 
     /// Every tenant with a session, a memory or a trace, in order.
     async fn tenants(&self) -> Result<Vec<String>>;
@@ -928,6 +977,10 @@ macro_rules! store_methods {
                 fn append_version(&self, tenant: &str, append: AppendVersion) -> Result<SessionRecord>;
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
                 fn prune_versions(&self, tenant: &str, session_id: &str, before: u64, trace: Trace) -> Result<u64>;
+                fn prune_turns(&self, tenant: &str, session_id: &str, before: Timestamp, trace: Trace) -> Result<u64>;
+                fn put_retention(&self, tenant: &str, session_id: Option<&str>, policy: Option<Retention>, trace: Trace) -> Result<()>;
+                fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>>;
+                fn retention_policies(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<RetentionPolicy>>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;
                 fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure>;
                 fn count_sessions(&self, tenant: &str, live_at: Timestamp, changed_after: Timestamp) -> Result<SessionCounts>;
@@ -961,6 +1014,7 @@ macro_rules! store_methods {
             }
             TraceLog {
                 fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64>;
+                fn prune_traces(&self, tenant: &str, before: Timestamp, trace: Trace) -> Result<u64>;
                 fn tenants(&self) -> Result<Vec<String>>;
                 fn trace(&self, tenant: &str, id: &str) -> Result<Option<Trace>>;
                 fn list_traces(&self, tenant: &str, query: &TraceQuery) -> Result<Vec<Trace>>;

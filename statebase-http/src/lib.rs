@@ -121,7 +121,8 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
 
 /// Once, at start: re-embeds the memories of every tenant with an API key whose vectors
 /// another embedding model made. Then every `interval`, forever: deletes expired sessions
-/// (each emits `session.expired`) and forgets idempotent responses past their 24 hours.
+/// (each emits `session.expired`), applies every tenant's retention policies, and forgets
+/// idempotent responses past their 24 hours.
 pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {
     let (sb, idempotency) = (state.sb.clone(), state.idempotency.clone());
     tokio::spawn(async move {
@@ -136,6 +137,17 @@ pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::J
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "TTL sweep failed; retrying"),
+            }
+            match sb.sweep_retention().await {
+                Ok(r) if r.versions + r.turns + r.traces > 0 => tracing::info!(
+                    sessions = r.sessions,
+                    versions = r.versions,
+                    turns = r.turns,
+                    traces = r.traces,
+                    "retention pruned"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying"),
             }
             if let Err(e) = idempotency.prune().await {
                 tracing::warn!(error = %e, "pruning idempotent responses failed; retrying");
@@ -170,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::export::router())
         .merge(routes::traces::router())
         .merge(routes::users::router())
+        .merge(routes::retention::router())
         .merge(routes::dashboard::router())
         .merge(routes::webhooks::router());
     // Idempotency wraps the routes themselves: a wrong method or an unknown route is not a

@@ -100,7 +100,8 @@ enum Command {
         /// sends are no longer looked up (429), but for keys seen to work.
         #[arg(long, default_value_t = statebase_http::AUTH_FAILURES.per_minute)]
         auth_failures_per_minute: u32,
-        /// Seconds between two sweeps of expired sessions (and old idempotent responses).
+        /// Seconds between two sweeps: of expired sessions, by retention policies, and of old
+        /// idempotent responses.
         #[arg(long, default_value_t = 60)]
         sweep_interval: u64,
         /// Milliseconds between two rounds of webhook deliveries.

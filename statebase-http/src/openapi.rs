@@ -146,7 +146,13 @@ fn constrain(doc: &mut Value) {
     schemas["StateBody"]["anyOf"] = json!([object("state"), object("updates")]);
     let number =
         |name: &str| json!({"required": [name], "properties": {name: {"type": "integer"}}});
-    schemas["Retention"]["anyOf"] = json!([number("keep_versions"), number("keep_days")]);
+    let keeps = ["keep_versions", "keep_days", "keep_turn_days"];
+    schemas["SessionRetention"]["anyOf"] = keeps.iter().map(|k| number(k)).collect();
+    schemas["Retention"]["anyOf"] = keeps
+        .iter()
+        .chain(&["keep_trace_days"])
+        .map(|k| number(k))
+        .collect();
     let webhook = &mut schemas["WebhookBody"]["properties"];
     webhook["url"]["format"] = json!("uri");
     webhook["url"]["pattern"] = json!(concat!(

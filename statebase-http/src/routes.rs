@@ -10,6 +10,7 @@ pub(crate) mod dashboard;
 pub(crate) mod entities;
 pub(crate) mod export;
 pub(crate) mod memories;
+pub(crate) mod retention;
 pub(crate) mod service;
 pub(crate) mod sessions;
 pub(crate) mod state;

@@ -1305,7 +1305,13 @@ async fn pruning_versions_over_http() {
     assert_eq!(status, StatusCode::OK, "{pruned}");
     assert_eq!(
         pruned,
-        json!({"session_id": id, "pruned": 32, "kept_from": 32, "current_version": 40})
+        json!({
+            "session_id": id,
+            "versions_pruned": 32,
+            "turns_pruned": 0,
+            "kept_from": 32,
+            "current_version": 40
+        })
     );
     let (_, history) = srv
         .a(
@@ -1338,6 +1344,7 @@ async fn pruning_versions_over_http() {
         json!({}),
         json!({"keep_versions": 0}),
         json!({"keep_days": 40000}),
+        json!({"keep_trace_days": 1}),
     ] {
         let (status, err) = srv.a(Method::POST, &prune, Some(bad.clone())).await;
         assert!(status.is_client_error(), "{bad}: {status}");
@@ -1352,6 +1359,135 @@ async fn pruning_versions_over_http() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "another tenant pruned it");
+}
+
+/// The tenant's and a session's retention policies: read, set, applied on demand to the
+/// caller's tenant alone, removed; traced; bad ones refused.
+#[tokio::test]
+async fn retention_policies_over_http() {
+    let srv = start(1000, 1000).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, s) = srv
+            .a(
+                Method::POST,
+                "/v1/sessions",
+                Some(json!({"agent_id": "bot"})),
+            )
+            .await;
+        let id = s["id"].as_str().unwrap().to_owned();
+        for n in 1..=40 {
+            let body = json!({"state": {"n": n}});
+            let path = format!("/v1/sessions/{id}/state");
+            assert_eq!(
+                srv.a(Method::PATCH, &path, Some(body)).await.0,
+                StatusCode::OK
+            );
+        }
+        ids.push(id);
+    }
+    let nothing = |session_id: Option<&str>| {
+        json!({
+            "object": "retention_policy",
+            "session_id": session_id,
+            "keep_versions": null,
+            "keep_days": null,
+            "keep_turn_days": null,
+            "keep_trace_days": null
+        })
+    };
+    assert_eq!(
+        srv.a(Method::GET, "/v1/retention", None).await.1,
+        nothing(None)
+    );
+    let tenant = json!({"keep_versions": 5, "keep_trace_days": 30});
+    let (status, set) = srv.a(Method::PUT, "/v1/retention", Some(tenant)).await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(
+        (set["keep_versions"].clone(), set["keep_trace_days"].clone()),
+        (json!(5), json!(30))
+    );
+    assert_eq!(srv.a(Method::GET, "/v1/retention", None).await.1, set);
+    let own = format!("/v1/sessions/{}/retention", ids[1]);
+    let (status, set_own) = srv
+        .a(
+            Method::PUT,
+            &own,
+            Some(json!({"keep_versions": 20, "keep_turn_days": 7})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set_own}");
+    assert_eq!(set_own["session_id"], ids[1].as_str());
+    assert_eq!(srv.a(Method::GET, &own, None).await.1, set_own);
+    for bad in [
+        json!({}),
+        json!({"keep_trace_days": 1}),
+        json!({"keep_turn_days": 0}),
+        json!({"keep_versions": "many"}),
+    ] {
+        let (status, err) = srv.a(Method::PUT, &own, Some(bad.clone())).await;
+        assert!(status.is_client_error(), "{bad}: {status}");
+        assert_ne!(code(&err), "<no error code>");
+    }
+    let (status, err) = srv.a(Method::PUT, "/v1/retention", Some(json!({}))).await;
+    assert_eq!(
+        (status, code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let missing = "/v1/sessions/sess_nothere00/retention";
+    assert_eq!(
+        srv.a(Method::GET, missing, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Another tenant sees none of it, and applying its policies prunes nothing here.
+    let (_, theirs, _) = srv
+        .call(Some(KEY_B), Method::GET, "/v1/retention", None)
+        .await;
+    assert_eq!(theirs, nothing(None));
+    let (status, _, _) = srv.call(Some(KEY_B), Method::GET, &own, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, applied, _) = srv
+        .call(Some(KEY_B), Method::POST, "/v1/retention/apply", None)
+        .await;
+    assert_eq!(
+        applied,
+        json!({"sessions": 0, "versions": 0, "turns": 0, "traces": 0})
+    );
+
+    // Keeping 5 of 41 prunes 32; keeping 20, 16.
+    let (status, applied) = srv.a(Method::POST, "/v1/retention/apply", None).await;
+    assert_eq!(status, StatusCode::OK, "{applied}");
+    assert_eq!(
+        applied,
+        json!({"sessions": 2, "versions": 48, "turns": 0, "traces": 0})
+    );
+    for (id, first) in [(&ids[0], 32), (&ids[1], 16)] {
+        let path = format!("/v1/sessions/{id}/history?from_version=0&limit=100");
+        let (_, history) = srv.a(Method::GET, &path, None).await;
+        assert_eq!(history["data"][0]["version"], first, "{id}");
+    }
+    let (_, traces) = srv
+        .a(Method::GET, "/v1/traces?action=retention.updated", None)
+        .await;
+    assert_eq!(traces["data"].as_array().unwrap().len(), 2);
+
+    assert_eq!(
+        srv.a(Method::DELETE, &own, None).await.1,
+        nothing(Some(&ids[1]))
+    );
+    assert_eq!(
+        srv.a(Method::GET, &own, None).await.1,
+        nothing(Some(&ids[1]))
+    );
+    assert_eq!(
+        srv.a(Method::DELETE, "/v1/retention", None).await.1,
+        nothing(None)
+    );
+    assert_eq!(
+        srv.a(Method::GET, "/v1/retention", None).await.1,
+        nothing(None)
+    );
 }
 
 #[tokio::test]

@@ -276,6 +276,90 @@ async fn three_sweepers_expire_each_session_once() {
     assert_eq!(expired, want);
 }
 
+/// Every server applies the tenant's retention policy at each sweep: a session written
+/// through one is pruned to what the policy keeps, once (one `state.pruned` trace), and a
+/// session with its own policy keeps by its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sweepers_apply_retention_once() {
+    let sweep = [UNLIMITED, &["--sweep-interval", "1"]].concat();
+    let (s, _) = servers_limited(3, &sweep).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let created = post(
+            &http,
+            KEY,
+            format!("{}/v1/sessions", s[i].url),
+            json!({"agent_id": "bot"}),
+        )
+        .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        for n in 1..=40 {
+            let url = format!("{}/v1/sessions/{id}/state", s[n % 3].url);
+            let (status, _) = call(
+                &http,
+                KEY,
+                reqwest::Method::PATCH,
+                url,
+                json!({"state": {"n": n}}),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        ids.push(id);
+    }
+    let own = format!("{}/v1/sessions/{}/retention", s[1].url, ids[1]);
+    let (status, _) = call(
+        &http,
+        KEY,
+        reqwest::Method::PUT,
+        own,
+        json!({"keep_versions": 20}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let policy = format!("{}/v1/retention", s[2].url);
+    let (status, _) = call(
+        &http,
+        KEY,
+        reqwest::Method::PUT,
+        policy,
+        json!({"keep_versions": 5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Keeping 5 of 41 keeps 36..=40 back to the snapshot at 32; keeping 20, from 16.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (id, first) in [(&ids[0], 32), (&ids[1], 16)] {
+        let url = format!(
+            "{}/v1/sessions/{id}/history?from_version=0&limit=100",
+            s[0].url
+        );
+        loop {
+            let history = get(&http, KEY, url.clone()).await;
+            if history["data"][0]["version"] == first {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} was not pruned: {history}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Time for the other sweepers to prune again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let url = format!("{}/v1/traces?action=state.pruned&limit=100", s[1].url);
+    let traces = get(&http, KEY, url).await;
+    let mut pruned: Vec<&str> = traces["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["session_id"].as_str().unwrap())
+        .collect();
+    pruned.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(pruned, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_of_an_idempotent_request_sent_to_every_server_at_once_run_once() {
     let (s, _) = servers(3).await;

@@ -249,6 +249,20 @@ ALTER TABLE idempotent_responses
     ADD COLUMN subjects text[] NOT NULL DEFAULT '{}';
 CREATE INDEX idempotent_responses_by_subject ON idempotent_responses USING gin (subjects);
 "#,
+    // Retention policies: a tenant's, and a session's, which goes with it.
+    r#"
+CREATE TABLE tenant_retention (
+    tenant  text COLLATE "C" PRIMARY KEY,
+    body    json NOT NULL
+);
+CREATE TABLE session_retention (
+    tenant      text COLLATE "C" NOT NULL,
+    session_id  text COLLATE "C" NOT NULL,
+    body        json NOT NULL,
+    PRIMARY KEY (tenant, session_id),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+);
+"#,
 ];
 
 /// The schema version this code writes.

@@ -15,11 +15,25 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use statebase_core::store::*;
 use statebase_core::{
-    Erasure, Error, Object, ResourceKind, Result, Session, Timestamp, Trace, Turn,
+    Erasure, Error, Object, ResourceKind, Result, Retention, RetentionPolicy, Session, Timestamp,
+    Trace, Turn,
 };
 use std::ops::Range;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
+
+/// The tenants' own policies as `(tenant, '', body)` beside the sessions': one order.
+const POLICIES: &str = "SELECT tenant, '' COLLATE \"C\" AS session_id, body FROM tenant_retention
+     UNION ALL SELECT tenant, session_id, body FROM session_retention";
+
+fn read_policy(r: &Row) -> Res<RetentionPolicy> {
+    let session_id: String = r.try_get("session_id")?;
+    Ok(RetentionPolicy {
+        tenant: r.try_get("tenant")?,
+        session_id: Some(session_id).filter(|s| !s.is_empty()),
+        retention: r.try_get::<_, Json<Retention>>("body")?.0,
+    })
+}
 
 const COLUMNS: &str = "id, agent_id, user_id, state, version, metadata, memory_count, \
      turn_count, ttl_expires_at, created_at, updated_at, revision";
@@ -529,6 +543,108 @@ impl SessionLog for PostgresStore {
         }
         query::commit(tx).await?;
         Ok(gone)
+    }
+
+    async fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: Trace,
+    ) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        if session(&tx, tenant, session_id).await?.is_none() {
+            return Err(Error::not_found(ResourceKind::Session, session_id));
+        }
+        let gone = query::execute(
+            &tx,
+            "DELETE FROM turns WHERE tenant = $1 AND session_id = $2
+             AND (body->>'created_at')::timestamptz < $3",
+            &[&tenant, &session_id, &before],
+        )
+        .await?;
+        if gone > 0 {
+            insert_trace(&tx, tenant, &trace).await?;
+        }
+        query::commit(tx).await?;
+        Ok(gone)
+    }
+
+    async fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<Retention>,
+        trace: Trace,
+    ) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        if let Some(id) = session_id {
+            // Locks the session row: a concurrent delete waits, or went first.
+            let locked = query::row(
+                &tx,
+                "SELECT 1 FROM sessions WHERE tenant = $1 AND id = $2 FOR SHARE",
+                &[&tenant, &id],
+            )
+            .await?;
+            if locked.is_none() {
+                return Err(Error::not_found(ResourceKind::Session, id));
+            }
+        }
+        let body = policy.as_ref().map(Json);
+        let (sql, args): (&str, Vec<&(dyn ToSql + Sync)>) = match (&session_id, &body) {
+            (Some(id), Some(body)) => (
+                "INSERT INTO session_retention (tenant, session_id, body) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, session_id) DO UPDATE SET body = excluded.body",
+                vec![&tenant, id, body],
+            ),
+            (Some(id), None) => (
+                "DELETE FROM session_retention WHERE tenant = $1 AND session_id = $2",
+                vec![&tenant, id],
+            ),
+            (None, Some(body)) => (
+                "INSERT INTO tenant_retention (tenant, body) VALUES ($1, $2)
+                 ON CONFLICT (tenant) DO UPDATE SET body = excluded.body",
+                vec![&tenant, body],
+            ),
+            (None, None) => (
+                "DELETE FROM tenant_retention WHERE tenant = $1",
+                vec![&tenant],
+            ),
+        };
+        query::execute(&tx, sql, &args).await?;
+        insert_trace(&tx, tenant, &trace).await?;
+        query::commit(tx).await?;
+        Ok(())
+    }
+
+    async fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT * FROM ({POLICIES}) p WHERE tenant = $1 AND session_id = $2");
+        let found = query::row(&conn, &sql, &[&tenant, &session_id.unwrap_or("")]).await?;
+        Ok(found
+            .as_ref()
+            .map(read_policy)
+            .transpose()?
+            .map(|p| p.retention))
+    }
+
+    async fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>> {
+        let conn = self.conn().await?;
+        let (tenant, session) = after.unwrap_or(("", ""));
+        let sql = format!(
+            "SELECT * FROM ({POLICIES}) p WHERE $1 OR (tenant, session_id) > ($2, $3)
+             ORDER BY tenant, session_id LIMIT $4"
+        );
+        let args: [&(dyn ToSql + Sync); 4] =
+            [&after.is_none(), &tenant, &session, &query::limit(limit)];
+        let found = query::rows(&conn, &sql, &args).await?;
+        Ok(found.iter().map(read_policy).collect::<Res<_>>()?)
     }
 
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {

@@ -28,6 +28,7 @@
 //! - `G` key → the idempotent response's tenant and subjects (JSON)
 //! - `O` str(tenant) str(subject) key → empty: idempotent responses by subject
 //! - `X` str(tenant) id → user id: the tombstone of an erased session or memory
+//! - `Y` str(tenant) session id, or nothing for the tenant's own → retention policy (JSON)
 //! - `Q` str(space) key → the server's records before format 4 (moved to the above on open)
 //!
 //! `log` (ordered per owner):

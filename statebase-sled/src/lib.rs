@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use ops::Trees;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn,
-    WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Retention, RetentionPolicy,
+    Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -234,6 +234,42 @@ impl SessionLog for SledStore {
         .await
     }
 
+    async fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: Trace,
+    ) -> Result<u64> {
+        self.durable(self.trees.prune_turns(tenant, session_id, before, &trace))
+            .await
+    }
+
+    async fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<Retention>,
+        trace: Trace,
+    ) -> Result<()> {
+        let put = self
+            .trees
+            .put_retention(tenant, session_id, policy.as_ref(), &trace);
+        self.durable(put).await
+    }
+
+    async fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>> {
+        self.trees.retention(tenant, session_id)
+    }
+
+    async fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>> {
+        self.trees.retention_policies(after, limit)
+    }
+
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
         self.durable(self.trees.erase_user(tenant, user_id, &trace))
             .await
@@ -382,6 +418,11 @@ impl EntityRecords for SledStore {
 impl TraceLog for SledStore {
     async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
         self.durable(self.trees.import_traces(tenant, &traces))
+            .await
+    }
+
+    async fn prune_traces(&self, tenant: &str, before: Timestamp, trace: Trace) -> Result<u64> {
+        self.durable(self.trees.prune_traces(tenant, before, &trace))
             .await
     }
 

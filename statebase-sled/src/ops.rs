@@ -7,7 +7,7 @@ use sled::{IVec, Transactional, Tree};
 use statebase_core::store::*;
 use statebase_core::{
     ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, ResourceKind, Result,
-    Session, Timestamp, Trace, Turn, WebhookEndpoint,
+    Retention, RetentionPolicy, Session, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::{Bound, Range};
 
@@ -473,6 +473,132 @@ impl Trees {
         })
     }
 
+    pub fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: &Trace,
+    ) -> Result<u64> {
+        // Turns are logged in time order: the first young one ends the old ones.
+        let prefix = Key::new(b'N').str(tenant).str(session_id).done();
+        let mut gone = Vec::new();
+        for item in self.log.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(storage)?;
+            let turn: Turn = from_json(&value)?;
+            if turn.created_at >= before {
+                break;
+            }
+            gone.push((key, turn_id_key(tenant, &turn.id)));
+        }
+        self.transact(|r, l, i| {
+            tx_session(r, tenant, session_id)?;
+            for (log_key, id_key) in &gone {
+                l.remove(log_key)?;
+                r.remove(id_key.as_slice())?;
+            }
+            if !gone.is_empty() {
+                put_trace(r, i, tenant, trace)?;
+            }
+            Ok(gone.len() as u64)
+        })
+    }
+
+    pub fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<&Retention>,
+        trace: &Trace,
+    ) -> Result<()> {
+        let key = retention_key(tenant, session_id.unwrap_or(""));
+        let value = policy.map(to_json).transpose()?;
+        self.transact(|r, _, i| {
+            if let Some(id) = session_id {
+                tx_session(r, tenant, id)?;
+            }
+            match &value {
+                Some(v) => r.insert(key.as_slice(), v.as_slice())?,
+                None => r.remove(key.as_slice())?,
+            };
+            put_trace(r, i, tenant, trace)
+        })
+    }
+
+    pub fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>> {
+        let key = retention_key(tenant, session_id.unwrap_or(""));
+        let found = self.records.get(key).map_err(storage)?;
+        found.map(|v| from_json(&v)).transpose()
+    }
+
+    /// The policies in key order: each tenant's together, its own (`""`) first.
+    pub fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>> {
+        let from = match after {
+            Some((t, s)) => Bound::Excluded(retention_key(t, s)),
+            None => Bound::Included(vec![b'Y']),
+        };
+        let to = Bound::Excluded(prefix_end(b"Y"));
+        let mut out = Vec::new();
+        for item in self.records.range::<Vec<u8>, _>((from, to)).take(limit) {
+            let (key, value) = item.map_err(storage)?;
+            let tenant = key_tenant(&key).ok_or_else(|| corrupt("retention key"))?;
+            let session = String::from_utf8(key[5 + tenant.len()..].to_vec())
+                .map_err(|_| corrupt("retention key"))?;
+            out.push(RetentionPolicy {
+                tenant,
+                session_id: Some(session).filter(|s| !s.is_empty()),
+                retention: from_json(&value)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes the tenant's traces from before `before` with their index keys; then the
+    /// front of the feed index while it points at traces that are gone.
+    pub fn prune_traces(&self, tenant: &str, before: Timestamp, trace: &Trace) -> Result<u64> {
+        let prefix = Key::new(b't').str(tenant).done();
+        let to = Key::new(b't').str(tenant).time(before).done();
+        let mut keys = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        for item in self.index.range(prefix.clone()..to) {
+            let (key, _) = item.map_err(storage)?;
+            let id = index_id(&key, prefix.len()).ok_or_else(|| corrupt("index id"))?;
+            if let Some(t) = self.trace(tenant, &id)? {
+                keys.push((trace_key(tenant, &id), trace_index(tenant, &t)));
+            }
+            ids.insert(id);
+        }
+        let mut feed = Vec::new();
+        for item in self.index.range(vec![b'p']..vec![b'q']) {
+            let (key, _) = item.map_err(storage)?;
+            let (_, t, id) = feed_key_parts(&key).ok_or_else(|| corrupt("feed key"))?;
+            let going = t == tenant && ids.contains(&id);
+            if !going && self.trace(&t, &id)?.is_some() {
+                break;
+            }
+            feed.push(key);
+        }
+        self.transact(|r, _, i| {
+            for (record, index) in &keys {
+                r.remove(record.as_slice())?;
+                for k in index {
+                    i.remove(k.as_slice())?;
+                }
+            }
+            for k in &feed {
+                i.remove(k)?;
+            }
+            if !keys.is_empty() {
+                put_trace(r, i, tenant, trace)?;
+            }
+            Ok(keys.len() as u64)
+        })
+    }
+
     /// Adds the keys of the session and everything it owns to `gone`, with the record that
     /// must be unchanged when they go, and answers it; `None` if there is no such session.
     /// Every write that adds keys under a session bumps its record, so an unchanged record
@@ -492,6 +618,7 @@ impl Trees {
         gone.index.extend(session_index(tenant, &rec.session));
         gone.unchanged.push((key.clone(), before));
         gone.records.push(key);
+        gone.records.push(retention_key(tenant, id));
         gone.erasure.sessions += 1;
         for prefix in [
             Key::new(b'V').str(tenant).str(id).done(),
@@ -1739,6 +1866,11 @@ impl Removal {
         }
         Ok(())
     }
+}
+
+/// A retention policy: the tenant's own (`session` `""`) or a session's.
+fn retention_key(tenant: &str, session: &str) -> Vec<u8> {
+    Key::new(b'Y').str(tenant).raw(session).done()
 }
 
 /// The tombstone of an erased session or memory.

@@ -47,8 +47,8 @@ use rusqlite::config::DbConfig;
 use rusqlite::Connection;
 use statebase_core::store::*;
 use statebase_core::{
-    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Timestamp, Trace, Turn,
-    WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Erasure, MemoryRevision, Result, Retention, RetentionPolicy,
+    Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -348,6 +348,53 @@ impl SessionLog for SqliteStore {
         Ok(self.write(write, no_change).await?)
     }
 
+    async fn prune_turns(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        before: Timestamp,
+        trace: Trace,
+    ) -> Result<u64> {
+        let (t, i) = (tenant.to_owned(), session_id.to_owned());
+        // The cache keeps a session's latest turns: it must forget them.
+        let change = changed(tenant.to_owned(), session_id.to_owned());
+        let write = move |c: &Connection| sql::prune_turns(c, &t, &i, before, &trace);
+        Ok(self.write(write, move |_| change).await?)
+    }
+
+    async fn put_retention(
+        &self,
+        tenant: &str,
+        session_id: Option<&str>,
+        policy: Option<Retention>,
+        trace: Trace,
+    ) -> Result<()> {
+        let (t, i) = (tenant.to_owned(), session_id.map(str::to_owned));
+        let write =
+            move |c: &Connection| sql::put_retention(c, &t, i.as_deref(), policy.as_ref(), &trace);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>> {
+        let (t, i) = (tenant.to_owned(), session_id.map(str::to_owned));
+        Ok(self
+            .read(move |c| sql::retention(c, &t, i.as_deref()))
+            .await?)
+    }
+
+    async fn retention_policies(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<RetentionPolicy>> {
+        let after = after.map(|(t, s)| (t.to_owned(), s.to_owned()));
+        let read = move |c: &Connection| {
+            let after = after.as_ref().map(|(t, s)| (t.as_str(), s.as_str()));
+            sql::retention_policies(c, after, limit)
+        };
+        Ok(self.read(read).await?)
+    }
+
     async fn erase_user(&self, tenant: &str, user_id: &str, trace: Trace) -> Result<Erasure> {
         let (t, u) = (tenant.to_owned(), user_id.to_owned());
         let write = move |c: &Connection| sql::erase_user(c, &t, &u, trace);
@@ -575,6 +622,12 @@ impl TraceLog for SqliteStore {
     async fn import_traces(&self, tenant: &str, traces: Vec<Trace>) -> Result<u64> {
         let t = tenant.to_owned();
         let write = move |c: &Connection| sql::import_traces(c, &t, &traces);
+        Ok(self.write(write, no_change).await?)
+    }
+
+    async fn prune_traces(&self, tenant: &str, before: Timestamp, trace: Trace) -> Result<u64> {
+        let t = tenant.to_owned();
+        let write = move |c: &Connection| sql::prune_traces(c, &t, before, &trace);
         Ok(self.write(write, no_change).await?)
     }
 

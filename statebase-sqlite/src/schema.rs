@@ -264,6 +264,20 @@ CREATE TABLE idempotent_subjects (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX idempotent_subjects_by_key ON idempotent_subjects (key);
 "#,
+    // Retention policies: a tenant's, and a session's, which goes with it.
+    r#"
+CREATE TABLE tenant_retention (
+    tenant  TEXT NOT NULL PRIMARY KEY,
+    body    TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE session_retention (
+    tenant      TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    PRIMARY KEY (tenant, session_id),
+    FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 /// The schema version this code writes.

@@ -7,7 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use statebase_core::store::*;
 use statebase_core::{
     ApiKey, Entity, EntityVersion, Erasure, Error, Memory, MemoryRevision, Object, ResourceKind,
-    Session, Timestamp, Trace, Turn, WebhookEndpoint,
+    Retention, RetentionPolicy, Session, Timestamp, Trace, Turn, WebhookEndpoint,
 };
 use std::ops::Range;
 
@@ -391,6 +391,125 @@ pub fn prune_versions(
     Ok(gone as u64)
 }
 
+pub fn prune_turns(
+    conn: &Connection,
+    tenant: &str,
+    session_id: &str,
+    before: Timestamp,
+    trace: &Trace,
+) -> Res<u64> {
+    existing_session(conn, tenant, session_id)?;
+    // Turns are logged in time order: the first young one ends the old ones.
+    let mut stmt = conn.prepare_cached(
+        "SELECT turn_number, body FROM turns WHERE tenant = ?1 AND session_id = ?2 \
+         ORDER BY turn_number",
+    )?;
+    let mut rows = stmt.query(params![tenant, session_id])?;
+    let mut end = None;
+    while let Some(row) = rows.next()? {
+        let body = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let turn: Turn = serde_json::from_str(body)?;
+        if turn.created_at >= before {
+            break;
+        }
+        end = Some(row.get::<_, i64>(0)?);
+    }
+    let Some(end) = end else { return Ok(0) };
+    let gone = conn
+        .prepare_cached(
+            "DELETE FROM turns WHERE tenant = ?1 AND session_id = ?2 AND turn_number <= ?3",
+        )?
+        .execute(params![tenant, session_id, end])?;
+    insert_trace(conn, tenant, trace)?;
+    Ok(gone as u64)
+}
+
+pub fn put_retention(
+    conn: &Connection,
+    tenant: &str,
+    session_id: Option<&str>,
+    policy: Option<&Retention>,
+    trace: &Trace,
+) -> Res<()> {
+    match session_id {
+        Some(id) => {
+            existing_session(conn, tenant, id)?;
+            conn.prepare_cached(
+                "DELETE FROM session_retention WHERE tenant = ?1 AND session_id = ?2",
+            )?
+            .execute(params![tenant, id])?;
+            if let Some(p) = policy {
+                conn.prepare_cached(
+                    "INSERT INTO session_retention (tenant, session_id, body) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![tenant, id, json(p)?])?;
+            }
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM tenant_retention WHERE tenant = ?1")?
+                .execute(params![tenant])?;
+            if let Some(p) = policy {
+                conn.prepare_cached("INSERT INTO tenant_retention (tenant, body) VALUES (?1, ?2)")?
+                    .execute(params![tenant, json(p)?])?;
+            }
+        }
+    }
+    insert_trace(conn, tenant, trace)
+}
+
+fn read_policy(r: &Row<'_>) -> Res<RetentionPolicy> {
+    let session_id: String = r.get(1)?;
+    Ok(RetentionPolicy {
+        tenant: r.get(0)?,
+        session_id: Some(session_id).filter(|s| !s.is_empty()),
+        retention: serde_json::from_str(&r.get::<_, String>(2)?)?,
+    })
+}
+
+/// The tenant's own policies as `(tenant, '', body)` beside the sessions': one order.
+const POLICIES: &str = "SELECT tenant, '' AS session_id, body FROM tenant_retention \
+                        UNION ALL SELECT tenant, session_id, body FROM session_retention";
+
+pub fn retention(
+    conn: &Connection,
+    tenant: &str,
+    session_id: Option<&str>,
+) -> Res<Option<Retention>> {
+    let sql = format!("SELECT * FROM ({POLICIES}) WHERE tenant = ?1 AND session_id = ?2");
+    let found = first(
+        conn,
+        &sql,
+        params![tenant, session_id.unwrap_or("")],
+        read_policy,
+    )?;
+    Ok(found.map(|p| p.retention))
+}
+
+pub fn retention_policies(
+    conn: &Connection,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Res<Vec<RetentionPolicy>> {
+    let (tenant, session) = after.unwrap_or(("", ""));
+    let sql = format!(
+        "SELECT * FROM ({POLICIES}) WHERE ?1 OR (tenant, session_id) > (?2, ?3) \
+         ORDER BY tenant, session_id LIMIT ?4"
+    );
+    let args = params![after.is_none(), tenant, session, limit as i64];
+    collect(conn, &sql, args, read_policy)
+}
+
+pub fn prune_traces(conn: &Connection, tenant: &str, before: Timestamp, trace: &Trace) -> Res<u64> {
+    let position = next_position(conn)?;
+    let gone = conn
+        .prepare_cached("DELETE FROM traces WHERE tenant = ?1 AND timestamp < ?2")?
+        .execute(params![tenant, micros(before)])?;
+    if gone > 0 {
+        insert_trace_at(conn, tenant, trace, Some(position))?;
+    }
+    Ok(gone as u64)
+}
+
 /// Erases the user's records (see [`SessionLog::erase_user`]); answers the counts and the
 /// ids of the erased sessions.
 pub fn erase_user(
@@ -420,6 +539,7 @@ pub fn erase_user(
         entities: owned("entities")?,
         ..Erasure::default()
     };
+    let position = next_position(conn)?;
     // The tombstones first: the deletes below find what went through them.
     let at = micros(trace.timestamp);
     conn.prepare_cached(
@@ -449,7 +569,7 @@ pub fn erase_user(
         .execute(of_user)?;
     conn.prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND user_id = ?2")?
         .execute(of_user)?;
-    insert_trace(conn, tenant, &erasure.into_trace(trace))?;
+    insert_trace_at(conn, tenant, &erasure.into_trace(trace), Some(position))?;
     Ok((erasure, sessions))
 }
 
@@ -578,17 +698,36 @@ fn read_trace(r: &Row<'_>) -> Res<Trace> {
 
 /// Writes the trace with the next feed position.
 fn insert_trace(conn: &Connection, tenant: &str, t: &Trace) -> Res<()> {
+    insert_trace_at(conn, tenant, t, None)
+}
+
+/// The next feed position. A write that deletes traces (the newest among them, maybe)
+/// reads it first and writes its own trace there, so that no position is given out twice.
+fn next_position(conn: &Connection) -> Res<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(position), 0) + 1 FROM traces")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Writes the trace at `position`, or without one at the next.
+fn insert_trace_at(conn: &Connection, tenant: &str, t: &Trace, position: Option<i64>) -> Res<()> {
     let sql = format!(
-        "INSERT INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, coalesce((SELECT max(position) FROM traces), 0) + 1)"
+        "INSERT INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES (?1, ?2, ?3, ?4, ?5, \
+         ?6, ?7, ?8, ?9, coalesce(?10, (SELECT max(position) FROM traces), 0) + 1)"
     );
-    execute_trace(conn, &sql, tenant, t)?;
+    execute_trace(conn, &sql, tenant, t, position.map(|p| p - 1))?;
     Ok(())
 }
 
-/// Runs `sql`, an insert of a trace whose parameters are the tenant and `TRACE_COLUMNS`,
-/// and returns how many rows it wrote.
-fn execute_trace(conn: &Connection, sql: &str, tenant: &str, t: &Trace) -> Res<usize> {
+/// Runs `sql`, an insert of a trace whose parameters are the tenant, `TRACE_COLUMNS` and a
+/// position, and returns how many rows it wrote.
+fn execute_trace(
+    conn: &Connection,
+    sql: &str,
+    tenant: &str,
+    t: &Trace,
+    position: Option<i64>,
+) -> Res<usize> {
     Ok(conn.prepare_cached(sql)?.execute(params![
         tenant,
         t.id,
@@ -598,7 +737,8 @@ fn execute_trace(conn: &Connection, sql: &str, tenant: &str, t: &Trace) -> Res<u
         t.resource_id,
         t.actor,
         micros(t.timestamp),
-        json(&t.details)?
+        json(&t.details)?,
+        position,
     ])?)
 }
 
@@ -1454,8 +1594,8 @@ pub fn import_memory(conn: &Connection, tenant: &str, a: &MemoryArchive) -> Res<
 /// changes to announce. How many it inserted.
 pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u64> {
     let sql = format!(
-        "INSERT OR IGNORE INTO traces (tenant, {TRACE_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        "INSERT OR IGNORE INTO traces (tenant, {TRACE_COLUMNS}, position) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     );
     let mut inserted = 0;
     for t in traces {
@@ -1464,7 +1604,7 @@ pub fn import_traces(conn: &Connection, tenant: &str, traces: &[Trace]) -> Res<u
             None => false,
         } || erased(conn, tenant, &t.resource_id)?;
         if !of_erased {
-            inserted += execute_trace(conn, &sql, tenant, t)? as u64;
+            inserted += execute_trace(conn, &sql, tenant, t, None)? as u64;
         }
     }
     Ok(inserted)

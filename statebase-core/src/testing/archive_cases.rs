@@ -152,7 +152,10 @@ pub async fn export_all<S: ServerStore + ?Sized>(store: &S) -> Vec<u8> {
     out
 }
 
-async fn import<S: ServerStore + ?Sized>(store: &S, bytes: &[u8]) -> crate::Result<ImportReport> {
+pub(crate) async fn import<S: ServerStore + ?Sized>(
+    store: &S,
+    bytes: &[u8],
+) -> crate::Result<ImportReport> {
     archive::import(store, bytes, &mut |_| {}).await
 }
 
@@ -928,164 +931,6 @@ pub async fn an_import_refuses_a_taken_memory_or_entity_id<F: StoreFactory>(fact
     assert_eq!(sb.get_memory(taken).await.unwrap(), u1.memories[0]);
     assert_eq!(sb.get_entity(&u1.entity.id).await.unwrap(), u1.entity);
     assert!(store.import_session("default", session).await.unwrap());
-}
-
-/// Retention removes a session's oldest versions, back to a snapshot, and keeps the rest
-/// exact: every kept version reads as before (after a reopen too), history starts at the
-/// oldest kept one, rollback and fork from a kept one work, an earlier fork keeps its own
-/// state, a pruned version is `version_not_found` saying so, by count and by age (a version
-/// either rule keeps stays), and a pruned session exports and imports.
-pub async fn retention_prunes_old_versions_and_keeps_the_rest_exact<F: StoreFactory>(factory: F) {
-    use crate::{Pruned, Retention};
-    let mut env = Env::new(factory).await;
-    let sb = env.sb().clone();
-    let s = sb
-        .create_session(CreateSession {
-            initial_state: Some(json!({"notes": "x".repeat(600), "step": 0})),
-            ttl_seconds: Some(crate::MAX_TTL_SECONDS),
-            ..CreateSession::new("agent")
-        })
-        .await
-        .unwrap();
-    for step in 1..=100 {
-        env.advance(3600);
-        let write = StateWrite::new(json!({"step": step})).reasoning(format!("step {step}"));
-        sb.merge_state(&s.id, write).await.unwrap();
-    }
-    let early_fork = sb
-        .fork(
-            &s.id,
-            ForkFrom {
-                version: Some(10),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let mut before = Vec::new();
-    for v in 0..=100 {
-        before.push(sb.state_at(&s.id, v).await.unwrap());
-    }
-    let session = sb.get_session(&s.id).await.unwrap();
-    let keep = |n| Retention {
-        keep_versions: Some(n),
-        keep_days: None,
-    };
-    // The last 20 are 81..=100; 80 is the snapshot 81 decodes from.
-    let pruned = sb.prune_versions(&s.id, keep(20)).await.unwrap();
-    let expected = Pruned {
-        session_id: s.id.clone(),
-        pruned: 80,
-        kept_from: 80,
-        current_version: 100,
-    };
-    assert_eq!(pruned, expected);
-    drop(sb);
-    for _ in 0..2 {
-        let sb = env.sb();
-        assert_eq!(sb.get_session(&s.id).await.unwrap(), session);
-        for v in 80..=100 {
-            assert_eq!(sb.state_at(&s.id, v).await.unwrap(), before[v as usize]);
-        }
-        for v in [0, 50, 79] {
-            let e = sb.state_at(&s.id, v).await.unwrap_err();
-            assert_eq!(e.code(), "version_not_found");
-            assert!(e.to_string().contains("pruned by retention"), "{e}");
-            assert!(e.to_string().contains("versions from 80"), "{e}");
-        }
-        assert_eq!(code(sb.diff(&s.id, 50, 90).await), "version_not_found");
-        let history = sb
-            .history(
-                &s.id,
-                HistoryQuery {
-                    from_version: Some(0),
-                    limit: Some(1000),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(history.versions, before[80..]);
-        assert_eq!(
-            sb.state_at(&early_fork.id, 0).await.unwrap().state,
-            before[10].state
-        );
-        let traces = sb
-            .list_traces(ListTraces {
-                action: Some("state.pruned".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(traces.data.len(), 1);
-        env.reopen().await;
-    }
-    let sb = env.sb();
-    assert_eq!(sb.prune_versions(&s.id, keep(20)).await.unwrap().pruned, 0);
-    let rollback = |version| RollbackTo {
-        version,
-        ..Default::default()
-    };
-    let rolled = sb.rollback(&s.id, rollback(85)).await.unwrap();
-    assert_eq!(rolled.session.state, before[85].state);
-    assert_eq!(
-        code(sb.rollback(&s.id, rollback(10)).await),
-        "version_not_found"
-    );
-    let fork = |version| ForkFrom {
-        version: Some(version),
-        ..Default::default()
-    };
-    let forked = sb.fork(&s.id, fork(90)).await.unwrap();
-    assert_eq!(forked.state, before[90].state);
-    assert_eq!(code(sb.fork(&s.id, fork(5)).await), "version_not_found");
-
-    // By age: versions are an hour apart; a day later, the last day's start at 96.
-    env.advance(20 * 3600);
-    let by_age = Retention {
-        keep_versions: None,
-        keep_days: Some(1),
-    };
-    let pruned = sb.prune_versions(&s.id, by_age).await.unwrap();
-    assert_eq!((pruned.pruned, pruned.kept_from), (16, 96));
-    // Either rule keeps a version: 50 more by count keep what the day does not.
-    let both = Retention {
-        keep_versions: Some(50),
-        keep_days: Some(1),
-    };
-    assert_eq!(sb.prune_versions(&s.id, both).await.unwrap().pruned, 0);
-    for v in 96..=100 {
-        assert_eq!(sb.state_at(&s.id, v).await.unwrap(), before[v as usize]);
-    }
-    let bytes = export_all(sb.store()).await;
-    let copy = MemoryStore::new();
-    import(&copy, &bytes).await.unwrap();
-    assert!(
-        export_all(&copy).await == bytes,
-        "a pruned session did not round-trip"
-    );
-
-    assert_eq!(
-        code(sb.prune_versions(&s.id, keep(0)).await),
-        "invalid_request"
-    );
-    let forever = Retention {
-        keep_versions: None,
-        keep_days: Some(u32::MAX),
-    };
-    assert_eq!(
-        code(sb.prune_versions(&s.id, forever).await),
-        "invalid_request"
-    );
-    let neither = Retention::default();
-    assert_eq!(
-        code(sb.prune_versions(&s.id, neither).await),
-        "invalid_request"
-    );
-    assert_eq!(
-        code(sb.prune_versions("sess_nothere00", keep(1)).await),
-        "session_not_found"
-    );
 }
 
 /// An erasure while a writer adds turns, state versions and memories to the user's session

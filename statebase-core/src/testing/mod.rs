@@ -21,6 +21,7 @@ pub mod conversation_cases;
 pub mod crash;
 pub mod entity_cases;
 mod oracle;
+pub mod retention_cases;
 pub mod session_cases;
 
 use crate::{Config, ManualClock, MemoryStore, ServerStore, StateBase, Timestamp};
@@ -42,6 +43,7 @@ mod tests {
             ("conversation_cases", include_str!("conversation_cases.rs")),
             ("entity_cases", include_str!("entity_cases.rs")),
             ("archive_cases", include_str!("archive_cases.rs")),
+            ("retention_cases", include_str!("retention_cases.rs")),
         ] {
             assert!(listed.contains(&format!("@cases $factory; {module};")));
             let cases = source
@@ -62,7 +64,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("pub mod "))
             .filter(|m| m.contains("cases"))
             .count();
-        assert_eq!(modules, 4, "a new case module must be checked here too");
+        assert_eq!(modules, 5, "a new case module must be checked here too");
     }
 }
 
@@ -246,8 +248,11 @@ macro_rules! conformance_suite {
             erasing_a_user_takes_everything_of_theirs,
             an_erased_user_stays_erased,
             an_import_refuses_a_taken_memory_or_entity_id,
-            retention_prunes_old_versions_and_keeps_the_rest_exact,
             an_erasure_beside_writes_leaves_nothing,
+        );
+        $crate::conformance_suite!(@cases $factory; retention_cases;
+            retention_prunes_old_versions_and_keeps_the_rest_exact,
+            retention_policies_are_kept_and_applied_by_the_sweep,
         );
         #[test]
         fn model_property() {

@@ -149,25 +149,10 @@ pub async fn rollback(
     ok(RollbackOut::from(&r))
 }
 
-/// Remove the session's oldest state versions: keep the last `keep_versions`, and those
-/// younger than `keep_days` (a version either keeps stays), back to the snapshot the
-/// oldest kept one is read from. Kept versions read exactly; a pruned one is
-/// `version_not_found`. An extension of the API.
-#[utoipa::path(post, path = "/sessions/{id}/prune", request_body = Retention,
-    responses((status = 200, body = Pruned)))]
-pub async fn prune_versions(
-    Tenant(sb): Tenant,
-    Path(id): Path<String>,
-    Body(keep): Body<Retention>,
-) -> Reply {
-    ok(sb.prune_versions(&id, keep).await?)
-}
-
 /// These routes, under `/v1`.
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     let router =
         OpenApiRouter::new().routes(routes!(get_state, merge_state, replace_state, post_state));
-    let router = router.routes(routes!(prune_versions));
     let router = also_at(
         router,
         routes!(state_history),
