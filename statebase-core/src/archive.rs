@@ -1,10 +1,10 @@
 //! Export and import: every record of a store, or of one tenant, as a stream of JSON lines
 //! that any backend restores exactly.
 //!
-//! # Format 1
+//! # Format 2
 //!
 //! One JSON object a line, each with a `kind`:
-//! - `header`, first: `format` (`statebase-export`), `format_version` (1), `created_at`,
+//! - `header`, first: `format` (`statebase-export`), `format_version` (2), `created_at`,
 //!   `tenant` (the one exported, or `null` for all) and `with_vectors`;
 //! - `session` (the session as stored, with its `revision`), then that session's records:
 //!   each `version` (the whole state, as `GET …/history` shows it), each `turn`, each
@@ -12,9 +12,14 @@
 //!   and each `entity` (with its `versions`);
 //! - `memory` lines of user-level memories (no session);
 //! - `trace` lines: the audit trail, deleted sessions' included;
+//! - `retention` lines, after each tenant's traces: its retention policies (`tenant`,
+//!   `session_id` or `null` for the tenant's own, then its sessions' by id; `retention`);
 //! - `api_key` (hashes only: a secret is never stored) and `webhook` lines;
 //! - `trailer`, last: the `counts` of every kind and the `sha256` (hex) of every byte
 //!   before the trailer line.
+//!
+//! A session pruned by retention starts at a snapshot version, and its turns at the oldest
+//! kept one. Format 1 is format 2 without retention lines; this statebase reads both.
 //!
 //! Every record but keys and webhooks carries its `tenant`. Memory is bounded by the
 //! biggest session (an import writes a session whole), never by the store.
@@ -24,8 +29,8 @@ use crate::codec::{self, VersionBody, SNAPSHOT_EVERY};
 use crate::error::{Error, Result};
 use crate::json::Object;
 use crate::model::{
-    ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Session, StateVersion, Trace, Turn,
-    WebhookEndpoint,
+    ApiKey, Entity, EntityVersion, Memory, MemoryRevision, Retention, Session, StateVersion, Trace,
+    Turn, WebhookEndpoint,
 };
 use crate::store::*;
 use serde::{Deserialize, Serialize};
@@ -34,8 +39,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The `format` of the header line.
 pub const FORMAT: &str = "statebase-export";
-/// The format version this statebase writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this statebase writes; it reads this one and every earlier one.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Records read from a store or a stream at a time.
 const PAGE: usize = 500;
@@ -70,6 +75,9 @@ pub struct Counts {
     pub api_keys: u64,
     /// Webhook endpoints.
     pub webhooks: u64,
+    /// Retention policies (none in format 1).
+    #[serde(default)]
+    pub retention_policies: u64,
 }
 
 impl Counts {
@@ -83,6 +91,7 @@ impl Counts {
             + self.traces
             + self.api_keys
             + self.webhooks
+            + self.retention_policies
     }
 
     /// A session with what it owns.
@@ -108,6 +117,7 @@ impl std::ops::AddAssign for Counts {
         self.traces += other.traces;
         self.api_keys += other.api_keys;
         self.webhooks += other.webhooks;
+        self.retention_policies += other.retention_policies;
     }
 }
 
@@ -117,7 +127,7 @@ impl std::fmt::Display for Counts {
         write!(
             f,
             "{} sessions, {} versions, {} turns, {} memories, {} entities, {} traces, \
-             {} API keys, {} webhooks",
+             {} API keys, {} webhooks, {} retention policies",
             self.sessions,
             self.versions,
             self.turns,
@@ -125,7 +135,8 @@ impl std::fmt::Display for Counts {
             self.entities,
             self.traces,
             self.api_keys,
-            self.webhooks
+            self.webhooks,
+            self.retention_policies
         )
     }
 }
@@ -186,6 +197,11 @@ enum Line {
     Webhook {
         endpoint: WebhookEndpoint,
     },
+    Retention {
+        tenant: String,
+        session_id: Option<String>,
+        retention: Retention,
+    },
     Trailer {
         counts: Counts,
         sha256: String,
@@ -209,7 +225,7 @@ impl<W: AsyncWrite + Unpin + ?Sized> LineWriter<'_, W> {
     }
 }
 
-/// Writes every record `options` asks for to `out` in [format 1](self), calling `progress`
+/// Writes every record `options` asks for to `out` in [format 2](self), calling `progress`
 /// with what is written so far after each session and each page of other records; returns
 /// the counts in the trailer. A write that commits meanwhile may or may not be in it.
 pub async fn export<S, W>(
@@ -257,6 +273,55 @@ where
     w.write(&Line::Trailer { counts, sha256 }).await?;
     w.out.flush().await.map_err(Error::backend)?;
     Ok(counts)
+}
+
+/// The tenant's policies: its own, then its sessions' by id (the order every store keeps
+/// within a tenant).
+async fn export_policies<S, W>(
+    store: &S,
+    tenant: &str,
+    w: &mut LineWriter<'_, W>,
+    counts: &mut Counts,
+) -> Result<()>
+where
+    S: ServerStore + ?Sized,
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    if let Some(retention) = store.retention(tenant, None).await? {
+        let tenant = tenant.to_owned();
+        w.write(&Line::Retention {
+            tenant,
+            session_id: None,
+            retention,
+        })
+        .await?;
+        counts.retention_policies += 1;
+    }
+    let mut after = String::new();
+    loop {
+        let page = store
+            .retention_policies(Some((tenant, &after)), PAGE)
+            .await?;
+        let full = page.len() == PAGE;
+        let mine: Vec<_> = page
+            .into_iter()
+            .take_while(|p| p.tenant == tenant)
+            .collect();
+        let more = full && mine.len() == PAGE;
+        for p in mine {
+            after = p.session_id.clone().unwrap_or_default();
+            w.write(&Line::Retention {
+                tenant: p.tenant,
+                session_id: p.session_id,
+                retention: p.retention,
+            })
+            .await?;
+            counts.retention_policies += 1;
+        }
+        if !more {
+            return Ok(());
+        }
+    }
 }
 
 async fn export_tenant<S, W>(
@@ -316,7 +381,7 @@ where
             None => break,
         }
     }
-    Ok(())
+    export_policies(store, tenant, w, counts).await
 }
 
 async fn export_session<S, W>(
@@ -574,6 +639,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                     Line::Trace { .. } => r.traces += 1,
                     Line::ApiKey { .. } => r.api_keys += 1,
                     Line::Webhook { .. } => r.webhooks += 1,
+                    Line::Retention { .. } => r.retention_policies += 1,
                     Line::Header(_) | Line::Trailer { .. } => {}
                 }
                 Ok(Some(line))
@@ -590,9 +656,12 @@ fn parse_header(line: &str) -> std::result::Result<Header, String> {
         return Err("not a statebase export: no header line".into());
     }
     let version = &value["format_version"];
-    if version.as_u64() != Some(u64::from(FORMAT_VERSION)) {
+    if !version
+        .as_u64()
+        .is_some_and(|v| (1..=u64::from(FORMAT_VERSION)).contains(&v))
+    {
         return Err(format!(
-            "format version {version}, but this statebase reads version {FORMAT_VERSION} only"
+            "format version {version}, but this statebase reads versions 1 to {FORMAT_VERSION}"
         ));
     }
     match serde_json::from_value(value) {
@@ -624,8 +693,8 @@ struct Pending {
 /// Restores an archive into `store`: each session whole (or not at all) unless the store
 /// has one of its id, each user-level memory unless it has one of its id, traces it lacks,
 /// and every key and webhook endpoint (replaced by id). Importing twice writes nothing the
-/// second time. `InvalidInput` (code `invalid_input`, param `archive`) for a line that is
-/// not of [format 1](self), a session's records out of place, or a checksum or count that
+/// second time; each retention policy unless the store has one there. `InvalidInput`
+/// (code `invalid_input`, param `archive`) for a line that is not of [format 2](self), a session's records out of place, or a checksum or count that
 /// does not match; what was imported before such a line stays.
 pub async fn import<S, R>(
     store: &S,
@@ -711,7 +780,11 @@ where
             }
             Line::Turn { tenant, turn } => {
                 let p = owner(&mut pending, &tenant, &turn.session_id, number, "turn")?;
-                let expected = p.archive.turns.len() as u64 + 1;
+                // A session's turns pruned by retention start later; then they follow.
+                let expected = match p.archive.turns.first() {
+                    Some(first) => first.turn_number + p.archive.turns.len() as u64,
+                    None => turn.turn_number.max(1),
+                };
                 if turn.turn_number != expected {
                     return Err(bad(
                         number,
@@ -779,6 +852,20 @@ where
                 store.put_webhook(endpoint).await?;
                 report.imported.webhooks += 1;
             }
+            Line::Retention {
+                tenant,
+                session_id,
+                retention,
+            } => {
+                let written =
+                    import_policy(store, &tenant, session_id.as_deref(), retention).await?;
+                let counts = if written {
+                    &mut report.imported
+                } else {
+                    &mut report.skipped
+                };
+                counts.retention_policies += 1;
+            }
         }
     }
     if let Some(p) = pending.take() {
@@ -788,6 +875,26 @@ where
     report.read = reader.read;
     progress(&report);
     Ok(report)
+}
+
+/// Sets the policy unless the store has one there already, or lacks its session.
+async fn import_policy<S: ServerStore + ?Sized>(
+    store: &S,
+    tenant: &str,
+    session_id: Option<&str>,
+    retention: Retention,
+) -> Result<bool> {
+    if store.retention(tenant, session_id).await?.is_some() {
+        return Ok(false);
+    }
+    match store
+        .put_retention(tenant, session_id, Some(retention), None)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The session being read, if `session_id` of `tenant` is it; else an error for the `what`
@@ -819,8 +926,9 @@ async fn write_session<S: ServerStore + ?Sized>(
     p.archive.record.session.memory_count = p.archive.memories.len() as u64;
     let s = &p.archive.record.session;
     let first = p.archive.versions.first().map_or(0, |v| v.version);
+    let last_turn = p.archive.turns.last().map(|t| t.turn_number);
     let whole = first + p.archive.versions.len() as u64 == s.version + 1
-        && p.archive.turns.len() as u64 == s.turn_count;
+        && last_turn.is_none_or(|n| n == s.turn_count);
     if !whole {
         return Err(bad(
             p.line,
@@ -893,8 +1001,8 @@ mod tests {
         assert!(refused(truncated.as_bytes())
             .await
             .contains("without its trailer"));
-        let newer = text.replacen("\"format_version\":1", "\"format_version\":2", 1);
-        assert!(refused(newer.as_bytes()).await.contains("format version 2"));
+        let newer = text.replacen("\"format_version\":2", "\"format_version\":3", 1);
+        assert!(refused(newer.as_bytes()).await.contains("format version 3"));
         assert!(refused(b"{\"hello\":1}\n")
             .await
             .contains("not a statebase export"));
@@ -919,6 +1027,38 @@ mod tests {
             store.tenants().await.unwrap().is_empty(),
             "wrote before the bad line"
         );
+    }
+
+    /// A format 1 archive (no retention lines, no count of them in its trailer), as the
+    /// statebase before format 2 wrote it, still imports.
+    #[tokio::test]
+    async fn a_format_1_archive_imports() {
+        let bytes = export_all(populated().await.store()).await;
+        let text = String::from_utf8(bytes).unwrap();
+        let mut body: String = text
+            .lines()
+            .filter(|l| {
+                !l.contains("\"kind\":\"retention\"") && !l.contains("\"kind\":\"trailer\"")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        body = body.replacen("\"format_version\":2", "\"format_version\":1", 1);
+        let (_, mut counts) = verify(text.as_bytes()).await.unwrap();
+        counts.retention_policies = 0;
+        let mut trailer = serde_json::json!({
+            "kind": "trailer",
+            "counts": counts,
+            "sha256": hex(&Sha256::digest(body.as_bytes())),
+        });
+        trailer["counts"]
+            .as_object_mut()
+            .unwrap()
+            .remove("retention_policies");
+        body.push_str(&format!("{trailer}\n"));
+        let store = MemoryStore::new();
+        let report = import(&store, body.as_bytes(), &mut |_| {}).await.unwrap();
+        assert_eq!(report.imported, counts);
+        assert!(store.retention_policies(None, 10).await.unwrap().is_empty());
     }
 
     /// Every pager turns its pages: more versions than a version page holds, and more

@@ -418,7 +418,7 @@ impl SessionLog for MemoryStore {
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<Retention>,
-        trace: Trace,
+        trace: Option<Trace>,
     ) -> Result<()> {
         let mut inner = self.inner.lock();
         if let Some(id) = session_id {
@@ -429,7 +429,9 @@ impl SessionLog for MemoryStore {
             Some(p) => inner.retention.insert(k, p),
             None => inner.retention.remove(&k),
         };
-        inner.insert_trace(tenant, trace);
+        if let Some(trace) = trace {
+            inner.insert_trace(tenant, trace);
+        }
         Ok(())
     }
 

@@ -110,7 +110,7 @@ impl<S: Store> StateBase<S> {
             self.now(),
         );
         self.store()
-            .put_retention(&self.tenant, session_id, policy, trace)
+            .put_retention(&self.tenant, session_id, policy, Some(trace))
             .await?;
         Ok(policy)
     }

@@ -578,14 +578,15 @@ pub trait SessionLog: Send + Sync + Debug + 'static {
     ) -> Result<u64>;
 
     /// Sets (`Some`) or removes (`None`) the retention policy of the tenant (`session_id`
-    /// `None`) or of one of its sessions, and writes `trace`. A session's policy goes with
-    /// the session. `NotFound` if there is no such session.
+    /// `None`) or of one of its sessions, and writes `trace` if given (an import gives
+    /// none). A session's policy goes with the session. `NotFound` if there is no such
+    /// session.
     async fn put_retention(
         &self,
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<Retention>,
-        trace: Trace,
+        trace: Option<Trace>,
     ) -> Result<()>;
 
     /// The retention policy of the tenant (`session_id` `None`) or of one of its sessions.
@@ -978,7 +979,7 @@ macro_rules! store_methods {
                 fn versions(&self, tenant: &str, session_id: &str, range: Range<u64>) -> Result<Vec<VersionRecord>>;
                 fn prune_versions(&self, tenant: &str, session_id: &str, before: u64, trace: Trace) -> Result<u64>;
                 fn prune_turns(&self, tenant: &str, session_id: &str, before: Timestamp, trace: Trace) -> Result<u64>;
-                fn put_retention(&self, tenant: &str, session_id: Option<&str>, policy: Option<Retention>, trace: Trace) -> Result<()>;
+                fn put_retention(&self, tenant: &str, session_id: Option<&str>, policy: Option<Retention>, trace: Option<Trace>) -> Result<()>;
                 fn retention(&self, tenant: &str, session_id: Option<&str>) -> Result<Option<Retention>>;
                 fn retention_policies(&self, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<RetentionPolicy>>;
                 fn delete_session(&self, tenant: &str, id: &str, trace: Trace) -> Result<SessionRecord>;

@@ -576,7 +576,7 @@ impl SessionLog for PostgresStore {
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<Retention>,
-        trace: Trace,
+        trace: Option<Trace>,
     ) -> Result<()> {
         let mut conn = self.conn().await?;
         let tx = query::begin(&mut conn).await?;
@@ -614,7 +614,9 @@ impl SessionLog for PostgresStore {
             ),
         };
         query::execute(&tx, sql, &args).await?;
-        insert_trace(&tx, tenant, &trace).await?;
+        if let Some(trace) = &trace {
+            insert_trace(&tx, tenant, trace).await?;
+        }
         query::commit(tx).await?;
         Ok(())
     }

@@ -250,11 +250,11 @@ impl SessionLog for SledStore {
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<Retention>,
-        trace: Trace,
+        trace: Option<Trace>,
     ) -> Result<()> {
         let put = self
             .trees
-            .put_retention(tenant, session_id, policy.as_ref(), &trace);
+            .put_retention(tenant, session_id, policy.as_ref(), trace.as_ref());
         self.durable(put).await
     }
 

@@ -509,7 +509,7 @@ impl Trees {
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<&Retention>,
-        trace: &Trace,
+        trace: Option<&Trace>,
     ) -> Result<()> {
         let key = retention_key(tenant, session_id.unwrap_or(""));
         let value = policy.map(to_json).transpose()?;
@@ -521,7 +521,10 @@ impl Trees {
                 Some(v) => r.insert(key.as_slice(), v.as_slice())?,
                 None => r.remove(key.as_slice())?,
             };
-            put_trace(r, i, tenant, trace)
+            match trace {
+                Some(t) => put_trace(r, i, tenant, t),
+                None => Ok(()),
+            }
         })
     }
 

@@ -367,11 +367,12 @@ impl SessionLog for SqliteStore {
         tenant: &str,
         session_id: Option<&str>,
         policy: Option<Retention>,
-        trace: Trace,
+        trace: Option<Trace>,
     ) -> Result<()> {
         let (t, i) = (tenant.to_owned(), session_id.map(str::to_owned));
-        let write =
-            move |c: &Connection| sql::put_retention(c, &t, i.as_deref(), policy.as_ref(), &trace);
+        let write = move |c: &Connection| {
+            sql::put_retention(c, &t, i.as_deref(), policy.as_ref(), trace.as_ref())
+        };
         Ok(self.write(write, no_change).await?)
     }
 

@@ -429,7 +429,7 @@ pub fn put_retention(
     tenant: &str,
     session_id: Option<&str>,
     policy: Option<&Retention>,
-    trace: &Trace,
+    trace: Option<&Trace>,
 ) -> Res<()> {
     match session_id {
         Some(id) => {
@@ -454,7 +454,10 @@ pub fn put_retention(
             }
         }
     }
-    insert_trace(conn, tenant, trace)
+    match trace {
+        Some(t) => insert_trace(conn, tenant, t),
+        None => Ok(()),
+    }
 }
 
 fn read_policy(r: &Row<'_>) -> Res<RetentionPolicy> {

@@ -7,7 +7,8 @@ use crate::store::*;
 use crate::{
     AddMemory, AddTurn, Config, CreateEntity, CreateSession, ForkFrom, HistoryQuery, KeyLimits,
     ListEntities, ListMemories, ListTraces, ListTurns, ManualClock, MemoryHit, MemoryStore, Order,
-    RollbackTo, SearchMemories, StateBase, StateWrite, UpdateEntity, UpdateMemory, WebhookEndpoint,
+    Retention, RollbackTo, SearchMemories, StateBase, StateWrite, UpdateEntity, UpdateMemory,
+    WebhookEndpoint,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -136,6 +137,19 @@ pub async fn populated() -> StateBase<MemoryStore> {
         })
         .await
         .unwrap();
+    // Policies that prune nothing here, which an archive must carry.
+    let keep = |n| Retention {
+        keep_versions: Some(n),
+        ..Default::default()
+    };
+    let other_policy = Retention {
+        keep_trace_days: Some(3650),
+        ..keep(1000)
+    };
+    other.set_retention(Some(other_policy)).await.unwrap();
+    sb.set_session_retention(&s.id, Some(keep(500)))
+        .await
+        .unwrap();
     sb
 }
 
@@ -172,6 +186,7 @@ pub async fn an_archive_restores_exactly<F: StoreFactory>(factory: F) {
         (counts.sessions, counts.memories, counts.entities),
         (3, 4, 1)
     );
+    assert_eq!(counts.retention_policies, 2);
 
     let mut env = Env::new(factory).await;
     let report = import(env.sb().store(), &bytes).await.unwrap();
@@ -227,8 +242,13 @@ pub async fn assert_same_answers<A: Store, B: Store>(a: &StateBase<A>, b: &State
             b.list_sessions(Default::default()).await.unwrap().data,
             sessions
         );
+        assert_eq!(b.retention().await.unwrap(), a.retention().await.unwrap());
         for s in &sessions {
             assert_eq!(b.get_session(&s.id).await.unwrap(), *s);
+            assert_eq!(
+                b.session_retention(&s.id).await.unwrap(),
+                a.session_retention(&s.id).await.unwrap()
+            );
             let all = HistoryQuery {
                 limit: Some(100),
                 from_version: Some(0),

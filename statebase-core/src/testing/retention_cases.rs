@@ -390,6 +390,21 @@ pub async fn retention_policies_are_kept_and_applied_by_the_sweep<F: StoreFactor
     }
     let sb = env.sb().clone();
     let other = sb.tenant("other");
+    // Pruned turns and versions, and the policies, export and import.
+    let bytes = export_all(sb.store()).await;
+    let copy = MemoryStore::new();
+    import(&copy, &bytes).await.unwrap();
+    assert!(
+        export_all(&copy).await == bytes,
+        "a pruned store did not round-trip"
+    );
+    let config = crate::Config {
+        clock: env.clock.clone(),
+        ..Default::default()
+    };
+    let copied = StateBase::with_config(copy, config);
+    assert_eq!(copied.session_retention(&b).await.unwrap(), Some(own));
+    assert_eq!(turns(&copied, &a).await, turns(&sb, &a).await);
     // Again: nothing more goes.
     let again = sb.sweep_retention().await.unwrap();
     assert_eq!(
