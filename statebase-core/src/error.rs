@@ -23,6 +23,8 @@ pub enum ResourceKind {
     Webhook,
     /// A webhook event (of one endpoint's deliveries).
     Event,
+    /// A retention policy of a tenant or a session.
+    RetentionPolicy,
 }
 
 impl ResourceKind {
@@ -38,6 +40,7 @@ impl ResourceKind {
             ResourceKind::ApiKey => "key_not_found",
             ResourceKind::Webhook => "webhook_not_found",
             ResourceKind::Event => "event_not_found",
+            ResourceKind::RetentionPolicy => "retention_policy_not_found",
         }
     }
 }
@@ -54,6 +57,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::ApiKey => "API key",
             ResourceKind::Webhook => "webhook",
             ResourceKind::Event => "event",
+            ResourceKind::RetentionPolicy => "retention policy",
         })
     }
 }
@@ -120,7 +124,7 @@ pub enum Error {
         other: String,
     },
     /// A state version that retention removed (see
-    /// [`StateBase::prune_versions`](crate::StateBase::prune_versions)).
+    /// [`StateBase::prune_session`](crate::StateBase::prune_session) or a policy).
     #[error(
         "version {version} of session {session_id} was pruned by retention; versions from {kept_from} are kept"
     )]

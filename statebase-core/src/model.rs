@@ -343,7 +343,10 @@ pub struct ExpiredSession {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// Keep at least this many of the latest versions (at least 1).
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_i64)
+    )]
     pub keep_versions: Option<u64>,
     /// Keep the versions written in the last this many days (1 to 36,500).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 36500))]

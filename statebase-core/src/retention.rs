@@ -24,8 +24,15 @@ enum Scope {
 }
 
 fn check(keep: &Retention, scope: Scope) -> Result<()> {
-    if keep.keep_versions == Some(0) {
-        return Err(Error::invalid("keep_versions", "must be at least 1"));
+    // At most what every backend and the API's schema (a signed 64-bit integer) hold.
+    if keep
+        .keep_versions
+        .is_some_and(|n| n == 0 || n > i64::MAX as u64)
+    {
+        return Err(Error::invalid(
+            "keep_versions",
+            format!("must be from 1 to {}", i64::MAX),
+        ));
     }
     let days = [
         ("keep_days", keep.keep_days),

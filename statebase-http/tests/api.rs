@@ -1386,20 +1386,9 @@ async fn retention_policies_over_http() {
         }
         ids.push(id);
     }
-    let nothing = |session_id: Option<&str>| {
-        json!({
-            "object": "retention_policy",
-            "session_id": session_id,
-            "keep_versions": null,
-            "keep_days": null,
-            "keep_turn_days": null,
-            "keep_trace_days": null
-        })
-    };
-    assert_eq!(
-        srv.a(Method::GET, "/v1/retention", None).await.1,
-        nothing(None)
-    );
+    let none = (StatusCode::NOT_FOUND, "retention_policy_not_found");
+    let (status, err) = srv.a(Method::GET, "/v1/retention", None).await;
+    assert_eq!((status, code(&err)), none);
     let tenant = json!({"keep_versions": 5, "keep_trace_days": 30});
     let (status, set) = srv.a(Method::PUT, "/v1/retention", Some(tenant)).await;
     assert_eq!(status, StatusCode::OK, "{set}");
@@ -1441,10 +1430,10 @@ async fn retention_policies_over_http() {
     );
 
     // Another tenant sees none of it, and applying its policies prunes nothing here.
-    let (_, theirs, _) = srv
+    let (status, theirs, _) = srv
         .call(Some(KEY_B), Method::GET, "/v1/retention", None)
         .await;
-    assert_eq!(theirs, nothing(None));
+    assert_eq!((status, code(&theirs)), none);
     let (status, _, _) = srv.call(Some(KEY_B), Method::GET, &own, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, applied, _) = srv
@@ -1472,22 +1461,15 @@ async fn retention_policies_over_http() {
         .await;
     assert_eq!(traces["data"].as_array().unwrap().len(), 2);
 
-    assert_eq!(
-        srv.a(Method::DELETE, &own, None).await.1,
-        nothing(Some(&ids[1]))
-    );
-    assert_eq!(
-        srv.a(Method::GET, &own, None).await.1,
-        nothing(Some(&ids[1]))
-    );
-    assert_eq!(
-        srv.a(Method::DELETE, "/v1/retention", None).await.1,
-        nothing(None)
-    );
-    assert_eq!(
-        srv.a(Method::GET, "/v1/retention", None).await.1,
-        nothing(None)
-    );
+    // Removing answers what was removed; then there is none.
+    assert_eq!(srv.a(Method::DELETE, &own, None).await.1, set_own);
+    let (status, err) = srv.a(Method::GET, &own, None).await;
+    assert_eq!((status, code(&err)), none);
+    let (status, err) = srv.a(Method::DELETE, &own, None).await;
+    assert_eq!((status, code(&err)), none);
+    assert_eq!(srv.a(Method::DELETE, "/v1/retention", None).await.1, set);
+    let (status, err) = srv.a(Method::GET, "/v1/retention", None).await;
+    assert_eq!((status, code(&err)), none);
 }
 
 #[tokio::test]

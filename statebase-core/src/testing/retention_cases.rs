@@ -277,6 +277,10 @@ pub async fn retention_policies_are_kept_and_applied_by_the_sweep<F: StoreFactor
             ..Default::default()
         },
         Retention {
+            keep_versions: Some(1 << 63),
+            ..Default::default()
+        },
+        Retention {
             keep_turn_days: Some(crate::MAX_KEEP_DAYS + 1),
             ..Default::default()
         },

@@ -10,7 +10,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct SessionRetention {
     /// Keep at least this many of the latest versions (at least 1).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
     keep_versions: Option<u64>,
     /// Keep the versions written in the last this many days (1 to 36,500).
     #[schema(minimum = 1, maximum = 36500)]
@@ -31,8 +31,7 @@ impl From<SessionRetention> for Retention {
     }
 }
 
-/// A retention policy; each limit `null` when there is none (and `null` all: everything is
-/// kept).
+/// A retention policy; each limit `null` when there is none.
 #[derive(Serialize, ToSchema)]
 pub struct RetentionOut {
     /// Always `retention_policy`.
@@ -49,8 +48,11 @@ pub struct RetentionOut {
     keep_trace_days: Option<u32>,
 }
 
-fn policy(session_id: Option<String>, retention: Option<Retention>) -> Reply {
-    let r = retention.unwrap_or_default();
+/// The policy of the session (or, without one, the tenant's) as answered; a 404
+/// `retention_policy_not_found` when there is none.
+fn policy(sb: &Sb, session_id: Option<String>, retention: Option<Retention>) -> Reply {
+    let owner = session_id.as_deref().unwrap_or(sb.tenant_id());
+    let r = retention.ok_or_else(|| Error::not_found(ResourceKind::RetentionPolicy, owner))?;
     ok(RetentionOut {
         object: "retention_policy",
         session_id,
@@ -65,7 +67,8 @@ fn policy(session_id: Option<String>, retention: Option<Retention>) -> Reply {
 /// own, and its `keep_trace_days` to all its traces.
 #[utoipa::path(get, path = "/retention", responses((status = 200, body = RetentionOut)))]
 pub async fn get_retention(Tenant(sb): Tenant) -> Reply {
-    policy(None, sb.retention().await?)
+    let kept = sb.retention().await?;
+    policy(&sb, None, kept)
 }
 
 /// Set the tenant's retention policy. The server's sweeper applies it (and every session's
@@ -73,13 +76,19 @@ pub async fn get_retention(Tenant(sb): Tenant) -> Reply {
 #[utoipa::path(put, path = "/retention", request_body = Retention,
     responses((status = 200, body = RetentionOut)))]
 pub async fn put_retention(Tenant(sb): Tenant, Body(keep): Body<Retention>) -> Reply {
-    policy(None, sb.set_retention(Some(keep)).await?)
+    let kept = sb.set_retention(Some(keep)).await?;
+    policy(&sb, None, kept)
 }
 
-/// Remove the tenant's retention policy: its sessions without their own keep everything.
+/// Remove the tenant's retention policy, answering it: its sessions without their own keep
+/// everything.
 #[utoipa::path(delete, path = "/retention", responses((status = 200, body = RetentionOut)))]
 pub async fn delete_retention(Tenant(sb): Tenant) -> Reply {
-    policy(None, sb.set_retention(None).await?)
+    let kept = sb.retention().await?;
+    if kept.is_some() {
+        sb.set_retention(None).await?;
+    }
+    policy(&sb, None, kept)
 }
 
 /// Apply the tenant's retention policies now (its own and its sessions'), and say what
@@ -95,7 +104,7 @@ pub async fn apply_retention(Tenant(sb): Tenant) -> Reply {
     responses((status = 200, body = RetentionOut)))]
 pub async fn get_session_retention(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
     let kept = sb.session_retention(&id).await?;
-    policy(Some(id), kept)
+    policy(&sb, Some(id), kept)
 }
 
 /// Set the session's own retention policy; it replaces the tenant's for the session and
@@ -108,15 +117,19 @@ pub async fn put_session_retention(
     Body(keep): Body<SessionRetention>,
 ) -> Reply {
     let kept = sb.set_session_retention(&id, Some(keep.into())).await?;
-    policy(Some(id), kept)
+    policy(&sb, Some(id), kept)
 }
 
-/// Remove the session's own retention policy: the tenant's applies to it again.
+/// Remove the session's own retention policy, answering it: the tenant's applies to the
+/// session again.
 #[utoipa::path(delete, path = "/sessions/{id}/retention",
     responses((status = 200, body = RetentionOut)))]
 pub async fn delete_session_retention(Tenant(sb): Tenant, Path(id): Path<String>) -> Reply {
-    let kept = sb.set_session_retention(&id, None).await?;
-    policy(Some(id), kept)
+    let kept = sb.session_retention(&id).await?;
+    if kept.is_some() {
+        sb.set_session_retention(&id, None).await?;
+    }
+    policy(&sb, Some(id), kept)
 }
 
 /// Prune the session now: its oldest state versions (keep the last `keep_versions`, and
