@@ -324,6 +324,32 @@ async fn import_log(c: &impl GenericClient, tenant: &str, a: &SessionArchive) ->
     Ok(())
 }
 
+impl PostgresStore {
+    /// Runs `delete`, whose parameters are the tenant, the session and `bound`, in one
+    /// transaction with the session, writing `trace` if it removed any row; answers how
+    /// many. `NotFound` if there is no such session.
+    async fn prune_rows(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        delete: &str,
+        bound: &(dyn ToSql + Sync),
+        trace: Trace,
+    ) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let tx = query::begin(&mut conn).await?;
+        if session(&tx, tenant, session_id).await?.is_none() {
+            return Err(Error::not_found(ResourceKind::Session, session_id));
+        }
+        let gone = query::execute(&tx, delete, &[&tenant, &session_id, bound]).await?;
+        if gone > 0 {
+            insert_trace(&tx, tenant, &trace).await?;
+        }
+        query::commit(tx).await?;
+        Ok(gone)
+    }
+}
+
 #[async_trait]
 impl SessionLog for PostgresStore {
     async fn import_session(&self, tenant: &str, a: SessionArchive) -> Result<bool> {
@@ -527,22 +553,9 @@ impl SessionLog for PostgresStore {
         before: u64,
         trace: Trace,
     ) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let tx = query::begin(&mut conn).await?;
-        if session(&tx, tenant, session_id).await?.is_none() {
-            return Err(Error::not_found(ResourceKind::Session, session_id));
-        }
-        let gone = query::execute(
-            &tx,
-            "DELETE FROM versions WHERE tenant = $1 AND session_id = $2 AND version < $3",
-            &[&tenant, &session_id, &clamp(before)],
-        )
-        .await?;
-        if gone > 0 {
-            insert_trace(&tx, tenant, &trace).await?;
-        }
-        query::commit(tx).await?;
-        Ok(gone)
+        let sql = "DELETE FROM versions WHERE tenant = $1 AND session_id = $2 AND version < $3";
+        self.prune_rows(tenant, session_id, sql, &clamp(before), trace)
+            .await
     }
 
     async fn prune_turns(
@@ -552,23 +565,10 @@ impl SessionLog for PostgresStore {
         before: Timestamp,
         trace: Trace,
     ) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let tx = query::begin(&mut conn).await?;
-        if session(&tx, tenant, session_id).await?.is_none() {
-            return Err(Error::not_found(ResourceKind::Session, session_id));
-        }
-        let gone = query::execute(
-            &tx,
-            "DELETE FROM turns WHERE tenant = $1 AND session_id = $2
-             AND (body->>'created_at')::timestamptz < $3",
-            &[&tenant, &session_id, &before],
-        )
-        .await?;
-        if gone > 0 {
-            insert_trace(&tx, tenant, &trace).await?;
-        }
-        query::commit(tx).await?;
-        Ok(gone)
+        let sql = "DELETE FROM turns WHERE tenant = $1 AND session_id = $2
+                   AND (body->>'created_at')::timestamptz < $3";
+        self.prune_rows(tenant, session_id, sql, &before, trace)
+            .await
     }
 
     async fn put_retention(
