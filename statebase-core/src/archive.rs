@@ -299,15 +299,7 @@ where
     }
     let mut after = String::new();
     loop {
-        let page = store
-            .retention_policies(Some((tenant, &after)), PAGE)
-            .await?;
-        let full = page.len() == PAGE;
-        let mine: Vec<_> = page
-            .into_iter()
-            .take_while(|p| p.tenant == tenant)
-            .collect();
-        let more = full && mine.len() == PAGE;
+        let (mine, more) = crate::retention::session_policies(store, tenant, &after).await?;
         for p in mine {
             after = p.session_id.clone().unwrap_or_default();
             w.write(&Line::Retention {

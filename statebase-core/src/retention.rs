@@ -4,9 +4,9 @@
 use crate::action;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::model::{Pruned, Retention, RetentionApplied, Session};
+use crate::model::{Pruned, Retention, RetentionApplied, RetentionPolicy, Session};
 use crate::statebase::StateBase;
-use crate::store::{Cursor, SessionQuery, Store, VersionRecord};
+use crate::store::{Cursor, SessionLog, SessionQuery, Store, VersionRecord};
 use chrono::Duration;
 use serde_json::json;
 
@@ -60,6 +60,25 @@ fn check(keep: &Retention, scope: Scope) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A page of the tenant's sessions' own policies, those after session id `after`, and
+/// whether more may follow.
+pub(crate) async fn session_policies<S: SessionLog + ?Sized>(
+    store: &S,
+    tenant: &str,
+    after: &str,
+) -> Result<(Vec<RetentionPolicy>, bool)> {
+    let page = store
+        .retention_policies(Some((tenant, after)), PAGE)
+        .await?;
+    let full = page.len() == PAGE;
+    let mine: Vec<_> = page
+        .into_iter()
+        .take_while(|p| p.tenant == tenant)
+        .collect();
+    let more = full && mine.len() == PAGE;
+    Ok((mine, more))
 }
 
 impl<S: Store> StateBase<S> {
@@ -149,14 +168,7 @@ impl<S: Store> StateBase<S> {
         }
         let mut after = String::new();
         loop {
-            let from = Some((self.tenant_id(), after.as_str()));
-            let page = self.store().retention_policies(from, PAGE).await?;
-            let full = page.len() == PAGE;
-            let mine: Vec<_> = page
-                .into_iter()
-                .take_while(|p| p.tenant == self.tenant_id())
-                .collect();
-            let more = full && mine.len() == PAGE;
+            let (mine, more) = session_policies(self.store(), self.tenant_id(), &after).await?;
             for p in mine {
                 let id = p.session_id.unwrap_or_default();
                 applied += self.apply_session_policy(&id, &p.retention).await?;
