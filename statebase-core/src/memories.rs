@@ -28,7 +28,10 @@ impl<S: Store> StateBase<S> {
     ///
     /// Adding content that the same scope (session, or user for user-level memories)
     /// already has returns the existing memory instead of a duplicate, also when two adds
-    /// race. A new memory is searchable as soon as this returns.
+    /// race. A new memory is searchable as soon as this returns: by meaning too if the
+    /// embedder [embeds on write](crate::Embedder::embeds_on_write) and answered, else by
+    /// keywords until [`embed_pending`](Self::embed_pending) gives it its vector. The
+    /// embedder failing never fails the add.
     pub async fn add_memory(&self, req: AddMemory) -> Result<Memory> {
         let content = self.memory_content(req.content)?;
         let memory_type = self.memory_type(req.memory_type)?;
@@ -50,9 +53,10 @@ impl<S: Store> StateBase<S> {
                 ))
             }
         };
-        let embedding = match req.embed {
-            Some(false) => None,
-            _ => Some(self.embed(&content).await?),
+        let wants_vector = req.embed != Some(false);
+        let embedding = match wants_vector {
+            true => self.vector_on_write(&content).await,
+            false => None,
         };
         let now = self.now();
         let memory = Memory {
@@ -64,9 +68,8 @@ impl<S: Store> StateBase<S> {
             tags,
             metadata,
             version: 1,
-            embedding_model: embedding
-                .as_ref()
-                .map(|_| self.config().embedder.model_id().to_owned()),
+            embedding_model: wants_vector.then(|| self.config().embedder.model_id().to_owned()),
+            vector_available: embedding.is_some(),
             created_at: now,
             updated_at: now,
         };
@@ -93,7 +96,64 @@ impl<S: Store> StateBase<S> {
             .indexes
             .update(&self.tenant, |index| index.upsert(&record))
             .await;
+        self.queue_if_pending(&record.memory);
         Ok(record.memory)
+    }
+
+    /// Gives pending memories (added or changed while the embedder was remote, slow or down:
+    /// [`Memory::vector_available`] is false) their vectors: takes up to [`EMBED_BATCH`] of
+    /// this process's pending memories, of every tenant, embeds each tenant's in one call,
+    /// stores the vectors and returns how many. If the embedder fails they stay pending and
+    /// the error is returned: call it again later. The server runs it in the background;
+    /// a library user with a remote embedder calls it when
+    /// [`pending_vectors`](Self::pending_vectors) is above 0. Memories left pending by a
+    /// process that stopped are found by [`reembed_memories`](Self::reembed_memories).
+    pub async fn embed_pending(&self) -> Result<u64> {
+        let batch = self.shared.pending.take(EMBED_BATCH);
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<MemoryRecord>> =
+            Default::default();
+        let mut embedded = 0;
+        let mut outcome = Ok(());
+        for (tenant, id) in &batch {
+            match self.store().memory(tenant, id).await {
+                Ok(Some(r)) if needs_vector(&r, self.config().embedder.model_id()) => {
+                    by_tenant.entry(tenant).or_default().push(r)
+                }
+                Ok(_) => {} // Deleted, or given a vector by a later change.
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            for (tenant, records) in &by_tenant {
+                match self.store_vectors(tenant, records).await {
+                    Ok(n) => embedded += n,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = outcome {
+            // Those stored stay stored; the rest wait for the next try.
+            self.shared.pending.put_back(batch);
+            return Err(e);
+        }
+        Ok(embedded)
+    }
+
+    /// How many memories of this process wait for [`embed_pending`](Self::embed_pending).
+    pub fn pending_vectors(&self) -> usize {
+        self.shared.pending.len()
+    }
+
+    /// Returns once a memory's vector is pending (at once if one became pending since the
+    /// last call): for a background worker that runs [`embed_pending`](Self::embed_pending).
+    pub async fn vectors_wanted(&self) {
+        self.shared.pending.wanted.notified().await
     }
 
     /// Re-embeds, with the configured embedder, the tenant's memories whose vectors another
@@ -102,8 +162,7 @@ impl<S: Store> StateBase<S> {
     /// then search compares them by keywords only. Memories that change meanwhile keep what
     /// their change wrote.
     pub async fn reembed_memories(&self) -> Result<u64> {
-        let embedder = &self.config().embedder;
-        let model = embedder.model_id();
+        let model = self.config().embedder.model_id();
         let mut count = 0;
         let mut after: Option<String> = None;
         loop {
@@ -113,44 +172,12 @@ impl<S: Store> StateBase<S> {
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.memory.id.clone());
-            let stale: Vec<&MemoryRecord> = page
+            let stale: Vec<MemoryRecord> = page
                 .iter()
-                // Made by another model, or imported without its vector.
-                .filter(|r| {
-                    r.memory
-                        .embedding_model
-                        .as_ref()
-                        .is_some_and(|m| m != model || r.embedding.is_none())
-                })
+                .filter(|r| needs_vector(r, model))
+                .cloned()
                 .collect();
-            let texts: Vec<String> = stale.iter().map(|r| r.memory.content.clone()).collect();
-            let vectors = if texts.is_empty() {
-                Vec::new()
-            } else {
-                embedder.embed(&texts).await?
-            };
-            let mut fresh = Vec::new();
-            for (r, vector) in stale.into_iter().zip(vectors) {
-                let m = &r.memory;
-                let written = self
-                    .store()
-                    .set_embedding(&self.tenant, &m.id, m.version, model, vector.clone())
-                    .await?;
-                // Not written if the memory changed meanwhile: that change embedded it.
-                if written {
-                    let mut now = r.clone();
-                    now.memory.embedding_model = Some(model.to_owned());
-                    now.embedding = Some(vector);
-                    fresh.push(now);
-                }
-            }
-            count += fresh.len() as u64;
-            self.shared
-                .indexes
-                .update(&self.tenant, |index| {
-                    fresh.iter().for_each(|r| index.refresh(r))
-                })
-                .await;
+            count += self.store_vectors(&self.tenant, &stale).await?;
             if page.len() < crate::search::LOAD_PAGE {
                 break;
             }
@@ -181,10 +208,14 @@ impl<S: Store> StateBase<S> {
             if let Some(c) = &content {
                 m.content.clone_from(c);
             }
-            if content_changed && record.embedding.is_some() {
-                record.embedding = Some(self.embed(&m.content).await?);
+            // A memory that has (or waits for) a vector gets one of its new content.
+            if content_changed && m.embedding_model.is_some() {
+                let content = m.content.clone();
                 m.embedding_model = Some(self.config().embedder.model_id().to_owned());
+                record.embedding = self.vector_on_write(&content).await;
+                record.memory.vector_available = record.embedding.is_some();
             }
+            let m = &mut record.memory;
             let tags_changed = tags.as_ref().is_some_and(|t| *t != m.tags);
             if let Some(t) = &tags {
                 m.tags.clone_from(t);
@@ -218,6 +249,7 @@ impl<S: Store> StateBase<S> {
                 .indexes
                 .update(&self.tenant, |index| index.upsert(&stored))
                 .await;
+            self.queue_if_pending(&stored.memory);
             return Ok(stored.memory);
         }
     }
@@ -355,17 +387,66 @@ impl<S: Store> StateBase<S> {
             .ok_or_else(|| Error::not_found(ResourceKind::Memory, id))
     }
 
-    async fn embed(&self, text: &str) -> Result<Vec<f32>> {
+    /// One vector per text from the embedder, checked: as many as texts, each of its
+    /// dimensions.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let embedder = &self.config().embedder;
-        let mut vectors = embedder.embed(&[text.to_owned()]).await?;
-        match vectors.pop() {
-            Some(v) if v.len() == embedder.dimensions() => Ok(v),
-            _ => Err(Error::backend(format!(
-                "embedder {} returned no vector of {} dimensions",
+        let vectors = embedder.embed(texts).await?;
+        let dimensions = embedder.dimensions();
+        if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != dimensions) {
+            return Err(Error::backend(format!(
+                "embedder {} did not return {} vectors of {dimensions} dimensions",
                 embedder.model_id(),
-                embedder.dimensions()
-            ))),
+                texts.len(),
+            )));
         }
+        Ok(vectors)
+    }
+
+    /// The vector of a memory being written, if the embedder embeds on write and answers;
+    /// `None` leaves the vector pending.
+    async fn vector_on_write(&self, content: &str) -> Option<Vec<f32>> {
+        if !self.config().embedder.embeds_on_write() {
+            return None;
+        }
+        self.embed(&[content.to_owned()]).await.ok()?.pop()
+    }
+
+    fn queue_if_pending(&self, m: &Memory) {
+        if m.embedding_model.is_some() && !m.vector_available {
+            self.shared.pending.push(&self.tenant, &m.id);
+        }
+    }
+
+    /// Embeds the records in one call and stores their vectors where the memory is still at
+    /// the record's version (else the change that moved it embedded it); returns how many.
+    async fn store_vectors(&self, tenant: &str, records: &[MemoryRecord]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let model = self.config().embedder.model_id();
+        let texts: Vec<String> = records.iter().map(|r| r.memory.content.clone()).collect();
+        let vectors = self.embed(&texts).await?;
+        let mut fresh = Vec::with_capacity(records.len());
+        for (r, vector) in records.iter().zip(vectors) {
+            let m = &r.memory;
+            let written = self
+                .store()
+                .set_embedding(tenant, &m.id, m.version, model, vector.clone())
+                .await?;
+            if written {
+                let mut now = r.clone();
+                now.memory.embedding_model = Some(model.to_owned());
+                now.memory.vector_available = true;
+                now.embedding = Some(vector);
+                fresh.push(now);
+            }
+        }
+        self.shared
+            .indexes
+            .update(tenant, |index| fresh.iter().for_each(|r| index.refresh(r)))
+            .await;
+        Ok(fresh.len() as u64)
     }
 
     async fn search(
@@ -379,7 +460,8 @@ impl<S: Store> StateBase<S> {
     ) -> Result<Vec<MemoryHit>> {
         let search = MemorySearch {
             keywords: crate::search::keywords(text),
-            vector: Some(self.embed(text).await?),
+            // The embedder down: keywords still find memories.
+            vector: self.embed(&[text.to_owned()]).await.ok().and_then(|mut v| v.pop()),
             model: self.config().embedder.model_id().to_owned(),
             calibration: self.config().embedder.calibration(),
             scope,
@@ -469,6 +551,50 @@ impl<S: Store> StateBase<S> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether the memory wants a vector of `model` that it lacks: made by another model (the
+/// embedder changed), pending, or imported without it.
+fn needs_vector(r: &MemoryRecord, model: &str) -> bool {
+    r.memory
+        .embedding_model
+        .as_ref()
+        .is_some_and(|m| m != model || r.embedding.is_none())
+}
+
+/// The most pending memories [`StateBase::embed_pending`] takes at a time.
+pub const EMBED_BATCH: usize = 64;
+
+/// Memories of this process whose vectors are pending, by tenant and id, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct PendingVectors {
+    queue: parking_lot::Mutex<std::collections::VecDeque<(std::sync::Arc<str>, String)>>,
+    wanted: tokio::sync::Notify,
+}
+
+impl PendingVectors {
+    fn push(&self, tenant: &std::sync::Arc<str>, id: &str) {
+        self.queue.lock().push_back((tenant.clone(), id.to_owned()));
+        self.wanted.notify_one();
+    }
+
+    fn take(&self, n: usize) -> Vec<(std::sync::Arc<str>, String)> {
+        let mut queue = self.queue.lock();
+        let n = n.min(queue.len());
+        queue.drain(..n).collect()
+    }
+
+    /// Puts a batch back at the front, in its order.
+    fn put_back(&self, batch: Vec<(std::sync::Arc<str>, String)>) {
+        let mut queue = self.queue.lock();
+        for item in batch.into_iter().rev() {
+            queue.push_front(item);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.lock().len()
     }
 }
 

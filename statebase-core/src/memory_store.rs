@@ -210,7 +210,8 @@ impl Inner {
     }
 
     /// Adds the memory with its order and dedupe keys.
-    fn put_memory(&mut self, tenant: &str, stored: StoredMemory) {
+    fn put_memory(&mut self, tenant: &str, mut stored: StoredMemory) {
+        stored.record.memory.vector_available = stored.record.embedding.is_some();
         let m = &stored.record.memory;
         self.memory_order
             .insert((tenant.to_owned(), m.created_at, m.id.clone()));
@@ -760,11 +761,13 @@ impl MemoryRecords for MemoryStore {
         stored
             .revisions
             .push(MemoryRevision::of(&update.record.memory));
-        stored.record = update.record.clone();
+        let mut record = update.record;
+        record.memory.vector_available = record.embedding.is_some();
+        stored.record = record.clone();
         inner.dedupe.remove(&old_key);
         inner.dedupe.insert(new_key, id);
         inner.insert_trace(tenant, update.trace);
-        Ok(update.record)
+        Ok(record)
     }
 
     async fn set_embedding(
@@ -783,6 +786,7 @@ impl MemoryRecords for MemoryStore {
             return Ok(false);
         }
         stored.record.memory.embedding_model = Some(model.to_owned());
+        stored.record.memory.vector_available = true;
         stored.record.embedding = Some(vector);
         Ok(true)
     }

@@ -550,6 +550,12 @@ pub struct Memory {
     pub version: u64,
     /// The embedding model of its vector; `None` when it was added with `embed: false`.
     pub embedding_model: Option<String>,
+    /// Whether its vector is stored: false when it was added with `embed: false`, and while
+    /// its vector is pending (the embedder was remote, slow or down when it was written; see
+    /// [`StateBase::embed_pending`](crate::StateBase::embed_pending)). Derived from the
+    /// stored vector, never stored itself.
+    #[serde(skip)]
+    pub vector_available: bool,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -796,7 +802,8 @@ pub struct MemoryHit {
     pub tags: Vec<String>,
     /// Its metadata.
     pub metadata: Object,
-    /// The relevance, 0..=1: the higher of `vector_score` and `keyword_score`.
+    /// The relevance, 0..=1: the calibrated `vector_score` and the `keyword_score`
+    /// combined (see [`MemorySearch::score`](crate::MemorySearch::score)).
     pub score: f32,
     /// Cosine similarity of the query's and the memory's vectors (0 without a vector).
     pub vector_score: f32,

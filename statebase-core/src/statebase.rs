@@ -92,6 +92,7 @@ pub(crate) struct Shared<S> {
     pub(crate) store: S,
     pub(crate) config: Config,
     pub(crate) indexes: Indexes,
+    pub(crate) pending: crate::memories::PendingVectors,
 }
 
 impl<S> Clone for StateBase<S> {
@@ -123,6 +124,7 @@ impl<S: Store> StateBase<S> {
             shared: Arc::new(Shared {
                 store,
                 indexes: Indexes::new(config.embedder.clone(), config.vector_index.clone()),
+                pending: Default::default(),
                 config,
             }),
             tenant: DEFAULT_TENANT.into(),

@@ -309,11 +309,10 @@ impl<'a> From<&'a Memory> for MemoryOut<'a> {
             metadata: &m.metadata,
             version: m.version,
             embedding_id: m
-                .embedding_model
-                .as_ref()
-                .map(|_| format!("vec_{}", m.id.trim_start_matches("mem_"))),
+                .vector_available
+                .then(|| format!("vec_{}", m.id.trim_start_matches("mem_"))),
             embedding_model: m.embedding_model.as_deref(),
-            vector_available: m.embedding_model.is_some(),
+            vector_available: m.vector_available,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -333,7 +332,8 @@ pub struct HitOut<'a> {
     r#type: &'a str,
     tags: &'a [String],
     metadata: &'a Object,
-    /// 0..=1: the higher of `vector_score` and `keyword_score`.
+    /// 0..=1: the calibrated `vector_score` and the `keyword_score` combined as
+    /// `1 - (1 - v)(1 - k)`: 0.7 and above is relevant.
     score: f32,
     vector_score: f32,
     keyword_score: f32,

@@ -122,7 +122,8 @@ impl PostgresStore {
                 SearchScope::Tenant => format!("embedding::vector({dims}) <=> {p}::vector({dims})"),
                 _ => format!("embedding <=> {p}"),
             };
-            f.and(&format!("embedding_model = {model}"));
+            // A memory whose vector is pending has its model but no vector yet.
+            f.and(&format!("embedding_model = {model} AND embedding IS NOT NULL"));
             f.select(format!(
                 "SELECT id, (1 - ({distance}))::real AS vs FROM memories"
             ));
@@ -164,7 +165,9 @@ impl PostgresStore {
         // The hits need no vectors: leave them in the database.
         let columns = COLUMNS.replacen("embedding,", "NULL::vector AS embedding,", 1);
         let sql = format!(
-            "SELECT {columns}, CASE WHEN $3::vector IS NOT NULL AND embedding_model = {model}
+            "SELECT {columns}, embedding IS NOT NULL AS has_vector,
+                 CASE WHEN $3::vector IS NOT NULL AND embedding_model = {model}
+                     AND embedding IS NOT NULL
                  THEN (1 - (embedding <=> $3))::real ELSE 0 END AS vector_score
              FROM memories WHERE tenant = $1 AND id = ANY($2)"
         );
@@ -172,11 +175,12 @@ impl PostgresStore {
         let scored = found
             .iter()
             .map(|r| {
-                let record = read_memory(r)?;
+                let mut memory = read_memory(r)?.memory;
+                memory.vector_available = r.try_get("has_vector")?;
                 Ok(ScoredMemory {
-                    keyword_score: share(&record.memory.id),
+                    keyword_score: share(&memory.id),
                     vector_score: r.try_get("vector_score")?,
-                    memory: record.memory,
+                    memory,
                 })
             })
             .collect::<Res<_>>()?;
@@ -211,6 +215,7 @@ fn search_filters(tenant: &str, q: &MemorySearch) -> Filtered {
 }
 
 fn read_memory(r: &Row) -> Res<MemoryRecord> {
+    let embedding = r.try_get::<_, Option<Vector>>("embedding")?.map(Vec::from);
     Ok(MemoryRecord {
         memory: Memory {
             id: r.try_get("id")?,
@@ -222,10 +227,11 @@ fn read_memory(r: &Row) -> Res<MemoryRecord> {
             metadata: r.try_get::<_, Json<Object>>("metadata")?.0,
             version: get_uint(r, "version")?,
             embedding_model: r.try_get("embedding_model")?,
+            vector_available: embedding.is_some(),
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
         },
-        embedding: r.try_get::<_, Option<Vector>>("embedding")?.map(Vec::from),
+        embedding,
         dedupe_key: r.try_get("dedupe_key")?,
     })
 }

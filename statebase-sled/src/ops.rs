@@ -93,8 +93,10 @@ fn decode_memory(bytes: &[u8]) -> Result<MemoryRecord> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
+    let mut memory = v.memory;
+    memory.vector_available = v.has_embedding;
     Ok(MemoryRecord {
-        memory: v.memory,
+        memory,
         dedupe_key: v.dedupe_key,
         embedding: v.has_embedding.then_some(vector),
     })

@@ -1089,6 +1089,7 @@ fn read_memory(r: &Row<'_>) -> Res<MemoryRecord> {
             metadata: object(&r.get::<_, String>(6)?)?,
             version: uint(r.get(7)?)?,
             embedding_model: r.get(8)?,
+            vector_available: embedding.is_some(),
             created_at: time(r.get(11)?)?,
             updated_at: time(r.get(12)?)?,
         },

@@ -29,6 +29,15 @@ pub trait Embedder: Send + Sync + Debug + 'static {
     fn calibration(&self) -> Calibration {
         Calibration::RAW
     }
+
+    /// Whether a memory's add or change waits for its vector: true (the default) for a
+    /// model in process, which answers in microseconds to milliseconds. A remote service
+    /// answers false: writes then store memories with their vectors pending, searchable by
+    /// keywords at once, and [`StateBase::embed_pending`](crate::StateBase::embed_pending)
+    /// embeds them in batches. Either way an embedder error never fails a write.
+    fn embeds_on_write(&self) -> bool {
+        true
+    }
 }
 
 /// Maps a model's raw cosine similarity to a relevance score on one scale for every model:

@@ -989,6 +989,98 @@ pub async fn a_vector_is_set_only_on_its_version<F: StoreFactory>(factory: F) {
     assert!(!set(tenant, m.id.clone(), 2).await, "a deleted memory");
 }
 
+/// The embedder down costs no write: a memory added or changed meanwhile is stored with its
+/// vector pending, found by keywords at once (the query's vector failing too), and by its
+/// vector once `embed_pending` runs with the embedder back; one left pending by a process
+/// that stopped is found by `reembed_memories`; a remote embedder leaves every write's
+/// vector to `embed_pending`.
+pub async fn vectors_pending_while_the_embedder_is_down_come_later<F: StoreFactory>(factory: F) {
+    let embedder = Arc::new(super::FlakyEmbedder::new());
+    let mut env = Env::new(factory).await;
+    env.reopen_with(|c| c.embedder = embedder.clone()).await;
+    let (s, pending, changed) = {
+        let sb = env.sb();
+        let s = session(sb, Some("u1")).await;
+        let embedded = remember(sb, &s.id, "Drinks green tea every morning").await;
+        assert!(embedded.vector_available);
+        embedder.set_down(true);
+        let m = remember(sb, &s.id, "Prefers email over phone calls").await;
+        assert!(!m.vector_available, "{m:?}");
+        assert_eq!(m.embedding_model, embedded.embedding_model);
+        let update = UpdateMemory {
+            content: Some("Drinks black tea every morning".into()),
+            ..Default::default()
+        };
+        let changed = sb.update_memory(&embedded.id, update).await.unwrap();
+        assert!(!changed.vector_available, "{changed:?}");
+        assert_eq!(sb.pending_vectors(), 2);
+        let q = SearchMemories {
+            threshold: Some(0.1),
+            ..SearchMemories::new("email")
+        };
+        let hits = sb.search_memories(q.clone()).await.unwrap();
+        assert_eq!(ids(&hits), vec![m.id.clone()], "keywords find it at once");
+        assert_eq!(hits[0].vector_score, 0.0);
+        assert!(sb.embed_pending().await.is_err(), "the embedder is down");
+        assert_eq!(sb.pending_vectors(), 2, "a failed try keeps them");
+        embedder.set_down(false);
+        assert_eq!(sb.embed_pending().await.unwrap(), 2);
+        assert_eq!((sb.pending_vectors(), sb.embed_pending().await.unwrap()), (0, 0));
+        for id in [&m.id, &embedded.id] {
+            let read = sb.get_memory(id).await.unwrap();
+            assert!(read.vector_available, "{read:?}");
+            let listed = sb.list_memories(ListMemories::default()).await.unwrap();
+            assert!(listed.data.iter().any(|l| l.id == *id && l.vector_available));
+        }
+        let hits = sb.search_memories(q).await.unwrap();
+        assert_eq!(ids(&hits), vec![m.id.clone()]);
+        assert!(hits[0].vector_score > 0.1, "no vector compared: {hits:?}");
+        let tea = SearchMemories {
+            threshold: Some(0.1),
+            ..SearchMemories::new("black tea")
+        };
+        let hits = sb.search_memories(tea).await.unwrap();
+        assert_eq!(ids(&hits), vec![embedded.id.clone()]);
+        assert!(hits[0].vector_score > 0.1, "the new content's vector: {hits:?}");
+        embedder.set_down(true);
+        let pending = remember(sb, &s.id, "Lives in Lisbon").await;
+        (s, pending, changed)
+    };
+    // The process stops with a vector pending; the next one finds it.
+    env.reopen().await;
+    embedder.set_down(false);
+    let sb = env.sb();
+    assert!(!sb.get_memory(&pending.id).await.unwrap().vector_available);
+    assert_eq!(sb.pending_vectors(), 0, "another process's queue");
+    assert_eq!(sb.reembed_memories().await.unwrap(), 1);
+    assert!(sb.get_memory(&pending.id).await.unwrap().vector_available);
+    assert!(sb.get_memory(&changed.id).await.unwrap().vector_available);
+    // A remote embedder: writes never wait for it.
+    let remote = Arc::new(super::FlakyEmbedder::remote());
+    env.reopen_with(|c| c.embedder = remote.clone()).await;
+    let sb = env.sb();
+    let m = remember(sb, &s.id, "Plays the cello").await;
+    assert!(!m.vector_available);
+    // The query has a vector; the pending memory none to compare.
+    let cello = SearchMemories {
+        threshold: Some(0.1),
+        ..SearchMemories::new("cello")
+    };
+    let hits = sb.search_memories(cello.clone()).await.unwrap();
+    assert_eq!((ids(&hits), hits[0].vector_score), (vec![m.id.clone()], 0.0));
+    assert_eq!(sb.embed_pending().await.unwrap(), 1);
+    let hits = sb.search_memories(cello).await.unwrap();
+    assert!(hits[0].vector_score > 0.1, "{hits:?}");
+    assert!(sb.get_memory(&m.id).await.unwrap().vector_available);
+    let off = AddMemory {
+        embed: Some(false),
+        ..AddMemory::new(&s.id, "Not to be embedded")
+    };
+    let off = sb.add_memory(off).await.unwrap();
+    assert!(!off.vector_available && off.embedding_model.is_none());
+    assert_eq!(sb.pending_vectors(), 0, "embed: false is not pending");
+}
+
 /// Turn and memory changes each write one trace with their resource.
 pub async fn turn_and_memory_changes_are_traced<F: StoreFactory>(factory: F) {
     let env = Env::new(factory).await;

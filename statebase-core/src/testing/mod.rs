@@ -104,6 +104,55 @@ impl<F: StoreFactory> StoreFactory for DynFactory<F> {
     }
 }
 
+/// [`HashEmbedder`](crate::HashEmbedder) behind a switch: while [down](Self::set_down) every
+/// call fails, as a remote embedding service that is unreachable; it can also play a remote
+/// one that [does not embed on write](crate::Embedder::embeds_on_write).
+#[derive(Debug, Default)]
+pub struct FlakyEmbedder {
+    inner: crate::HashEmbedder,
+    down: std::sync::atomic::AtomicBool,
+    remote: bool,
+}
+
+impl FlakyEmbedder {
+    /// One that embeds on write (while up).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One that never embeds on write, as a remote service.
+    pub fn remote() -> Self {
+        Self {
+            remote: true,
+            ..Self::default()
+        }
+    }
+
+    /// Makes every call fail (`true`) or work again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl crate::Embedder for FlakyEmbedder {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dimensions(&self) -> usize {
+        self.inner.dimensions()
+    }
+    async fn embed(&self, texts: &[String]) -> crate::Result<Vec<Vec<f32>>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::Error::backend("the embedding service is down"));
+        }
+        self.inner.embed(texts).await
+    }
+    fn embeds_on_write(&self) -> bool {
+        !self.remote
+    }
+}
+
 /// The error code of a call that must fail.
 fn code<T: std::fmt::Debug>(r: crate::Result<T>) -> &'static str {
     match r {
@@ -227,6 +276,7 @@ macro_rules! conformance_suite {
             context_gathers_state_memories_and_turns,
             turns_and_memories_survive_reopen,
             a_vector_is_set_only_on_its_version,
+            vectors_pending_while_the_embedder_is_down_come_later,
             turn_and_memory_changes_are_traced,
             api_keys_authenticate_until_revoked,
         );
