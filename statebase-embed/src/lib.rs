@@ -8,6 +8,10 @@
 //! in microseconds, in process, with no model files at run time: the table (12 MB) is
 //! built into the binary.
 
+mod openai;
+
+pub use openai::{OpenAiEmbedder, OpenAiOptions};
+
 use async_trait::async_trait;
 use serde::Deserialize;
 use statebase_core::{Calibration, Embedder, Error, Result};

@@ -120,13 +120,14 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
 }
 
 /// Once, at start: re-embeds the memories of every tenant with an API key whose vectors
-/// another embedding model made. Then every `interval`, forever: deletes expired sessions
-/// (each emits `session.expired`), applies every tenant's retention policies, and forgets
-/// idempotent responses past their 24 hours.
+/// another embedding model made or that a stopped process left pending. Then every
+/// `interval`, forever: deletes expired sessions (each emits `session.expired`), applies
+/// every tenant's retention policies, and forgets idempotent responses past their 24 hours.
 pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {
     let (sb, idempotency) = (state.sb.clone(), state.idempotency.clone());
+    let metrics = state.metrics.clone();
     tokio::spawn(async move {
-        if let Err(e) = reembed_every_tenant(&sb).await {
+        if let Err(e) = reembed_every_tenant(&sb, &metrics).await {
             tracing::warn!(error = %e, "re-embedding memories failed");
         }
         loop {
@@ -157,17 +158,60 @@ pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::J
 }
 
 /// [`StateBase::reembed_memories`] for every tenant that has an API key.
-async fn reembed_every_tenant(sb: &StateBase<Arc<dyn ServerStore>>) -> statebase_core::Result<()> {
+async fn reembed_every_tenant(
+    sb: &StateBase<Arc<dyn ServerStore>>,
+    metrics: &observe::Metrics,
+) -> statebase_core::Result<()> {
     let keys = sb.store().list_api_keys(None).await?;
     let tenants: std::collections::BTreeSet<&str> =
         keys.iter().map(|k| k.tenant.as_str()).collect();
-    for tenant in tenants {
+    for (done, tenant) in tenants.iter().enumerate() {
         let count = sb.tenant(tenant).reembed_memories().await?;
+        metrics.vectors_embedded(count);
         if count > 0 {
-            tracing::info!(tenant, count, "memories re-embedded with the current model");
+            let model = sb.config().embedder.model_id();
+            tracing::info!(
+                tenant,
+                count,
+                model,
+                tenants_done = done + 1,
+                tenants = tenants.len(),
+                "memories re-embedded with the current model"
+            );
         }
     }
     Ok(())
+}
+
+/// Forever: gives memories whose vectors are pending (see
+/// [`StateBase::embed_pending`]) their vectors, a batch at a time, as soon as one is
+/// pending. While the embedder fails it tries again after a second, then twice as long
+/// each time, up to a minute.
+pub fn spawn_embedding(state: &AppState) -> tokio::task::JoinHandle<()> {
+    const FIRST_WAIT: Duration = Duration::from_secs(1);
+    let (sb, metrics) = (state.sb.clone(), state.metrics.clone());
+    tokio::spawn(async move {
+        let mut wait = FIRST_WAIT;
+        loop {
+            if sb.pending_vectors() == 0 {
+                sb.vectors_wanted().await;
+            }
+            match sb.embed_pending().await {
+                Ok(n) => {
+                    metrics.vectors_embedded(n);
+                    wait = FIRST_WAIT;
+                }
+                Err(e) => {
+                    metrics.embedding_failed();
+                    let pending = sb.pending_vectors();
+                    tracing::warn!(error = %e, pending, retry_in_ms = wait.as_millis() as u64,
+                        "embedding pending memories failed; they stay searchable by keywords");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    })
 }
 
 /// The whole API, and `/openapi.json` describing it.
@@ -251,11 +295,11 @@ async fn openapi_json(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 /// The Prometheus text format: requests by route and status, latencies, store operations,
-/// rate-limit rejections.
+/// rate-limit rejections, background embedding.
 #[utoipa::path(get, path = "/metrics", security(()),
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics.render()
+    state.metrics.render(state.sb.pending_vectors())
 }
 
 async fn no_route() -> ApiError {
@@ -325,7 +369,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        reembed_every_tenant(&sb).await.unwrap();
+        reembed_every_tenant(&sb, &Default::default())
+            .await
+            .unwrap();
         let current = sb.config().embedder.model_id().to_owned();
         for (tenant, id) in ids {
             let m = sb.tenant(tenant).get_memory(&id).await.unwrap();

@@ -4,9 +4,12 @@
 mod transfer;
 
 use clap::{Parser, Subcommand};
-use statebase_core::{Config, Embedder, HashEmbedder, IdSource, KeyLimits, ServerStore, StateBase};
+use statebase_core::{
+    Calibration, Config, Embedder, HashEmbedder, IdSource, KeyLimits, ServerStore, StateBase,
+};
 use statebase_http::{
-    router, serve, spawn_maintenance, webhooks, AppState, Limits, Rate, RateLimiter, Targets,
+    router, serve, spawn_embedding, spawn_maintenance, webhooks, AppState, Limits, Rate,
+    RateLimiter, Targets,
 };
 use statebase_postgres::PostgresOptions;
 use std::sync::Arc;
@@ -37,18 +40,87 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum EmbedderChoice {
-    Builtin,
-    Hash,
+/// The embedding model of memory search, and how to reach it.
+#[derive(clap::Args)]
+struct EmbedderArgs {
+    /// `builtin`: the static model distilled from all-MiniLM-L6-v2, in process (by
+    /// meaning); `hash`: shared words only, no model; `openai:MODEL`: MODEL behind an
+    /// OpenAI-compatible `POST /embeddings` at `--embedder-url` (OpenAI, Azure, Ollama,
+    /// vLLM, TEI, LM Studio), with the key in `STATEBASE_EMBEDDER_KEY` if it needs one.
+    #[arg(long, env = "STATEBASE_EMBEDDER", default_value = "builtin")]
+    embedder: String,
+    /// The embedding service's base URL, for `openai:` (requests go to `URL/embeddings`).
+    #[arg(
+        long,
+        env = "STATEBASE_EMBEDDER_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    embedder_url: String,
+    /// Milliseconds one request to the embedding service may take (it is tried twice more
+    /// if it times out or fails to connect).
+    #[arg(long, default_value_t = 10_000)]
+    embedder_timeout_ms: u64,
+    /// The most texts in one request to the embedding service.
+    #[arg(long, default_value_t = 64)]
+    embedder_batch: usize,
+    /// The service's vector length (asked of the service at start when not given).
+    #[arg(long)]
+    embedder_dimensions: Option<usize>,
+    /// `T,R`: the service model's cosine that scores 0.7 (the SDKs' default threshold;
+    /// about the cosine that 90% of unrelated pairs stay below) and the cosine that scores
+    /// 0.9 (a typical relevant pair's). Without it scores are raw cosines.
+    #[arg(long, value_parser = parse_calibration)]
+    embedder_calibration: Option<Calibration>,
 }
 
-impl EmbedderChoice {
-    fn embedder(self) -> Arc<dyn Embedder> {
-        match self {
-            Self::Builtin => statebase_embed::StaticEmbedder::builtin(),
-            Self::Hash => Arc::new(HashEmbedder::new()),
-        }
+fn parse_calibration(s: &str) -> Result<Calibration, String> {
+    let pair = s
+        .split_once(',')
+        .and_then(|(t, r)| Some((t.trim().parse::<f32>().ok()?, r.trim().parse::<f32>().ok()?)));
+    match pair {
+        Some((t, r)) if (-1.0..1.0).contains(&t) && t < r && r <= 1.0 => Ok(Calibration::new(t, r)),
+        _ => Err("expected two cosines T,R with -1 <= T < R <= 1".into()),
+    }
+}
+
+impl EmbedderArgs {
+    async fn embedder(self) -> Result<Arc<dyn Embedder>, Box<dyn std::error::Error>> {
+        Ok(match self.embedder.as_str() {
+            "builtin" => statebase_embed::StaticEmbedder::builtin(),
+            "hash" => Arc::new(HashEmbedder::new()),
+            spec => {
+                let Some(model) = spec.strip_prefix("openai:").filter(|m| !m.is_empty()) else {
+                    return Err(format!(
+                        "--embedder {spec}: expected builtin, hash or openai:MODEL"
+                    )
+                    .into());
+                };
+                let options = statebase_embed::OpenAiOptions {
+                    key: std::env::var("STATEBASE_EMBEDDER_KEY").ok(),
+                    batch: self.embedder_batch.max(1),
+                    timeout: Duration::from_millis(self.embedder_timeout_ms.max(1)),
+                    dimensions: self.embedder_dimensions,
+                    calibration: self.embedder_calibration.unwrap_or(Calibration::RAW),
+                    ..Default::default()
+                };
+                let url = &self.embedder_url;
+                let embedder = statebase_embed::OpenAiEmbedder::connect(url, model, options)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "--embedder {spec}: {e} (give --embedder-dimensions to start \
+                             while the service is unreachable)"
+                        )
+                    })?;
+                tracing::info!(
+                    model,
+                    url,
+                    dimensions = embedder.dimensions(),
+                    "embedding service"
+                );
+                Arc::new(embedder)
+            }
+        })
     }
 }
 
@@ -80,10 +152,8 @@ enum Command {
         /// Keys to provision at start, `[TENANT:]KEY` (tenant `default` when omitted).
         #[arg(long = "api-key", env = "STATEBASE_API_KEYS", value_delimiter = ',')]
         api_keys: Vec<String>,
-        /// The embedding model of memory search: `builtin`, the static model distilled from
-        /// all-MiniLM-L6-v2 (by meaning), or `hash` (shared words only, no model).
-        #[arg(long, env = "STATEBASE_EMBEDDER", value_enum, default_value_t = EmbedderChoice::Builtin)]
-        embedder: EmbedderChoice,
+        #[command(flatten)]
+        embedder: EmbedderArgs,
         /// Requests per minute per key.
         #[arg(long, default_value_t = 100)]
         rate_limit: u32,
@@ -439,7 +509,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     auth_failures_per_minute,
                 ));
             let config = Config {
-                embedder: embedder.embedder(),
+                embedder: embedder.embedder().await?,
                 ..Config::default()
             };
             let store = open(&db, postgres.options()?).await?;
@@ -458,6 +528,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .then(|| webhooks::Dispatcher::new(state.sb.clone(), targets).spawn(every));
             let every = Duration::from_secs(sweep_interval.max(1));
             let maintenance = spawn_maintenance(&state, every);
+            let embedding = spawn_embedding(&state);
             let app = router(state.clone());
             serve(listener, app, limits, shutdown()).await?;
             // What they have not finished stays owed in the store for the next start.
@@ -465,6 +536,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 dispatcher.abort();
             }
             maintenance.abort();
+            embedding.abort();
         }
         Command::Webhooks {
             db,

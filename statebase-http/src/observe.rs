@@ -51,6 +51,9 @@ struct Inner {
     /// store operation -> failures
     store_errors: BTreeMap<&'static str, u64>,
     rate_limited: u64,
+    /// Memories given a vector after their write: pending ones, and re-embedded ones.
+    vectors_embedded: u64,
+    embedding_failures: u64,
 }
 
 impl statebase_core::StoreObserver for Metrics {
@@ -91,8 +94,19 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Counts memories given their vector after their write (pending or re-embedded).
+    pub fn vectors_embedded(&self, n: u64) {
+        self.inner.lock().vectors_embedded += n;
+    }
+
+    /// Counts a failed round of background embedding.
+    pub fn embedding_failed(&self) {
+        self.inner.lock().embedding_failures += 1;
+    }
+
+    /// The Prometheus text exposition; `pending_vectors` is the gauge of memories whose
+    /// vectors this process still owes.
+    pub fn render(&self, pending_vectors: usize) -> String {
         let m = self.inner.lock();
         let mut out = String::new();
         out.push_str(
@@ -142,6 +156,31 @@ impl Metrics {
         out.push_str("# HELP statebase_rate_limited_total Requests refused by a rate limit.\n");
         out.push_str("# TYPE statebase_rate_limited_total counter\n");
         let _ = writeln!(out, "statebase_rate_limited_total {}", m.rate_limited);
+        for (name, kind, help, value) in [
+            (
+                "statebase_memory_vectors_pending",
+                "gauge",
+                "Memories stored whose vectors this process has yet to make.",
+                pending_vectors as u64,
+            ),
+            (
+                "statebase_memory_vectors_embedded_total",
+                "counter",
+                "Memories given their vector after their write (pending or re-embedded).",
+                m.vectors_embedded,
+            ),
+            (
+                "statebase_embedding_failures_total",
+                "counter",
+                "Rounds of background embedding the embedder failed.",
+                m.embedding_failures,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         out
     }
 }
