@@ -110,8 +110,7 @@ impl<S: Store> StateBase<S> {
     /// process that stopped are found by [`reembed_memories`](Self::reembed_memories).
     pub async fn embed_pending(&self) -> Result<u64> {
         let batch = self.shared.pending.take(EMBED_BATCH);
-        let mut by_tenant: std::collections::BTreeMap<&str, Vec<MemoryRecord>> =
-            Default::default();
+        let mut by_tenant: std::collections::BTreeMap<&str, Vec<MemoryRecord>> = Default::default();
         let mut embedded = 0;
         let mut outcome = Ok(());
         for (tenant, id) in &batch {
@@ -461,7 +460,11 @@ impl<S: Store> StateBase<S> {
         let search = MemorySearch {
             keywords: crate::search::keywords(text),
             // The embedder down: keywords still find memories.
-            vector: self.embed(&[text.to_owned()]).await.ok().and_then(|mut v| v.pop()),
+            vector: self
+                .embed(&[text.to_owned()])
+                .await
+                .ok()
+                .and_then(|mut v| v.pop()),
             model: self.config().embedder.model_id().to_owned(),
             calibration: self.config().embedder.calibration(),
             scope,

@@ -123,7 +123,9 @@ impl PostgresStore {
                 _ => format!("embedding <=> {p}"),
             };
             // A memory whose vector is pending has its model but no vector yet.
-            f.and(&format!("embedding_model = {model} AND embedding IS NOT NULL"));
+            f.and(&format!(
+                "embedding_model = {model} AND embedding IS NOT NULL"
+            ));
             f.select(format!(
                 "SELECT id, (1 - ({distance}))::real AS vs FROM memories"
             ));

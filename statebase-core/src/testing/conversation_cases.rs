@@ -1025,12 +1025,18 @@ pub async fn vectors_pending_while_the_embedder_is_down_come_later<F: StoreFacto
         assert_eq!(sb.pending_vectors(), 2, "a failed try keeps them");
         embedder.set_down(false);
         assert_eq!(sb.embed_pending().await.unwrap(), 2);
-        assert_eq!((sb.pending_vectors(), sb.embed_pending().await.unwrap()), (0, 0));
+        assert_eq!(
+            (sb.pending_vectors(), sb.embed_pending().await.unwrap()),
+            (0, 0)
+        );
         for id in [&m.id, &embedded.id] {
             let read = sb.get_memory(id).await.unwrap();
             assert!(read.vector_available, "{read:?}");
             let listed = sb.list_memories(ListMemories::default()).await.unwrap();
-            assert!(listed.data.iter().any(|l| l.id == *id && l.vector_available));
+            assert!(listed
+                .data
+                .iter()
+                .any(|l| l.id == *id && l.vector_available));
         }
         let hits = sb.search_memories(q).await.unwrap();
         assert_eq!(ids(&hits), vec![m.id.clone()]);
@@ -1041,7 +1047,10 @@ pub async fn vectors_pending_while_the_embedder_is_down_come_later<F: StoreFacto
         };
         let hits = sb.search_memories(tea).await.unwrap();
         assert_eq!(ids(&hits), vec![embedded.id.clone()]);
-        assert!(hits[0].vector_score > 0.1, "the new content's vector: {hits:?}");
+        assert!(
+            hits[0].vector_score > 0.1,
+            "the new content's vector: {hits:?}"
+        );
         embedder.set_down(true);
         let pending = remember(sb, &s.id, "Lives in Lisbon").await;
         (s, pending, changed)
@@ -1067,7 +1076,10 @@ pub async fn vectors_pending_while_the_embedder_is_down_come_later<F: StoreFacto
         ..SearchMemories::new("cello")
     };
     let hits = sb.search_memories(cello.clone()).await.unwrap();
-    assert_eq!((ids(&hits), hits[0].vector_score), (vec![m.id.clone()], 0.0));
+    assert_eq!(
+        (ids(&hits), hits[0].vector_score),
+        (vec![m.id.clone()], 0.0)
+    );
     assert_eq!(sb.embed_pending().await.unwrap(), 1);
     let hits = sb.search_memories(cello).await.unwrap();
     assert!(hits[0].vector_score > 0.1, "{hits:?}");
