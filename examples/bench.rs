@@ -513,6 +513,69 @@ async fn bench_backend<S: Store>(
     );
 }
 
+/// Context in process with the built-in model next to `HashEmbedder`, over the same
+/// memories, in interleaved rounds: what embedding the query costs context.
+async fn bench_context_embedders(sizes: &Sizes, out: &mut Vec<Figure>) {
+    let embedders: [Arc<dyn statebase_core::Embedder>; 2] = [
+        Arc::new(statebase_core::HashEmbedder::new()),
+        statebase_embed::StaticEmbedder::builtin(),
+    ];
+    let mut worlds = Vec::new();
+    for embedder in embedders {
+        let config = statebase_core::Config {
+            embedder,
+            ..Default::default()
+        };
+        let sb = StateBase::with_config(MemoryStore::new(), config);
+        let s = sb
+            .create_session(CreateSession::new("bench"))
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            sb.add_turn(&s.id, AddTurn::text("question", "answer"))
+                .await
+                .unwrap();
+        }
+        for i in 0..sizes.memories as u64 {
+            sb.add_memory(AddMemory::new(&s.id, &sentence(i)))
+                .await
+                .unwrap();
+        }
+        worlds.push((sb, s.id));
+    }
+    let mut runs: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..sizes.rounds {
+        for (w, (sb, sid)) in worlds.iter().enumerate() {
+            let r = sequential(1, sizes.reads / 4, |i| {
+                let (sb, sid) = (sb.clone(), sid.clone());
+                async move {
+                    let q = ContextRequest {
+                        query: Some(sentence(i as u64 * 7 + 3)),
+                        memory_limit: Some(5),
+                        turn_limit: Some(10),
+                    };
+                    let c = sb.context(&sid, q).await.unwrap();
+                    assert_eq!(c.recent_turns.len(), 10);
+                }
+            })
+            .await;
+            runs[w].push(r);
+        }
+    }
+    // The median round of each figure.
+    let median = |w: usize, of: fn(&(f64, f64, f64)) -> f64| {
+        summarize(runs[w].iter().map(of).collect(), Vec::new()).0
+    };
+    let builtin = (median(1, |r| r.0), median(1, |r| r.1), median(1, |r| r.2));
+    let n = sizes.memories;
+    out.push(Figure::rate(
+        "memory",
+        &format!("context of {n} memories, built-in model"),
+        builtin,
+        Some(("same with HashEmbedder".into(), median(0, |r| r.0))),
+    ));
+}
+
 /// An [`HnswIndex`] the benchmark keeps a handle on, to build its graph before measuring.
 #[derive(Debug, Clone)]
 struct SharedIndex(Arc<HnswIndex>);
@@ -965,6 +1028,7 @@ async fn main() {
         let raw = raw_memory(sizes.rounds, sizes.writes, sizes.reads);
         let sb = StateBase::new(MemoryStore::new());
         bench_backend("memory", sb, &sizes, raw, &mut figures).await;
+        bench_context_embedders(&sizes, &mut figures).await;
     }
     if runs("search") {
         bench_search_scale(&sizes, &mut figures).await;
