@@ -570,7 +570,7 @@ async fn bench_context_embedders(sizes: &Sizes, out: &mut Vec<Figure>) {
     let n = sizes.memories;
     out.push(Figure::rate(
         "memory",
-        &format!("context of {n} memories, built-in model"),
+        format!("context of {n} memories, built-in model"),
         builtin,
         Some(("same with HashEmbedder".into(), median(0, |r| r.0))),
     ));
