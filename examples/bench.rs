@@ -76,6 +76,8 @@ struct Sizes {
     turns: usize,
     /// Memories of a tenant for the search scaling cases (memory backend).
     search_scale: Vec<usize>,
+    /// Vectors in the vector index's exact scan cases (no graph to build: cheap).
+    vector_scan: Vec<usize>,
     /// Small edits for the storage case.
     edits: usize,
     /// Small edits of the session that retention prunes to its last 100 versions.
@@ -603,7 +605,94 @@ impl VectorIndex for SharedIndex {
 
 /// Search top-10 over a tenant of `n` memories on the memory backend, once by exact scan
 /// and once through the HNSW graph (its recall@10 measured against the exact results).
+/// numpy's exact top-10 (one BLAS thread): a matrix-vector product over contiguous rows
+/// and a partial selection, on seeded unit vectors; prints p50 and p99 in µs.
+const NUMPY_SCAN: &str = r#"
+import os, sys, time
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
+import numpy as np
+n, d, k = int(sys.argv[1]), int(sys.argv[2]), 10
+rng = np.random.default_rng(7)
+m = rng.standard_normal((n, d), dtype=np.float32)
+m /= np.linalg.norm(m, axis=1, keepdims=True)
+lat = []
+for q in m[rng.integers(0, n, 200)]:
+    t = time.perf_counter()
+    s = m @ q
+    top = np.argpartition(-s, k)[:k]
+    top = top[np.argsort(-s[top])]
+    lat.append((time.perf_counter() - t) * 1e6)
+lat.sort()
+print(lat[100], lat[198])
+"#;
+
+/// numpy's (p50, p99) µs for an exact top-10 of `n` vectors of `dims`; `None` without
+/// `python3` and numpy.
+fn numpy_scan(n: usize, dims: usize) -> Option<(f64, f64)> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", NUMPY_SCAN, &n.to_string(), &dims.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut figures = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some((figures.next()??, figures.next()??))
+}
+
+/// The exact scan of the vector index alone (seeded unit vectors, 384-d, top-10), next to
+/// numpy's when it is installed, both on vectors stored contiguously.
+fn bench_vector_scan(sizes: &Sizes, out: &mut Vec<Figure>) {
+    const DIMS: usize = 384;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    for &n in &sizes.vector_scan {
+        let index = HnswIndex::new(HnswConfig {
+            exact_limit: usize::MAX,
+            ..HnswConfig::default()
+        });
+        let vectors: Vec<(u64, Vector)> = (0..n as u64)
+            .map(|i| {
+                let v: Vec<f32> = (0..DIMS).map(|_| next()).collect();
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                (i, v.iter().map(|a| a / norm).collect())
+            })
+            .collect();
+        let queries: Vec<Vector> = vectors
+            .iter()
+            .step_by(n / 200)
+            .map(|v| v.1.clone())
+            .collect();
+        index.insert_many(vectors);
+        let mut latencies = Vec::new();
+        for q in &queries {
+            let t = Instant::now();
+            let hits = index.search(q, 10, &Filter::accepting(&|_| true));
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(hits.len(), 10);
+        }
+        // Rates from the medians on both sides, as numpy reports its own.
+        let (_, p50, p99) = summarize(Vec::new(), latencies);
+        let rate = 1e6 / p50;
+        let baseline =
+            numpy_scan(n, DIMS).map(|(np50, _)| ("numpy exact (1 thread)".into(), 1e6 / np50));
+        if baseline.is_none() {
+            println!("vector scan of {n}: no numpy baseline (pip install numpy)");
+        }
+        out.push(Figure::rate(
+            "memory",
+            format!("vector index exact top-10 of {n} ({DIMS}-d)"),
+            (rate, p50, p99),
+            baseline,
+        ));
+    }
+}
+
 async fn bench_search_scale(sizes: &Sizes, out: &mut Vec<Figure>) {
+    bench_vector_scan(sizes, out);
     for &n in &sizes.search_scale {
         let store = MemoryStore::new();
         let exact = StateBase::with_config(
@@ -997,6 +1086,7 @@ async fn main() {
             memories: 1_000,
             turns: 1_000,
             search_scale: vec![1_000, 10_000],
+            vector_scan: vec![1_000, 10_000],
             edits: 200,
             retention_edits: 1_000,
         }
@@ -1014,6 +1104,7 @@ async fn main() {
             } else {
                 vec![1_000, 10_000]
             },
+            vector_scan: vec![10_000, 30_000, 100_000],
             edits: 1_000,
             retention_edits: 10_000,
         }

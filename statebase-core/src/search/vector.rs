@@ -1,5 +1,7 @@
 //! Nearest-neighbour search over memory vectors: the [`VectorIndex`] trait and
 //! [`HnswIndex`], exact where the index is small and an HNSW snapshot where it is large.
+//! Vectors are stored contiguously and scored by a kernel compiled for the CPU's vector
+//! instructions, chosen at run time (`pulp`).
 
 use instant_distance::{Builder, HnswMap, Search};
 use parking_lot::RwLock;
@@ -124,9 +126,75 @@ struct Snapshot {
     keys: HashSet<u64>,
 }
 
+/// Vectors stored contiguously, one row per key, so that a scan streams through memory.
+/// A removal moves the last row into the gap.
+#[derive(Default)]
+struct Rows {
+    dims: usize,
+    data: Vec<f32>,
+    keys: Vec<u64>,
+    slots: HashMap<u64, usize>,
+}
+
+impl Rows {
+    /// Adds or replaces `key`'s vector. Every vector of an index has one length (one
+    /// model's); the first sets it, and one of another length is not kept.
+    fn insert(&mut self, key: u64, vector: &[f32]) {
+        if self.keys.is_empty() {
+            self.dims = vector.len();
+        }
+        if vector.len() != self.dims {
+            self.remove(key);
+            return;
+        }
+        let d = self.dims;
+        match self.slots.get(&key) {
+            Some(&slot) => self.data[slot * d..(slot + 1) * d].copy_from_slice(vector),
+            None => {
+                self.slots.insert(key, self.keys.len());
+                self.keys.push(key);
+                self.data.extend_from_slice(vector);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> bool {
+        let Some(slot) = self.slots.remove(&key) else {
+            return false;
+        };
+        let (d, last) = (self.dims, self.keys.len() - 1);
+        if slot != last {
+            let moved = self.keys[last];
+            self.keys[slot] = moved;
+            self.data.copy_within(last * d..(last + 1) * d, slot * d);
+            self.slots.insert(moved, slot);
+        }
+        self.keys.pop();
+        self.data.truncate(last * d);
+        true
+    }
+
+    fn get(&self, key: u64) -> Option<&[f32]> {
+        let slot = *self.slots.get(&key)?;
+        Some(&self.data[slot * self.dims..(slot + 1) * self.dims])
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Every key with its vector, in storage order.
+    fn iter(&self) -> impl Iterator<Item = (u64, &[f32])> {
+        self.keys
+            .iter()
+            .copied()
+            .zip(self.data.chunks_exact(self.dims.max(1)))
+    }
+}
+
 #[derive(Default)]
 struct State {
-    vectors: HashMap<u64, Vector>,
+    vectors: Rows,
     snapshot: Option<Arc<Snapshot>>,
     /// Keys inserted since the snapshot's build began, with their insert sequence numbers.
     tail: Vec<(u64, u64)>,
@@ -204,7 +272,7 @@ impl HnswIndex {
 }
 
 fn collect(s: &State) -> Vec<(u64, Vector)> {
-    s.vectors.iter().map(|(k, v)| (*k, v.clone())).collect()
+    s.vectors.iter().map(|(k, v)| (k, v.into())).collect()
 }
 
 fn build(points: Vec<(u64, Vector)>, config: &HnswConfig) -> Snapshot {
@@ -228,20 +296,49 @@ fn swap(state: &RwLock<State>, snapshot: Snapshot, seq: u64) {
     s.building = false;
 }
 
-/// The best `k` of `hits` (unordered), best first: a partial selection, then a sort of
-/// only those `k`.
-pub(crate) fn top(mut hits: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
-    let better = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+/// The best `k` of `hits` (any order), best first (ties: the smaller key), kept in a heap
+/// of `k` as they stream by: most hits cost one comparison with the worst kept.
+pub(crate) fn top(hits: impl IntoIterator<Item = (u64, f32)>, k: usize) -> Vec<(u64, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k - 1, better);
-        hits.truncate(k);
+    let mut kept = std::collections::BinaryHeap::with_capacity(k);
+    for hit in hits {
+        let hit = Worse(hit);
+        if kept.len() < k {
+            kept.push(hit);
+        } else if let Some(mut worst) = kept.peek_mut() {
+            if hit < *worst {
+                *worst = hit;
+            }
+        }
     }
-    hits.sort_unstable_by(better);
-    hits
+    kept.into_sorted_vec().into_iter().map(|h| h.0).collect()
 }
+
+/// A hit ordered so that the worse is the greater: a max-heap's top is its worst.
+struct Worse((u64, f32));
+
+impl Ord for Worse {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let ((a, x), (b, y)) = (self.0, other.0);
+        y.total_cmp(&x).then(a.cmp(&b))
+    }
+}
+
+impl PartialOrd for Worse {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Worse {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Worse {}
 
 impl VectorIndex for HnswIndex {
     fn insert(&self, key: u64, vector: Vector) {
@@ -253,7 +350,7 @@ impl VectorIndex for HnswIndex {
         for (key, vector) in vectors {
             s.inserts += 1;
             let seq = s.inserts;
-            s.vectors.insert(key, vector);
+            s.vectors.insert(key, &vector);
             s.tail.push((key, seq));
         }
         self.maybe_rebuild(&mut s);
@@ -261,7 +358,7 @@ impl VectorIndex for HnswIndex {
 
     fn remove(&self, key: u64) {
         let mut s = self.state.write();
-        if s.vectors.remove(&key).is_none() {
+        if !s.vectors.remove(key) {
             return;
         }
         s.tail.retain(|(k, _)| *k != key);
@@ -273,14 +370,24 @@ impl VectorIndex for HnswIndex {
 
     fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)> {
         let s = self.state.read();
+        let rows = &s.vectors;
+        // Some keys, each looked up; or every row, in storage order.
         let scan = |keys: &mut dyn Iterator<Item = u64>, admit: &dyn Fn(u64) -> bool| {
             let hits = keys
                 .filter(|key| admit(*key))
-                .filter_map(|key| s.vectors.get(&key).map(|v| (key, dot(query, v))))
-                .collect();
+                .filter_map(|key| rows.get(key).map(|v| (key, dot(query, v))));
             top(hits, k)
         };
-        let exact = |keys: &mut dyn Iterator<Item = u64>| scan(keys, &|key| filter.admits(key));
+        let scan_all = || {
+            let mut scores = Vec::with_capacity(rows.len());
+            ARCH.dispatch(ScoreRows {
+                query,
+                rows: &rows.data,
+                out: &mut scores,
+            });
+            let hits = rows.keys.iter().copied().zip(scores);
+            top(hits.filter(|(key, _)| filter.admits(*key)), k)
+        };
         if let (Some(among), Some(n)) = (filter.among, filter.among_len()) {
             if n <= self.config.exact_limit {
                 // The keys are among the candidates by construction: only `accept` is left.
@@ -289,8 +396,8 @@ impl VectorIndex for HnswIndex {
             }
         }
         let snapshot = match &s.snapshot {
-            Some(snap) if s.vectors.len() > self.config.exact_limit => snap,
-            _ => return exact(&mut s.vectors.keys().copied()),
+            Some(snap) if rows.len() > self.config.exact_limit => snap,
+            _ => return scan_all(),
         };
         let mut search = Search::default();
         let mut graph_hits = 0;
@@ -305,14 +412,15 @@ impl VectorIndex for HnswIndex {
         // A filter that rejected most of the graph's candidates: fall back to exact, which
         // is slower but never misses.
         if hits.len() < k && graph_hits >= k {
-            return exact(&mut s.vectors.keys().copied());
+            return scan_all();
         }
-        hits.extend(exact(&mut s.tail.iter().map(|(key, _)| *key)));
+        let tail = &mut s.tail.iter().map(|(key, _)| *key);
+        hits.extend(scan(tail, &|key| filter.admits(key)));
         top(hits, k)
     }
 
     fn score(&self, query: &[f32], key: u64) -> Option<f32> {
-        Some(dot(query, self.state.read().vectors.get(&key)?))
+        Some(dot(query, self.state.read().vectors.get(key)?))
     }
 
     fn len(&self) -> usize {
@@ -320,11 +428,54 @@ impl VectorIndex for HnswIndex {
     }
 }
 
+/// The best vector instructions this CPU has (AVX2 and FMA, NEON…), detected once. An
+/// operation it dispatches is compiled for each; [`dot_kernel`] inlined into one
+/// vectorises with its instructions (a closure would not be inlined: it would run with
+/// the build's baseline ones).
+static ARCH: std::sync::LazyLock<pulp::Arch> = std::sync::LazyLock::new(pulp::Arch::new);
+
 /// Dot product; cosine similarity for normalised vectors.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise the loop.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    ARCH.dispatch(Dot(a, b))
+}
+
+struct Dot<'a>(&'a [f32], &'a [f32]);
+
+impl pulp::WithSimd for Dot<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> f32 {
+        dot_kernel(self.0, self.1)
+    }
+}
+
+/// The scores of contiguous `rows` (each as long as `query`) against `query`, appended to
+/// `out` in row order: one dispatch for a whole scan.
+struct ScoreRows<'a> {
+    query: &'a [f32],
+    rows: &'a [f32],
+    out: &'a mut Vec<f32>,
+}
+
+impl pulp::WithSimd for ScoreRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for row in self.rows.chunks_exact(self.query.len().max(1)) {
+            self.out.push(dot_kernel(self.query, row));
+        }
+    }
+}
+
+/// The dot product's loop, to be inlined into an operation [`ARCH`] dispatches (alone it
+/// compiles for the build's baseline instructions only).
+#[inline(always)]
+fn dot_kernel(a: &[f32], b: &[f32]) -> f32 {
+    // 32 independent accumulators: four registers of eight lanes, so that the adds of
+    // one chunk do not wait on the previous chunk's.
+    const LANES: usize = 32;
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca
         .remainder()
         .iter()
@@ -332,7 +483,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }
@@ -385,9 +536,50 @@ mod tests {
         let hits = vectors
             .iter()
             .enumerate()
-            .map(|(i, v)| (i as u64, dot(q, v)))
-            .collect();
+            .map(|(i, v)| (i as u64, dot(q, v)));
         top(hits, k).into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// A removal moves the last row into the gap: every other key keeps its own vector,
+    /// and a replaced vector is replaced in place.
+    #[test]
+    fn rows_keep_each_key_its_vector_through_removals() {
+        let vectors = embedding_like(50, 8, 3);
+        let mut rows = Rows::default();
+        for (i, v) in vectors.iter().enumerate() {
+            rows.insert(i as u64, v);
+        }
+        for gone in [0u64, 49, 17, 17, 30] {
+            rows.remove(gone);
+        }
+        rows.insert(5, &vectors[6]);
+        rows.insert(99, &[1.0; 3]); // Another length: not kept.
+        assert_eq!(rows.len(), 46);
+        for (i, v) in vectors.iter().enumerate() {
+            let want = match i {
+                0 | 49 | 17 | 30 => None,
+                5 => Some(&*vectors[6]),
+                _ => Some(&**v),
+            };
+            assert_eq!(rows.get(i as u64), want, "key {i}");
+        }
+        assert_eq!(rows.get(99), None);
+        let listed: HashSet<u64> = rows.iter().map(|(k, _)| k).collect();
+        assert_eq!(listed.len(), 46);
+        assert!(rows.iter().all(|(k, v)| rows.get(k) == Some(v)));
+        // The dispatched kernel and the scan agree with a plain dot product.
+        let plain = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let q = &vectors[1];
+        let mut scores = Vec::new();
+        ARCH.dispatch(ScoreRows {
+            query: q,
+            rows: &rows.data,
+            out: &mut scores,
+        });
+        for ((k, v), s) in rows.iter().zip(scores) {
+            assert!((s - plain(q, v)).abs() < 1e-5, "key {k}");
+            assert!((dot(q, v) - s).abs() < 1e-6);
+        }
     }
 
     #[test]
