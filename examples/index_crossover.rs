@@ -1,4 +1,4 @@
-//! Measures where HNSW search starts beating an exact scan, to choose
+//! Measures where HNSW search starts beating an exact scan (1k to 30k vectors), to choose
 //! `HnswConfig::exact_limit`. Vectors are `HashEmbedder` embeddings of synthetic sentences.
 //!
 //! Run with `cargo run --release -p statebase-examples --bin index_crossover`.
@@ -26,7 +26,7 @@ fn main() {
         "{:>8} {:>12} {:>12} {:>8} {:>10}",
         "vectors", "exact µs", "hnsw µs", "ratio", "recall@10"
     );
-    for n in [500u64, 1_000, 2_000, 5_000, 10_000] {
+    for n in [1_000u64, 5_000, 10_000, 20_000, 30_000] {
         let exact = HnswIndex::new(HnswConfig {
             exact_limit: usize::MAX,
             ..HnswConfig::default()
