@@ -14,6 +14,7 @@ use crate::store::{
 use crate::Timestamp;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
 
 /// The longest memory, in characters.
 pub const MAX_MEMORY_CHARS: usize = 10_000;
@@ -141,10 +142,12 @@ impl<S: Store> StateBase<S> {
             self.shared.pending.put_back(batch);
             return Err(e);
         }
+        self.shared.pending.done(&batch);
         Ok(embedded)
     }
 
-    /// How many memories of this process wait for [`embed_pending`](Self::embed_pending).
+    /// How many memories of this process wait for [`embed_pending`](Self::embed_pending)
+    /// or are being embedded by it.
     pub fn pending_vectors(&self) -> usize {
         self.shared.pending.len()
     }
@@ -402,6 +405,13 @@ impl<S: Store> StateBase<S> {
         Ok(vectors)
     }
 
+    /// The query's vector, checked; `None` if the embedder fails.
+    async fn query_vector(&self, text: &str) -> Option<Vec<f32>> {
+        let embedder = &self.config().embedder;
+        let v = embedder.embed_query(text).await.ok()?;
+        (v.len() == embedder.dimensions()).then_some(v)
+    }
+
     /// The vector of a memory being written, if the embedder embeds on write and answers;
     /// `None` leaves the vector pending.
     async fn vector_on_write(&self, content: &str) -> Option<Vec<f32>> {
@@ -460,11 +470,7 @@ impl<S: Store> StateBase<S> {
         let search = MemorySearch {
             keywords: crate::search::keywords(text),
             // The embedder down: keywords still find memories.
-            vector: self
-                .embed(&[text.to_owned()])
-                .await
-                .ok()
-                .and_then(|mut v| v.pop()),
+            vector: self.query_vector(text).await,
             model: self.config().embedder.model_id().to_owned(),
             calibration: self.config().embedder.calibration(),
             scope,
@@ -573,6 +579,8 @@ pub const EMBED_BATCH: usize = 64;
 #[derive(Debug, Default)]
 pub(crate) struct PendingVectors {
     queue: parking_lot::Mutex<std::collections::VecDeque<(std::sync::Arc<str>, String)>>,
+    /// Taken by an `embed_pending` that has not finished.
+    in_flight: std::sync::atomic::AtomicUsize,
     wanted: tokio::sync::Notify,
 }
 
@@ -582,22 +590,31 @@ impl PendingVectors {
         self.wanted.notify_one();
     }
 
+    /// Takes up to `n` of the oldest; [`done`](Self::done) or
+    /// [`put_back`](Self::put_back) says what became of them.
     fn take(&self, n: usize) -> Vec<(std::sync::Arc<str>, String)> {
         let mut queue = self.queue.lock();
         let n = n.min(queue.len());
+        self.in_flight.fetch_add(n, Ordering::SeqCst);
         queue.drain(..n).collect()
+    }
+
+    fn done(&self, batch: &[(std::sync::Arc<str>, String)]) {
+        self.in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
     }
 
     /// Puts a batch back at the front, in its order.
     fn put_back(&self, batch: Vec<(std::sync::Arc<str>, String)>) {
         let mut queue = self.queue.lock();
+        self.done(&batch);
         for item in batch.into_iter().rev() {
             queue.push_front(item);
         }
     }
 
+    /// Those waiting and those being embedded.
     fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().len() + self.in_flight.load(Ordering::SeqCst)
     }
 }
 

@@ -803,7 +803,7 @@ pub struct MemoryHit {
     /// Its metadata.
     pub metadata: Object,
     /// The relevance, 0..=1: the calibrated `vector_score` and the `keyword_score`
-    /// combined (see [`MemorySearch::score`](crate::MemorySearch::score)).
+    /// combined (see [`MemorySearch::score`](crate::store::MemorySearch::score)).
     pub score: f32,
     /// Cosine similarity of the query's and the memory's vectors (0 without a vector).
     pub vector_score: f32,

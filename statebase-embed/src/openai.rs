@@ -15,6 +15,9 @@ pub struct OpenAiOptions {
     pub batch: usize,
     /// How long one request may take, connecting included.
     pub timeout: Duration,
+    /// How long a search's query may wait for its vector (one try; the search goes by
+    /// keywords without it).
+    pub query_timeout: Duration,
     /// How many times a request that timed out, could not connect or was answered 429 or
     /// 5xx is tried again (waiting 250 ms, then twice as long each time).
     pub retries: u32,
@@ -31,6 +34,7 @@ impl Default for OpenAiOptions {
             key: None,
             batch: 64,
             timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(2),
             retries: 2,
             dimensions: None,
             calibration: Calibration::RAW,
@@ -103,7 +107,7 @@ impl OpenAiEmbedder {
         let mut wait = Duration::from_millis(250);
         let mut attempt = 0;
         loop {
-            match self.request_once(texts).await {
+            match self.request_once(texts, self.options.timeout).await {
                 Ok(vectors) => return Ok(vectors),
                 Err((true, _)) if attempt < self.options.retries => {
                     attempt += 1;
@@ -119,12 +123,13 @@ impl OpenAiEmbedder {
     async fn request_once(
         &self,
         texts: &[String],
+        timeout: Duration,
     ) -> std::result::Result<Vec<Vec<f32>>, (bool, Error)> {
         let body = Request {
             model: &self.model,
             input: texts,
         };
-        let mut req = self.client.post(&self.url).json(&body);
+        let mut req = self.client.post(&self.url).timeout(timeout).json(&body);
         if let Some(key) = &self.options.key {
             req = req.bearer_auth(key);
         }
@@ -207,6 +212,15 @@ impl Embedder for OpenAiEmbedder {
             out.extend(self.request(chunk).await?);
         }
         Ok(out)
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        let timeout = self.options.query_timeout.min(self.options.timeout);
+        let mut vectors = self
+            .request_once(&[text.to_owned()], timeout)
+            .await
+            .map_err(|(_, e)| e)?;
+        Ok(vectors.remove(0))
     }
 
     fn calibration(&self) -> Calibration {

@@ -152,6 +152,15 @@ async fn the_client_batches_orders_retries_and_times_out() {
     let before = calls();
     *service.mode.lock() = Mode::Hanging;
     let started = Instant::now();
+    assert!(embedder.embed_query("a question").await.is_err());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(600),
+        "a query is tried once: {took:?}"
+    );
+    assert_eq!(calls() - before, 1);
+    let before = calls();
+    let started = Instant::now();
     let err = embedder.embed(&texts[..1]).await.unwrap_err();
     let took = started.elapsed();
     assert!(err.to_string().contains("embedding service"), "{err}");
@@ -252,8 +261,15 @@ async fn a_server_on_an_embedding_service_never_waits_for_it() {
         started.elapsed()
     );
     assert_eq!(peanuts["vector_available"], false);
+    let started = Instant::now();
     let hits = search("peanuts", 0.5).await;
     assert_eq!(hits["data"][0]["id"], peanuts["id"], "by keywords: {hits}");
+    // One try of the query's vector, then keywords: no retries while the service hangs.
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
     let text = |url: String| async { http.get(url).send().await.unwrap().text().await.unwrap() };
     let metrics = text(format!("{base}/metrics")).await;
     assert_eq!(

@@ -24,6 +24,16 @@ pub trait Embedder: Send + Sync + Debug + 'static {
     /// dot products, i.e. cosine similarity).
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>>;
 
+    /// The vector of a search's query. A search waits for it, so a remote embedder should
+    /// answer it fast or fail (the search then goes by keywords): one try, a short
+    /// timeout. The default embeds it as one text.
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>> {
+        let mut vectors = self.embed(&[text.to_owned()]).await?;
+        vectors
+            .pop()
+            .ok_or_else(|| crate::Error::backend(format!("{} returned no vector", self.model_id())))
+    }
+
     /// How this model's raw cosine similarities map to relevance scores. The default,
     /// [`Calibration::RAW`], takes the cosine as it is.
     fn calibration(&self) -> Calibration {
