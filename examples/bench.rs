@@ -459,15 +459,7 @@ async fn bench_backend<S: Store>(
         raw.read(),
     );
 
-    let s = sb
-        .create_session(CreateSession::new("bench"))
-        .await
-        .unwrap();
-    for _ in 0..10 {
-        sb.add_turn(&s.id, AddTurn::text("question", "answer"))
-            .await
-            .unwrap();
-    }
+    let s = session_with_turns(&sb, 10).await;
     let n = sizes.memories;
     let r = sequential(sizes.rounds, n / sizes.rounds, |i| {
         let (sb, sid) = (sb.clone(), s.id.clone());
@@ -515,6 +507,20 @@ async fn bench_backend<S: Store>(
     );
 }
 
+/// A new session with `turns` turns, for the memory and context cases.
+async fn session_with_turns<S: Store>(sb: &StateBase<S>, turns: usize) -> statebase_core::Session {
+    let s = sb
+        .create_session(CreateSession::new("bench"))
+        .await
+        .unwrap();
+    for _ in 0..turns {
+        sb.add_turn(&s.id, AddTurn::text("question", "answer"))
+            .await
+            .unwrap();
+    }
+    s
+}
+
 /// Context in process with the built-in model next to `HashEmbedder`, over the same
 /// memories, in interleaved rounds: what embedding the query costs context.
 async fn bench_context_embedders(sizes: &Sizes, out: &mut Vec<Figure>) {
@@ -529,15 +535,7 @@ async fn bench_context_embedders(sizes: &Sizes, out: &mut Vec<Figure>) {
             ..Default::default()
         };
         let sb = StateBase::with_config(MemoryStore::new(), config);
-        let s = sb
-            .create_session(CreateSession::new("bench"))
-            .await
-            .unwrap();
-        for _ in 0..10 {
-            sb.add_turn(&s.id, AddTurn::text("question", "answer"))
-                .await
-                .unwrap();
-        }
+        let s = session_with_turns(&sb, 10).await;
         for i in 0..sizes.memories as u64 {
             sb.add_memory(AddMemory::new(&s.id, &sentence(i)))
                 .await

@@ -251,7 +251,10 @@ impl<S: Store> StateBase<S> {
                 .indexes
                 .update(&self.tenant, |index| index.upsert(&stored))
                 .await;
-            self.queue_if_pending(&stored.memory);
+            // Pending already unless the content changed (then it is pending anew).
+            if content_changed {
+                self.queue_if_pending(&stored.memory);
+            }
             return Ok(stored.memory);
         }
     }

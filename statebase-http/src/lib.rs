@@ -119,18 +119,24 @@ pub(crate) fn caused_by<E: std::error::Error + 'static>(
     false
 }
 
-/// Once, at start: re-embeds the memories of every tenant with an API key whose vectors
-/// another embedding model made or that a stopped process left pending. Then every
-/// `interval`, forever: deletes expired sessions (each emits `session.expired`), applies
-/// every tenant's retention policies, and forgets idempotent responses past their 24 hours.
+/// At start, and at each sweep until it succeeds: re-embeds the memories of every tenant
+/// with an API key whose vectors another embedding model made or that a stopped process
+/// left pending. Every `interval`, forever: deletes expired sessions (each emits
+/// `session.expired`), applies every tenant's retention policies, and forgets idempotent
+/// responses past their 24 hours.
 pub fn spawn_maintenance(state: &AppState, interval: Duration) -> tokio::task::JoinHandle<()> {
     let (sb, idempotency) = (state.sb.clone(), state.idempotency.clone());
     let metrics = state.metrics.clone();
     tokio::spawn(async move {
-        if let Err(e) = reembed_every_tenant(&sb, &metrics).await {
-            tracing::warn!(error = %e, "re-embedding memories failed");
-        }
+        // Tried again at each sweep until it succeeds (the embedder may be down at start).
+        let mut reembedded = false;
         loop {
+            if !reembedded {
+                match reembed_every_tenant(&sb, &metrics).await {
+                    Ok(()) => reembedded = true,
+                    Err(e) => tracing::warn!(error = %e, "re-embedding memories failed; retrying"),
+                }
+            }
             tokio::time::sleep(interval).await;
             match sb.sweep_expired().await {
                 Ok(gone) if !gone.is_empty() => {
