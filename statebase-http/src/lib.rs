@@ -345,6 +345,45 @@ mod tests {
         assert_eq!(v["error"]["code"], "internal_error");
     }
 
+    /// Vectors a stopped process left pending come once the embedder is back: the start-up
+    /// re-embedding is tried again at each sweep until it succeeds.
+    #[tokio::test]
+    async fn vectors_left_pending_come_once_the_embedder_is_back() {
+        use statebase_core::testing::FlakyEmbedder;
+        use statebase_core::{AddMemory, Config, CreateSession, KeyLimits};
+        let store: Arc<dyn ServerStore> = Arc::new(statebase_core::MemoryStore::new());
+        let embedder = Arc::new(FlakyEmbedder::remote());
+        let config = Config {
+            embedder: embedder.clone(),
+            ..Config::default()
+        };
+        // The process that stopped: it stored the memory and never embedded it.
+        let id = {
+            let sb = StateBase::with_config(store.clone(), config.clone()).tenant("a");
+            let s = sb.create_session(CreateSession::new("bot")).await.unwrap();
+            let m = sb.add_memory(AddMemory::new(&s.id, "likes tea")).await;
+            m.unwrap().id
+        };
+        embedder.set_down(true);
+        let limiter = RateLimiter::new(Rate::new(100, 100));
+        let state = AppState::with_config(store, limiter, Targets::Public, config);
+        let sb = state.sb.tenant("a");
+        let secret = "sb_pendingpendingpendingpe01";
+        sb.import_api_key("a", "k", secret, KeyLimits::default(), None)
+            .await
+            .unwrap();
+        let maintenance = spawn_maintenance(&state, Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!sb.get_memory(&id).await.unwrap().vector_available);
+        embedder.set_down(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sb.get_memory(&id).await.unwrap().vector_available {
+            assert!(std::time::Instant::now() < deadline, "never re-embedded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        maintenance.abort();
+    }
+
     /// At start the server re-embeds the memories of its tenants that another model
     /// embedded, and only theirs.
     #[tokio::test]
