@@ -26,7 +26,7 @@ pub use error::{Error, ResourceKind, Result};
 pub use id::{IdSource, RandomIds};
 pub use json::Object;
 pub use keys::hash_secret;
-pub use memories::{DRIFT_THRESHOLD, EMBED_BATCH, MAX_MEMORY_CHARS};
+pub use memories::{DRIFT_THRESHOLD, EMBED_BATCH, MAX_MEMORY_CHARS, MAX_QUEUED_VECTORS};
 pub use memory_store::MemoryStore;
 pub use model::*;
 pub use retention::MAX_KEEP_DAYS;

@@ -104,12 +104,22 @@ impl<S: Store> StateBase<S> {
     /// Gives pending memories (added or changed while the embedder was remote, slow or down:
     /// [`Memory::vector_available`] is false) their vectors: takes up to [`EMBED_BATCH`] of
     /// this process's pending memories, of every tenant, embeds each tenant's in one call,
-    /// stores the vectors and returns how many. If the embedder fails they stay pending and
+    /// stores the vectors and returns how many (past [`MAX_QUEUED_VECTORS`], it re-embeds
+    /// a tenant's memories by a scan once the queue is empty). If the embedder fails they stay pending and
     /// the error is returned: call it again later. The server runs it in the background;
     /// a library user with a remote embedder calls it when
     /// [`pending_vectors`](Self::pending_vectors) is above 0. Memories left pending by a
     /// process that stopped are found by [`reembed_memories`](Self::reembed_memories).
     pub async fn embed_pending(&self) -> Result<u64> {
+        if let Some(tenant) = self.shared.pending.take_overflowed() {
+            return match self.tenant(&tenant).reembed_memories().await {
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    self.shared.pending.put_back_overflowed(tenant);
+                    Err(e)
+                }
+            };
+        }
         let batch = self.shared.pending.take(EMBED_BATCH);
         let mut by_tenant: std::collections::BTreeMap<&str, Vec<MemoryRecord>> = Default::default();
         let mut embedded = 0;
@@ -578,10 +588,17 @@ fn needs_vector(r: &MemoryRecord, model: &str) -> bool {
 /// The most pending memories [`StateBase::embed_pending`] takes at a time.
 pub const EMBED_BATCH: usize = 64;
 
+/// The most pending memories a process keeps in its queue (about 50 bytes each). Past it,
+/// a tenant's are not queued one by one: [`StateBase::embed_pending`] scans the tenant's
+/// memories for them once the queue is empty.
+pub const MAX_QUEUED_VECTORS: usize = 100_000;
+
 /// Memories of this process whose vectors are pending, by tenant and id, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct PendingVectors {
     queue: parking_lot::Mutex<std::collections::VecDeque<(std::sync::Arc<str>, String)>>,
+    /// Tenants with pending memories that the full queue left out: to be scanned.
+    overflowed: parking_lot::Mutex<std::collections::BTreeSet<std::sync::Arc<str>>>,
     /// Taken by an `embed_pending` that has not finished.
     in_flight: std::sync::atomic::AtomicUsize,
     wanted: tokio::sync::Notify,
@@ -589,8 +606,25 @@ pub(crate) struct PendingVectors {
 
 impl PendingVectors {
     fn push(&self, tenant: &std::sync::Arc<str>, id: &str) {
-        self.queue.lock().push_back((tenant.clone(), id.to_owned()));
+        let mut queue = self.queue.lock();
+        if queue.len() < MAX_QUEUED_VECTORS {
+            queue.push_back((tenant.clone(), id.to_owned()));
+        } else {
+            self.overflowed.lock().insert(tenant.clone());
+        }
         self.wanted.notify_one();
+    }
+
+    /// A tenant to scan, once nothing is queued.
+    fn take_overflowed(&self) -> Option<std::sync::Arc<str>> {
+        if !self.queue.lock().is_empty() {
+            return None;
+        }
+        self.overflowed.lock().pop_first()
+    }
+
+    fn put_back_overflowed(&self, tenant: std::sync::Arc<str>) {
+        self.overflowed.lock().insert(tenant);
     }
 
     /// Takes up to `n` of the oldest; [`done`](Self::done) or
@@ -615,9 +649,11 @@ impl PendingVectors {
         }
     }
 
-    /// Those waiting and those being embedded.
+    /// Those waiting and those being embedded; a tenant to scan counts one.
     fn len(&self) -> usize {
-        self.queue.lock().len() + self.in_flight.load(Ordering::SeqCst)
+        self.queue.lock().len()
+            + self.in_flight.load(Ordering::SeqCst)
+            + self.overflowed.lock().len()
     }
 }
 
@@ -640,4 +676,61 @@ fn dedupe_key(m: &Memory) -> String {
 /// The first 100 characters, for traces.
 fn preview(content: &str) -> String {
     content.chars().take(100).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, CreateSession, Embedder, HashEmbedder, MemoryStore};
+    use std::sync::Arc;
+
+    /// `HashEmbedder` playing a remote service: it never embeds on write.
+    #[derive(Debug)]
+    struct Remote(HashEmbedder);
+
+    #[async_trait::async_trait]
+    impl Embedder for Remote {
+        fn model_id(&self) -> &str {
+            self.0.model_id()
+        }
+        fn dimensions(&self) -> usize {
+            self.0.dimensions()
+        }
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+            self.0.embed(texts).await
+        }
+        fn embeds_on_write(&self) -> bool {
+            false
+        }
+    }
+
+    /// The queue holds at most `MAX_QUEUED_VECTORS`; the memories it leaves out get their
+    /// vectors by a scan of their tenant once it is empty.
+    #[tokio::test]
+    async fn past_the_queue_limit_pending_vectors_are_found_by_a_scan() {
+        let config = Config {
+            embedder: Arc::new(Remote(HashEmbedder::with_dimensions(8))),
+            ..Config::default()
+        };
+        let sb = StateBase::with_config(MemoryStore::new(), config);
+        let s = sb.create_session(CreateSession::new("a")).await.unwrap();
+        let n = MAX_QUEUED_VECTORS + 3;
+        for i in 0..n {
+            let m = AddMemory::new(&s.id, &format!("note {i}"));
+            sb.add_memory(m).await.unwrap();
+        }
+        assert_eq!(sb.shared.pending.queue.lock().len(), MAX_QUEUED_VECTORS);
+        assert_eq!(
+            sb.pending_vectors(),
+            MAX_QUEUED_VECTORS + 1,
+            "one tenant to scan"
+        );
+        let mut made = 0;
+        while sb.pending_vectors() > 0 {
+            made += sb.embed_pending().await.unwrap();
+        }
+        assert_eq!(made, n as u64, "each memory embedded once");
+        let newest = sb.list_memories(ListMemories::default()).await.unwrap();
+        assert!(newest.data.iter().all(|m| m.vector_available));
+    }
 }
