@@ -121,38 +121,33 @@ impl<S: Store> StateBase<S> {
             };
         }
         let batch = self.shared.pending.take(EMBED_BATCH);
+        match self.embed_batch(&batch).await {
+            Ok(embedded) => {
+                self.shared.pending.done(&batch);
+                Ok(embedded)
+            }
+            Err(e) => {
+                // Those stored stay stored; the rest wait for the next try.
+                self.shared.pending.put_back(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Embeds the batch's memories that still need a vector, each tenant's in one call.
+    async fn embed_batch(&self, batch: &[Pending]) -> Result<u64> {
+        let model = self.config().embedder.model_id();
         let mut by_tenant: std::collections::BTreeMap<&str, Vec<MemoryRecord>> = Default::default();
+        for (tenant, id) in batch {
+            match self.store().memory(tenant, id).await? {
+                Some(r) if needs_vector(&r, model) => by_tenant.entry(tenant).or_default().push(r),
+                _ => {} // Deleted, or given a vector by a later change.
+            }
+        }
         let mut embedded = 0;
-        let mut outcome = Ok(());
-        for (tenant, id) in &batch {
-            match self.store().memory(tenant, id).await {
-                Ok(Some(r)) if needs_vector(&r, self.config().embedder.model_id()) => {
-                    by_tenant.entry(tenant).or_default().push(r)
-                }
-                Ok(_) => {} // Deleted, or given a vector by a later change.
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
+        for (tenant, records) in &by_tenant {
+            embedded += self.store_vectors(tenant, records).await?;
         }
-        if outcome.is_ok() {
-            for (tenant, records) in &by_tenant {
-                match self.store_vectors(tenant, records).await {
-                    Ok(n) => embedded += n,
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                }
-            }
-        }
-        if let Err(e) = outcome {
-            // Those stored stay stored; the rest wait for the next try.
-            self.shared.pending.put_back(batch);
-            return Err(e);
-        }
-        self.shared.pending.done(&batch);
         Ok(embedded)
     }
 
@@ -593,10 +588,13 @@ pub const EMBED_BATCH: usize = 64;
 /// memories for them once the queue is empty.
 pub const MAX_QUEUED_VECTORS: usize = 100_000;
 
+/// A memory whose vector is pending: its tenant and id.
+type Pending = (std::sync::Arc<str>, String);
+
 /// Memories of this process whose vectors are pending, by tenant and id, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct PendingVectors {
-    queue: parking_lot::Mutex<std::collections::VecDeque<(std::sync::Arc<str>, String)>>,
+    queue: parking_lot::Mutex<std::collections::VecDeque<Pending>>,
     /// Tenants with pending memories that the full queue left out: to be scanned.
     overflowed: parking_lot::Mutex<std::collections::BTreeSet<std::sync::Arc<str>>>,
     /// Taken by an `embed_pending` that has not finished.
@@ -629,19 +627,19 @@ impl PendingVectors {
 
     /// Takes up to `n` of the oldest; [`done`](Self::done) or
     /// [`put_back`](Self::put_back) says what became of them.
-    fn take(&self, n: usize) -> Vec<(std::sync::Arc<str>, String)> {
+    fn take(&self, n: usize) -> Vec<Pending> {
         let mut queue = self.queue.lock();
         let n = n.min(queue.len());
         self.in_flight.fetch_add(n, Ordering::SeqCst);
         queue.drain(..n).collect()
     }
 
-    fn done(&self, batch: &[(std::sync::Arc<str>, String)]) {
+    fn done(&self, batch: &[Pending]) {
         self.in_flight.fetch_sub(batch.len(), Ordering::SeqCst);
     }
 
     /// Puts a batch back at the front, in its order.
-    fn put_back(&self, batch: Vec<(std::sync::Arc<str>, String)>) {
+    fn put_back(&self, batch: Vec<Pending>) {
         let mut queue = self.queue.lock();
         self.done(&batch);
         for item in batch.into_iter().rev() {
@@ -681,35 +679,16 @@ fn preview(content: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Config, CreateSession, Embedder, HashEmbedder, MemoryStore};
+    use crate::search::embed::FlakyEmbedder;
+    use crate::{Config, CreateSession, MemoryStore};
     use std::sync::Arc;
-
-    /// `HashEmbedder` playing a remote service: it never embeds on write.
-    #[derive(Debug)]
-    struct Remote(HashEmbedder);
-
-    #[async_trait::async_trait]
-    impl Embedder for Remote {
-        fn model_id(&self) -> &str {
-            self.0.model_id()
-        }
-        fn dimensions(&self) -> usize {
-            self.0.dimensions()
-        }
-        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-            self.0.embed(texts).await
-        }
-        fn embeds_on_write(&self) -> bool {
-            false
-        }
-    }
 
     /// The queue holds at most `MAX_QUEUED_VECTORS`; the memories it leaves out get their
     /// vectors by a scan of their tenant once it is empty.
     #[tokio::test]
     async fn past_the_queue_limit_pending_vectors_are_found_by_a_scan() {
         let config = Config {
-            embedder: Arc::new(Remote(HashEmbedder::with_dimensions(8))),
+            embedder: Arc::new(FlakyEmbedder::remote()),
             ..Config::default()
         };
         let sb = StateBase::with_config(MemoryStore::new(), config);

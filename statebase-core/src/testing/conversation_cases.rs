@@ -1091,6 +1091,20 @@ pub async fn vectors_pending_while_the_embedder_is_down_come_later<F: StoreFacto
     let off = sb.add_memory(off).await.unwrap();
     assert!(!off.vector_available && off.embedding_model.is_none());
     assert_eq!(sb.pending_vectors(), 0, "embed: false is not pending");
+    // One batch with two tenants' memories and one deleted meanwhile: each tenant's get
+    // their vectors in their own tenant; the deleted one is skipped.
+    let other = sb.tenant("other-tenant");
+    let theirs = session(&other, None).await;
+    let theirs = remember(&other, &theirs.id, "Plays the cello").await;
+    let gone = remember(sb, &s.id, "Moved to Porto").await;
+    let kept = remember(sb, &s.id, "Learns Portuguese").await;
+    sb.delete_memory(&gone.id).await.unwrap();
+    assert_eq!(sb.pending_vectors(), 3);
+    assert_eq!(sb.embed_pending().await.unwrap(), 2);
+    assert!(other.get_memory(&theirs.id).await.unwrap().vector_available);
+    assert!(sb.get_memory(&kept.id).await.unwrap().vector_available);
+    assert_eq!(code(sb.get_memory(&theirs.id).await), "memory_not_found");
+    assert_eq!(sb.pending_vectors(), 0);
 }
 
 /// Turn and memory changes each write one trace with their resource.

@@ -28,6 +28,7 @@ use crate::{Config, ManualClock, MemoryStore, ServerStore, StateBase, Timestamp}
 use async_trait::async_trait;
 use std::sync::Arc;
 
+pub use crate::search::embed::FlakyEmbedder;
 pub use oracle::check_against_model;
 
 #[cfg(test)]
@@ -101,55 +102,6 @@ impl<F: StoreFactory> StoreFactory for DynFactory<F> {
     type Store = Arc<dyn ServerStore>;
     async fn open(&self) -> Arc<dyn ServerStore> {
         Arc::new(self.0.open().await)
-    }
-}
-
-/// [`HashEmbedder`](crate::HashEmbedder) behind a switch: while [down](Self::set_down) every
-/// call fails, as a remote embedding service that is unreachable; it can also play a remote
-/// one that [does not embed on write](crate::Embedder::embeds_on_write).
-#[derive(Debug, Default)]
-pub struct FlakyEmbedder {
-    inner: crate::HashEmbedder,
-    down: std::sync::atomic::AtomicBool,
-    remote: bool,
-}
-
-impl FlakyEmbedder {
-    /// One that embeds on write (while up).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// One that never embeds on write, as a remote service.
-    pub fn remote() -> Self {
-        Self {
-            remote: true,
-            ..Self::default()
-        }
-    }
-
-    /// Makes every call fail (`true`) or work again.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl crate::Embedder for FlakyEmbedder {
-    fn model_id(&self) -> &str {
-        self.inner.model_id()
-    }
-    fn dimensions(&self) -> usize {
-        self.inner.dimensions()
-    }
-    async fn embed(&self, texts: &[String]) -> crate::Result<Vec<Vec<f32>>> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(crate::Error::backend("the embedding service is down"));
-        }
-        self.inner.embed(texts).await
-    }
-    fn embeds_on_write(&self) -> bool {
-        !self.remote
     }
 }
 
