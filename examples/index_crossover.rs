@@ -40,7 +40,7 @@ fn main() {
             .collect();
         exact.insert_many(vectors.clone());
         hnsw.insert_many(vectors);
-        hnsw.rebuild_now();
+        hnsw.wait_indexed();
         let time = |index: &HnswIndex| -> (f64, Vec<Vec<u64>>) {
             let mut samples = Vec::new();
             let mut results = Vec::new();

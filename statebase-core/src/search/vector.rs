@@ -1,15 +1,15 @@
 //! Nearest-neighbour search over memory vectors: the [`VectorIndex`] trait and
-//! [`HnswIndex`], exact where the index is small and an HNSW snapshot where it is large.
-//! Vectors are stored contiguously and scored by a kernel compiled for the CPU's vector
-//! instructions, chosen at run time (`pulp`).
+//! [`HnswIndex`], exact where the index is small and through an HNSW graph where it is
+//! large. Vectors are stored contiguously and scored by a kernel compiled for the CPU's
+//! vector instructions, chosen at run time (`pulp`).
 
-use instant_distance::{Builder, HnswMap, Search};
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Debug};
 use std::sync::{Arc, Weak};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// A vector, shared between the index and its snapshots.
+/// A vector, as the index takes it.
 pub type Vector = Arc<[f32]>;
 
 /// A nearest-neighbour index over L2-normalised vectors, keyed by numbers the caller chooses
@@ -82,49 +82,129 @@ pub struct HnswConfig {
     /// Up to this many vectors (held, or among a search's candidates), a search is an exact
     /// scan: faster than a graph walk for small sets, and exact.
     pub exact_limit: usize,
-    /// HNSW `efConstruction`.
+    /// HNSW `M`: links a vector keeps on each layer above the bottom one (twice that on it).
+    pub connectivity: usize,
+    /// HNSW `efConstruction`: candidates weighed when a vector is linked in.
     pub ef_construction: usize,
-    /// HNSW `ef` at search time: how many candidates a graph search returns.
+    /// HNSW `ef` at search time: candidates a graph search keeps.
     pub ef_search: usize,
-    /// Seed of the graph's level assignment, for reproducible builds.
-    pub seed: u64,
 }
 
 impl Default for HnswConfig {
     fn default() -> Self {
         Self {
             // Measured by `examples/index_crossover.rs` (384-d, 2 cores, the SIMD scan):
-            // exact is faster through 30,000 vectors (1,443 vs 1,723 µs; 244 vs 556 µs at
-            // 10,000).
-            exact_limit: 30_000,
-            ef_construction: 100,
+            // exact takes 0.6x the graph's time at 1,000 vectors and 1.5x at 5,000 (3.5x at
+            // 10,000); below the limit it is also exact.
+            exact_limit: 5_000,
+            connectivity: 16,
+            ef_construction: 128,
             ef_search: 128,
-            seed: 0x5eed,
         }
     }
 }
 
-/// Exact search while small; past [`HnswConfig::exact_limit`], an immutable
-/// `instant-distance` HNSW snapshot plus an exact scan of the vectors added since it was
-/// built, with removals as tombstones. Snapshots are rebuilt on a background thread when the
-/// tail or the tombstones grow, and swapped in atomically.
+/// Graph hits re-scored exactly for a search of `k`: at least this many.
+const RESCORED: usize = 40;
+
+/// Calls the graph serves at once (each takes one of its thread slots); a search beyond
+/// that many scans exactly instead.
+const GRAPH_SLOTS: usize = 64;
+
+/// Vectors the indexer links into the graph between two looks at what is pending.
+const INDEX_BATCH: usize = 1_024;
+
+/// Exact search while small. Past [`HnswConfig::exact_limit`] vectors, a search takes
+/// candidates from an HNSW graph (`usearch`, with vectors rounded to `i8`) and re-scores
+/// them exactly from the stored vectors, which alone decide what it returns.
+///
+/// A background thread links new vectors into the graph, in parallel batches; until it has,
+/// a search scans them exactly, so a vector is found by the next search. A removal leaves
+/// the graph at once. Nothing is ever rebuilt: the first time the index outgrows the limit,
+/// the thread links every vector in it the same way.
 pub struct HnswIndex {
     state: Arc<RwLock<State>>,
     config: HnswConfig,
 }
 
-#[derive(Clone)]
-struct Point(Vector);
-
-impl instant_distance::Point for Point {
-    fn distance(&self, other: &Self) -> f32 {
-        1.0 - dot(&self.0, &other.0)
-    }
+/// The HNSW graph. It only proposes: a key it holds that the index no longer does (removed
+/// while the indexer was linking it) is never returned.
+struct Graph {
+    /// Written only to grow the graph's capacity: usearch cannot do that beside other calls.
+    index: RwLock<Index>,
 }
 
-struct Snapshot {
-    map: HnswMap<Point, u64>,
-    keys: HashSet<u64>,
+impl Graph {
+    fn new(dims: usize, config: &HnswConfig, capacity: usize) -> Option<Self> {
+        let options = IndexOptions {
+            dimensions: dims,
+            metric: MetricKind::IP,
+            // A quarter of f32's memory and far less time a comparison; re-scoring the
+            // candidates exactly makes up for the rounding.
+            quantization: ScalarKind::I8,
+            connectivity: config.connectivity,
+            expansion_add: config.ef_construction,
+            expansion_search: config.ef_search,
+            multi: false,
+        };
+        let index = Index::new(&options).ok()?;
+        index
+            .reserve_capacity_and_threads(capacity.max(INDEX_BATCH), GRAPH_SLOTS)
+            .ok()?;
+        Some(Self {
+            index: RwLock::new(index),
+        })
+    }
+
+    /// Links in `key`'s vector, replacing the one it had.
+    fn add(&self, key: u64, vector: &[f32]) {
+        loop {
+            let index = self.index.read();
+            // Room for every slot's add at once: usearch refuses adds past its capacity.
+            if index.size() + GRAPH_SLOTS >= index.capacity() {
+                drop(index);
+                let index = self.index.write();
+                let capacity = index.capacity() * 2;
+                if index.size() + GRAPH_SLOTS >= index.capacity()
+                    && index
+                        .reserve_capacity_and_threads(capacity, GRAPH_SLOTS)
+                        .is_err()
+                {
+                    return; // Out of memory: the key stays out; searches still score it.
+                }
+                continue;
+            }
+            if index.contains(key) {
+                let _ = index.remove(key);
+            }
+            // Fails only with every thread slot taken: the key stays out of the graph.
+            let _ = index.add(key, vector);
+            return;
+        }
+    }
+
+    fn remove(&self, key: u64) {
+        let _ = self.index.read().remove(key);
+    }
+
+    /// Up to `count` keys that `admit` passes, nearest first; `None` when the graph cannot
+    /// search now (every thread slot taken).
+    fn candidates(
+        &self,
+        query: &[f32],
+        count: usize,
+        admit: impl Fn(u64) -> bool,
+    ) -> Option<Vec<u64>> {
+        let index = self.index.read();
+        index
+            .filtered_search(query, count, admit)
+            .ok()
+            .map(|m| m.keys)
+    }
+
+    fn len(&self) -> usize {
+        self.index.read().size()
+    }
 }
 
 /// Vectors stored contiguously, one row per key, so that a scan streams through memory.
@@ -138,15 +218,16 @@ struct Rows {
 }
 
 impl Rows {
-    /// Adds or replaces `key`'s vector. Every vector of an index has one length (one
-    /// model's); the first sets it, and one of another length is not kept.
-    fn insert(&mut self, key: u64, vector: &[f32]) {
+    /// Adds or replaces `key`'s vector; false if it is not kept. Every vector of an index
+    /// has one length (one model's); the first sets it, and one of another length is not
+    /// kept (and replaces none).
+    fn insert(&mut self, key: u64, vector: &[f32]) -> bool {
         if self.keys.is_empty() {
             self.dims = vector.len();
         }
         if vector.len() != self.dims {
             self.remove(key);
-            return;
+            return false;
         }
         let d = self.dims;
         match self.slots.get(&key) {
@@ -157,8 +238,8 @@ impl Rows {
                 self.data.extend_from_slice(vector);
             }
         }
+        true
     }
-
     fn remove(&mut self, key: u64) -> bool {
         let Some(slot) = self.slots.remove(&key) else {
             return false;
@@ -185,6 +266,7 @@ impl Rows {
     }
 
     /// Every key with its vector, in storage order.
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (u64, &[f32])> {
         self.keys
             .iter()
@@ -196,13 +278,14 @@ impl Rows {
 #[derive(Default)]
 struct State {
     vectors: Rows,
-    snapshot: Option<Arc<Snapshot>>,
-    /// Keys inserted since the snapshot's build began, with their insert sequence numbers.
-    tail: Vec<(u64, u64)>,
-    /// Removed keys that the snapshot still holds.
-    tombstones: HashSet<u64>,
+    /// Made the first time the index outgrows the exact limit; dropped when it empties.
+    graph: Option<Arc<Graph>>,
+    /// Keys whose vector is not linked into the graph yet, with the insert sequence number
+    /// of that vector: searches scan them exactly, and the graph does not propose them.
+    pending: HashMap<u64, u64>,
     inserts: u64,
-    building: bool,
+    /// True while the indexer thread runs.
+    indexing: bool,
 }
 
 impl Debug for HnswIndex {
@@ -210,9 +293,8 @@ impl Debug for HnswIndex {
         let s = self.state.read();
         f.debug_struct("HnswIndex")
             .field("len", &s.vectors.len())
-            .field("snapshot", &s.snapshot.as_ref().map(|x| x.keys.len()))
-            .field("tail", &s.tail.len())
-            .field("tombstones", &s.tombstones.len())
+            .field("graph", &s.graph.as_ref().map(|g| g.len()))
+            .field("pending", &s.pending.len())
             .finish()
     }
 }
@@ -226,75 +308,93 @@ impl HnswIndex {
         }
     }
 
-    /// Builds a snapshot of every vector now, on this thread, and swaps it in.
-    pub fn rebuild_now(&self) {
-        let (points, seq) = {
-            let mut s = self.state.write();
-            s.building = true;
-            (collect(&s), s.inserts)
-        };
-        let snapshot = build(points, &self.config);
-        swap(&self.state, snapshot, seq);
+    /// Blocks until every vector pending for the graph is linked in (at once when the index
+    /// has no graph).
+    pub fn wait_indexed(&self) {
+        while self.state.read().indexing {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
-    /// True while a background rebuild runs.
-    pub fn is_building(&self) -> bool {
-        self.state.read().building
+    /// True while the indexer links vectors into the graph.
+    pub fn is_indexing(&self) -> bool {
+        self.state.read().indexing
     }
 
-    /// Number of vectors in the current snapshot (0 without one).
-    pub fn snapshot_len(&self) -> usize {
-        self.state
-            .read()
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.keys.len())
+    /// Number of vectors in the graph (0 without one).
+    pub fn graph_len(&self) -> usize {
+        self.state.read().graph.as_ref().map_or(0, |g| g.len())
     }
 
-    fn maybe_rebuild(&self, s: &mut State) {
-        let snap = s.snapshot.as_ref().map_or(0, |x| x.keys.len());
-        let stale = s.tail.len() > (snap / 10).max(1_000) || s.tombstones.len() > snap / 5;
-        if s.building || s.vectors.len() <= self.config.exact_limit || !stale {
+    /// Makes the graph once the index outgrows the exact limit, and starts the indexer
+    /// when vectors are pending and it is not running.
+    fn schedule(&self, s: &mut State) {
+        if s.graph.is_none() {
+            if s.vectors.len() <= self.config.exact_limit || s.vectors.dims == 0 {
+                return;
+            }
+            let Some(graph) = Graph::new(s.vectors.dims, &self.config, 2 * s.vectors.len()) else {
+                return; // Searches stay exact.
+            };
+            s.graph = Some(Arc::new(graph));
+            for i in 0..s.vectors.keys.len() {
+                s.inserts += 1;
+                let (key, seq) = (s.vectors.keys[i], s.inserts);
+                s.pending.insert(key, seq);
+            }
+        }
+        if s.indexing || s.pending.is_empty() {
             return;
         }
-        s.building = true;
-        let points = collect(s);
-        let seq = s.inserts;
-        let weak: Weak<RwLock<State>> = Arc::downgrade(&self.state);
-        let config = self.config;
-        std::thread::spawn(move || {
-            let snapshot = build(points, &config);
-            // The index may have been dropped while the build ran.
-            if let Some(state) = weak.upgrade() {
-                swap(&state, snapshot, seq);
-            }
-        });
+        let state = Arc::downgrade(&self.state);
+        s.indexing = std::thread::Builder::new()
+            .name("statebase-hnsw".into())
+            .spawn(move || index_pending(&state))
+            .is_ok();
     }
 }
 
-fn collect(s: &State) -> Vec<(u64, Vector)> {
-    s.vectors.iter().map(|(k, v)| (k, v.into())).collect()
-}
-
-fn build(points: Vec<(u64, Vector)>, config: &HnswConfig) -> Snapshot {
-    let keys = points.iter().map(|(k, _)| *k).collect();
-    let (values, points): (Vec<u64>, Vec<Point>) =
-        points.into_iter().map(|(k, v)| (k, Point(v))).unzip();
-    let map = Builder::default()
-        .ef_construction(config.ef_construction)
-        .ef_search(config.ef_search)
-        .seed(config.seed)
-        .build(points, values);
-    Snapshot { map, keys }
-}
-
-/// Installs a snapshot built from the vectors present at insert sequence `seq`.
-fn swap(state: &RwLock<State>, snapshot: Snapshot, seq: u64) {
-    let mut s = state.write();
-    s.tail.retain(|(_, at)| *at >= seq);
-    s.tombstones.retain(|k| snapshot.keys.contains(k));
-    s.snapshot = Some(Arc::new(snapshot));
-    s.building = false;
+/// The indexer: links pending vectors into the graph, a batch at a time on every core,
+/// until none is pending or the index is dropped.
+fn index_pending(state: &Weak<RwLock<State>>) {
+    while let Some(state) = state.upgrade() {
+        let (graph, batch) = {
+            let mut s = state.write();
+            let graph = s.graph.clone();
+            let batch: Vec<(u64, u64, Vec<f32>)> = s
+                .pending
+                .iter()
+                .take(INDEX_BATCH)
+                .filter_map(|(&key, &seq)| Some((key, seq, s.vectors.get(key)?.to_vec())))
+                .collect();
+            match graph {
+                Some(graph) if !batch.is_empty() => (graph, batch),
+                _ => {
+                    s.pending.clear();
+                    s.indexing = false;
+                    return;
+                }
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for chunk in batch.chunks(batch.len().div_ceil(threads)) {
+                let graph = &graph;
+                scope.spawn(move || {
+                    for (key, _, vector) in chunk {
+                        graph.add(*key, vector);
+                    }
+                });
+            }
+        });
+        let mut s = state.write();
+        for (key, seq, _) in batch {
+            // A vector replaced meanwhile stays pending, to be linked again.
+            if s.pending.get(&key) == Some(&seq) {
+                s.pending.remove(&key);
+            }
+        }
+    }
 }
 
 /// The best `k` of `hits` (any order), best first (ties: the smaller key), kept in a heap
@@ -349,24 +449,22 @@ impl VectorIndex for HnswIndex {
     fn insert_many(&self, vectors: Vec<(u64, Vector)>) {
         let mut s = self.state.write();
         for (key, vector) in vectors {
-            s.inserts += 1;
-            let seq = s.inserts;
-            s.vectors.insert(key, &vector);
-            s.tail.push((key, seq));
+            if !s.vectors.insert(key, &vector) {
+                forget(&mut s, key);
+            } else if s.graph.is_some() {
+                s.inserts += 1;
+                let seq = s.inserts;
+                s.pending.insert(key, seq);
+            }
         }
-        self.maybe_rebuild(&mut s);
+        self.schedule(&mut s);
     }
 
     fn remove(&self, key: u64) {
         let mut s = self.state.write();
-        if !s.vectors.remove(key) {
-            return;
+        if s.vectors.remove(key) {
+            forget(&mut s, key);
         }
-        s.tail.retain(|(k, _)| *k != key);
-        if s.snapshot.as_ref().is_some_and(|x| x.keys.contains(&key)) {
-            s.tombstones.insert(key);
-        }
-        self.maybe_rebuild(&mut s);
     }
 
     fn search(&self, query: &[f32], k: usize, filter: &Filter<'_>) -> Vec<(u64, f32)> {
@@ -396,28 +494,29 @@ impl VectorIndex for HnswIndex {
                 return scan(keys, filter.accept);
             }
         }
-        let snapshot = match &s.snapshot {
-            Some(snap) if rows.len() > self.config.exact_limit => snap,
+        let graph = match &s.graph {
+            Some(graph) if rows.len() > self.config.exact_limit => graph,
             _ => return scan_all(),
         };
-        let mut search = Search::default();
-        let mut graph_hits = 0;
-        let mut hits: Vec<(u64, f32)> = Vec::new();
-        for item in snapshot.map.search(&Point(query.into()), &mut search) {
-            graph_hits += 1;
-            let key = *item.value;
-            if !s.tombstones.contains(&key) && filter.admits(key) {
-                hits.push((key, 1.0 - item.distance));
-            }
-        }
-        // A filter that rejected most of the graph's candidates: fall back to exact, which
+        // Not a key removed while it was being linked, nor one whose new vector is pending.
+        let admit = |key| {
+            rows.slots.contains_key(&key)
+                && (s.pending.is_empty() || !s.pending.contains_key(&key))
+                && filter.admits(key)
+        };
+        let Some(linked) = graph.candidates(query, (4 * k).max(RESCORED), admit) else {
+            return scan_all();
+        };
+        let pending = &mut s.pending.keys().copied();
+        let mut hits = scan(&mut linked.into_iter(), &|_| true);
+        hits.extend(scan(pending, &|key| filter.admits(key)));
+        let hits = top(hits, k);
+        // A filter that passes few of the graph's vectors can leave its walk short: exact
         // is slower but never misses.
-        if hits.len() < k && graph_hits >= k {
+        if hits.len() < k {
             return scan_all();
         }
-        let tail = &mut s.tail.iter().map(|(key, _)| *key);
-        hits.extend(scan(tail, &|key| filter.admits(key)));
-        top(hits, k)
+        hits
     }
 
     fn score(&self, query: &[f32], key: u64) -> Option<f32> {
@@ -426,6 +525,19 @@ impl VectorIndex for HnswIndex {
 
     fn len(&self) -> usize {
         self.state.read().vectors.len()
+    }
+}
+
+/// Takes a key the index no longer holds out of the graph and the pending set (the graph
+/// goes with the index's last vector: the next may be of another model).
+fn forget(s: &mut State, key: u64) {
+    s.pending.remove(&key);
+    if let Some(graph) = &s.graph {
+        graph.remove(key);
+    }
+    if s.vectors.len() == 0 {
+        s.graph = None;
+        s.pending.clear();
     }
 }
 
@@ -626,7 +738,7 @@ mod tests {
                 .map(|(i, v)| (i as u64, v.clone()))
                 .collect(),
         );
-        index.rebuild_now();
+        index.wait_indexed();
         let (evens, few): (HashSet<u64>, HashSet<u64>) =
             ((0..60).map(|i| i * 2).collect(), (1000..1030).collect());
         let sets = [&evens, &few];
@@ -661,12 +773,8 @@ mod tests {
             .enumerate()
             .map(|(i, v)| (i as u64, v.clone()));
         index.insert_many(all.collect());
-        // One bulk insert starts one background build; wait for it to be swapped in.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        while index.is_building() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert_eq!(index.snapshot_len(), n);
+        index.wait_indexed();
+        assert_eq!(index.graph_len(), n);
         let queries = embedding_like(200, 384, 4242);
         let mut found = 0;
         for q in &queries {
@@ -679,30 +787,74 @@ mod tests {
         assert!(recall >= 0.95, "recall@10 = {recall}");
     }
 
+    /// While the indexer links vectors in, and after: what changed is found (or gone) at
+    /// the next search, with the exact results.
     #[test]
-    fn tail_and_tombstones_cover_changes_after_the_snapshot() {
+    fn changes_are_seen_by_the_next_search_while_and_after_the_graph_is_linked() {
         let vectors = embedding_like(3_000, 32, 9);
         let index = HnswIndex::new(HnswConfig {
             exact_limit: 100,
             ..HnswConfig::default()
         });
-        for (i, v) in vectors[..2_000].iter().enumerate() {
-            index.insert(i as u64, v.clone());
-        }
-        index.rebuild_now();
-        // Added after the snapshot: found through the exact tail.
+        let all = |range: std::ops::Range<usize>| {
+            range
+                .map(|i| (i as u64, vectors[i].clone()))
+                .collect::<Vec<_>>()
+        };
+        index.insert_many(all(0..2_000));
+        // Pending vectors are scanned exactly: the first search after the insert is exact.
+        let q = &vectors[2_100];
+        let exact = |n: usize| exact_top(&vectors[..n], q, 10);
+        let ids = |hits: Vec<(u64, f32)>| hits.into_iter().map(|h| h.0).collect::<Vec<_>>();
+        assert!(index.is_indexing());
+        assert_eq!(
+            ids(index.search(q, 10, &Filter::accepting(&|_| true))),
+            exact(2_000)
+        );
+        index.wait_indexed();
+        assert_eq!(index.graph_len(), 2_000);
+        // Added after the graph: found by the next search.
         index.insert(5_000, vectors[2_500].clone());
         let hit = index.search(&vectors[2_500], 1, &Filter::accepting(&|_| true));
         assert_eq!(hit[0].0, 5_000);
-        // Removed after the snapshot: hidden by its tombstone.
+        // Replaced: found by its new vector, and once.
+        index.insert(7, vectors[2_600].clone());
+        let hits = index.search(&vectors[2_600], 10, &Filter::accepting(&|_| true));
+        assert_eq!(hits[0].0, 7);
+        assert_eq!(hits.iter().filter(|h| h.0 == 7).count(), 1);
+        index.wait_indexed();
+        let hits = index.search(&vectors[2_600], 10, &Filter::accepting(&|_| true));
+        assert_eq!(hits[0].0, 7);
+        assert_eq!(hits.iter().filter(|h| h.0 == 7).count(), 1);
+        // Removed: gone from the next search, linked or pending.
         index.remove(10);
-        assert!(index
-            .search(&vectors[10], 10, &Filter::accepting(&|_| true))
-            .iter()
-            .all(|h| h.0 != 10));
+        index.insert(6_000, vectors[2_700].clone());
+        index.remove(6_000);
+        for gone in [(10, &vectors[10]), (6_000, &vectors[2_700])] {
+            let hits = index.search(gone.1, 10, &Filter::accepting(&|_| true));
+            assert!(hits.iter().all(|h| h.0 != gone.0), "{} found", gone.0);
+        }
         // A filter that rejects nearly everything still finds its one match.
         let only = index.search(&vectors[0], 3, &Filter::accepting(&|k| k == 1_999));
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].0, 1_999);
+        // Emptied, the index takes vectors of another length (another model's).
+        for key in (0..2_000).chain([5_000]) {
+            index.remove(key);
+        }
+        assert_eq!(index.graph_len(), 0);
+        let other = embedding_like(300, 16, 5);
+        index.insert_many(
+            other
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, v)| (i as u64, v))
+                .collect(),
+        );
+        index.wait_indexed();
+        assert_eq!(index.graph_len(), 300);
+        let hit = index.search(&other[42], 1, &Filter::accepting(&|_| true));
+        assert_eq!(hit[0].0, 42);
     }
 }
