@@ -2,8 +2,9 @@
 //! same run (the machines are small and noisy, so ratios mean more than absolute figures).
 //!
 //! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick]
-//! [--full] [--json] [--only GROUP]` (groups: retrieval, memory, search, storage, sqlite, sled,
-//! postgres, http). The postgres group runs on a throwaway PostgreSQL (see
+//! [--full] [--json] [--peers] [--only GROUP]` (groups: retrieval, memory, search, storage,
+//! appends, sqlite, sled, postgres, http). `--peers` adds LangGraph and OpenAI Agents to the
+//! appends, through python3, when they are installed. The postgres group runs on a throwaway PostgreSQL (see
 //! `statebase_postgres::testing`), or is skipped, saying why, when there is none.
 //!
 //! Every figure is the median over rounds; latencies are p50/p99 over every operation of
@@ -76,7 +77,7 @@ struct Sizes {
     turns: usize,
     /// Memories of a tenant for the search scaling cases (memory backend).
     search_scale: Vec<usize>,
-    /// Vectors in the vector index's exact scan cases (no graph to build: cheap).
+    /// Vectors in the vector index cases (its exact scan and its graph).
     vector_scan: Vec<usize>,
     /// Small edits for the storage case.
     edits: usize,
@@ -131,12 +132,14 @@ fn summarize(mut rates: Vec<f64>, mut latencies: Vec<f64>) -> (f64, f64, f64) {
     )
 }
 
-/// `tasks` tasks each doing `n` writes on their own session, per round.
+/// `tasks` tasks each merging `state(i)` into their own session for `i` in `0..n`, per
+/// round.
 async fn concurrent_writes<S: Store>(
     sb: &StateBase<S>,
     rounds: usize,
     tasks: usize,
     n: usize,
+    state: fn(usize) -> serde_json::Value,
 ) -> (f64, f64, f64) {
     let mut rates = Vec::new();
     let mut latencies = Vec::new();
@@ -159,7 +162,7 @@ async fn concurrent_writes<S: Store>(
                     let mut lat = Vec::with_capacity(n);
                     for i in 0..n {
                         let t = Instant::now();
-                        sb.merge_state(&id, StateWrite::new(json!({ "i": i })))
+                        sb.merge_state(&id, StateWrite::new(state(i)))
                             .await
                             .unwrap();
                         lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -357,7 +360,15 @@ async fn bench_backend<S: Store>(
     })
     .await;
     push("state update, 1 task", one, raw.write());
-    let many = concurrent_writes(&sb, sizes.rounds, sizes.concurrent, sizes.writes / 4 + 1).await;
+    let small = |i| json!({ "i": i });
+    let many = concurrent_writes(
+        &sb,
+        sizes.rounds,
+        sizes.concurrent,
+        sizes.writes / 4 + 1,
+        small,
+    );
+    let many = many.await;
     push(
         &format!("state update, {} tasks", sizes.concurrent),
         many,
@@ -825,6 +836,170 @@ async fn bench_search_scale(sizes: &Sizes, out: &mut Vec<Figure>) {
     }
 }
 
+/// An agent's state of about 1 KiB in JSON: a few fields, a plan, and its last messages,
+/// which move on by one at each step `i`.
+fn kib_state(i: usize) -> serde_json::Value {
+    let messages: Vec<String> = (i..i + 7)
+        .map(|m| {
+            format!(
+                "step {m}: {}",
+                "the agent looked something up and wrote it down ".repeat(2)
+            )
+        })
+        .collect();
+    json!({
+        "step": i,
+        "user": "user-42",
+        "goal": "book a flight to Lisbon in March with a window seat and a vegetarian meal",
+        "plan": ["search flights", "compare prices", "hold a seat", "ask the user", "book"],
+        "messages": messages,
+    })
+}
+
+/// Raw rusqlite, pragmas as the SQLite backend's: one transaction of one row of
+/// `value.len()` bytes, committed (fsync) each time.
+fn raw_sqlite_commits(file: &Path, rounds: usize, writes: usize, value: &[u8]) -> f64 {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+        .unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT")
+        .unwrap();
+    raw_rate(rounds, writes, |k| {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        conn.prepare_cached("INSERT INTO t (k, v) VALUES (?1, ?2)")
+            .unwrap()
+            .execute((k as i64, value))
+            .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    })
+}
+
+/// The peers' durable appends of the same state, through python3: LangGraph's
+/// `SqliteSaver.put` (a checkpoint a step, WAL, `synchronous=FULL` as ours) and OpenAI
+/// Agents' `SQLiteSession.add_items` (one message item a step, its own pragmas). Prints
+/// `name rate` lines; a peer that is not installed prints nothing.
+const PEERS: &str = r#"
+import asyncio, json, os, sqlite3, sys, tempfile, time
+n, dir = int(sys.argv[1]), sys.argv[2]
+states = [json.loads(line) for line in sys.stdin]
+def rate(start): return n / (time.perf_counter() - start)
+try:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.base import empty_checkpoint
+    conn = sqlite3.connect(os.path.join(dir, "langgraph.db"), check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL"); conn.execute("PRAGMA synchronous=FULL")
+    saver = SqliteSaver(conn); saver.setup()
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    start = time.perf_counter()
+    for i in range(n):
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = states[i % len(states)]
+        config = saver.put(config, checkpoint, {"source": "loop", "step": i}, {})
+    print("langgraph", rate(start))
+except ImportError:
+    pass
+try:
+    from agents import SQLiteSession
+    session = SQLiteSession("s", os.path.join(dir, "agents.db"))
+    async def run():
+        for i in range(n):
+            item = {"role": "assistant", "content": json.dumps(states[i % len(states)])}
+            await session.add_items([item])
+    start = time.perf_counter()
+    asyncio.run(run())
+    print("openai-agents", rate(start))
+except ImportError:
+    pass
+"#;
+
+/// Durable appends of a 1 KiB state on SQLite (fsync at every commit), by 1 writer and by
+/// `sizes.concurrent`, next to raw rusqlite commits of one row of that size (one a commit:
+/// the group the writer forms is not measured); with `peers`, LangGraph and OpenAI Agents
+/// appending the same states, next to ours.
+async fn bench_appends(dir: &Path, sizes: &Sizes, peers: bool, out: &mut Vec<Figure>) {
+    let bytes = serde_json::to_vec(&kib_state(50)).unwrap();
+    let raw = raw_sqlite_commits(&dir.join("raw-kib.db"), sizes.rounds, sizes.writes, &bytes);
+    let raw = Some((
+        format!("raw rusqlite 1-row tx of {} bytes", bytes.len()),
+        raw,
+    ));
+    let store = statebase_sqlite::SqliteStore::open(dir.join("appends.db")).unwrap();
+    let sb = StateBase::new(store);
+    let id = sb
+        .create_session(CreateSession::new("bench"))
+        .await
+        .unwrap()
+        .id;
+    let one = sequential(sizes.rounds, sizes.writes, |i| {
+        let (sb, id) = (sb.clone(), id.clone());
+        async move {
+            sb.merge_state(&id, StateWrite::new(kib_state(i)))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    out.push(Figure::rate(
+        "sqlite",
+        "append a 1 KiB state, 1 writer",
+        one,
+        raw.clone(),
+    ));
+    let (rounds, writers, n) = (sizes.rounds, sizes.concurrent, sizes.writes / 4 + 1);
+    let many = concurrent_writes(&sb, rounds, writers, n, kib_state).await;
+    let case = format!("append a 1 KiB state, {} writers", sizes.concurrent);
+    out.push(Figure::rate("sqlite", case, many, raw));
+    if !peers {
+        return;
+    }
+    let input: String = (0..100).map(|i| format!("{}\n", kib_state(i))).collect();
+    let mut child = match std::process::Command::new("python3")
+        .args(["-c", PEERS, &sizes.writes.to_string()])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return println!("peers: no python3 ({e})"),
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.trim().is_empty() {
+        println!("peers: none installed (pip install langgraph-checkpoint-sqlite openai-agents)");
+    }
+    let ours = Some(("statebase sqlite, 1 writer".to_owned(), one.0));
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(Ok(rate))) = (words.next(), words.next().map(str::parse::<f64>))
+        else {
+            continue;
+        };
+        let case = match name {
+            "langgraph" => "SqliteSaver.put of a 1 KiB state, 1 writer",
+            _ => "SQLiteSession.add_items of a 1 KiB item, 1 writer",
+        };
+        let backend = if name == "langgraph" {
+            "langgraph"
+        } else {
+            "oai-agents"
+        };
+        out.push(Figure {
+            p50_us: None,
+            p99_us: None,
+            ..Figure::rate(backend, case, (rate, 0.0, 0.0), ours.clone())
+        });
+    }
+}
+
 /// A new session whose state has `keys` keys of 90 characters each; with the size of that
 /// state's JSON.
 async fn session_of_keys<S: Store>(
@@ -1177,6 +1352,10 @@ async fn main() {
         bench_retention("sqlite", StateBase::new(sqlite), edits, &mut figures).await;
         let sled = statebase_sled::SledStore::open(dir.path().join("retention.sled")).unwrap();
         bench_retention("sled", StateBase::new(sled), edits, &mut figures).await;
+    }
+    if runs("appends") {
+        let peers = args.iter().any(|a| a == "--peers");
+        bench_appends(dir.path(), &sizes, peers, &mut figures).await;
     }
     if runs("sqlite") {
         let raw = raw_sqlite(dir.path(), sizes.rounds, sizes.writes, sizes.reads);
