@@ -4,14 +4,16 @@
 //! Run with `cargo run --release -p statebase-examples --bin statebase-bench -- [--quick]
 //! [--full] [--json] [--peers] [--only GROUP]` (groups: retrieval, memory, search, storage,
 //! appends, sqlite, sled, postgres, http). `--peers` adds LangGraph and OpenAI Agents to the
-//! appends, through python3, when they are installed. The postgres group runs on a throwaway PostgreSQL (see
-//! `statebase_postgres::testing`), or is skipped, saying why, when there is none.
+//! appends, through python3, when they are installed. The postgres group runs on a
+//! throwaway PostgreSQL (see `statebase_postgres::testing`), or is skipped, saying why, when
+//! there is none.
 //!
 //! Every figure is the median over rounds; latencies are p50/p99 over every operation of
 //! every round.
 
 use serde_json::json;
 use statebase_core::search::vector::{Filter, Vector};
+use statebase_core::testing::embedding_like;
 use statebase_core::{
     AddMemory, AddTurn, Config, ContextRequest, CreateSession, ForkFrom, HistoryQuery, HnswConfig,
     HnswIndex, IndexFactory, ListTurns, MemoryStore, RollbackTo, SearchMemories, ServerStore,
@@ -215,23 +217,40 @@ fn raw_rate(rounds: usize, n: usize, mut op: impl FnMut(u64)) -> f64 {
 /// About the size of one version row of the benchmark's small states.
 const RAW_VALUE: [u8; 200] = [7u8; 200];
 
-/// Raw rusqlite with the pragmas the SQLite backend uses: one row per transaction, and a
-/// point read by primary key on one open connection.
-fn raw_sqlite(dir: &Path, rounds: usize, writes: usize, reads: usize) -> Raw {
-    let conn = rusqlite::Connection::open(dir.join("raw.db")).unwrap();
+/// A rusqlite connection to a new file with the pragmas the SQLite backend uses, and a
+/// table of one blob a row.
+fn raw_sqlite_table(file: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(file).unwrap();
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
         .unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
     conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT")
         .unwrap();
-    let write = raw_rate(rounds, writes, |k| {
+    conn
+}
+
+/// The rate of transactions of one row holding `value`, each committed (fsync).
+fn raw_sqlite_commits(
+    conn: &rusqlite::Connection,
+    rounds: usize,
+    writes: usize,
+    value: &[u8],
+) -> f64 {
+    raw_rate(rounds, writes, |k| {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         conn.prepare_cached("INSERT INTO t (k, v) VALUES (?1, ?2)")
             .unwrap()
-            .execute((k as i64, &RAW_VALUE[..]))
+            .execute((k as i64, value))
             .unwrap();
         conn.execute_batch("COMMIT").unwrap();
-    });
+    })
+}
+
+/// Raw rusqlite with the pragmas the SQLite backend uses: one row per transaction, and a
+/// point read by primary key on one open connection.
+fn raw_sqlite(dir: &Path, rounds: usize, writes: usize, reads: usize) -> Raw {
+    let conn = raw_sqlite_table(&dir.join("raw.db"));
+    let write = raw_sqlite_commits(&conn, rounds, writes, &RAW_VALUE);
     let rows = (rounds * writes) as u64;
     let read = raw_rate(rounds, reads, |k| {
         let v: Vec<u8> = conn
@@ -360,15 +379,8 @@ async fn bench_backend<S: Store>(
     })
     .await;
     push("state update, 1 task", one, raw.write());
-    let small = |i| json!({ "i": i });
-    let many = concurrent_writes(
-        &sb,
-        sizes.rounds,
-        sizes.concurrent,
-        sizes.writes / 4 + 1,
-        small,
-    );
-    let many = many.await;
+    let (rounds, tasks, n) = (sizes.rounds, sizes.concurrent, sizes.writes / 4 + 1);
+    let many = concurrent_writes(&sb, rounds, tasks, n, |i| json!({ "i": i })).await;
     push(
         &format!("state update, {} tasks", sizes.concurrent),
         many,
@@ -647,32 +659,6 @@ fn numpy_scan(n: usize, dims: usize) -> Option<(f64, f64)> {
     Some((figures.next()??, figures.next()??))
 }
 
-/// Seeded unit vectors shaped like text embeddings: points of a 32-d latent space
-/// projected into `dims`, plus noise (uniform random vectors have no neighbourhoods for a
-/// graph to find).
-fn embedding_like(n: usize, dims: usize, seed: u64) -> Vec<Vector> {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    const LATENT: usize = 32;
-    let projection: Vec<f32> = (0..dims * LATENT).map(|_| next()).collect();
-    (0..n)
-        .map(|_| {
-            let z: Vec<f32> = (0..LATENT).map(|_| next()).collect();
-            let v: Vec<f32> = projection
-                .chunks_exact(LATENT)
-                .map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.1 * next())
-                .collect();
-            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-            v.iter().map(|a| a / norm).collect()
-        })
-        .collect()
-}
-
 /// The vector index alone (384-d, top-10): its exact scan next to numpy's when it is
 /// installed, both over vectors stored contiguously; then its HNSW graph, with the time to
 /// link every vector in and its recall@10 against the exact scan.
@@ -856,62 +842,62 @@ fn kib_state(i: usize) -> serde_json::Value {
     })
 }
 
-/// Raw rusqlite, pragmas as the SQLite backend's: one transaction of one row of
-/// `value.len()` bytes, committed (fsync) each time.
-fn raw_sqlite_commits(file: &Path, rounds: usize, writes: usize, value: &[u8]) -> f64 {
-    let conn = rusqlite::Connection::open(file).unwrap();
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
-        .unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL) STRICT")
-        .unwrap();
-    raw_rate(rounds, writes, |k| {
-        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        conn.prepare_cached("INSERT INTO t (k, v) VALUES (?1, ?2)")
-            .unwrap()
-            .execute((k as i64, value))
-            .unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    })
-}
-
 /// The peers' durable appends of the same state, through python3: LangGraph's
 /// `SqliteSaver.put` (a checkpoint a step, WAL, `synchronous=FULL` as ours) and OpenAI
 /// Agents' `SQLiteSession.add_items` (one message item a step, its own pragmas). Prints
-/// `name rate` lines; a peer that is not installed prints nothing.
+/// `name rate` lines; a peer that is not installed prints nothing, one that fails says why
+/// on stderr.
 const PEERS: &str = r#"
-import asyncio, json, os, sqlite3, sys, tempfile, time
+import asyncio, json, os, sqlite3, sys, time
 n, dir = int(sys.argv[1]), sys.argv[2]
 states = [json.loads(line) for line in sys.stdin]
-def rate(start): return n / (time.perf_counter() - start)
-try:
+
+def langgraph():
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.checkpoint.base import empty_checkpoint
     conn = sqlite3.connect(os.path.join(dir, "langgraph.db"), check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL"); conn.execute("PRAGMA synchronous=FULL")
     saver = SqliteSaver(conn); saver.setup()
     config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    start = time.perf_counter()
     for i in range(n):
         checkpoint = empty_checkpoint()
         checkpoint["channel_values"] = states[i % len(states)]
         config = saver.put(config, checkpoint, {"source": "loop", "step": i}, {})
-    print("langgraph", rate(start))
-except ImportError:
-    pass
-try:
+
+def openai_agents():
     from agents import SQLiteSession
     session = SQLiteSession("s", os.path.join(dir, "agents.db"))
     async def run():
         for i in range(n):
             item = {"role": "assistant", "content": json.dumps(states[i % len(states)])}
             await session.add_items([item])
-    start = time.perf_counter()
     asyncio.run(run())
-    print("openai-agents", rate(start))
-except ImportError:
-    pass
+
+for name, peer in [("langgraph", langgraph), ("openai-agents", openai_agents)]:
+    start = time.perf_counter()
+    try:
+        peer()
+    except ImportError:
+        continue
+    except Exception as e:
+        print(f"peers: {name} failed: {e!r}", file=sys.stderr)
+        continue
+    print(name, n / (time.perf_counter() - start))
 "#;
+
+/// Each peer `PEERS` runs: its name there, and its row in the table.
+const PEER_ROWS: [(&str, &str, &str); 2] = [
+    (
+        "langgraph",
+        "langgraph",
+        "SqliteSaver.put of a 1 KiB state, 1 writer",
+    ),
+    (
+        "openai-agents",
+        "oai-agents",
+        "SQLiteSession.add_items of a 1 KiB item, 1 writer",
+    ),
+];
 
 /// Durable appends of a 1 KiB state on SQLite (fsync at every commit), by 1 writer and by
 /// `sizes.concurrent`, next to raw rusqlite commits of one row of that size (one a commit:
@@ -919,7 +905,8 @@ except ImportError:
 /// appending the same states, next to ours.
 async fn bench_appends(dir: &Path, sizes: &Sizes, peers: bool, out: &mut Vec<Figure>) {
     let bytes = serde_json::to_vec(&kib_state(50)).unwrap();
-    let raw = raw_sqlite_commits(&dir.join("raw-kib.db"), sizes.rounds, sizes.writes, &bytes);
+    let conn = raw_sqlite_table(&dir.join("raw-kib.db"));
+    let raw = raw_sqlite_commits(&conn, sizes.rounds, sizes.writes, &bytes);
     let raw = Some((
         format!("raw rusqlite 1-row tx of {} bytes", bytes.len()),
         raw,
@@ -973,8 +960,10 @@ async fn bench_appends(dir: &Path, sizes: &Sizes, peers: bool, out: &mut Vec<Fig
         .unwrap();
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    if text.trim().is_empty() {
-        println!("peers: none installed (pip install langgraph-checkpoint-sqlite openai-agents)");
+    if !output.status.success() {
+        println!("peers: python3 {} (its error is above)", output.status);
+    } else if text.trim().is_empty() {
+        println!("peers: none ran (pip install langgraph-checkpoint-sqlite openai-agents)");
     }
     let ours = Some(("statebase sqlite, 1 writer".to_owned(), one.0));
     for line in text.lines() {
@@ -983,14 +972,8 @@ async fn bench_appends(dir: &Path, sizes: &Sizes, peers: bool, out: &mut Vec<Fig
         else {
             continue;
         };
-        let case = match name {
-            "langgraph" => "SqliteSaver.put of a 1 KiB state, 1 writer",
-            _ => "SQLiteSession.add_items of a 1 KiB item, 1 writer",
-        };
-        let backend = if name == "langgraph" {
-            "langgraph"
-        } else {
-            "oai-agents"
+        let Some(&(_, backend, case)) = PEER_ROWS.iter().find(|row| row.0 == name) else {
+            continue;
         };
         out.push(Figure {
             p50_us: None,

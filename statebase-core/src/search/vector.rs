@@ -280,10 +280,9 @@ struct State {
     vectors: Rows,
     /// Made the first time the index outgrows the exact limit; dropped when it empties.
     graph: Option<Arc<Graph>>,
-    /// Keys whose vector is not linked into the graph yet, with the insert sequence number
-    /// of that vector: searches scan them exactly, and the graph does not propose them.
-    pending: HashMap<u64, u64>,
-    inserts: u64,
+    /// Keys whose vector is not linked into the graph yet: searches scan them exactly, and
+    /// the graph does not propose them.
+    pending: HashSet<u64>,
     /// True while the indexer thread runs.
     indexing: bool,
 }
@@ -337,11 +336,7 @@ impl HnswIndex {
                 return; // Searches stay exact.
             };
             s.graph = Some(Arc::new(graph));
-            for i in 0..s.vectors.keys.len() {
-                s.inserts += 1;
-                let (key, seq) = (s.vectors.keys[i], s.inserts);
-                s.pending.insert(key, seq);
-            }
+            s.pending.extend(s.vectors.keys.iter().copied());
         }
         if s.indexing || s.pending.is_empty() {
             return;
@@ -359,13 +354,15 @@ impl HnswIndex {
 fn index_pending(state: &Weak<RwLock<State>>) {
     while let Some(state) = state.upgrade() {
         let (graph, batch) = {
+            // Written, not read: deciding to stop must exclude an insert that would see the
+            // indexer still running and not start another.
             let mut s = state.write();
             let graph = s.graph.clone();
-            let batch: Vec<(u64, u64, Vec<f32>)> = s
+            let batch: Vec<(u64, Vec<f32>)> = s
                 .pending
                 .iter()
                 .take(INDEX_BATCH)
-                .filter_map(|(&key, &seq)| Some((key, seq, s.vectors.get(key)?.to_vec())))
+                .filter_map(|&key| Some((key, s.vectors.get(key)?.to_vec())))
                 .collect();
             match graph {
                 Some(graph) if !batch.is_empty() => (graph, batch),
@@ -381,16 +378,16 @@ fn index_pending(state: &Weak<RwLock<State>>) {
             for chunk in batch.chunks(batch.len().div_ceil(threads)) {
                 let graph = &graph;
                 scope.spawn(move || {
-                    for (key, _, vector) in chunk {
+                    for (key, vector) in chunk {
                         graph.add(*key, vector);
                     }
                 });
             }
         });
         let mut s = state.write();
-        for (key, seq, _) in batch {
+        for (key, vector) in batch {
             // A vector replaced meanwhile stays pending, to be linked again.
-            if s.pending.get(&key) == Some(&seq) {
+            if s.vectors.get(key) == Some(&vector[..]) {
                 s.pending.remove(&key);
             }
         }
@@ -452,9 +449,7 @@ impl VectorIndex for HnswIndex {
             if !s.vectors.insert(key, &vector) {
                 forget(&mut s, key);
             } else if s.graph.is_some() {
-                s.inserts += 1;
-                let seq = s.inserts;
-                s.pending.insert(key, seq);
+                s.pending.insert(key);
             }
         }
         self.schedule(&mut s);
@@ -501,13 +496,13 @@ impl VectorIndex for HnswIndex {
         // Not a key removed while it was being linked, nor one whose new vector is pending.
         let admit = |key| {
             rows.slots.contains_key(&key)
-                && (s.pending.is_empty() || !s.pending.contains_key(&key))
+                && (s.pending.is_empty() || !s.pending.contains(&key))
                 && filter.admits(key)
         };
         let Some(linked) = graph.candidates(query, (4 * k).max(RESCORED), admit) else {
             return scan_all();
         };
-        let pending = &mut s.pending.keys().copied();
+        let pending = &mut s.pending.iter().copied();
         let mut hits = scan(&mut linked.into_iter(), &|_| true);
         hits.extend(scan(pending, &|key| filter.admits(key)));
         let hits = top(hits, k);
@@ -603,47 +598,49 @@ fn dot_kernel(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Seeded unit vectors shaped like text embeddings: points of a low-dimensional latent
+/// space (32-d, so with real neighbourhood structure) projected into `dims`, plus noise:
+/// data for the index's tests and benchmarks (uniform random vectors have no neighbourhoods
+/// for a graph to find).
+#[cfg(any(test, feature = "testing"))]
+pub fn embedding_like(n: usize, dims: usize, seed: u64) -> Vec<Vector> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64*: plenty for test data. Uniform in [-0.5, 0.5).
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    const LATENT: usize = 32;
+    // The projection depends only on dims, so vectors of every seed share one space.
+    let mut proj_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut proj_next = move || {
+        proj_state ^= proj_state >> 12;
+        proj_state ^= proj_state << 25;
+        proj_state ^= proj_state >> 27;
+        (proj_state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let projection: Vec<[f32; LATENT]> = (0..dims)
+        .map(|_| std::array::from_fn(|_| proj_next()))
+        .collect();
+    (0..n)
+        .map(|_| {
+            let z: [f32; LATENT] = std::array::from_fn(|_| next());
+            let mut v: Vec<f32> = projection
+                .iter()
+                .map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.1 * next())
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            v.into()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Seeded unit vectors shaped like text embeddings: points of a low-dimensional latent
-    /// space (32-d, so with real neighbourhood structure) projected into `dims`, plus noise.
-    pub(crate) fn embedding_like(n: usize, dims: usize, seed: u64) -> Vec<Vector> {
-        let mut state = seed | 1;
-        let mut next = move || {
-            // xorshift64*: plenty for test data. Uniform in [-0.5, 0.5).
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-        };
-        const LATENT: usize = 32;
-        // The projection depends only on dims, so vectors of every seed share one space.
-        let mut proj_state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut proj_next = move || {
-            proj_state ^= proj_state >> 12;
-            proj_state ^= proj_state << 25;
-            proj_state ^= proj_state >> 27;
-            (proj_state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f32 / (1u64 << 53) as f32
-                - 0.5
-        };
-        let projection: Vec<[f32; LATENT]> = (0..dims)
-            .map(|_| std::array::from_fn(|_| proj_next()))
-            .collect();
-        (0..n)
-            .map(|_| {
-                let z: [f32; LATENT] = std::array::from_fn(|_| next());
-                let mut v: Vec<f32> = projection
-                    .iter()
-                    .map(|row| row.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.1 * next())
-                    .collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter_mut().for_each(|x| *x /= norm);
-                v.into()
-            })
-            .collect()
-    }
 
     fn exact_top(vectors: &[Vector], q: &[f32], k: usize) -> Vec<u64> {
         let hits = vectors
@@ -785,6 +782,34 @@ mod tests {
         let recall = found as f64 / (10 * queries.len()) as f64;
         println!("HNSW recall@10 over {n} vectors: {recall}");
         assert!(recall >= 0.95, "recall@10 = {recall}");
+    }
+
+    /// An index dropped while its indexer runs is freed: the indexer holds it only for a
+    /// batch (a fraction of a second), and stops, well before the seconds linking all of
+    /// it would take.
+    #[test]
+    fn a_dropped_index_is_freed_while_its_indexer_runs() {
+        let index = HnswIndex::new(HnswConfig {
+            exact_limit: 100,
+            ..HnswConfig::default()
+        });
+        let all = embedding_like(20_000, 384, 17).into_iter().enumerate();
+        index.insert_many(all.map(|(i, v)| (i as u64, v)).collect());
+        // Dropped once the indexer is under way (not before it first looks).
+        while index.graph_len() == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(index.is_indexing());
+        let state = Arc::downgrade(&index.state);
+        drop(index);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while state.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the index is never freed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// While the indexer links vectors in, and after: what changed is found (or gone) at

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 pub use crate::search::embed::FlakyEmbedder;
+pub use crate::search::vector::embedding_like;
 pub use oracle::check_against_model;
 
 #[cfg(test)]
